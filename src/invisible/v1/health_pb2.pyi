@@ -1,0 +1,34 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HealthCheckRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HealthCheckResponse(_message.Message):
+    __slots__ = ("status", "party_id", "role", "version", "datasets")
+    class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        STATUS_UNSPECIFIED: _ClassVar[HealthCheckResponse.Status]
+        STATUS_SERVING: _ClassVar[HealthCheckResponse.Status]
+        STATUS_STOPPING: _ClassVar[HealthCheckResponse.Status]
+    STATUS_UNSPECIFIED: HealthCheckResponse.Status
+    STATUS_SERVING: HealthCheckResponse.Status
+    STATUS_STOPPING: HealthCheckResponse.Status
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PARTY_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    status: HealthCheckResponse.Status
+    party_id: str
+    role: str
+    version: str
+    datasets: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., party_id: _Optional[str] = ..., role: _Optional[str] = ..., version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ...) -> None: ...

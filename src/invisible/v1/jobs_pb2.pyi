@@ -1,0 +1,88 @@
+from invisible.v1 import exchange_pb2 as _exchange_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    JOB_STATE_UNSPECIFIED: _ClassVar[JobState]
+    JOB_STATE_RUNNING: _ClassVar[JobState]
+    JOB_STATE_FINISHED: _ClassVar[JobState]
+    JOB_STATE_FAILED: _ClassVar[JobState]
+JOB_STATE_UNSPECIFIED: JobState
+JOB_STATE_RUNNING: JobState
+JOB_STATE_FINISHED: JobState
+JOB_STATE_FAILED: JobState
+
+class JobSpec(_message.Message):
+    __slots__ = ("job_id", "kind", "parties", "params_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PARTIES_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    kind: str
+    parties: _containers.RepeatedScalarFieldContainer[str]
+    params_json: str
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., parties: _Optional[_Iterable[str]] = ..., params_json: _Optional[str] = ...) -> None: ...
+
+class StartJobRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
+
+class StartJobResponse(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class JobRecord(_message.Message):
+    __slots__ = ("rows_used", "bytes_sent", "bytes_received", "messages_sent", "messages_received", "values_opened", "duration_s")
+    ROWS_USED_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_SENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    VALUES_OPENED_FIELD_NUMBER: _ClassVar[int]
+    DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    rows_used: int
+    bytes_sent: int
+    bytes_received: int
+    messages_sent: int
+    messages_received: int
+    values_opened: int
+    duration_s: float
+    def __init__(self, rows_used: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., messages_received: _Optional[int] = ..., values_opened: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
+
+class JobStatusRequest(_message.Message):
+    __slots__ = ("job_id", "wait_ms")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    wait_ms: int
+    def __init__(self, job_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class JobStatusResponse(_message.Message):
+    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_headers", "output_payloads")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_HEADERS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: JobState
+    error: str
+    record: JobRecord
+    output_json: str
+    output_headers: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.MessageHeader]
+    output_payloads: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_headers: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ..., output_payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
