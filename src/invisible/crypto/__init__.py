@@ -1,0 +1,1 @@
+"""Pure math, no I/O: the ring, sharing, the PRG and key agreement."""

@@ -1,0 +1,75 @@
+"""Cryptographic pseudo-random generator: an AES-256-CTR keystream.
+
+Everything that protects data (shares, masks, seeds, later triples and noise)
+is drawn from a :class:`Prg`. Production code makes one with
+:meth:`Prg.from_os` (key from ``os.urandom``) or from a pairwise seed agreed
+for one job step; tests may pass a fixed key. numpy's and Python's
+statistical generators are never used for anything secret.
+
+Every expansion takes a fresh 64-bit nonce from a counter, so for one key no
+keystream block is ever produced twice (2^64 expansions of up to 2^64 blocks
+each before a counter could repeat).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+from Crypto.Cipher import AES
+
+KEY_BYTES = 32
+_MAX_NONCE = 2**64
+
+
+class Prg:
+    """AES-256-CTR keystream generator; thread-safe, deterministic for a given key."""
+
+    __slots__ = ("_key", "_lock", "_nonce")
+
+    def __init__(self, key: bytes) -> None:
+        if not isinstance(key, bytes | bytearray) or len(key) != KEY_BYTES:
+            raise ValueError(f"a PRG key must be {KEY_BYTES} bytes")
+        self._key = bytes(key)
+        self._nonce = 0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_os(cls) -> Prg:
+        """A generator keyed from the operating system's entropy source."""
+        return cls(os.urandom(KEY_BYTES))
+
+    def __repr__(self) -> str:  # never show the key
+        return "Prg(<key hidden>)"
+
+    def _next_nonce(self) -> bytes:
+        with self._lock:
+            if self._nonce >= _MAX_NONCE:
+                raise OverflowError("PRG nonce space exhausted; make a new generator")
+            nonce = self._nonce
+            self._nonce += 1
+        return nonce.to_bytes(8, "big")
+
+    def random_bytes(self, n: int) -> bytes:
+        """n bytes of keystream from a fresh nonce."""
+        if n < 0:
+            raise ValueError("byte count must be non-negative")
+        cipher = AES.new(self._key, AES.MODE_CTR, nonce=self._next_nonce(), initial_value=0)
+        return cipher.encrypt(bytes(n))
+
+    def random_uint64(self, shape: int | tuple[int, ...]) -> np.ndarray:
+        """Uniform elements of Z_2^64 as a uint64 array of the given shape."""
+        dims = (shape,) if isinstance(shape, int) else tuple(shape)
+        count = int(np.prod(dims, dtype=np.int64))
+        out = np.zeros(count, dtype=np.uint64)
+        if count:
+            # Encrypt zeros in place: the buffer becomes the keystream itself.
+            buffer = out.view(np.uint8).data
+            cipher = AES.new(self._key, AES.MODE_CTR, nonce=self._next_nonce(), initial_value=0)
+            cipher.encrypt(buffer, output=buffer)
+        return out.reshape(dims)
+
+    def derive_key(self) -> bytes:
+        """A fresh 32-byte key for a child generator."""
+        return self.random_bytes(KEY_BYTES)

@@ -1,0 +1,37 @@
+"""Additive secret sharing over the ring Z_2^64 (numpy uint64, wrap-around).
+
+A value x is split into n shares s_1..s_n, each uniform, with
+s_1 + ... + s_n = x (mod 2^64). Any n - 1 shares are independent of x.
+All operations act on whole arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from invisible.crypto.prg import Prg
+
+RING_DTYPE = np.dtype(np.uint64)
+
+
+def _as_ring(values: np.ndarray) -> np.ndarray:
+    array = np.asarray(values)
+    if array.dtype != RING_DTYPE:
+        raise TypeError(f"ring elements must be uint64 arrays, got dtype {array.dtype}")
+    return array
+
+
+def share(values: np.ndarray, n_parties: int, rng: Prg) -> np.ndarray:
+    """Split ring elements into n_parties additive shares, stacked on a new first axis."""
+    secret = _as_ring(values)
+    if n_parties < 2:
+        raise ValueError("sharing needs at least 2 parties")
+    shares = rng.random_uint64((n_parties, *secret.shape))
+    # The last share closes the sum: x - (s_1 + ... + s_{n-1}) mod 2^64.
+    shares[-1] = secret - shares[:-1].sum(axis=0, dtype=np.uint64)
+    return shares
+
+
+def reconstruct(shares: np.ndarray) -> np.ndarray:
+    """Sum shares along the first axis in the ring."""
+    return np.asarray(_as_ring(shares).sum(axis=0, dtype=np.uint64))

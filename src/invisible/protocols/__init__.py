@@ -1,0 +1,1 @@
+"""Multi-party protocols, written against the abstract :class:`Channel` only."""

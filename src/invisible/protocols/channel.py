@@ -1,0 +1,144 @@
+"""The transport every protocol is written against.
+
+A :class:`Channel` belongs to one party and one job. It sends numpy arrays or
+byte strings to another party of the job, tagged with a protocol step, and
+receives from a named party and step. Messages from one sender for one
+(job, step) arrive in the order they were sent; different jobs never mix.
+
+Implementations: :class:`invisible.net.inprocess.InProcessChannel` (queues in
+one process, for tests and simulation) and
+:class:`invisible.net.grpc_channel.GrpcChannel` (mutual-TLS gRPC between
+nodes). Protocol code never knows which one it holds.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from invisible.errors import ProtocolError
+
+Payload = np.ndarray | bytes
+
+#: dtypes a message may carry; object and structured dtypes are never accepted.
+ALLOWED_DTYPES = frozenset(
+    np.dtype(name).str
+    for name in (
+        "bool", "int8", "int16", "int32", "int64",
+        "uint8", "uint16", "uint32", "uint64", "float32", "float64",
+    )
+)
+
+
+def payload_nbytes(payload: Payload) -> int:
+    return payload.nbytes if isinstance(payload, np.ndarray) else len(payload)
+
+
+def check_payload(payload: object) -> Payload:
+    """Accept bytes or a numeric array of an allowed dtype, as a C-contiguous array."""
+    if isinstance(payload, bytes | bytearray | memoryview):
+        return bytes(payload)
+    if isinstance(payload, np.ndarray):
+        array = payload.astype(payload.dtype.newbyteorder("<"), copy=False)
+        if array.dtype.str not in ALLOWED_DTYPES:
+            raise ProtocolError(f"arrays of dtype {payload.dtype} cannot be sent")
+        return np.ascontiguousarray(array)
+    raise ProtocolError(f"a message must be a numpy array or bytes, not {type(payload).__name__}")
+
+
+@dataclass
+class ChannelStats:
+    """What one party's channel moved during one job (payload bytes, not framing)."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+
+
+class Channel(ABC):
+    """One party's endpoint for one job."""
+
+    def __init__(self, party_id: str, job_id: str, parties: Sequence[str]) -> None:
+        if party_id not in parties:
+            raise ProtocolError(f"party '{party_id}' is not among the job's parties")
+        if len(set(parties)) != len(parties):
+            raise ProtocolError("a job's party list names a party twice")
+        self.party_id = party_id
+        self.job_id = job_id
+        self.parties: tuple[str, ...] = tuple(parties)
+        self.stats = ChannelStats()
+        self._stats_lock = threading.Lock()
+
+    @property
+    def peers(self) -> tuple[str, ...]:
+        """The other parties of the job, in job order."""
+        return tuple(p for p in self.parties if p != self.party_id)
+
+    def _check_peer(self, party: str) -> None:
+        if party not in self.parties or party == self.party_id:
+            raise ProtocolError(f"unknown peer '{party}' for job '{self.job_id}'")
+
+    def send(self, to: str, step: str, payload: Payload) -> None:
+        """Send one message to party `to` for this job's `step`; returns once delivered."""
+        self._check_peer(to)
+        message = check_payload(payload)
+        self._send(to, step, message)
+        with self._stats_lock:
+            self.stats.bytes_sent += payload_nbytes(message)
+            self.stats.messages_sent += 1
+
+    def recv(self, sender: str, step: str) -> Payload:
+        """The next message from `sender` for this job's `step` (blocks up to the deadline)."""
+        self._check_peer(sender)
+        message = self._recv(sender, step)
+        with self._stats_lock:
+            self.stats.bytes_received += payload_nbytes(message)
+            self.stats.messages_received += 1
+        return message
+
+    def recv_array(
+        self,
+        sender: str,
+        step: str,
+        dtype: np.dtype | type | None = None,
+        shape: tuple[int, ...] | None = None,
+    ) -> np.ndarray:
+        """Receive an array and check it has the dtype and shape the protocol expects."""
+        message = self.recv(sender, step)
+        if not isinstance(message, np.ndarray):
+            raise ProtocolError(f"party '{sender}' sent bytes where step '{step}' expects an array")
+        if dtype is not None and message.dtype != np.dtype(dtype):
+            raise ProtocolError(
+                f"party '{sender}' sent dtype {message.dtype} at step '{step}', "
+                f"expected {np.dtype(dtype)}"
+            )
+        if shape is not None and message.shape != tuple(shape):
+            raise ProtocolError(
+                f"party '{sender}' sent shape {message.shape} at step '{step}', expected {shape}"
+            )
+        return message
+
+    def recv_bytes(self, sender: str, step: str, length: int | None = None) -> bytes:
+        """Receive a byte string, optionally of an exact length."""
+        message = self.recv(sender, step)
+        if not isinstance(message, bytes):
+            raise ProtocolError(f"party '{sender}' sent an array where step '{step}' expects bytes")
+        if length is not None and len(message) != length:
+            raise ProtocolError(
+                f"party '{sender}' sent {len(message)} bytes at step '{step}', expected {length}"
+            )
+        return message
+
+    def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Release what the channel holds for this job (undelivered messages)."""
+
+    @abstractmethod
+    def _send(self, to: str, step: str, payload: Payload) -> None: ...
+
+    @abstractmethod
+    def _recv(self, sender: str, step: str) -> Payload: ...

@@ -1,0 +1,123 @@
+"""The PRG, additive sharing and key agreement: properties and known answers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from invisible.crypto.keyagree import (
+    EphemeralKeyPair,
+    confirmation_tag,
+    derive_pairwise_seed,
+    tags_equal,
+)
+from invisible.crypto.prg import Prg
+from invisible.crypto.sharing import reconstruct, share
+
+ring_arrays = hnp.arrays(
+    np.uint64, hnp.array_shapes(max_dims=3, max_side=6),
+    elements=st.integers(0, 2**64 - 1),
+)
+
+
+def test_prg_is_deterministic_per_key_and_differs_across_keys():
+    assert np.array_equal(Prg(b"k" * 32).random_uint64(100), Prg(b"k" * 32).random_uint64(100))
+    assert not np.array_equal(Prg(b"k" * 32).random_uint64(100), Prg(b"j" * 32).random_uint64(100))
+
+
+def test_every_expansion_uses_a_fresh_nonce():
+    prg = Prg(b"k" * 32)
+    first, second = prg.random_bytes(64), prg.random_bytes(64)
+    assert first != second
+    # The second expansion is not the continuation of the first keystream either.
+    assert Prg(b"k" * 32).random_bytes(128)[64:] != second
+
+
+def test_prg_matches_aes_ctr_keystream():
+    from Crypto.Cipher import AES
+
+    key = bytes(range(32))
+    expected = AES.new(key, AES.MODE_CTR, nonce=bytes(8), initial_value=0).encrypt(bytes(80))
+    prg = Prg(key)
+    assert prg.random_uint64(10).tobytes() == expected
+
+
+def test_prg_output_looks_uniform():
+    bits = np.unpackbits(Prg.from_os().random_uint64(1 << 16).view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.002  # 2^22 bits: sigma is 0.00024
+
+
+def test_prg_hides_its_key_and_rejects_short_keys():
+    assert "k" * 8 not in repr(Prg(b"k" * 32))
+    with pytest.raises(ValueError, match="32 bytes"):
+        Prg(b"short")
+
+
+@given(ring_arrays, st.integers(2, 6))
+@settings(max_examples=60, deadline=None)
+def test_reconstruct_inverts_share(values, n_parties):
+    shares = share(values, n_parties, Prg.from_os())
+    assert shares.shape == (n_parties, *values.shape)
+    assert np.array_equal(reconstruct(shares), values)
+
+
+@given(ring_arrays, st.integers(2, 5))
+@settings(max_examples=40, deadline=None)
+def test_sharing_commutes_with_addition(values, n_parties):
+    other = values[::-1].copy()
+    prg = Prg.from_os()
+    summed = share(values, n_parties, prg) + share(other, n_parties, prg)
+    assert np.array_equal(reconstruct(summed), values + other)
+
+
+def test_two_runs_with_identical_inputs_produce_different_shares():
+    values = np.arange(1000, dtype=np.uint64)
+    first = share(values, 3, Prg.from_os())
+    second = share(values, 3, Prg.from_os())
+    assert not np.any(first[0] == second[0])  # collisions are 1000 * 2^-64 likely
+    assert np.array_equal(reconstruct(first), reconstruct(second))
+
+
+def test_a_single_share_is_independent_of_the_secret():
+    zeros = share(np.zeros(1 << 14, np.uint64), 2, Prg.from_os())[0]
+    bits = np.unpackbits(zeros.view(np.uint8))
+    assert abs(bits.mean() - 0.5) < 0.005
+
+
+def test_sharing_refuses_non_ring_arrays_and_one_party():
+    with pytest.raises(TypeError, match="uint64"):
+        share(np.arange(3), 3, Prg.from_os())
+    with pytest.raises(ValueError, match="at least 2"):
+        share(np.arange(3, dtype=np.uint64), 1, Prg.from_os())
+
+
+def test_x25519_gives_both_sides_the_same_seed_bound_to_job_step_and_pair():
+    a, b = EphemeralKeyPair.generate(), EphemeralKeyPair.generate()
+    secret = a.shared_secret(b.public_bytes)
+    assert secret == b.shared_secret(a.public_bytes)
+
+    def seed(job="j", step="s", x="bank", y="telco"):
+        return derive_pairwise_seed(secret, job_id=job, step=step, party_a=x, party_b=y)
+
+    assert seed() == seed(x="telco", y="bank")
+    assert len({seed(), seed(job="j2"), seed(step="s2"), seed(y="hospital")}) == 4
+    # Length-prefixed fields: moving a character between fields changes the seed.
+    assert seed(job="ab", step="c") != seed(job="a", step="bc")
+
+
+def test_invalid_x25519_public_keys_are_refused():
+    key = EphemeralKeyPair.generate()
+    with pytest.raises(ValueError, match="invalid"):
+        key.shared_secret(bytes(32))  # the all-zero point gives an all-zero secret
+    with pytest.raises(ValueError, match="32 bytes"):
+        key.shared_secret(b"short")
+
+
+def test_confirmation_tags_are_directional():
+    seed = bytes(32)
+    forward = confirmation_tag(seed, sender="a", receiver="b")
+    assert tags_equal(forward, confirmation_tag(seed, sender="a", receiver="b"))
+    assert not tags_equal(forward, confirmation_tag(seed, sender="b", receiver="a"))
