@@ -1,0 +1,3 @@
+from invisible.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Joint jobs: the coordinator side (start on every party, gather, combine)."""

@@ -1,0 +1,165 @@
+"""A whole federation on one machine: certificates, configs, nodes on loopback.
+
+Used by the demo, the tests and the benchmarks. :func:`write_local_federation`
+creates a CA, one certificate per party plus a coordinator, and one TOML per
+party and for the coordinator, all on free ports of 127.0.0.1. The nodes
+then run either as real processes (:class:`NodeProcesses`, through the CLI)
+or as threads of the calling process (:class:`InProcessNodes`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from invisible.errors import InvisibleError
+from invisible.net.pki import init_pki
+from invisible.node.config import load_party_config
+from invisible.node.node import PartyNode
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class LocalDataset:
+    path: Path
+    columns: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class LocalLayout:
+    directory: Path
+    party_configs: dict[str, Path]
+    coordinator_config: Path
+    addresses: dict[str, str]
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_local_federation(
+    directory: Path,
+    parties: Sequence[str],
+    datasets: Mapping[str, Mapping[str, LocalDataset]] | None = None,
+    *,
+    coordinator: str = "coordinator",
+    limits: Mapping[str, float | int] | None = None,
+) -> LocalLayout:
+    """Certificates and TOML configs for `parties` on free loopback ports."""
+    directory.mkdir(parents=True, exist_ok=True)
+    pki = directory / "pki"
+    init_pki(pki, list(parties), [coordinator], overwrite=True)
+    addresses = {p: f"{LOOPBACK}:{free_port()}" for p in parties}
+    limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
+    party_configs = {}
+    for party in parties:
+        lines = [
+            "[party]", f"id = {_toml_string(party)}", f"listen = {_toml_string(addresses[party])}",
+            "", "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
+            f"cert = {_toml_string(str(pki / f'{party}.pem'))}",
+            f"key = {_toml_string(str(pki / f'{party}.key'))}", "", "[peers]",
+            *[f"{p} = {_toml_string(a)}" for p, a in addresses.items() if p != party],
+            "", "[limits]", *limit_lines, "",
+        ]
+        for dataset_id, dataset in (datasets or {}).get(party, {}).items():
+            columns = ", ".join(f"{c} = {_toml_string(t)}" for c, t in dataset.columns.items())
+            lines += [f"[datasets.{dataset_id}]", f"path = {_toml_string(str(dataset.path))}",
+                      f"columns = {{ {columns} }}", ""]
+        path = directory / f"{party}.toml"
+        path.write_text("\n".join(lines))
+        party_configs[party] = path
+    coordinator_path = directory / f"{coordinator}.toml"
+    coordinator_path.write_text("\n".join([
+        "[coordinator]", f"id = {_toml_string(coordinator)}", "",
+        "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
+        f"cert = {_toml_string(str(pki / f'{coordinator}.pem'))}",
+        f"key = {_toml_string(str(pki / f'{coordinator}.key'))}", "",
+        "[parties]", *[f"{p} = {_toml_string(a)}" for p, a in addresses.items()],
+        "", "[limits]", *limit_lines, "",
+    ]))
+    return LocalLayout(directory, party_configs, coordinator_path, addresses)
+
+
+class InProcessNodes:
+    """Party nodes as threads of this process (real gRPC and mTLS, no subprocesses)."""
+
+    def __init__(self, layout: LocalLayout) -> None:
+        self.nodes = {p: PartyNode(load_party_config(c)) for p, c in layout.party_configs.items()}
+
+    def __enter__(self) -> InProcessNodes:
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for node in self.nodes.values():
+            node.stop(grace_s=0.5)
+
+
+class NodeProcesses:
+    """Party nodes as separate `invisible node serve` processes; always stopped on exit."""
+
+    def __init__(self, layout: LocalLayout, *, log_dir: Path | None = None) -> None:
+        self.layout = layout
+        self.log_dir = log_dir or layout.directory
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> NodeProcesses:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for party, config in self.layout.party_configs.items():
+            log = (self.log_dir / f"{party}.log").open("wb")
+            self.processes[party] = subprocess.Popen(
+                [sys.executable, "-m", "invisible", "node", "serve", "--config", str(config)],
+                stdout=log, stderr=subprocess.STDOUT, env=env,
+            )
+            log.close()
+        return self
+
+    def check_alive(self) -> None:
+        for party, process in self.processes.items():
+            code = process.poll()
+            if code is not None:
+                tail = self.log_tail(party)
+                raise InvisibleError(f"node '{party}' exited with code {code}: {tail}")
+
+    def log_tail(self, party: str, lines: int = 5) -> str:
+        path = self.log_dir / f"{party}.log"
+        with contextlib.suppress(OSError):
+            return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        return ""
+
+    def stop(self, timeout_s: float = 10.0) -> dict[str, int]:
+        """SIGTERM every node, then SIGKILL any still running after the timeout."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        codes = {}
+        for party, process in self.processes.items():
+            try:
+                codes[party] = process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[party] = process.wait()
+        return codes
+
+    def __enter__(self) -> NodeProcesses:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

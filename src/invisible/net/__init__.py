@@ -1,0 +1,1 @@
+"""Transport: PKI, mutual TLS, the gRPC service and client, the in-process channel."""

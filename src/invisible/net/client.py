@@ -1,0 +1,157 @@
+"""Client of one node, pinned to the identity it must present.
+
+Every call has a deadline. A node that is not up yet is retried until the
+deadline (nothing was delivered, so retrying cannot duplicate a message); a
+failed TLS handshake is final at once. Failures become domain errors that
+name the party.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+
+from invisible.errors import PartyUnavailableError
+from invisible.net import wire
+from invisible.net.errors_grpc import domain_error, is_connect_failure, is_handshake_failure
+from invisible.net.jobs_api import JobSpec, JobStatus
+from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
+from invisible.net.pki import Role, target_name
+from invisible.net.tls import TlsMaterial
+from invisible.protocols.channel import Payload
+from invisible.v1 import (
+    exchange_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
+
+DEFAULT_TIMEOUT_S = 30.0
+_GRPC_MESSAGE_LIMIT = 64 << 20
+_RETRY_PAUSE_S = 0.05
+T = TypeVar("T")
+
+
+def channel_options(peer_id: str, role: Role) -> list[tuple[str, object]]:
+    return [
+        ("grpc.ssl_target_name_override", target_name(peer_id, role)),
+        ("grpc.default_authority", target_name(peer_id, role)),
+        ("grpc.max_send_message_length", _GRPC_MESSAGE_LIMIT),
+        ("grpc.max_receive_message_length", _GRPC_MESSAGE_LIMIT),
+        ("grpc.initial_reconnect_backoff_ms", 50),
+        ("grpc.min_reconnect_backoff_ms", 50),
+        ("grpc.max_reconnect_backoff_ms", 500),
+    ]
+
+
+@dataclass(frozen=True)
+class HealthInfo:
+    serving: bool
+    party_id: str
+    role: str
+    version: str
+    datasets: tuple[str, ...]
+
+
+class NodeClient:
+    """Calls to one node; thread-safe, one HTTP/2 connection reused for all calls."""
+
+    def __init__(
+        self,
+        tls: TlsMaterial,
+        peer_id: str,
+        address: str,
+        *,
+        role: Role = Role.PARTY,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        chunk_bytes: int = wire.DEFAULT_CHUNK_BYTES,
+        max_output_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    ) -> None:
+        self.peer_id = peer_id
+        self.address = address
+        self.timeout_s = timeout_s
+        self.chunk_bytes = chunk_bytes
+        self.max_output_bytes = max_output_bytes
+        self._channel = grpc.secure_channel(
+            address, tls.channel_credentials(), options=channel_options(peer_id, role)
+        )
+        self._exchange = exchange_pb2_grpc.PeerExchangeStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, what: str, attempt: Callable[[float], T], timeout_s: float | None) -> T:
+        deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PartyUnavailableError(
+                    self.peer_id, f"{what}: not reachable at {self.address} before the deadline"
+                )
+            try:
+                return attempt(remaining)
+            except grpc.RpcError as error:
+                if (not is_handshake_failure(error) and is_connect_failure(error)
+                        and deadline - time.monotonic() > _RETRY_PAUSE_S):
+                    time.sleep(_RETRY_PAUSE_S)
+                    continue
+                raise domain_error(error, self.peer_id, what) from None
+
+    def deliver(self, job_id: str, step: str, payload: Payload,
+                timeout_s: float | None = None) -> None:
+        """Stream one message to the node's mailbox; returns once the node holds all of it."""
+        self._call(
+            f"delivery of step '{step}'",
+            lambda remaining: self._exchange.Deliver(
+                wire.encode_frames(job_id, step, payload, self.chunk_bytes), timeout=remaining
+            ),
+            timeout_s,
+        )
+
+    def health(self, timeout_s: float | None = None) -> HealthInfo:
+        response = self._call(
+            "health check",
+            lambda remaining: self._health.Check(health_pb2.HealthCheckRequest(), timeout=remaining),
+            timeout_s,
+        )
+        return HealthInfo(
+            serving=response.status == health_pb2.HealthCheckResponse.STATUS_SERVING,
+            party_id=response.party_id, role=response.role, version=response.version,
+            datasets=tuple(response.datasets),
+        )
+
+    def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> None:
+        self._call(
+            f"start of job '{spec.job_id}'",
+            lambda remaining: self._jobs.Start(
+                jobs_pb2.StartJobRequest(spec=spec.to_proto()), timeout=remaining
+            ),
+            timeout_s,
+        )
+
+    def job_status(self, job_id: str, wait_s: float = 0.0,
+                   timeout_s: float | None = None) -> JobStatus:
+        """The job's state; waits on the node up to wait_s for it to finish."""
+        wait_ms = max(0, int(wait_s * 1000))
+        response = self._call(
+            f"status of job '{job_id}'",
+            lambda remaining: self._jobs.Status(
+                jobs_pb2.JobStatusRequest(job_id=job_id, wait_ms=wait_ms),
+                timeout=max(remaining, wait_s + 5.0),
+            ),
+            timeout_s if timeout_s is not None else self.timeout_s + wait_s,
+        )
+        return JobStatus.from_proto(response, self.max_output_bytes)

@@ -1,0 +1,41 @@
+"""A party's channel for one job over mutual-TLS gRPC.
+
+Sending streams the message to the peer node's PeerExchange service (see
+:mod:`invisible.net.client`); receiving takes it from this node's own
+mailbox, where the node's servicer put it after verifying the sender's
+certificate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from invisible.net.client import NodeClient
+from invisible.net.mailbox import Mailbox
+from invisible.protocols.channel import Channel, Payload
+
+
+class GrpcChannel(Channel):
+    def __init__(
+        self,
+        party_id: str,
+        job_id: str,
+        parties: Sequence[str],
+        *,
+        mailbox: Mailbox,
+        clients: Mapping[str, NodeClient],
+        timeout_s: float,
+    ) -> None:
+        super().__init__(party_id, job_id, parties)
+        self._mailbox = mailbox
+        self._clients = clients
+        self.timeout_s = timeout_s
+
+    def _send(self, to: str, step: str, payload: Payload) -> None:
+        self._clients[to].deliver(self.job_id, step, payload, timeout_s=self.timeout_s)
+
+    def _recv(self, sender: str, step: str) -> Payload:
+        return self._mailbox.get(self.job_id, step, sender, self.timeout_s)
+
+    def close(self) -> None:
+        self._mailbox.close_job(self.job_id)

@@ -1,0 +1,227 @@
+"""A development PKI: one CA, and per identity an ECDSA key and an X.509 certificate.
+
+An identity is a (party id, role) pair. Its certificate carries two DNS
+subject alternative names: the id itself, and ``<id>.<role>.invisible``. A
+client dials a node with the TLS target name pinned to
+``<id>.party.invisible``, so a certificate issued to another id, or to the
+same id in another role (a coordinator certificate posing as a party), fails
+the handshake. Servers read the caller's identity from the verified client
+certificate with :func:`identity_from_pem`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from invisible.errors import ConfigError
+
+_ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+_SUFFIX = "invisible"
+DEFAULT_VALIDITY_DAYS = 365
+
+
+class Role(StrEnum):
+    PARTY = "party"
+    DEALER = "dealer"
+    COORDINATOR = "coordinator"
+
+
+def check_party_id(party_id: str) -> str:
+    """A party id is a DNS label: lowercase letters, digits and inner hyphens."""
+    if not isinstance(party_id, str) or not _ID_PATTERN.match(party_id):
+        raise ConfigError(
+            f"invalid party id {party_id!r}: use 1-63 lowercase letters, digits or hyphens"
+        )
+    if party_id == _SUFFIX:
+        raise ConfigError(f"'{_SUFFIX}' is reserved and cannot be a party id")
+    return party_id
+
+
+def target_name(party_id: str, role: Role = Role.PARTY) -> str:
+    """The DNS name a client pins when it dials this identity."""
+    return f"{party_id}.{role.value}.{_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Identity:
+    party_id: str
+    role: Role
+
+    def __str__(self) -> str:
+        return f"{self.party_id} ({self.role.value})"
+
+
+def identity_from_certificate(cert: x509.Certificate) -> Identity:
+    """The identity a certificate was issued to, from its role-qualified DNS name."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ConfigError("certificate has no subject alternative name") from None
+    found: set[Identity] = set()
+    for name in san.get_values_for_type(x509.DNSName):
+        parts = name.split(".")
+        if len(parts) == 3 and parts[2] == _SUFFIX and parts[1] in Role._value2member_map_:
+            found.add(Identity(parts[0], Role(parts[1])))
+    if len(found) != 1:
+        raise ConfigError("certificate does not name exactly one invisible identity")
+    return found.pop()
+
+
+def identity_from_pem(pem: bytes) -> Identity:
+    return identity_from_certificate(x509.load_pem_x509_certificate(pem))
+
+
+def _name(common_name: str, unit: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "invisible federation"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    certificate: x509.Certificate
+    key: ec.EllipticCurvePrivateKey
+
+    @classmethod
+    def create(cls, name: str = "invisible development CA",
+               validity_days: int = DEFAULT_VALIDITY_DAYS) -> CertificateAuthority:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        subject = _name(name, "ca")
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=validity_days))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                    crl_sign=True, encipher_only=False, decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .sign(key, hashes.SHA256())
+        )
+        return cls(cert, key)
+
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{directory / 'ca.key'} is not an EC private key")
+        return cls(cert, key)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "ca.pem").write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
+        _write_private(directory / "ca.key", _key_pem(self.key))
+
+    def issue(self, identity: Identity,
+              validity_days: int = DEFAULT_VALIDITY_DAYS) -> tuple[bytes, bytes]:
+        """A new key and certificate for an identity, as (key PEM, certificate PEM)."""
+        check_party_id(identity.party_id)
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name(identity.party_id, identity.role.value))
+            .issuer_name(self.certificate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=validity_days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.DNSName(identity.party_id),
+                        x509.DNSName(target_name(identity.party_id, identity.role)),
+                    ]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+            )
+            .sign(self.key, hashes.SHA256())
+        )
+        return _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
+
+    def issue_to(self, directory: Path, identity: Identity) -> tuple[Path, Path]:
+        """Issue and write ``<id>.key`` (mode 0600) and ``<id>.pem``; returns their paths."""
+        key_pem, cert_pem = self.issue(identity)
+        directory.mkdir(parents=True, exist_ok=True)
+        key_path, cert_path = directory / f"{identity.party_id}.key", directory / f"{identity.party_id}.pem"
+        _write_private(key_path, key_pem)
+        cert_path.write_bytes(cert_pem)
+        return key_path, cert_path
+
+
+def init_pki(
+    directory: Path,
+    parties: list[str],
+    coordinators: list[str] | None = None,
+    dealers: list[str] | None = None,
+    *,
+    overwrite: bool = False,
+) -> list[Identity]:
+    """Create a CA and a key + certificate per identity in `directory`."""
+    coordinators = ["coordinator"] if coordinators is None else coordinators
+    identities = (
+        [Identity(check_party_id(p), Role.PARTY) for p in parties]
+        + [Identity(check_party_id(c), Role.COORDINATOR) for c in coordinators]
+        + [Identity(check_party_id(d), Role.DEALER) for d in (dealers or [])]
+    )
+    ids = [i.party_id for i in identities]
+    if not parties:
+        raise ConfigError("name at least one party")
+    if len(set(ids)) != len(ids):
+        raise ConfigError("every identity needs its own id (a party, coordinator or dealer twice)")
+    if (directory / "ca.key").exists() and not overwrite:
+        raise ConfigError(f"{directory} already holds a CA; pass --force to replace it")
+    ca = CertificateAuthority.create()
+    ca.save(directory)
+    for identity in identities:
+        ca.issue_to(directory, identity)
+    return identities

@@ -1,0 +1,153 @@
+"""The gRPC servicers of a node: they translate protos to domain calls and back.
+
+Every RPC first reads the caller's identity from its verified certificate
+and checks its role: only parties deliver protocol messages, only
+coordinators start jobs and read their status. Domain errors become gRPC
+status codes (see :mod:`invisible.net.errors_grpc`); their messages name
+what was wrong and never carry data.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+
+from invisible import __version__
+from invisible.errors import InvisibleError, ProtocolError
+from invisible.net import wire
+from invisible.net.errors_grpc import status_code_for
+from invisible.net.jobs_api import JobService, JobSpec
+from invisible.net.mailbox import Mailbox
+from invisible.net.pki import Identity, Role
+from invisible.net.tls import TlsMaterial, caller_identity, require_role
+from invisible.v1 import (
+    exchange_pb2,
+    exchange_pb2_grpc,
+    health_pb2,
+    health_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+F = TypeVar("F", bound=Callable[..., Any])
+_MAX_STATUS_WAIT_S = 60.0
+
+
+def _domain_errors_to_status(method: F) -> F:
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return method(self, request, context)
+        except InvisibleError as exc:
+            log.info("%s refused: %s", method.__name__, exc)
+            context.abort(status_code_for(exc), str(exc))
+
+    return wrapper  # type: ignore[return-value]
+
+
+class HealthServicer(health_pb2_grpc.HealthServicer):
+    def __init__(self, identity: Identity, datasets: Callable[[], list[str]]) -> None:
+        self._identity = identity
+        self._datasets = datasets
+        self.stopping = False
+
+    @_domain_errors_to_status
+    def Check(self, request: health_pb2.HealthCheckRequest,
+              context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
+        caller_identity(context)
+        status = (health_pb2.HealthCheckResponse.STATUS_STOPPING if self.stopping
+                  else health_pb2.HealthCheckResponse.STATUS_SERVING)
+        return health_pb2.HealthCheckResponse(
+            status=status, party_id=self._identity.party_id, role=self._identity.role.value,
+            version=__version__, datasets=self._datasets(),
+        )
+
+
+class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
+    def __init__(self, mailbox: Mailbox, known_peers: Callable[[], set[str]]) -> None:
+        self._mailbox = mailbox
+        self._known_peers = known_peers
+
+    @_domain_errors_to_status
+    def Deliver(self, request_iterator: Iterator[exchange_pb2.Frame],
+                context: grpc.ServicerContext) -> exchange_pb2.DeliverAck:
+        sender = require_role(context, Role.PARTY).party_id
+        if sender not in self._known_peers():
+            raise ProtocolError(f"party '{sender}' is not a configured peer of this node")
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("body") != "header":
+            raise ProtocolError("a message must start with its header")
+        header = first.header
+
+        def chunks() -> Iterator[bytes]:
+            for frame in request_iterator:
+                if frame.WhichOneof("body") != "chunk":
+                    raise ProtocolError("a message carries one header only")
+                yield frame.chunk
+
+        payload = wire.decode_payload(
+            header, chunks(), lambda n: self._mailbox.check_size(sender, n)
+        )
+        self._mailbox.put(header.job_id, header.step, sender, payload)
+        return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
+
+
+class JobsServicer(jobs_pb2_grpc.JobsServicer):
+    def __init__(self, jobs: JobService) -> None:
+        self._jobs = jobs
+
+    @_domain_errors_to_status
+    def Start(self, request: jobs_pb2.StartJobRequest,
+              context: grpc.ServicerContext) -> jobs_pb2.StartJobResponse:
+        requester = require_role(context, Role.COORDINATOR)
+        spec = JobSpec.from_proto(request.spec)
+        self._jobs.start_job(spec, requester)
+        return jobs_pb2.StartJobResponse(job_id=spec.job_id)
+
+    @_domain_errors_to_status
+    def Status(self, request: jobs_pb2.JobStatusRequest,
+               context: grpc.ServicerContext) -> jobs_pb2.JobStatusResponse:
+        requester = require_role(context, Role.COORDINATOR)
+        wait_s = min(request.wait_ms / 1000.0, _MAX_STATUS_WAIT_S)
+        remaining = context.time_remaining()
+        if remaining is not None:
+            wait_s = max(0.0, min(wait_s, remaining - 0.5))
+        return self._jobs.job_status(request.job_id, requester, wait_s).to_proto()
+
+
+def build_server(
+    tls: TlsMaterial,
+    address: str,
+    *,
+    health: HealthServicer,
+    exchange: ExchangeServicer | None,
+    jobs: JobsServicer | None,
+    max_workers: int = 32,
+) -> tuple[grpc.Server, int]:
+    """A started-but-not-yet-serving server bound to `address`; returns (server, port)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="invisible-rpc"),
+        options=[
+            ("grpc.max_receive_message_length", 64 << 20),
+            ("grpc.max_send_message_length", 64 << 20),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    if exchange is not None:
+        exchange_pb2_grpc.add_PeerExchangeServicer_to_server(exchange, server)
+    if jobs is not None:
+        jobs_pb2_grpc.add_JobsServicer_to_server(jobs, server)
+    try:
+        port = server.add_secure_port(address, tls.server_credentials())
+    except RuntimeError as exc:
+        raise InvisibleError(f"cannot listen on {address}: {exc}") from None
+    if port == 0:
+        raise InvisibleError(f"cannot listen on {address} (address in use or not local)")
+    return server, port

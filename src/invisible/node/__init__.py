@@ -1,0 +1,1 @@
+"""The party node: configuration, dataset registry, job executor, gRPC server."""

@@ -1,0 +1,191 @@
+"""Party and coordinator configuration, one TOML file each.
+
+Relative paths are taken from the folder of the file that names them. Every
+mistake is reported as a :class:`ConfigError` naming the file and the key.
+
+A party's file::
+
+    [party]
+    id = "bank"
+    listen = "127.0.0.1:50051"
+
+    [tls]
+    ca = "../pki/ca.pem"
+    cert = "../pki/bank.pem"
+    key = "../pki/bank.key"
+
+    [peers]                      # party id -> address
+    hospital = "127.0.0.1:50052"
+
+    [limits]                     # optional
+    max_message_bytes = 1073741824
+    rpc_timeout_s = 30.0
+
+    [datasets.customers]
+    path = "customers.csv"
+    columns = { balance = "float", age = "int", segment = "str" }
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from invisible.errors import ConfigError
+from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
+from invisible.net.pki import check_party_id
+from invisible.net.tls import TlsFiles
+
+COLUMN_TYPES = ("float", "int", "str")
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    dataset_id: str
+    path: Path
+    columns: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    rpc_timeout_s: float = 30.0
+    job_timeout_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class PartyConfig:
+    source: Path
+    party_id: str
+    listen: str
+    tls: TlsFiles
+    peers: dict[str, str]
+    limits: Limits = field(default_factory=Limits)
+    datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    source: Path
+    coordinator_id: str
+    tls: TlsFiles
+    parties: dict[str, str]
+    limits: Limits = field(default_factory=Limits)
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file unreadable: {path} ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+class _Reader:
+    """Typed access to a TOML table that names the file and key in every error."""
+
+    def __init__(self, source: Path, table: dict[str, Any], where: str) -> None:
+        self.source, self.table, self.where = source, table, where
+
+    def _fail(self, key: str, problem: str) -> ConfigError:
+        prefix = f"{self.where}." if self.where else ""
+        return ConfigError(f"{self.source}: {prefix}{key} {problem}")
+
+    def table_at(self, key: str, required: bool = True) -> _Reader:
+        value = self.table.get(key)
+        if value is None:
+            if required:
+                raise self._fail(key, "is missing")
+            value = {}
+        if not isinstance(value, dict):
+            raise self._fail(key, "must be a table")
+        return _Reader(self.source, value, f"{self.where}.{key}" if self.where else key)
+
+    def string(self, key: str) -> str:
+        value = self.table.get(key)
+        if not isinstance(value, str) or not value:
+            raise self._fail(key, "must be a non-empty string")
+        return value
+
+    def path(self, key: str) -> Path:
+        return (self.source.parent / self.string(key)).resolve()
+
+    def number(self, key: str, default: float, *, integer: bool = False) -> Any:
+        value = self.table.get(key, default)
+        kinds = (int,) if integer else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+            raise self._fail(key, f"must be a positive {'integer' if integer else 'number'}")
+        return value
+
+    def addresses(self) -> dict[str, str]:
+        out = {}
+        for party_id, address in self.table.items():
+            check_party_id(party_id)
+            if not isinstance(address, str) or ":" not in address:
+                raise self._fail(party_id, "must be an address 'host:port'")
+            out[party_id] = address
+        return out
+
+
+def _tls(reader: _Reader) -> TlsFiles:
+    tls = reader.table_at("tls")
+    return TlsFiles(ca=tls.path("ca"), cert=tls.path("cert"), key=tls.path("key"))
+
+
+def _limits(reader: _Reader) -> Limits:
+    limits = reader.table_at("limits", required=False)
+    defaults = Limits()
+    return Limits(
+        max_message_bytes=limits.number(
+            "max_message_bytes", defaults.max_message_bytes, integer=True),
+        rpc_timeout_s=float(limits.number("rpc_timeout_s", defaults.rpc_timeout_s)),
+        job_timeout_s=float(limits.number("job_timeout_s", defaults.job_timeout_s)),
+    )
+
+
+def _datasets(reader: _Reader) -> dict[str, DatasetConfig]:
+    tables = reader.table_at("datasets", required=False)
+    out = {}
+    for dataset_id in tables.table:
+        entry = tables.table_at(dataset_id)
+        columns = entry.table_at("columns")
+        if not columns.table:
+            raise entry._fail("columns", "must name at least one column")
+        for name, kind in columns.table.items():
+            if kind not in COLUMN_TYPES:
+                raise columns._fail(name, f"must be one of {', '.join(COLUMN_TYPES)}")
+        out[dataset_id] = DatasetConfig(dataset_id, entry.path("path"), dict(columns.table))
+    return out
+
+
+def load_party_config(path: Path | str) -> PartyConfig:
+    source = Path(path).resolve()
+    root = _Reader(source, _load_toml(source), "")
+    party = root.table_at("party")
+    party_id = check_party_id(party.string("id"))
+    peers = root.table_at("peers", required=False).addresses()
+    if party_id in peers:
+        raise ConfigError(f"{source}: peers names the party itself ('{party_id}')")
+    return PartyConfig(
+        source=source, party_id=party_id, listen=party.string("listen"), tls=_tls(root),
+        peers=peers, limits=_limits(root), datasets=_datasets(root),
+    )
+
+
+def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
+    source = Path(path).resolve()
+    root = _Reader(source, _load_toml(source), "")
+    coordinator = root.table_at("coordinator")
+    parties = root.table_at("parties").addresses()
+    if not parties:
+        raise ConfigError(f"{source}: parties must name at least one party")
+    return CoordinatorConfig(
+        source=source, coordinator_id=check_party_id(coordinator.string("id")),
+        tls=_tls(root), parties=parties, limits=_limits(root),
+    )

@@ -1,0 +1,107 @@
+"""The datasets a party node registers: CSV files with declared, typed columns.
+
+Files are read and type-checked when the node starts, so a wrong path, a
+missing column or a value of the wrong type stops the node with a clear
+error instead of failing a job later. Protocols get whole columns as numpy
+arrays; the values themselves never appear in an error message.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from invisible.errors import ConfigError
+from invisible.node.config import DatasetConfig
+
+_NUMPY_TYPES = {"float": np.float64, "int": np.int64, "str": np.str_}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    dataset_id: str
+    path: Path
+    columns: dict[str, np.ndarray]
+
+    @property
+    def rows(self) -> int:
+        return len(next(iter(self.columns.values()))) if self.columns else 0
+
+    def column(self, name: str) -> np.ndarray:
+        found = self.columns.get(name)
+        if found is None:
+            raise ConfigError(
+                f"dataset '{self.dataset_id}' has no column '{name}' "
+                f"(it has: {', '.join(sorted(self.columns))})"
+            )
+        return found
+
+
+def load_dataset(config: DatasetConfig) -> Dataset:
+    try:
+        handle = config.path.open(newline="", encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"dataset '{config.dataset_id}': file not found: {config.path}") from None
+    except OSError as exc:
+        raise ConfigError(
+            f"dataset '{config.dataset_id}': file unreadable: {config.path} ({exc.strerror})"
+        ) from None
+    with handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        if header is None:
+            raise ConfigError(f"dataset '{config.dataset_id}': {config.path} is empty")
+        header = [name.strip() for name in header]
+        missing = [c for c in config.columns if c not in header]
+        if missing:
+            raise ConfigError(
+                f"dataset '{config.dataset_id}': {config.path} has no column "
+                f"{', '.join(repr(c) for c in missing)}"
+            )
+        indices = {name: header.index(name) for name in config.columns}
+        raw: dict[str, list[str]] = {name: [] for name in config.columns}
+        for line_no, row in enumerate(reader, start=2):
+            if len(row) != len(header):
+                raise ConfigError(
+                    f"dataset '{config.dataset_id}': {config.path} line {line_no} has "
+                    f"{len(row)} fields, the header has {len(header)}"
+                )
+            for name, index in indices.items():
+                raw[name].append(row[index])
+    columns: dict[str, np.ndarray] = {}
+    for name, kind in config.columns.items():
+        try:
+            columns[name] = np.array(raw[name], dtype=_NUMPY_TYPES[kind])
+        except ValueError:
+            raise ConfigError(
+                f"dataset '{config.dataset_id}': column '{name}' of {config.path} "
+                f"holds a value that is not {kind}"
+            ) from None
+    return Dataset(config.dataset_id, config.path, columns)
+
+
+class DatasetRegistry:
+    """The datasets one node holds, by id."""
+
+    def __init__(self, datasets: dict[str, Dataset]) -> None:
+        self._datasets = datasets
+
+    @classmethod
+    def load(cls, configs: dict[str, DatasetConfig]) -> DatasetRegistry:
+        return cls({d: load_dataset(c) for d, c in configs.items()})
+
+    def ids(self) -> list[str]:
+        return sorted(self._datasets)
+
+    def get(self, dataset_id: str) -> Dataset:
+        found = self._datasets.get(dataset_id)
+        if found is None:
+            raise ConfigError(
+                f"no dataset '{dataset_id}' is registered "
+                f"(registered: {', '.join(self.ids()) or 'none'})"
+            )
+        return found

@@ -1,0 +1,96 @@
+"""A party node: its certificate, datasets, mailbox, peers and gRPC server.
+
+Everything the node needs is passed in through its :class:`PartyConfig`;
+there is no global state, so tests run several nodes in one process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from invisible.errors import ConfigError
+from invisible.net.client import NodeClient
+from invisible.net.grpc_channel import GrpcChannel
+from invisible.net.jobs_api import JobSpec
+from invisible.net.mailbox import Mailbox
+from invisible.net.pki import Role
+from invisible.net.server import ExchangeServicer, HealthServicer, JobsServicer, build_server
+from invisible.net.tls import TlsMaterial
+from invisible.node.config import PartyConfig
+from invisible.node.datasets import DatasetRegistry
+from invisible.node.executor import JobExecutor
+from invisible.node.kinds import JobKind, default_kinds
+from invisible.protocols.channel import Channel
+
+log = logging.getLogger(__name__)
+
+
+class PartyNode:
+    """Load everything first (so a bad config fails before binding), then serve."""
+
+    def __init__(self, config: PartyConfig, kinds: dict[str, JobKind] | None = None) -> None:
+        self.config = config
+        self.tls = TlsMaterial.load(config.tls, expected_role=Role.PARTY)
+        if self.tls.identity.party_id != config.party_id:
+            raise ConfigError(
+                f"{config.source}: party id is '{config.party_id}' but certificate "
+                f"{config.tls.cert} was issued to '{self.tls.identity.party_id}'"
+            )
+        self.datasets = DatasetRegistry.load(config.datasets)
+        self.mailbox = Mailbox(config.limits.max_message_bytes)
+        self.clients = {
+            peer: NodeClient(self.tls, peer, address, timeout_s=config.limits.rpc_timeout_s)
+            for peer, address in config.peers.items()
+        }
+        self.executor = JobExecutor(
+            config.party_id, kinds or default_kinds(), self.datasets, self._open_channel
+        )
+        self._health = HealthServicer(self.tls.identity, self.datasets.ids)
+        self._server, self.port = build_server(
+            self.tls, config.listen, health=self._health,
+            exchange=ExchangeServicer(self.mailbox, lambda: set(self.clients)),
+            jobs=JobsServicer(self.executor),
+        )
+        self._stopped = threading.Event()
+
+    @property
+    def party_id(self) -> str:
+        return self.config.party_id
+
+    @property
+    def address(self) -> str:
+        host = self.config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def _open_channel(self, spec: JobSpec) -> Channel:
+        unknown = [p for p in spec.parties if p != self.party_id and p not in self.clients]
+        if unknown:
+            raise ConfigError(
+                f"job '{spec.job_id}' names {', '.join(repr(p) for p in unknown)}, "
+                f"not a configured peer of '{self.party_id}'"
+            )
+        return GrpcChannel(
+            self.party_id, spec.job_id, spec.parties, mailbox=self.mailbox,
+            clients=self.clients, timeout_s=self.config.limits.rpc_timeout_s,
+        )
+
+    def start(self) -> PartyNode:
+        self._server.start()
+        log.info("node %s serving on %s", self.tls.identity, self.address)
+        return self
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._health.stopping = True
+        self._server.stop(grace_s).wait(grace_s + 1.0)
+        for client in self.clients.values():
+            client.close()
+
+    def __enter__(self) -> PartyNode:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,33 @@
+"""Synthetic sample data shipped with the package, for the demo and parties/.
+
+Three institutions of one city (a bank, a hospital, a telco), each with its
+own customers; every table has a ``district`` (0-7) and a ``monthly_spend``
+column. Made once with a fixed seed; no real person is in them.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from invisible.jobs.local import LocalDataset
+
+SAMPLE_COLUMNS = {
+    "bank": {"customer_id": "int", "district": "int", "monthly_spend": "float", "balance": "float"},
+    "hospital": {"patient_id": "int", "district": "int", "monthly_spend": "float", "visits": "int"},
+    "telco": {"subscriber_id": "int", "district": "int", "monthly_spend": "float",
+              "data_gb": "float"},
+}
+SAMPLE_DATASET = "customers"
+
+
+def sample_path(party: str) -> Path:
+    return Path(str(resources.files(__package__).joinpath(f"{party}.csv")))
+
+
+def sample_datasets() -> dict[str, dict[str, LocalDataset]]:
+    """The bundled tables as a local federation's datasets, one per party."""
+    return {
+        party: {SAMPLE_DATASET: LocalDataset(sample_path(party), columns)}
+        for party, columns in SAMPLE_COLUMNS.items()
+    }

@@ -1,0 +1,82 @@
+"""Shared fixtures: local federations, and one `transport` fixture over both channels.
+
+Every test that starts nodes stops them on teardown; every gRPC call has a
+deadline, and pytest-timeout bounds each test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from invisible.jobs.local import InProcessNodes, LocalLayout, write_local_federation
+from invisible.net.inprocess import InProcessHub
+from invisible.net.jobs_api import JobSpec
+from invisible.protocols.channel import Channel
+
+PARTIES = ("alpha", "beta", "gamma")
+ChannelsFactory = Callable[[str], dict[str, Channel]]
+
+
+class Transport:
+    """Makes one channel per party for a job, over in-process queues or real gRPC."""
+
+    def __init__(self, name: str, factory: ChannelsFactory, close: Callable[[], None]) -> None:
+        self.name = name
+        self.channels = factory
+        self.close = close
+
+
+def _inprocess(max_message_bytes: int, timeout_s: float) -> Transport:
+    hub = InProcessHub(PARTIES, max_message_bytes=max_message_bytes, timeout_s=timeout_s)
+    return Transport("inprocess", hub.channels, lambda: None)
+
+
+def _grpc(directory: Path, max_message_bytes: int, timeout_s: float) -> Transport:
+    layout = write_local_federation(
+        directory, PARTIES,
+        limits={"max_message_bytes": max_message_bytes, "rpc_timeout_s": timeout_s},
+    )
+    nodes = InProcessNodes(layout).__enter__()
+
+    def channels(job_id: str) -> dict[str, Channel]:
+        spec = JobSpec(job_id, "test", PARTIES)
+        return {p: node._open_channel(spec) for p, node in nodes.nodes.items()}
+
+    return Transport("grpc", channels, lambda: nodes.__exit__(None, None, None))
+
+
+@pytest.fixture(scope="module", params=["inprocess", "grpc"])
+def make_transport(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Transport]]:
+    """make_transport(max_message_bytes=..., timeout_s=...) -> Transport, cached per module."""
+    made: dict[tuple[int, float], Transport] = {}
+
+    def make(max_message_bytes: int = 1 << 30, timeout_s: float = 20.0) -> Transport:
+        key = (max_message_bytes, timeout_s)
+        if key not in made:
+            if request.param == "inprocess":
+                made[key] = _inprocess(max_message_bytes, timeout_s)
+            else:
+                folder = tmp_path_factory.mktemp("grpc")
+                made[key] = _grpc(folder, max_message_bytes, timeout_s)
+        return made[key]
+
+    yield make
+    for transport in made.values():
+        with contextlib.suppress(Exception):
+            transport.close()
+
+
+@pytest.fixture
+def transport(make_transport: Callable[..., Transport]) -> Transport:
+    return make_transport()
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> LocalLayout:
+    return write_local_federation(tmp_path / "federation", PARTIES)

@@ -1,0 +1,119 @@
+"""The `invisible` command end to end: real processes, real files, real mTLS on loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from invisible.jobs.federation import Federation
+from invisible.jobs.local import NodeProcesses, write_local_federation
+from invisible.net.pki import Role, identity_from_pem
+from invisible.samples import SAMPLE_COLUMNS, sample_datasets
+
+PARTIES = list(SAMPLE_COLUMNS)
+
+
+def invisible(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "invisible", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_pki_init_writes_a_ca_and_one_certificate_per_identity(tmp_path):
+    done = invisible("pki", "init", str(tmp_path), "--parties", "bank,hospital,telco",
+                     "--dealers", "dealer")
+    assert done.returncode == 0, done.stderr
+    roles = {p: identity_from_pem((tmp_path / f"{p}.pem").read_bytes()).role
+             for p in ("bank", "hospital", "telco", "coordinator", "dealer")}
+    assert roles == {"bank": Role.PARTY, "hospital": Role.PARTY, "telco": Role.PARTY,
+                     "coordinator": Role.COORDINATOR, "dealer": Role.DEALER}
+    for key in tmp_path.glob("*.key"):
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    again = invisible("pki", "init", str(tmp_path), "--parties", "bank")
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0
+    assert "already holds a CA" in again.stderr
+
+
+def test_node_startup_errors_print_one_line_and_exit_non_zero(tmp_path):
+    done = invisible("node", "serve", "--config", str(tmp_path / "missing.toml"))
+    assert done.returncode == 2
+    assert done.stderr.strip() == f"invisible: error: config file not found: {tmp_path}/missing.toml"
+
+    layout = write_local_federation(tmp_path / "f", ["bank", "telco"])
+    (layout.directory / "pki" / "bank.key").unlink()
+    done = invisible("node", "serve", "--config", str(layout.party_configs["bank"]))
+    assert done.returncode == 2
+    assert "private key file not found" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
+    layout = write_local_federation(tmp_path, PARTIES, sample_datasets())
+    nodes = NodeProcesses(layout).start()
+    try:
+        with Federation.from_config(layout.coordinator_config) as federation:
+            health = federation.health(timeout_s=20)
+        assert all(h.serving and h.datasets == ("customers",) for h in health.values())
+        nodes.check_alive()
+
+        report = invisible("health", "--coordinator", str(layout.coordinator_config))
+        assert report.returncode == 0, report.stdout + report.stderr
+        assert report.stdout.count("serving") == 3
+
+        job = tmp_path / "connectivity.job.toml"
+        job.write_text('[job]\nkind = "connectivity"\ncoordinator = "coordinator.toml"\n')
+        ran = invisible("job", "run", str(job))
+        assert ran.returncode == 0, ran.stderr
+        result = json.loads(ran.stdout)
+        assert set(result["outputs"]["bank"]["peers_confirmed"]) == {"hospital", "telco"}
+        assert all(r["messages_received"] == 4 for r in result["records"].values())
+    finally:
+        codes = nodes.stop()
+    assert codes == {p: 0 for p in PARTIES}  # SIGTERM is a clean stop
+
+
+def test_sigint_stops_a_node_cleanly(tmp_path):
+    layout = write_local_federation(tmp_path, ["bank", "telco"])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "invisible", "node", "serve", "--config",
+         str(layout.party_configs["bank"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert "serving on 127.0.0.1:" in process.stdout.readline()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_health_reports_a_node_that_is_down(tmp_path):
+    layout = write_local_federation(tmp_path, ["bank", "telco"])
+    done = invisible("health", "--coordinator", str(layout.coordinator_config),
+                     "--timeout", "0.5")
+    assert done.returncode == 1
+    assert "bank" in done.stdout and "DOWN" in done.stdout
+
+
+@pytest.mark.timeout(90)
+def test_demo_exits_zero_and_confirms_every_pair():
+    done = invisible("demo", timeout=80)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo finished" in done.stdout
+    for party in PARTIES:
+        assert f"      {party}" in done.stdout
+
+
+def test_cli_reports_a_bad_job_file(tmp_path):
+    job = tmp_path / "job.toml"
+    job.write_text("[job]\n")
+    done = invisible("job", "run", str(job))
+    assert done.returncode == 2
+    assert "[job] with a 'kind' is required" in done.stderr
