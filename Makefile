@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/invisible demo
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
