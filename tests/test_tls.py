@@ -155,6 +155,12 @@ def test_unreadable_key_is_named(pki):
         tls_of(pki, "alpha")
 
 
+def test_a_key_path_that_cannot_be_read_is_named(pki, tmp_path):
+    files = TlsFiles(pki / "ca.pem", pki / "alpha.pem", tmp_path)  # a folder, not a file
+    with pytest.raises(ConfigError, match="private key file unreadable"):
+        TlsMaterial.load(files)
+
+
 def test_garbage_or_mismatched_key_is_named(pki):
     (pki / "alpha.key").write_text("not a key")
     with pytest.raises(ConfigError, match="not an unencrypted PEM private key: .*alpha.key"):
