@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
+import numpy as np
 
-from invisible.errors import PartyUnavailableError
+from invisible.errors import MessageTooLargeError, PartyUnavailableError, ProtocolError
 from invisible.net import wire
 from invisible.net.errors_grpc import domain_error, is_connect_failure, is_handshake_failure
 from invisible.net.jobs_api import JobSpec, JobStatus
-from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
+from invisible.net.mailbox import ABORT_STEP, DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import Role, target_name
 from invisible.net.tls import TlsMaterial
 from invisible.protocols.channel import Payload
@@ -93,9 +94,14 @@ class NodeClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, what: str, attempt: Callable[[float], T], timeout_s: float | None) -> T:
+    def _call(self, what: str, attempt: Callable[[float], T], timeout_s: float | None,
+              interrupted: Callable[[], str | None] | None = None) -> T:
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
         while True:
+            stopped_by = interrupted() if interrupted else None
+            if stopped_by:
+                raise ProtocolError(f"{what} to party '{self.peer_id}' stopped: the job was "
+                                    f"aborted by '{stopped_by}'")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PartyUnavailableError(
@@ -111,14 +117,20 @@ class NodeClient:
                 raise domain_error(error, self.peer_id, what) from None
 
     def deliver(self, job_id: str, step: str, payload: Payload,
-                timeout_s: float | None = None) -> None:
-        """Stream one message to the node's mailbox; returns once the node holds all of it."""
+                timeout_s: float | None = None,
+                interrupted: Callable[[], str | None] | None = None) -> None:
+        """Stream one message to the node's mailbox; returns once the node holds all of it.
+
+        A node that is not reachable yet is retried until the deadline, unless
+        `interrupted` names who aborted the job in the meantime.
+        """
         self._call(
             f"delivery of step '{step}'",
             lambda remaining: self._exchange.Deliver(
                 wire.encode_frames(job_id, step, payload, self.chunk_bytes), timeout=remaining
             ),
             timeout_s,
+            interrupted,
         )
 
     def health(self, timeout_s: float | None = None) -> HealthInfo:
@@ -154,4 +166,42 @@ class NodeClient:
             ),
             timeout_s if timeout_s is not None else self.timeout_s + wait_s,
         )
-        return JobStatus.from_proto(response, self.max_output_bytes)
+        return JobStatus.from_proto(response)
+
+    def fetch_output(self, job_id: str, name: str, timeout_s: float | None = None) -> np.ndarray:
+        """Stream one output array of a finished job; refused over the client's cap."""
+
+        def attempt(remaining: float) -> np.ndarray:
+            frames = self._jobs.FetchOutput(
+                jobs_pb2.FetchOutputRequest(job_id=job_id, name=name), timeout=remaining
+            )
+            first = next(frames, None)
+            if first is None or first.WhichOneof("body") != "header":
+                raise ProtocolError(f"party '{self.peer_id}' sent an output without a header")
+
+            def check(nbytes: int) -> None:
+                if nbytes > self.max_output_bytes:
+                    raise MessageTooLargeError(
+                        f"output '{name}' of party '{self.peer_id}' declares {nbytes} bytes, "
+                        f"over the cap of {self.max_output_bytes} bytes"
+                    )
+
+            payload = wire.decode_payload(first.header, (f.chunk for f in frames), check)
+            if not isinstance(payload, np.ndarray) or first.header.step != name:
+                raise ProtocolError(f"party '{self.peer_id}' sent the wrong output for '{name}'")
+            return payload
+
+        return self._call(f"output '{name}' of job '{job_id}'", attempt, timeout_s)
+
+    def cancel_job(self, job_id: str, reason: str, timeout_s: float | None = None) -> None:
+        self._call(
+            f"cancel of job '{job_id}'",
+            lambda remaining: self._jobs.Cancel(
+                jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason), timeout=remaining
+            ),
+            timeout_s,
+        )
+
+    def abort_peer_job(self, job_id: str, timeout_s: float | None = None) -> None:
+        """Tell a peer node that this party gave up on a job, so it fails at once."""
+        self.deliver(job_id, ABORT_STEP, b"", timeout_s=timeout_s)

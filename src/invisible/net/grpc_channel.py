@@ -8,11 +8,15 @@ certificate.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 
+from invisible.errors import InvisibleError
 from invisible.net.client import NodeClient
 from invisible.net.mailbox import Mailbox
 from invisible.protocols.channel import Channel, Payload
+
+log = logging.getLogger(__name__)
 
 
 class GrpcChannel(Channel):
@@ -32,10 +36,23 @@ class GrpcChannel(Channel):
         self.timeout_s = timeout_s
 
     def _send(self, to: str, step: str, payload: Payload) -> None:
-        self._clients[to].deliver(self.job_id, step, payload, timeout_s=self.timeout_s)
+        self._clients[to].deliver(self.job_id, step, payload, timeout_s=self.timeout_s,
+                                  interrupted=lambda: self.interrupted_by)
 
     def _recv(self, sender: str, step: str) -> Payload:
         return self._mailbox.get(self.job_id, step, sender, self.timeout_s)
 
     def close(self) -> None:
         self._mailbox.close_job(self.job_id)
+
+    def abort(self) -> None:
+        for peer in self.peers:
+            try:
+                self._clients[peer].abort_peer_job(self.job_id, timeout_s=min(2.0, self.timeout_s))
+            except InvisibleError as exc:
+                log.info("could not tell party '%s' that job %s was aborted: %s",
+                         peer, self.job_id, exc)
+
+    def interrupt(self, by: str) -> None:
+        self.interrupted_by = by
+        self._mailbox.abort_job(self.job_id, by)

@@ -68,6 +68,7 @@ class JobRecord:
     messages_received: int = 0
     values_opened: int = 0
     duration_s: float = 0.0
+    bytes_released: int = 0
 
     def to_proto(self) -> jobs_pb2.JobRecord:
         return jobs_pb2.JobRecord(**self.__dict__)
@@ -78,54 +79,46 @@ class JobRecord:
             rows_used=record.rows_used, bytes_sent=record.bytes_sent,
             bytes_received=record.bytes_received, messages_sent=record.messages_sent,
             messages_received=record.messages_received, values_opened=record.values_opened,
-            duration_s=record.duration_s,
+            duration_s=record.duration_s, bytes_released=record.bytes_released,
         )
 
 
 @dataclass
 class JobStatus:
+    """A job's state on one node; `arrays` are held by the node, fetched by name."""
+
     job_id: str
     state: JobState
     error: str = ""
     record: JobRecord = field(default_factory=JobRecord)
     output: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    array_headers: dict[str, exchange_pb2.MessageHeader] = field(default_factory=dict, repr=False)
 
     def to_proto(self) -> jobs_pb2.JobStatusResponse:
-        headers = [wire.make_header(self.job_id, name, a) for name, a in self.arrays.items()]
         return jobs_pb2.JobStatusResponse(
             job_id=self.job_id, state=_STATE_TO_PROTO[self.state], error=self.error,
             record=self.record.to_proto(),
             output_json=json.dumps(self.output, sort_keys=True) if self.output else "",
-            output_headers=headers,
-            output_payloads=[np.ascontiguousarray(a).tobytes() for a in self.arrays.values()],
+            output_arrays=[wire.make_header(self.job_id, name, a) for name, a in self.arrays.items()],
         )
 
     @classmethod
-    def from_proto(cls, response: jobs_pb2.JobStatusResponse,
-                   max_bytes: int) -> JobStatus:
-        if len(response.output_headers) != len(response.output_payloads):
-            raise ProtocolError("job status carries mismatched output arrays")
-        arrays: dict[str, np.ndarray] = {}
-        for header, payload in zip(response.output_headers, response.output_payloads, strict=True):
-            if header.kind != exchange_pb2.PAYLOAD_KIND_ARRAY:
-                raise ProtocolError("job output must be arrays")
-
-            def check(nbytes: int) -> None:
-                if nbytes > max_bytes:
-                    raise ProtocolError("job output is larger than the client's cap")
-
-            decoded = wire.decode_payload(header, [payload], check)
-            assert isinstance(decoded, np.ndarray)
-            arrays[header.step] = decoded
+    def from_proto(cls, response: jobs_pb2.JobStatusResponse) -> JobStatus:
         state = _STATE_FROM_PROTO.get(response.state)
         if state is None:
             raise ProtocolError("job status has an unknown state")
+        headers = {}
+        for header in response.output_arrays:
+            wire.check_header(header)
+            headers[header.step] = header
+        try:
+            output = json.loads(response.output_json) if response.output_json else {}
+        except json.JSONDecodeError:
+            raise ProtocolError("job output is not valid JSON") from None
         return cls(
             job_id=response.job_id, state=state, error=response.error,
-            record=JobRecord.from_proto(response.record),
-            output=json.loads(response.output_json) if response.output_json else {},
-            arrays=arrays,
+            record=JobRecord.from_proto(response.record), output=output, array_headers=headers,
         )
 
 
@@ -135,3 +128,7 @@ class JobService(Protocol):
     def start_job(self, spec: JobSpec, requester: Identity) -> None: ...
 
     def job_status(self, job_id: str, requester: Identity, wait_s: float) -> JobStatus: ...
+
+    def job_output(self, job_id: str, name: str, requester: Identity) -> np.ndarray: ...
+
+    def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None: ...

@@ -22,7 +22,7 @@ from invisible.errors import InvisibleError, ProtocolError
 from invisible.net import wire
 from invisible.net.errors_grpc import status_code_for
 from invisible.net.jobs_api import JobService, JobSpec
-from invisible.net.mailbox import Mailbox
+from invisible.net.mailbox import ABORT_STEP, Mailbox
 from invisible.net.pki import Identity, Role
 from invisible.net.tls import TlsMaterial, caller_identity, require_role
 from invisible.v1 import (
@@ -94,7 +94,10 @@ class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
         payload = wire.decode_payload(
             header, chunks(), lambda n: self._mailbox.check_size(sender, n)
         )
-        self._mailbox.put(header.job_id, header.step, sender, payload)
+        if header.step == ABORT_STEP:
+            self._mailbox.abort_job(header.job_id, sender)
+        else:
+            self._mailbox.put(header.job_id, header.step, sender, payload)
         return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
 
 
@@ -119,6 +122,23 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         if remaining is not None:
             wait_s = max(0.0, min(wait_s, remaining - 0.5))
         return self._jobs.job_status(request.job_id, requester, wait_s).to_proto()
+
+    def FetchOutput(self, request: jobs_pb2.FetchOutputRequest,
+                    context: grpc.ServicerContext) -> Iterator[exchange_pb2.Frame]:
+        try:
+            requester = require_role(context, Role.COORDINATOR)
+            array = self._jobs.job_output(request.job_id, request.name, requester)
+        except InvisibleError as exc:
+            log.info("FetchOutput refused: %s", exc)
+            context.abort(status_code_for(exc), str(exc))
+        yield from wire.encode_frames(request.job_id, request.name, array)
+
+    @_domain_errors_to_status
+    def Cancel(self, request: jobs_pb2.CancelJobRequest,
+               context: grpc.ServicerContext) -> jobs_pb2.CancelJobResponse:
+        requester = require_role(context, Role.COORDINATOR)
+        self._jobs.cancel_job(request.job_id, requester, request.reason[:200])
+        return jobs_pb2.CancelJobResponse()
 
 
 def build_server(

@@ -73,6 +73,8 @@ class Channel(ABC):
         self.parties: tuple[str, ...] = tuple(parties)
         self.stats = ChannelStats()
         self._stats_lock = threading.Lock()
+        #: Who interrupted the job (the coordinator or a peer), once someone has.
+        self.interrupted_by: str | None = None
 
     @property
     def peers(self) -> tuple[str, ...]:
@@ -136,6 +138,14 @@ class Channel(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """Release what the channel holds for this job (undelivered messages)."""
+
+    @abstractmethod
+    def abort(self) -> None:
+        """Tell every peer this party gave up on the job (best effort, bounded in time)."""
+
+    @abstractmethod
+    def interrupt(self, by: str) -> None:
+        """Wake this party's own receivers of the job with an error naming `by`."""
 
     @abstractmethod
     def _send(self, to: str, step: str, payload: Payload) -> None: ...

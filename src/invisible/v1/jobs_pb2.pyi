@@ -44,7 +44,7 @@ class StartJobResponse(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class JobRecord(_message.Message):
-    __slots__ = ("rows_used", "bytes_sent", "bytes_received", "messages_sent", "messages_received", "values_opened", "duration_s")
+    __slots__ = ("rows_used", "bytes_sent", "bytes_received", "messages_sent", "messages_received", "values_opened", "duration_s", "bytes_released")
     ROWS_USED_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
@@ -52,6 +52,7 @@ class JobRecord(_message.Message):
     MESSAGES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     VALUES_OPENED_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RELEASED_FIELD_NUMBER: _ClassVar[int]
     rows_used: int
     bytes_sent: int
     bytes_received: int
@@ -59,7 +60,8 @@ class JobRecord(_message.Message):
     messages_received: int
     values_opened: int
     duration_s: float
-    def __init__(self, rows_used: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., messages_received: _Optional[int] = ..., values_opened: _Optional[int] = ..., duration_s: _Optional[float] = ...) -> None: ...
+    bytes_released: int
+    def __init__(self, rows_used: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., messages_received: _Optional[int] = ..., values_opened: _Optional[int] = ..., duration_s: _Optional[float] = ..., bytes_released: _Optional[int] = ...) -> None: ...
 
 class JobStatusRequest(_message.Message):
     __slots__ = ("job_id", "wait_ms")
@@ -70,19 +72,37 @@ class JobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class JobStatusResponse(_message.Message):
-    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_headers", "output_payloads")
+    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_arrays")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_HEADERS_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_ARRAYS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     error: str
     record: JobRecord
     output_json: str
-    output_headers: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.MessageHeader]
-    output_payloads: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_headers: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ..., output_payloads: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    output_arrays: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.MessageHeader]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_arrays: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ...) -> None: ...
+
+class FetchOutputRequest(_message.Message):
+    __slots__ = ("job_id", "name")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class CancelJobRequest(_message.Message):
+    __slots__ = ("job_id", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CancelJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from invisible.v1 import exchange_pb2 as invisible_dot_v1_dot_exchange__pb2
 from invisible.v1 import jobs_pb2 as invisible_dot_v1_dot_jobs__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -44,6 +45,16 @@ class JobsStub:
                 request_serializer=invisible_dot_v1_dot_jobs__pb2.JobStatusRequest.SerializeToString,
                 response_deserializer=invisible_dot_v1_dot_jobs__pb2.JobStatusResponse.FromString,
                 _registered_method=True)
+        self.FetchOutput = channel.unary_stream(
+                '/invisible.v1.Jobs/FetchOutput',
+                request_serializer=invisible_dot_v1_dot_jobs__pb2.FetchOutputRequest.SerializeToString,
+                response_deserializer=invisible_dot_v1_dot_exchange__pb2.Frame.FromString,
+                _registered_method=True)
+        self.Cancel = channel.unary_unary(
+                '/invisible.v1.Jobs/Cancel',
+                request_serializer=invisible_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+                response_deserializer=invisible_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
+                _registered_method=True)
 
 
 class JobsServicer:
@@ -62,6 +73,21 @@ class JobsServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchOutput(self, request, context):
+        """Streams one output array of a finished job (header frame, then chunks).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Cancel(self, request, context):
+        """Stops a job that another party refused or that failed elsewhere; the
+        node fails it at once and releases nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobsServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +100,16 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Status,
                     request_deserializer=invisible_dot_v1_dot_jobs__pb2.JobStatusRequest.FromString,
                     response_serializer=invisible_dot_v1_dot_jobs__pb2.JobStatusResponse.SerializeToString,
+            ),
+            'FetchOutput': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchOutput,
+                    request_deserializer=invisible_dot_v1_dot_jobs__pb2.FetchOutputRequest.FromString,
+                    response_serializer=invisible_dot_v1_dot_exchange__pb2.Frame.SerializeToString,
+            ),
+            'Cancel': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cancel,
+                    request_deserializer=invisible_dot_v1_dot_jobs__pb2.CancelJobRequest.FromString,
+                    response_serializer=invisible_dot_v1_dot_jobs__pb2.CancelJobResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +166,60 @@ class Jobs:
             '/invisible.v1.Jobs/Status',
             invisible_dot_v1_dot_jobs__pb2.JobStatusRequest.SerializeToString,
             invisible_dot_v1_dot_jobs__pb2.JobStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchOutput(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/invisible.v1.Jobs/FetchOutput',
+            invisible_dot_v1_dot_jobs__pb2.FetchOutputRequest.SerializeToString,
+            invisible_dot_v1_dot_exchange__pb2.Frame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cancel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invisible.v1.Jobs/Cancel',
+            invisible_dot_v1_dot_jobs__pb2.CancelJobRequest.SerializeToString,
+            invisible_dot_v1_dot_jobs__pb2.CancelJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,7 @@ identity, never a field of the request.
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from invisible.v1 import exchange_pb2 as _exchange_pb2
 from invisible.v1 import jobs_pb2 as _jobs_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -39,6 +40,12 @@ class JobsStub:
     Start: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.StartJobRequest, _jobs_pb2.StartJobResponse]
     Status: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.JobStatusRequest, _jobs_pb2.JobStatusResponse]
     """Waits up to wait_ms for the job to leave the running state, then answers."""
+    FetchOutput: _grpc.UnaryStreamMultiCallable[_jobs_pb2.FetchOutputRequest, _exchange_pb2.Frame]
+    """Streams one output array of a finished job (header frame, then chunks)."""
+    Cancel: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]
+    """Stops a job that another party refused or that failed elsewhere; the
+    node fails it at once and releases nothing.
+    """
 
 @_typing.type_check_only
 class JobsAsyncStub(JobsStub):
@@ -46,6 +53,12 @@ class JobsAsyncStub(JobsStub):
     Start: _aio.UnaryUnaryMultiCallable[_jobs_pb2.StartJobRequest, _jobs_pb2.StartJobResponse]  # type: ignore[assignment]
     Status: _aio.UnaryUnaryMultiCallable[_jobs_pb2.JobStatusRequest, _jobs_pb2.JobStatusResponse]  # type: ignore[assignment]
     """Waits up to wait_ms for the job to leave the running state, then answers."""
+    FetchOutput: _aio.UnaryStreamMultiCallable[_jobs_pb2.FetchOutputRequest, _exchange_pb2.Frame]  # type: ignore[assignment]
+    """Streams one output array of a finished job (header frame, then chunks)."""
+    Cancel: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _jobs_pb2.CancelJobResponse]  # type: ignore[assignment]
+    """Stops a job that another party refused or that failed elsewhere; the
+    node fails it at once and releases nothing.
+    """
 
 class JobsServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -62,5 +75,23 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.JobStatusResponse, _abc.Awaitable[_jobs_pb2.JobStatusResponse]]:
         """Waits up to wait_ms for the job to leave the running state, then answers."""
+
+    @_abc_1.abstractmethod
+    def FetchOutput(
+        self,
+        request: _jobs_pb2.FetchOutputRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_exchange_pb2.Frame], _abc.AsyncIterator[_exchange_pb2.Frame]]:
+        """Streams one output array of a finished job (header frame, then chunks)."""
+
+    @_abc_1.abstractmethod
+    def Cancel(
+        self,
+        request: _jobs_pb2.CancelJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.CancelJobResponse, _abc.Awaitable[_jobs_pb2.CancelJobResponse]]:
+        """Stops a job that another party refused or that failed elsewhere; the
+        node fails it at once and releases nothing.
+        """
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
