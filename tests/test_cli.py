@@ -8,12 +8,13 @@ import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from invisible.jobs.federation import Federation
 from invisible.jobs.local import NodeProcesses, write_local_federation
 from invisible.net.pki import Role, identity_from_pem
-from invisible.samples import SAMPLE_COLUMNS, sample_datasets
+from invisible.samples import SAMPLE_COLUMNS, sample_datasets, sample_path
 
 PARTIES = list(SAMPLE_COLUMNS)
 
@@ -72,6 +73,30 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
         result = json.loads(ran.stdout)
         assert set(result["outputs"]["bank"]["peers_confirmed"]) == {"hospital", "telco"}
         assert all(r["messages_received"] == 4 for r in result["records"].values())
+
+        job = tmp_path / "sum.job.toml"
+        job.write_text(
+            '[job]\nkind = "secure_sum"\ncoordinator = "coordinator.toml"\nbound = 1e5\n'
+            'max_rows = 1000\n[inputs]\n' + "".join(
+                f'{p} = {{ dataset = "customers", column = "monthly_spend" }}\n' for p in PARTIES)
+        )
+        ran = invisible("job", "run", str(job))
+        assert ran.returncode == 0, ran.stderr
+        result = json.loads(ran.stdout)
+        expected = sum(
+            np.loadtxt(sample_path(p), delimiter=",", skiprows=1, usecols=2).sum() for p in PARTIES
+        )
+        assert result["total"][0] == pytest.approx(expected, abs=720 * 2.0**-17)
+        assert result["recipient"] == "coordinator"
+        assert {p: r["rows_used"] for p, r in result["records"].items()} == {
+            "bank": 240, "hospital": 180, "telco": 300}
+
+        job.write_text(job.read_text().replace("bound = 1e5", "bound = 10.0"))
+        refused = invisible("job", "run", str(job))
+        assert refused.returncode == 2
+        assert "outside the declared bound 10" in refused.stderr
+        assert "no result was released" in refused.stderr
+        assert '"total"' not in refused.stdout
     finally:
         codes = nodes.stop()
     assert codes == {p: 0 for p in PARTIES}  # SIGTERM is a clean stop
@@ -103,10 +128,14 @@ def test_health_reports_a_node_that_is_down(tmp_path):
 
 
 @pytest.mark.timeout(90)
-def test_demo_exits_zero_and_confirms_every_pair():
+def test_demo_exits_zero_and_prints_matching_totals():
     done = invisible("demo", timeout=80)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo finished" in done.stdout
+    assert "MATCH" in done.stdout and "MISMATCH" not in done.stdout
+    secure = next(line for line in done.stdout.splitlines() if "secure total" in line)
+    plain = next(line for line in done.stdout.splitlines() if "plaintext total" in line)
+    assert secure.split()[-1] == plain.split()[2]
     for party in PARTIES:
         assert f"      {party}" in done.stdout
 

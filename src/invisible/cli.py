@@ -17,13 +17,12 @@ import logging
 import signal
 import sys
 import threading
-import tomllib
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
 from invisible import __version__
-from invisible.errors import ConfigError, InvisibleError
+from invisible.errors import InvisibleError
 
 EXIT_USAGE = 2
 
@@ -87,28 +86,9 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _job_run(args: argparse.Namespace) -> int:
-    from invisible.jobs.federation import Federation
+    from invisible.jobs.jobfile import run_job_file
 
-    path = Path(args.job)
-    try:
-        spec = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"job file unreadable: {path} ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    job = spec.get("job")
-    if not isinstance(job, dict) or not isinstance(job.get("kind"), str):
-        raise ConfigError(f"{path}: [job] with a 'kind' is required")
-    coordinator = job.get("coordinator")
-    if not isinstance(coordinator, str):
-        raise ConfigError(f"{path}: job.coordinator must name the coordinator config")
-    with Federation.from_config(path.parent / coordinator) as federation:
-        result = federation.run(job["kind"], spec.get("params", {}), job.get("parties"))
-    print(json.dumps(
-        {"job_id": result.job_id, "kind": result.kind, "outputs": result.outputs,
-         "records": {p: r.__dict__ for p, r in result.records.items()}},
-        indent=2, sort_keys=True,
-    ))
+    print(json.dumps(run_job_file(args.job), indent=2, sort_keys=True))
     return 0
 
 

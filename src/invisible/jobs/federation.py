@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from invisible.errors import ConfigError, InvisibleError, PartyUnavailableError, ProtocolError
 from invisible.net.client import HealthInfo, NodeClient
@@ -22,6 +24,9 @@ from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Role
 from invisible.net.tls import TlsMaterial
 from invisible.node.config import CoordinatorConfig, load_coordinator_config
+
+if TYPE_CHECKING:
+    from invisible.jobs.secure_sum import SecureSumResult
 
 _POLL_S = 2.0
 
@@ -32,6 +37,7 @@ class JobResult:
     kind: str
     parties: tuple[str, ...]
     statuses: dict[str, JobStatus] = field(default_factory=dict)
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -94,32 +100,64 @@ class Federation:
         job_id: str | None = None,
         timeout_s: float | None = None,
     ) -> JobResult:
-        """Run one job on the given parties (default: all) and gather every party's status."""
+        """Run one job on the given parties (default: all); all finish, or nothing is released.
+
+        Steps: start the job on every party (a refusal anywhere cancels it on
+        the parties that had accepted); wait for every party; if any failed,
+        raise naming the first that did; otherwise fetch the arrays each party
+        releases to this requester.
+        """
         chosen = tuple(parties or self.parties)
         clients = {p: self._client(p) for p in chosen}
         spec = JobSpec(job_id or f"{kind}-{uuid.uuid4().hex[:12]}", kind, chosen, params or {})
         started = time.perf_counter()
         starts = {p: self._pool.submit(c.start_job, spec) for p, c in clients.items()}
-        refusals = []
-        for future in starts.values():
+        refusals: dict[str, InvisibleError] = {}
+        for party, future in starts.items():
             try:
                 future.result()
             except InvisibleError as exc:
-                refusals.append(exc)
+                refusals[party] = exc
         if refusals:
-            raise refusals[0]
+            self._cancel(spec.job_id, [p for p in chosen if p not in refusals],
+                         f"refused by {', '.join(refusals)}")
+            raise next(iter(refusals.values()))
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
         waits = {p: self._pool.submit(self._await, c, spec.job_id, deadline)
                  for p, c in clients.items()}
-        statuses = {p: f.result() for p, f in waits.items()}
-        failed = {p: s for p, s in statuses.items() if s.state is JobState.FAILED}
+        statuses: dict[str, JobStatus] = {}
+        errors: dict[str, InvisibleError] = {}
+        for party, wait in waits.items():
+            try:
+                statuses[party] = wait.result()
+            except InvisibleError as exc:
+                errors[party] = exc
+        failed = {p: s.error for p, s in statuses.items() if s.state is JobState.FAILED}
+        failed.update({p: str(e) for p, e in errors.items()})
         if failed:
-            party, status = next(iter(failed.items()))
+            self._cancel(spec.job_id, [p for p in chosen if p not in failed], "failed elsewhere")
+            party, error = _root_cause(failed)
             raise ProtocolError(
-                f"job '{spec.job_id}' failed on party '{party}': {status.error}; "
-                "no result was released"
+                f"job '{spec.job_id}' failed on party '{party}': {error}; no result was released"
             )
-        return JobResult(spec.job_id, kind, chosen, statuses, time.perf_counter() - started)
+        fetches = {
+            (p, name): self._pool.submit(clients[p].fetch_output, spec.job_id, name)
+            for p, status in statuses.items() for name in status.array_headers
+        }
+        arrays: dict[str, dict[str, np.ndarray]] = {p: {} for p in chosen}
+        for (party, name), fetch in fetches.items():
+            arrays[party][name] = fetch.result()
+        return JobResult(spec.job_id, kind, chosen, statuses, arrays,
+                         time.perf_counter() - started)
+
+    def _cancel(self, job_id: str, parties: Sequence[str], reason: str) -> None:
+        futures = [self._pool.submit(self.clients[p].cancel_job, job_id, reason, 5.0)
+                   for p in parties]
+        for future in futures:
+            try:
+                future.result()
+            except InvisibleError:
+                pass  # best effort: a party that cannot be told fails at its own deadline
 
     @staticmethod
     def _await(client: NodeClient, job_id: str, deadline: float) -> JobStatus:
@@ -130,3 +168,19 @@ class Federation:
             status = client.job_status(job_id, wait_s=min(_POLL_S, remaining))
             if status.state is not JobState.RUNNING:
                 return status
+
+    def secure_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float,
+                   **options: Any) -> SecureSumResult:
+        """Sum a column (or per-category totals, or vectors) across parties; see
+        :func:`invisible.jobs.secure_sum.run_secure_sum`."""
+        from invisible.jobs.secure_sum import run_secure_sum
+
+        return run_secure_sum(self, inputs, bound, **options)
+
+
+def _root_cause(failed: dict[str, str]) -> tuple[str, str]:
+    """The party whose failure caused the others: one not merely told of an abort."""
+    for party, error in failed.items():
+        if "was aborted by" not in error and "was cancelled by" not in error:
+            return party, error
+    return next(iter(failed.items()))

@@ -8,6 +8,7 @@ A party's file::
     [party]
     id = "bank"
     listen = "127.0.0.1:50051"
+    results_dir = "results"      # optional; outputs addressed to this party
 
     [tls]
     ca = "../pki/ca.pem"
@@ -64,6 +65,8 @@ class PartyConfig:
     peers: dict[str, str]
     limits: Limits = field(default_factory=Limits)
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    #: Outputs addressed to this party itself (e.g. a secure sum it receives).
+    results_dir: Path = Path("results")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ def load_party_config(path: Path | str) -> PartyConfig:
     return PartyConfig(
         source=source, party_id=party_id, listen=party.string("listen"), tls=_tls(root),
         peers=peers, limits=_limits(root), datasets=_datasets(root),
+        results_dir=party.path("results_dir") if "results_dir" in party.table
+        else source.parent / "results",
     )
 
 

@@ -1,50 +1,17 @@
-"""Job kinds a party node can run, behind one small interface.
-
-A kind validates a job's parameters against the node's datasets before
-anything runs, then runs its protocol over the job's channel and returns
-only what the job releases to the requester.
-"""
+"""The job kinds a party node runs (see :mod:`invisible.node.jobkind`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+import time
 
 import numpy as np
 
-from invisible.crypto.prg import Prg
 from invisible.errors import ConfigError
 from invisible.net.jobs_api import JobSpec
-from invisible.net.pki import Identity
 from invisible.node.datasets import DatasetRegistry
-from invisible.protocols.channel import Channel
+from invisible.node.jobkind import JobContext, JobKind, JobOutcome
+from invisible.node.secure_sum import SecureSumKind
 from invisible.protocols.connectivity import run_connectivity_check
-
-
-@dataclass
-class JobContext:
-    spec: JobSpec
-    requester: Identity
-    channel: Channel
-    datasets: DatasetRegistry
-    rng: Prg
-
-
-@dataclass
-class JobOutcome:
-    rows_used: int = 0
-    values_opened: int = 0
-    output: dict[str, Any] = field(default_factory=dict)
-    arrays: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-class JobKind(Protocol):
-    name: str
-
-    def validate(self, spec: JobSpec, datasets: DatasetRegistry) -> None:
-        """Raise ConfigError or ProtocolError if this node cannot run the job."""
-
-    def run(self, context: JobContext) -> JobOutcome: ...
 
 
 class ConnectivityKind:
@@ -52,7 +19,7 @@ class ConnectivityKind:
 
     name = "connectivity"
 
-    def validate(self, spec: JobSpec, datasets: DatasetRegistry) -> None:
+    def validate(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> None:
         if spec.params:
             raise ConfigError("a connectivity job takes no parameters")
         if len(spec.parties) < 2:
@@ -66,6 +33,39 @@ class ConnectivityKind:
         })
 
 
+class BandwidthKind:
+    """Diagnostic: one party sends a vector of random ring elements to another.
+
+    Params: ``{"sender": id, "receiver": id, "elements": n}``. The sender
+    reports how long the send took (until the receiver's node held all of
+    it): the raw rate of this channel, which benchmarks compare with.
+    Carries no data of the party.
+    """
+
+    name = "bandwidth"
+
+    def validate(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> None:
+        params = spec.params
+        if set(params) != {"sender", "receiver", "elements"} or not (
+            params["sender"] in spec.parties and params["receiver"] in spec.parties
+            and params["sender"] != params["receiver"]
+            and isinstance(params["elements"], int) and 0 < params["elements"] <= 1 << 28
+        ):
+            raise ConfigError("a bandwidth job needs distinct parties 'sender' and 'receiver' of "
+                              "the job and 1 <= 'elements' <= 2^28")
+
+    def run(self, context: JobContext) -> JobOutcome:
+        params, channel = context.spec.params, context.channel
+        if channel.party_id == params["sender"]:
+            vector = context.rng.random_uint64(params["elements"])
+            started = time.perf_counter()
+            channel.send(params["receiver"], "bandwidth", vector)
+            return JobOutcome(output={"send_seconds": time.perf_counter() - started})
+        if channel.party_id == params["receiver"]:
+            channel.recv_array(params["sender"], "bandwidth", np.uint64, (params["elements"],))
+        return JobOutcome()
+
+
 def default_kinds() -> dict[str, JobKind]:
-    kinds: list[JobKind] = [ConnectivityKind()]
+    kinds: list[JobKind] = [ConnectivityKind(), BandwidthKind(), SecureSumKind()]
     return {kind.name: kind for kind in kinds}

@@ -20,7 +20,8 @@ from invisible.net.tls import TlsMaterial
 from invisible.node.config import PartyConfig
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
-from invisible.node.kinds import JobKind, default_kinds
+from invisible.node.jobkind import JobKind
+from invisible.node.kinds import default_kinds
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,8 @@ class PartyNode:
             for peer, address in config.peers.items()
         }
         self.executor = JobExecutor(
-            config.party_id, kinds or default_kinds(), self.datasets, self._open_channel
+            config.party_id, kinds or default_kinds(), self.datasets, self._open_channel,
+            config.results_dir,
         )
         self._health = HealthServicer(self.tls.identity, self.datasets.ids)
         self._server, self.port = build_server(

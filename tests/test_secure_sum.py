@@ -1,0 +1,232 @@
+"""Secure sum: fixed-point math (Hypothesis), the protocol on both transports, the coordinator."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from test_channel import run_parties
+
+from invisible.crypto.fixedpoint import BoundError, check_sum_capacity, decode, encode
+from invisible.crypto.sharing import RING_DTYPE
+from invisible.errors import ConfigError, PartyUnavailableError, ProtocolError
+from invisible.jobs.federation import Federation
+from invisible.jobs.local import InProcessNodes, LocalDataset, write_local_federation
+from invisible.protocols.secure_sum import masked_input, secure_sum
+
+DATA = Path(__file__).resolve().parent / "data"
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False)
+_jobs = itertools.count()
+
+
+# --- fixed point -------------------------------------------------------------------------------
+
+@given(hnp.arrays(np.float64, st.integers(0, 50), elements=finite), st.integers(0, 24))
+@settings(max_examples=100, deadline=None)
+def test_encoding_error_is_at_most_half_an_ulp(values, fractional_bits):
+    decoded = decode(encode(values, 1e6, fractional_bits), fractional_bits)
+    assert np.all(np.abs(decoded - values) <= 2.0 ** -(fractional_bits + 1) + 1e-9)
+
+
+@given(hnp.arrays(np.float64, st.integers(1, 40), elements=finite),
+       hnp.arrays(np.float64, st.integers(1, 40), elements=finite))
+@settings(max_examples=60, deadline=None)
+def test_ring_addition_of_encodings_is_the_encoding_of_the_sum(a, b):
+    n = min(len(a), len(b))
+    a, b = a[:n], b[:n]
+    summed = decode(encode(a, 1e6) + encode(b, 1e6))
+    assert np.all(np.abs(summed - (a + b)) <= 2.0 ** -16 + 1e-9)
+
+
+@given(st.floats(1.0, 1e12), st.integers(1, 10**7), st.integers(0, 30))
+@settings(max_examples=100, deadline=None)
+def test_capacity_check_refuses_exactly_the_sums_that_could_wrap(bound, terms, bits):
+    worst = terms * bound * 2.0**bits
+    if worst < 2**63:
+        check_sum_capacity(bound, terms, bits)
+    else:
+        with pytest.raises(BoundError, match="2\\^63"):
+            check_sum_capacity(bound, terms, bits)
+
+
+def test_values_outside_the_bound_are_refused_never_wrapped():
+    with pytest.raises(BoundError, match="1 value\\(s\\) are not finite or exceed"):
+        encode(np.array([1.0, 10.5, -3.0]), bound=10.0)
+    with pytest.raises(BoundError, match="2 value"):
+        encode(np.array([np.nan, np.inf]), bound=10.0)
+    assert decode(encode(np.array([-10.0, 10.0]), bound=10.0)).tolist() == [-10.0, 10.0]
+
+
+# --- the protocol over both transports --------------------------------------------------------
+
+def new_job(transport):
+    return transport.channels(f"sum-{transport.name}-{next(_jobs)}")
+
+
+@pytest.mark.parametrize("recipient", [None, "beta"])
+def test_three_party_secure_sum_equals_the_plaintext_sum(transport, recipient):
+    rng = np.random.default_rng(7)  # test data only; the protocol draws its masks from a Prg
+    inputs = {p: rng.uniform(-1000, 1000, 257) for p in ("alpha", "beta", "gamma")}
+    encoded = {p: encode(v, 1000.0) for p, v in inputs.items()}
+    outputs = run_parties(new_job(transport),
+                          lambda ch: secure_sum(ch, encoded[ch.party_id], recipient))
+    if recipient is None:
+        total = np.sum([o.released for o in outputs.values()], axis=0, dtype=RING_DTYPE)
+        assert all(o.total is None for o in outputs.values())
+    else:
+        total = outputs[recipient].total
+        assert outputs[recipient].values_opened == 257
+        assert outputs["alpha"].total is None and outputs["alpha"].released is None
+    assert np.array_equal(total, np.sum(list(encoded.values()), axis=0, dtype=RING_DTYPE))
+    assert np.allclose(decode(total), sum(inputs.values()), atol=3 * 2.0**-17)
+
+
+def test_masked_inputs_hide_the_input_and_differ_between_runs(transport):
+    zeros = np.zeros(4096, dtype=RING_DTYPE)
+    first = run_parties(new_job(transport), lambda ch: masked_input(ch, zeros))
+    second = run_parties(new_job(transport), lambda ch: masked_input(ch, zeros))
+    for party in first:
+        bits = np.unpackbits(first[party].view(np.uint8))
+        assert abs(bits.mean() - 0.5) < 0.01  # a masked zero vector looks uniform
+        assert not np.any(first[party] == second[party])  # fresh masks per job
+    assert np.array_equal(np.sum(list(first.values()), axis=0, dtype=RING_DTYPE), zeros)
+
+
+def test_a_wrong_input_type_is_refused(transport):
+    with pytest.raises(ProtocolError, match="1-D uint64"):
+        masked_input(new_job(transport)["alpha"], np.zeros(3, np.int64))
+
+
+# --- the coordinator and nodes ----------------------------------------------------------------
+
+def credit_column(party: str, tmp: Path) -> LocalDataset:
+    """The default-credit horizontal split (FATE examples), shipped gzipped in tests/data."""
+    source = DATA / f"default_credit_homo_{party}.csv.gz"
+    target = tmp / f"{party}.csv"
+    target.write_bytes(gzip.decompress(source.read_bytes()))
+    return LocalDataset(target, {"x0": "float", "x1": "float", "y": "int"})
+
+
+CREDIT_PARTIES = {"guest": "guest", "host-1": "host_1", "host-2": "host_2"}
+
+
+@pytest.fixture(scope="module")
+def credit_federation(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("credit")
+    datasets = {p: {"credit": credit_column(f, folder)} for p, f in CREDIT_PARTIES.items()}
+    layout = write_local_federation(folder / "federation", list(CREDIT_PARTIES), datasets,
+                                    limits={"rpc_timeout_s": 5.0})
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        yield fed, nodes, datasets
+
+
+ROUNDING = 24_000 * 2.0**-17  # rows x half an ulp: x0 has few distinct values, so errors add up
+
+
+def plaintext(datasets, column, group=None):
+    """The float64 total, or per-group totals, straight from the files."""
+    import csv
+
+    totals = np.zeros(2)
+    for entry in datasets.values():
+        with entry["credit"].path.open() as handle:
+            for row in csv.DictReader(handle):
+                totals[int(row[group]) if group else 0] += float(row[column])
+    return totals if group else float(totals[0])
+
+
+def encoded_total(datasets, column):
+    """The exact ring total of the fixed-point encodings: what the protocol must hit to the bit."""
+    import csv
+
+    parts = []
+    for entry in datasets.values():
+        with entry["credit"].path.open() as handle:
+            values = np.array([float(row[column]) for row in csv.DictReader(handle)])
+        parts.append(encode(values, 100.0).sum(dtype=RING_DTYPE, keepdims=True))
+    return decode(np.sum(parts, axis=0, dtype=RING_DTYPE))[0]
+
+
+@pytest.mark.parametrize("column", ["x0", "x1"])
+def test_federation_secure_sum_matches_numpy_on_public_data(credit_federation, column):
+    fed, _, datasets = credit_federation
+    inputs = {p: ("credit", column) for p in CREDIT_PARTIES}
+    result = fed.secure_sum(inputs, bound=100.0)
+    assert result.value == encoded_total(datasets, column)
+    assert result.value == pytest.approx(plaintext(datasets, column), abs=ROUNDING)
+    assert {p: r.rows_used for p, r in result.records.items()} == {p: 8000 for p in CREDIT_PARTIES}
+    assert all(r.bytes_released == 8 for r in result.records.values())
+
+
+def test_per_category_totals(credit_federation):
+    fed, _, datasets = credit_federation
+    inputs = {p: ("credit", "x0") for p in CREDIT_PARTIES}
+    result = fed.secure_sum(inputs, bound=100.0, group_by="y", categories=2)
+    assert result.total is not None and result.total.shape == (2,)
+    assert result.total == pytest.approx(plaintext(datasets, "x0", group="y"), abs=ROUNDING)
+
+
+def test_a_party_recipient_keeps_the_total_and_the_requester_gets_nothing(credit_federation):
+    fed, nodes, datasets = credit_federation
+    inputs = {p: ("credit", "x0") for p in CREDIT_PARTIES}
+    result = fed.secure_sum(inputs, bound=100.0, recipient="host-1")
+    assert result.total is None and result.recipient == "host-1"
+    import json
+
+    written = json.loads((nodes.nodes["host-1"].config.results_dir
+                          / f"{result.job_id}.json").read_text())
+    assert written["total"][0] == encoded_total(datasets, "x0")
+    assert result.records["host-1"].values_opened == 1
+    assert all(r.bytes_released == 0 for r in result.records.values())
+
+
+def test_bad_requests_are_refused_before_any_node_runs(credit_federation):
+    fed, _, _ = credit_federation
+    inputs = {p: ("credit", "x0") for p in CREDIT_PARTIES}
+    with pytest.raises(ConfigError, match="could reach .* >= 2\\^63"):
+        fed.secure_sum(inputs, bound=1e12, max_rows=10**6)
+    with pytest.raises(ConfigError, match="no column 'nope'"):
+        fed.secure_sum({**inputs, "guest": ("credit", "nope")}, bound=100.0)
+    with pytest.raises(ConfigError, match="no dataset 'missing'"):
+        fed.secure_sum({**inputs, "host-2": ("missing", "x0")}, bound=100.0)
+    with pytest.raises(ConfigError, match="recipient 'bank' is not a party"):
+        fed.secure_sum(inputs, bound=100.0, recipient="bank")
+
+
+def test_a_party_whose_data_breaks_the_bound_fails_the_job_and_nothing_is_released(
+        credit_federation):
+    fed, _, _ = credit_federation
+    # y is 0/1 everywhere; the x1 column holds standardised values beyond 0.5.
+    inputs = {"guest": ("credit", "x1"), "host-1": ("credit", "y"), "host-2": ("credit", "y")}
+    started = time.monotonic()
+    with pytest.raises(ProtocolError, match="failed on party 'guest'.*outside the declared bound"
+                       ".*no result was released"):
+        fed.secure_sum(inputs, bound=1.0)
+    assert time.monotonic() - started < 5  # peers were told at once, not at their deadline
+
+
+def test_a_party_that_is_down_fails_the_job_within_the_deadline_naming_it(tmp_path):
+    datasets = {p: {"credit": credit_column(f, tmp_path)} for p, f in CREDIT_PARTIES.items()}
+    layout = write_local_federation(tmp_path / "f", list(CREDIT_PARTIES), datasets,
+                                    limits={"rpc_timeout_s": 2.0, "job_timeout_s": 10.0})
+    nodes = InProcessNodes(layout).__enter__()
+    nodes.nodes["host-2"].stop(grace_s=0)
+    try:
+        with Federation.from_config(layout.coordinator_config) as fed:
+            started = time.monotonic()
+            with pytest.raises(PartyUnavailableError, match="party 'host-2'"):
+                fed.secure_sum({p: ("credit", "x0") for p in CREDIT_PARTIES}, bound=100.0)
+            assert time.monotonic() - started < 8
+            # The parties that had accepted were cancelled: nothing is left running, even
+            # those that were still retrying a delivery to the dead party.
+            time.sleep(0.3)
+            assert all(not n.executor.running() for n in nodes.nodes.values())
+    finally:
+        nodes.__exit__(None, None, None)
