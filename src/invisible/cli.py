@@ -4,6 +4,7 @@
     invisible node serve --config parties/bank/party.toml
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml
+    invisible bench NAME... [--quick] [--json PATH]
     invisible demo
 
 Errors the user can fix print one line, ``invisible: error: ...``, and exit 2.
@@ -92,6 +93,12 @@ def _job_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from invisible.benchmarking import run_benchmarks
+
+    return run_benchmarks(args.names, args.quick, Path(args.json) if args.json else None)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from invisible.demo import run_demo
 
@@ -132,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = job.add_parser("run", help="run a job described by a TOML file")
     run.add_argument("job")
     run.set_defaults(handler=_job_run)
+
+    bench = commands.add_parser("bench", help="run benchmarks from benchmarks/")
+    bench.add_argument("names", nargs="+", metavar="NAME")
+    bench.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    bench.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    bench.set_defaults(handler=_bench)
 
     demo = commands.add_parser("demo", help="the whole path on this machine, no setup")
     demo.set_defaults(handler=_demo)

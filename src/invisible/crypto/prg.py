@@ -62,13 +62,20 @@ class Prg:
         """Uniform elements of Z_2^64 as a uint64 array of the given shape."""
         dims = (shape,) if isinstance(shape, int) else tuple(shape)
         count = int(np.prod(dims, dtype=np.int64))
-        out = np.zeros(count, dtype=np.uint64)
-        if count:
-            # Encrypt zeros in place: the buffer becomes the keystream itself.
-            buffer = out.view(np.uint8).data
+        return self.fill_uint64(np.empty(count, dtype=np.uint64)).reshape(dims)
+
+    def fill_uint64(self, out: np.ndarray) -> np.ndarray:
+        """Overwrite a C-contiguous uint64 array with fresh keystream; returns it."""
+        if out.dtype != np.uint64 or not out.flags.c_contiguous or not out.flags.writeable:
+            raise ValueError("fill_uint64 needs a writeable C-contiguous uint64 array")
+        if out.size:
+            # Zero in place, then encrypt in place: the buffer becomes the keystream. Reusing
+            # one buffer avoids a page fault per 4 KiB that a fresh allocation costs.
+            out.fill(0)
+            buffer = out.reshape(-1).view(np.uint8).data
             cipher = AES.new(self._key, AES.MODE_CTR, nonce=self._next_nonce(), initial_value=0)
             cipher.encrypt(buffer, output=buffer)
-        return out.reshape(dims)
+        return out
 
     def derive_key(self) -> bytes:
         """A fresh 32-byte key for a child generator."""

@@ -123,13 +123,14 @@ class Federation:
                          f"refused by {', '.join(refusals)}")
             raise next(iter(refusals.values()))
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
-        waits = {p: self._pool.submit(self._await, c, spec.job_id, deadline)
+        waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline)
                  for p, c in clients.items()}
         statuses: dict[str, JobStatus] = {}
+        arrays: dict[str, dict[str, np.ndarray]] = {}
         errors: dict[str, InvisibleError] = {}
         for party, wait in waits.items():
             try:
-                statuses[party] = wait.result()
+                statuses[party], arrays[party] = wait.result()
             except InvisibleError as exc:
                 errors[party] = exc
         failed = {p: s.error for p, s in statuses.items() if s.state is JobState.FAILED}
@@ -140,13 +141,6 @@ class Federation:
             raise ProtocolError(
                 f"job '{spec.job_id}' failed on party '{party}': {error}; no result was released"
             )
-        fetches = {
-            (p, name): self._pool.submit(clients[p].fetch_output, spec.job_id, name)
-            for p, status in statuses.items() for name in status.array_headers
-        }
-        arrays: dict[str, dict[str, np.ndarray]] = {p: {} for p in chosen}
-        for (party, name), fetch in fetches.items():
-            arrays[party][name] = fetch.result()
         return JobResult(spec.job_id, kind, chosen, statuses, arrays,
                          time.perf_counter() - started)
 
@@ -160,14 +154,24 @@ class Federation:
                 pass  # best effort: a party that cannot be told fails at its own deadline
 
     @staticmethod
-    def _await(client: NodeClient, job_id: str, deadline: float) -> JobStatus:
+    def _await_and_fetch(client: NodeClient, job_id: str, deadline: float,
+                         ) -> tuple[JobStatus, dict[str, np.ndarray]]:
+        """Wait for one party's status; if it finished, fetch the arrays it releases.
+
+        Fetching before the other parties finish saves a round trip; it reveals
+        nothing early, since `run` hands arrays to the caller only when every
+        party finished, and discards them otherwise.
+        """
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PartyUnavailableError(client.peer_id, f"job '{job_id}' did not finish in time")
             status = client.job_status(job_id, wait_s=min(_POLL_S, remaining))
             if status.state is not JobState.RUNNING:
-                return status
+                break
+        if status.state is not JobState.FINISHED:
+            return status, {}
+        return status, {name: client.fetch_output(job_id, name) for name in status.array_headers}
 
     def secure_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float,
                    **options: Any) -> SecureSumResult:

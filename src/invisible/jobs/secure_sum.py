@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from invisible.crypto.fixedpoint import decode_exact
+from invisible.crypto.fixedpoint import decode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.net.jobs_api import JobRecord
@@ -82,7 +82,7 @@ def run_secure_sum_params(federation: Federation, params: SecureSumParams, *,
         if any(m.dtype != RING_DTYPE or m.shape != (params.vector_length,) for m in masked):
             raise ProtocolError("a party released a masked vector of the wrong shape")
         ring_total = np.asarray(np.sum(masked, axis=0, dtype=RING_DTYPE))
-        total = np.asarray(decode_exact(ring_total, params.fractional_bits), dtype=np.float64)
+        total = decode(ring_total, params.fractional_bits)
     return SecureSumResult(
         result.job_id, total, params.recipient or federation.config.coordinator_id,
         result.records, result.seconds,

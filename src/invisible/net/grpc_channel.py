@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
 
 from invisible.errors import InvisibleError
 from invisible.net.client import NodeClient
@@ -29,8 +30,10 @@ class GrpcChannel(Channel):
         mailbox: Mailbox,
         clients: Mapping[str, NodeClient],
         timeout_s: float,
+        pool: Executor | None = None,
     ) -> None:
         super().__init__(party_id, job_id, parties)
+        self._pool = pool
         self._mailbox = mailbox
         self._clients = clients
         self.timeout_s = timeout_s
@@ -38,6 +41,14 @@ class GrpcChannel(Channel):
     def _send(self, to: str, step: str, payload: Payload) -> None:
         self._clients[to].deliver(self.job_id, step, payload, timeout_s=self.timeout_s,
                                   interrupted=lambda: self.interrupted_by)
+
+    def _send_many(self, step: str, payloads: Mapping[str, Payload]) -> None:
+        if len(payloads) < 2 or self._pool is None:
+            super()._send_many(step, payloads)
+            return
+        futures = [self._pool.submit(self._send, to, step, p) for to, p in payloads.items()]
+        for future in futures:
+            future.result()  # the first failure is raised, naming its party
 
     def _recv(self, sender: str, step: str) -> Payload:
         return self._mailbox.get(self.job_id, step, sender, self.timeout_s)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 from invisible.errors import ConfigError
 from invisible.net.client import NodeClient
@@ -55,6 +56,7 @@ class PartyNode:
             jobs=JobsServicer(self.executor),
         )
         self._stopped = threading.Event()
+        self._send_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="invisible-send")
 
     @property
     def party_id(self) -> str:
@@ -74,7 +76,7 @@ class PartyNode:
             )
         return GrpcChannel(
             self.party_id, spec.job_id, spec.parties, mailbox=self.mailbox,
-            clients=self.clients, timeout_s=self.config.limits.rpc_timeout_s,
+            clients=self.clients, timeout_s=self.config.limits.rpc_timeout_s, pool=self._send_pool,
         )
 
     def start(self) -> PartyNode:
@@ -90,6 +92,7 @@ class PartyNode:
         self._server.stop(grace_s).wait(grace_s + 1.0)
         for client in self.clients.values():
             client.close()
+        self._send_pool.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> PartyNode:
         return self.start()

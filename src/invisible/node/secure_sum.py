@@ -33,7 +33,7 @@ from invisible.crypto.fixedpoint import (
     DEFAULT_FRACTIONAL_BITS,
     BoundError,
     check_sum_capacity,
-    decode_exact,
+    decode,
     encode,
 )
 from invisible.crypto.sharing import RING_DTYPE
@@ -209,7 +209,7 @@ class SecureSumKind:
                           "fractional_bits": params.fractional_bits,
                           "recipient": params.recipient or context.requester.party_id}
         if result.total is not None:
-            path = write_party_result(context, decode_exact(result.total, params.fractional_bits))
+            path = write_party_result(context, decode(result.total, params.fractional_bits).tolist())
             outcome.output["delivered_to"] = f"{me}:{path.name}"
         return outcome
 

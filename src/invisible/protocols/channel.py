@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +93,21 @@ class Channel(ABC):
         with self._stats_lock:
             self.stats.bytes_sent += payload_nbytes(message)
             self.stats.messages_sent += 1
+
+    def send_to_each(self, step: str, payloads: Mapping[str, Payload]) -> None:
+        """Send one message to each named peer; transports may send them concurrently."""
+        checked = {}
+        for to, payload in payloads.items():
+            self._check_peer(to)
+            checked[to] = check_payload(payload)
+        self._send_many(step, checked)
+        with self._stats_lock:
+            self.stats.bytes_sent += sum(payload_nbytes(m) for m in checked.values())
+            self.stats.messages_sent += len(checked)
+
+    def _send_many(self, step: str, payloads: Mapping[str, Payload]) -> None:
+        for to, payload in payloads.items():
+            self._send(to, step, payload)
 
     def recv(self, sender: str, step: str) -> Payload:
         """The next message from `sender` for this job's `step` (blocks up to the deadline)."""

@@ -35,9 +35,10 @@ def run_connectivity_check(channel: Channel) -> ConnectivityResult:
     started = time.perf_counter()
     secrets = agree_pairwise_secrets(channel, step="connectivity")
     me = channel.party_id
-    for peer in channel.peers:
-        seed = secrets.seed(peer, "confirm")
-        channel.send(peer, "confirm", confirmation_tag(seed, sender=me, receiver=peer))
+    channel.send_to_each("confirm", {
+        peer: confirmation_tag(secrets.seed(peer, "confirm"), sender=me, receiver=peer)
+        for peer in channel.peers
+    })
     for peer in channel.peers:
         received = channel.recv_bytes(peer, "confirm", length=SEED_BYTES)
         expected = confirmation_tag(secrets.seed(peer, "confirm"), sender=peer, receiver=me)

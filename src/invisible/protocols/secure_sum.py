@@ -63,9 +63,10 @@ def masked_input(channel: Channel, values: np.ndarray) -> np.ndarray:
         raise ProtocolError("secure sum input must be a 1-D uint64 vector")
     secrets = agree_pairwise_secrets(channel, step="secure-sum")
     masked = values.copy()
+    mask = np.empty_like(masked)
     my_position = channel.parties.index(channel.party_id)
     for peer, prg in secrets.prgs(MASK_STEP).items():
-        mask = prg.random_uint64(values.shape[0])
+        prg.fill_uint64(mask)
         if channel.parties.index(peer) > my_position:
             masked += mask
         else:

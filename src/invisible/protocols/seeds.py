@@ -63,8 +63,7 @@ def agree_pairwise_secrets(channel: Channel, step: str = "pairwise") -> Pairwise
     """Run steps 1-3 above with every peer of the channel's job."""
     key_pair = EphemeralKeyPair.generate()
     tag = f"{step}/x25519"
-    for peer in channel.peers:
-        channel.send(peer, tag, key_pair.public_bytes)
+    channel.send_to_each(tag, {peer: key_pair.public_bytes for peer in channel.peers})
     secrets: dict[str, bytes] = {}
     for peer in channel.peers:
         peer_public = channel.recv_bytes(peer, tag, length=PUBLIC_KEY_BYTES)

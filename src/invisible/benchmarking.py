@@ -1,0 +1,143 @@
+"""The benchmark contract (see benchmarks/README.md): timing, rows, table and JSON.
+
+`invisible bench NAME...` loads ``benchmarks/NAME.py`` (from the current
+folder, else from the source checkout the package was installed from); each
+defines ``run(quick: bool) -> list[Row]``. Timings are medians of several
+repetitions after a warm-up, with quartiles; a row that compares with a peer
+carries the peer's value measured in the same run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from invisible.errors import ConfigError
+
+
+@dataclass
+class Row:
+    case: str
+    metric: str
+    better: str
+    ours: float
+    peer: str | None = None
+    peer_value: float | None = None
+    note: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        if self.peer is None:
+            del data["peer"], data["peer_value"]
+        return data
+
+
+@dataclass(frozen=True)
+class Timing:
+    median: float
+    q1: float
+    q3: float
+    runs: int
+
+    def describe(self) -> str:
+        return (f"median {self.median * 1000:.1f} ms "
+                f"(IQR {self.q1 * 1000:.1f}-{self.q3 * 1000:.1f}, n={self.runs})")
+
+
+def timing_of(samples: Sequence[float]) -> Timing:
+    ordered = sorted(samples)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return Timing(statistics.median(ordered), q1, q3, len(ordered))
+
+
+def measure(action: Callable[[], object], repeats: int, warmup: int = 1) -> Timing:
+    """Wall time of `action`: `warmup` unmeasured runs, then the median of `repeats`."""
+    for _ in range(warmup):
+        action()
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        action()
+        samples.append(time.perf_counter() - started)
+    return timing_of(samples)
+
+
+def benchmark_dirs() -> list[Path]:
+    here = Path.cwd() / "benchmarks"
+    checkout = Path(__file__).resolve().parents[2] / "benchmarks"
+    return [d for d in dict.fromkeys([here, checkout]) if d.is_dir()]
+
+
+def load_benchmark(name: str) -> ModuleType:
+    for folder in benchmark_dirs():
+        path = folder / f"{name}.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location(f"invisible_bench_{name}", path)
+            if spec is None or spec.loader is None:
+                break
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+    known = sorted({p.stem for d in benchmark_dirs() for p in d.glob("*.py")
+                    if not p.stem.startswith("_")})
+    raise ConfigError(f"no benchmark '{name}' (known: {', '.join(known) or 'none found'})")
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0 or 0.01 <= abs(value) < 1e6:
+        return f"{value:,.2f}"
+    return f"{value:.3g}"
+
+
+def table(name: str, rows: Sequence[Row]) -> str:
+    header = ("case", "metric", "ours", "peer", "peer value", "ratio", "note")
+    lines = [header]
+    for row in rows:
+        ratio = "-"
+        if row.peer_value:
+            higher = row.better == "higher"
+            ratio = f"{(row.ours / row.peer_value if higher else row.peer_value / row.ours):.2f}x"
+        lines.append((row.case, row.metric, _format(row.ours), row.peer or "-",
+                      _format(row.peer_value), ratio, row.note))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    out = [f"## {name}", ""]
+    out.append("| " + " | ".join(h.ljust(w) for h, w in zip(header, [*widths, 4], strict=False)) + " |")
+    out.append("|" + "|".join("-" * (w + 2) for w in [*widths, 4]) + "|")
+    for line in lines[1:]:
+        cells = [c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)] + [line[-1]]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def run_benchmarks(names: Sequence[str], quick: bool, json_path: Path | None) -> int:
+    """Run, print a table per benchmark, and write one JSON document per benchmark."""
+    documents = []
+    for name in names:
+        module = load_benchmark(name)
+        started = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        rows: list[Row] = module.run(quick=quick)
+        print(table(name, rows), flush=True)
+        print()
+        documents.append({
+            "benchmark": name, "python": platform.python_version(), "cpus": os.cpu_count(),
+            "started": started, "quick": quick, "rows": [r.to_json() for r in rows],
+        })
+    if json_path is not None:
+        payload: Any = documents[0] if len(documents) == 1 else documents
+        json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    return 0

@@ -1,0 +1,61 @@
+"""The benchmark harness keeps its contract (rows, peers, JSON); no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from invisible.benchmarking import Row, table, timing_of
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_timing_reports_median_and_quartiles():
+    timing = timing_of([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (timing.median, timing.q1, timing.q3, timing.runs) == (3.0, 2.0, 4.0, 5)
+
+
+def test_table_shows_the_ratio_in_the_direction_that_is_better():
+    rendered = table("t", [
+        Row("c", "values/s", "higher", 200.0, "phe", 100.0),
+        Row("c", "ms/job", "lower", 2.0, "no-ledger", 1.0),
+        Row("c", "bytes/value", "lower", 8.0),
+    ])
+    assert "| 2.00x |" in rendered and "| 0.50x |" in rendered
+    assert Row("c", "m", "lower", 1.0).to_json().keys() == {"case", "metric", "better", "ours", "note"}
+
+
+def test_an_unknown_benchmark_is_named():
+    done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "no benchmark 'nope' (known: secure_sum" in done.stderr
+
+
+@pytest.mark.timeout(180)
+def test_secure_sum_quick_emits_every_row(tmp_path):
+    out = tmp_path / "secure_sum.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "invisible", "bench", "secure_sum", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=170,
+    )
+    assert done.returncode == 0, done.stderr
+    document = json.loads(out.read_text())
+    assert document["benchmark"] == "secure_sum" and document["cpus"] >= 1
+    rows = document["rows"]
+    cases = sorted({r["case"] for r in rows})
+    assert len(cases) == 3
+    for case in cases:
+        kinds = {(r["metric"], r.get("peer")) for r in rows if r["case"] == case}
+        assert kinds == {("elements/s", "numpy"), ("elements/s", "grpc-raw"),
+                         ("bytes/element/party", None)}
+    for row in rows:
+        assert row["ours"] > 0 and row["better"] in ("higher", "lower")
+        if "peer" in row:
+            assert row["peer_value"] > 0
+    per_party = [r["ours"] for r in rows if r["metric"] == "bytes/element/party"]
+    assert all(8.0 <= b < 8.1 for b in per_party)  # one masked 8-byte element per party + keys
