@@ -26,7 +26,7 @@ import numpy as np
 
 from invisible.benchmarking import Row, measure, timing_of
 from invisible.jobs.federation import Federation
-from invisible.jobs.local import LocalDataset, NodeProcesses, write_local_federation
+from invisible.jobs.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 
 PARTIES = ("bank", "hospital", "telco")
 FULL_SIZES = (10**3, 10**5, 10**6)
@@ -41,7 +41,9 @@ def _write_vectors(folder: Path, sizes: tuple[int, ...]) -> dict[str, dict[str, 
         for n in sizes:
             path = folder / f"{party}_{n}.csv"
             np.savetxt(path, rng.uniform(-BOUND, BOUND, n), fmt="%.4f", header="w", comments="")
-            datasets[party][f"v{n}"] = LocalDataset(path, {"w": "float"})
+            # Elementwise sums release one cell per element: this policy allows k = 1.
+            policy = {**OPEN_POLICY, "min_rows": 1}
+            datasets[party][f"v{n}"] = LocalDataset(path, {"w": "float"}, policy)
     return datasets
 
 

@@ -8,6 +8,7 @@ one failure fails the whole job and nothing is released.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,11 @@ class JobResult:
     @property
     def outputs(self) -> dict[str, dict[str, Any]]:
         return {p: s.output for p, s in self.statuses.items()}
+
+    @property
+    def receipts(self) -> dict[str, list[dict[str, Any]]]:
+        """Each party's signed ledger entries for this job (verify with its ledger key)."""
+        return {p: s.receipts for p, s in self.statuses.items()}
 
 
 class Federation:
@@ -102,10 +108,12 @@ class Federation:
     ) -> JobResult:
         """Run one job on the given parties (default: all); all finish, or nothing is released.
 
-        Steps: start the job on every party (a refusal anywhere cancels it on
-        the parties that had accepted); wait for every party; if any failed,
-        raise naming the first that did; otherwise fetch the arrays each party
-        releases to this requester.
+        Steps: prepare the job on every party (each checks its policy and
+        reserves quota; a refusal anywhere cancels it on the parties that had
+        accepted, before any data is touched); run it on every party; wait
+        for every party and fetch the arrays each releases to this requester;
+        if any failed, raise naming the party where it started. Each party's
+        signed receipt is kept in the result (and in the receipts folder).
         """
         chosen = tuple(parties or self.parties)
         clients = {p: self._client(p) for p in chosen}
@@ -121,6 +129,15 @@ class Federation:
         if refusals:
             self._cancel(spec.job_id, [p for p in chosen if p not in refusals],
                          f"refused by {', '.join(refusals)}")
+            raise next(iter(refusals.values()))
+        runs = {p: self._pool.submit(c.run_job, spec.job_id) for p, c in clients.items()}
+        for party, future in runs.items():
+            try:
+                future.result()
+            except InvisibleError as exc:
+                refusals[party] = exc
+        if refusals:
+            self._cancel(spec.job_id, [p for p in chosen if p not in refusals], "a party failed")
             raise next(iter(refusals.values()))
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
         waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline)
@@ -141,8 +158,16 @@ class Federation:
             raise ProtocolError(
                 f"job '{spec.job_id}' failed on party '{party}': {error}; no result was released"
             )
-        return JobResult(spec.job_id, kind, chosen, statuses, arrays,
-                         time.perf_counter() - started)
+        result = JobResult(spec.job_id, kind, chosen, statuses, arrays,
+                           time.perf_counter() - started)
+        self._keep_receipts(result)
+        return result
+
+    def _keep_receipts(self, result: JobResult) -> None:
+        folder = self.config.receipts_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{result.job_id}.json"
+        path.write_text(json.dumps(result.receipts, indent=1, sort_keys=True))
 
     def _cancel(self, job_id: str, parties: Sequence[str], reason: str) -> None:
         futures = [self._pool.submit(self.clients[p].cancel_job, job_id, reason, 5.0)

@@ -17,8 +17,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from invisible.errors import InvisibleError
 from invisible.net.pki import init_pki
@@ -34,10 +35,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Any coordinator may run any kind on any column, and outputs may go anywhere; k = 10.
+OPEN_POLICY: dict[str, Any] = {
+    "min_rows": 10, "recipients": ["*"],
+    "allow": [{"requesters": ["*"], "kinds": ["*"], "columns": ["*"]}],
+}
+
+
 @dataclass(frozen=True)
 class LocalDataset:
     path: Path
     columns: Mapping[str, str]
+    #: The dataset's policy table (see invisible.metering.policy); None writes none.
+    policy: Mapping[str, Any] | None = field(default_factory=lambda: dict(OPEN_POLICY))
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,21 @@ class LocalLayout:
 
 def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _toml_value(value: Any) -> str:
+    """Inline TOML for the plain values a policy holds."""
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
 
 
 def write_local_federation(
@@ -79,7 +104,10 @@ def write_local_federation(
         for dataset_id, dataset in (datasets or {}).get(party, {}).items():
             columns = ", ".join(f"{c} = {_toml_string(t)}" for c, t in dataset.columns.items())
             lines += [f"[datasets.{dataset_id}]", f"path = {_toml_string(str(dataset.path))}",
-                      f"columns = {{ {columns} }}", ""]
+                      f"columns = {{ {columns} }}"]
+            if dataset.policy is not None:
+                lines.append(f"policy = {_toml_value(dataset.policy)}")
+            lines.append("")
         path = directory / f"{party}.toml"
         path.write_text("\n".join(lines))
         party_configs[party] = path

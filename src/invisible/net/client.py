@@ -154,6 +154,14 @@ class NodeClient:
             timeout_s,
         )
 
+    def run_job(self, job_id: str, timeout_s: float | None = None) -> None:
+        self._call(
+            f"run of job '{job_id}'",
+            lambda remaining: self._jobs.Run(jobs_pb2.RunJobRequest(job_id=job_id),
+                                             timeout=remaining),
+            timeout_s,
+        )
+
     def job_status(self, job_id: str, wait_s: float = 0.0,
                    timeout_s: float | None = None) -> JobStatus:
         """The job's state; waits on the node up to wait_s for it to finish."""

@@ -94,6 +94,8 @@ class JobStatus:
     output: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     array_headers: dict[str, exchange_pb2.MessageHeader] = field(default_factory=dict, repr=False)
+    #: Signed ledger entries (as JSON objects) the node gives the requester as receipts.
+    receipts: list[dict[str, Any]] = field(default_factory=list)
 
     def to_proto(self) -> jobs_pb2.JobStatusResponse:
         return jobs_pb2.JobStatusResponse(
@@ -101,6 +103,7 @@ class JobStatus:
             record=self.record.to_proto(),
             output_json=json.dumps(self.output, sort_keys=True) if self.output else "",
             output_arrays=[wire.make_header(self.job_id, name, a) for name, a in self.arrays.items()],
+            receipts_json=[json.dumps(r, sort_keys=True) for r in self.receipts],
         )
 
     @classmethod
@@ -114,11 +117,13 @@ class JobStatus:
             headers[header.step] = header
         try:
             output = json.loads(response.output_json) if response.output_json else {}
+            receipts = [json.loads(r) for r in response.receipts_json]
         except json.JSONDecodeError:
-            raise ProtocolError("job output is not valid JSON") from None
+            raise ProtocolError("job output or receipt is not valid JSON") from None
         return cls(
             job_id=response.job_id, state=state, error=response.error,
             record=JobRecord.from_proto(response.record), output=output, array_headers=headers,
+            receipts=receipts,
         )
 
 
@@ -126,6 +131,8 @@ class JobService(Protocol):
     """What a node offers the Jobs servicer."""
 
     def start_job(self, spec: JobSpec, requester: Identity) -> None: ...
+
+    def run_job(self, job_id: str, requester: Identity) -> None: ...
 
     def job_status(self, job_id: str, requester: Identity, wait_s: float) -> JobStatus: ...
 

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from invisible.errors import ConfigError
+from invisible.metering.signing import generate_signing_key
 
 _ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SUFFIX = "invisible"
@@ -206,7 +207,7 @@ def init_pki(
     *,
     overwrite: bool = False,
 ) -> list[Identity]:
-    """Create a CA and a key + certificate per identity in `directory`."""
+    """Create a CA, a key + certificate per identity, and a ledger key pair per party."""
     coordinators = ["coordinator"] if coordinators is None else coordinators
     identities = (
         [Identity(check_party_id(p), Role.PARTY) for p in parties]
@@ -224,4 +225,7 @@ def init_pki(
     ca.save(directory)
     for identity in identities:
         ca.issue_to(directory, identity)
+        if identity.role is Role.PARTY:
+            generate_signing_key(directory / f"{identity.party_id}-ledger.key",
+                                 directory / f"{identity.party_id}-ledger.pub")
     return identities

@@ -114,6 +114,13 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         return jobs_pb2.StartJobResponse(job_id=spec.job_id)
 
     @_domain_errors_to_status
+    def Run(self, request: jobs_pb2.RunJobRequest,
+            context: grpc.ServicerContext) -> jobs_pb2.RunJobResponse:
+        requester = require_role(context, Role.COORDINATOR)
+        self._jobs.run_job(request.job_id, requester)
+        return jobs_pb2.RunJobResponse()
+
+    @_domain_errors_to_status
     def Status(self, request: jobs_pb2.JobStatusRequest,
                context: grpc.ServicerContext) -> jobs_pb2.JobStatusResponse:
         requester = require_role(context, Role.COORDINATOR)

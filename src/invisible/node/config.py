@@ -25,6 +25,21 @@ A party's file::
     [datasets.customers]
     path = "customers.csv"
     columns = { balance = "float", age = "int", segment = "str" }
+
+    [datasets.customers.policy]  # see invisible.metering.policy; without it, all is refused
+    min_rows = 10
+    [[datasets.customers.policy.allow]]
+    requesters = ["analyst"]
+    kinds = ["secure_sum"]
+    columns = ["balance"]
+    jobs_per_day = 100
+
+    [ledger]                     # optional
+    path = "ledger.sqlite"       # default: beside this file
+    signing_key = "../pki/bank-ledger.key"   # default: <id>-ledger.key beside the TLS key
+
+    [metrics]                    # optional: Prometheus endpoint
+    listen = "127.0.0.1:9101"
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from invisible.errors import ConfigError
+from invisible.metering.policy import DatasetPolicy, parse_policy
 from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import check_party_id
 from invisible.net.tls import TlsFiles
@@ -47,6 +63,16 @@ class DatasetConfig:
     dataset_id: str
     path: Path
     columns: dict[str, str]
+    #: None: no policy table, so every job on the dataset is refused.
+    policy: DatasetPolicy | None = None
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    path: Path
+    signing_key: Path
+    #: "sqlite" (the default), or "none" to record nothing — for benchmarks only.
+    store: str = "sqlite"
 
 
 @dataclass(frozen=True)
@@ -67,6 +93,9 @@ class PartyConfig:
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
     #: Outputs addressed to this party itself (e.g. a secure sum it receives).
     results_dir: Path = Path("results")
+    ledger: LedgerConfig = LedgerConfig(Path("ledger.sqlite"), Path("ledger.key"))
+    #: host:port for the Prometheus endpoint, or None for none.
+    metrics_listen: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +105,8 @@ class CoordinatorConfig:
     tls: TlsFiles
     parties: dict[str, str]
     limits: Limits = field(default_factory=Limits)
+    #: Where the parties' signed receipts of every job are kept.
+    receipts_dir: Path = Path("receipts")
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -163,8 +194,22 @@ def _datasets(reader: _Reader) -> dict[str, DatasetConfig]:
         for name, kind in columns.table.items():
             if kind not in COLUMN_TYPES:
                 raise columns._fail(name, f"must be one of {', '.join(COLUMN_TYPES)}")
-        out[dataset_id] = DatasetConfig(dataset_id, entry.path("path"), dict(columns.table))
+        policy = None
+        if "policy" in entry.table:
+            policy = parse_policy(entry.table["policy"], f"{reader.source}: datasets.{dataset_id}.policy")
+        out[dataset_id] = DatasetConfig(dataset_id, entry.path("path"), dict(columns.table), policy)
     return out
+
+
+def _ledger(root: _Reader, party_id: str, tls: TlsFiles) -> LedgerConfig:
+    table = root.table_at("ledger", required=False)
+    path = table.path("path") if "path" in table.table else root.source.parent / "ledger.sqlite"
+    key = (table.path("signing_key") if "signing_key" in table.table
+           else tls.key.parent / f"{party_id}-ledger.key")
+    store = table.table.get("store", "sqlite")
+    if store not in ("sqlite", "none"):
+        raise table._fail("store", "must be 'sqlite' or 'none'")
+    return LedgerConfig(path, key, store)
 
 
 def load_party_config(path: Path | str) -> PartyConfig:
@@ -175,11 +220,16 @@ def load_party_config(path: Path | str) -> PartyConfig:
     peers = root.table_at("peers", required=False).addresses()
     if party_id in peers:
         raise ConfigError(f"{source}: peers names the party itself ('{party_id}')")
+    listen = party.string("listen")
+    tls = _tls(root)
+    metrics = root.table_at("metrics", required=False)
     return PartyConfig(
-        source=source, party_id=party_id, listen=party.string("listen"), tls=_tls(root),
+        source=source, party_id=party_id, listen=listen, tls=tls,
         peers=peers, limits=_limits(root), datasets=_datasets(root),
         results_dir=party.path("results_dir") if "results_dir" in party.table
         else source.parent / "results",
+        ledger=_ledger(root, party_id, tls),
+        metrics_listen=metrics.string("listen") if "listen" in metrics.table else None,
     )
 
 
@@ -193,4 +243,6 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     return CoordinatorConfig(
         source=source, coordinator_id=check_party_id(coordinator.string("id")),
         tls=_tls(root), parties=parties, limits=_limits(root),
+        receipts_dir=coordinator.path("receipts_dir") if "receipts_dir" in coordinator.table
+        else source.parent / "receipts",
     )

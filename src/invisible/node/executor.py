@@ -1,43 +1,69 @@
-"""Runs jobs on a party node: validate, run in a worker thread, keep the status.
+"""Runs jobs on a party node, metered: prepare (authorise, reserve), run, record.
 
-A job is validated completely (id, kind, parties, parameters, datasets)
-before its thread starts, so a refused job touches no data. Only the
-coordinator identity that started a job may read its status, fetch its
-output or cancel it. A job that fails tells its peers, so they fail at once
-rather than at their deadline, and releases nothing.
+1. ``start_job`` prepares: the job is validated completely (id, kind,
+   parties, parameters, datasets), its use of data is checked against the
+   dataset's policy, and quota is reserved in the ledger — one atomic step.
+   Nothing touches data. A refusal is recorded and raised, naming the rule.
+2. ``run_job`` starts the prepared job in a worker thread, once the
+   coordinator saw every party accept. A prepared job that is not run within
+   the deadline is cancelled and gives its reservation back.
+3. The job ends ``finished`` (rows, bytes, values opened, outputs released
+   and to whom, duration), ``failed`` or ``cancelled``; that signed entry is
+   the requester's receipt. A failing job tells its peers, so they fail at
+   once, and releases nothing.
+4. After a finished job, the parties exchange their chain heads over the
+   job's channel and each countersigns the others' (a ``witnessed`` entry).
+
+Only the coordinator identity that started a job may run it, read its
+status, fetch its output or cancel it.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
 from invisible.crypto.prg import Prg
 from invisible.errors import ConfigError, InvisibleError, PolicyError, ProtocolError
+from invisible.metering.meter import JobMeta, Meter
+from invisible.metering.policy import UseRequest
 from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Identity
 from invisible.node.datasets import DatasetRegistry
-from invisible.node.jobkind import JobContext, JobKind
+from invisible.node.jobkind import JobContext, JobKind, JobOutcome
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+HEAD_STEP = "meter/head"
+
+
+class _Phase(Enum):
+    PREPARED = "prepared"
+    RUNNING = "running"
+    DONE = "done"
 
 
 @dataclass
 class _JobRun:
     spec: JobSpec
     requester: Identity
+    kind: JobKind
+    meta: JobMeta
     channel: Channel
     status: JobStatus
+    phase: _Phase = _Phase.PREPARED
     cancelled_by: str = ""
+    timer: threading.Timer | None = None
     done: threading.Event = field(default_factory=threading.Event)
 
 
@@ -51,18 +77,22 @@ class JobExecutor:
         datasets: DatasetRegistry,
         open_channel: Callable[[JobSpec], Channel],
         results_dir: Path,
+        meter: Meter,
+        run_deadline_s: float = 60.0,
     ) -> None:
-        self.results_dir = results_dir
         self.party_id = party_id
+        self.results_dir = results_dir
+        self.meter = meter
         self._kinds = kinds
         self._datasets = datasets
         self._open_channel = open_channel
+        self._run_deadline_s = run_deadline_s
         self._jobs: dict[str, _JobRun] = {}
         self._lock = threading.Lock()
 
-    def _validate(self, spec: JobSpec) -> JobKind:
-        if not _JOB_ID.match(spec.job_id):
-            raise ProtocolError("job id must be 1-128 letters, digits, '.', '_' or '-'")
+    # -- 1. prepare ---------------------------------------------------------------------------
+
+    def _plan(self, spec: JobSpec, requester: Identity) -> tuple[JobKind, JobMeta]:
         kind = self._kinds.get(spec.kind)
         if kind is None:
             raise ConfigError(
@@ -70,59 +100,142 @@ class JobExecutor:
             )
         if self.party_id not in spec.parties:
             raise ConfigError(f"job '{spec.job_id}' does not list this party ('{self.party_id}')")
-        kind.validate(spec, self.party_id, self._datasets)
-        return kind
+        use = kind.plan(spec, self.party_id, self._datasets)
+        request = None if use is None else UseRequest(
+            spec.job_id, requester.party_id, spec.kind, use.dataset, use.columns, use.rows,
+            use.smallest_cell, use.recipient)
+        return kind, JobMeta(spec.job_id, requester.party_id, spec.kind, request)
 
     def start_job(self, spec: JobSpec, requester: Identity) -> None:
-        kind = self._validate(spec)
-        channel = self._open_channel(spec)  # refuses a party that is not a configured peer
+        if not _JOB_ID.match(spec.job_id):
+            raise ProtocolError("job id must be 1-128 letters, digits, '.', '_' or '-'")
         with self._lock:
             if spec.job_id in self._jobs:
                 raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
-            run = _JobRun(spec, requester, channel, JobStatus(spec.job_id, JobState.RUNNING))
-            self._jobs[spec.job_id] = run
-        log.info("job %s (%s) started by %s", spec.job_id, spec.kind, requester)
-        context = JobContext(spec, requester, channel, self._datasets, Prg.from_os(), self.results_dir)
-        threading.Thread(
-            target=self._run, args=(run, kind, context), name=f"job-{spec.job_id}", daemon=True
-        ).start()
-
-    def _run(self, run: _JobRun, kind: JobKind, context: JobContext) -> None:
-        started = time.perf_counter()
-        status = JobStatus(run.spec.job_id, JobState.FAILED)
         try:
-            outcome = kind.run(context)
-            status = JobStatus(
-                run.spec.job_id, JobState.FINISHED,
-                record=JobRecord(
-                    rows_used=outcome.rows_used, values_opened=outcome.values_opened,
-                    bytes_released=sum(a.nbytes for a in outcome.arrays.values()),
-                ),
-                output=outcome.output, arrays=outcome.arrays,
-            )
+            kind, meta = self._plan(spec, requester)
+            channel = self._open_channel(spec)  # refuses a party that is not a configured peer
+        except (ConfigError, ProtocolError) as exc:
+            self.meter.refuse(JobMeta(spec.job_id, requester.party_id, spec.kind),
+                              "invalid-request", str(exc))
+            raise
+        self.meter.admit(meta)  # raises a recorded Refusal
+        run = _JobRun(spec, requester, kind, meta, channel, JobStatus(spec.job_id, JobState.RUNNING))
+        with self._lock:
+            if spec.job_id in self._jobs:  # a concurrent duplicate won the race
+                self.meter.close(meta, "cancelled", {}, released=True, reason="duplicate job id")
+                raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
+            self._jobs[spec.job_id] = run
+            run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
+            run.timer.daemon = True
+            run.timer.start()
+        log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
+
+    def _expire(self, run: _JobRun) -> None:
+        self._cancel_prepared(run, "the deadline to run it passed")
+
+    def _cancel_prepared(self, run: _JobRun, reason: str) -> bool:
+        """Cancel a job that never ran: its reservation is given back. True if it was one."""
+        with self._lock:
+            if run.phase is not _Phase.PREPARED:
+                return False
+            run.phase = _Phase.DONE
+        if run.timer is not None:
+            run.timer.cancel()
+        entry = self.meter.close(run.meta, "cancelled", {}, released=True, reason=reason)
+        run.channel.close()
+        run.status = JobStatus(run.spec.job_id, JobState.FAILED,
+                               error=f"job '{run.spec.job_id}' was cancelled: {reason}",
+                               receipts=[entry.to_json()])
+        run.done.set()
+        log.info("job %s cancelled before it ran: %s", run.spec.job_id, reason)
+        return True
+
+    # -- 2. run ---------------------------------------------------------------------------------
+
+    def run_job(self, job_id: str, requester: Identity) -> None:
+        run = self._run_for(job_id, requester)
+        with self._lock:
+            if run.phase is not _Phase.PREPARED:
+                raise ProtocolError(f"job '{job_id}' is not waiting to run")
+            run.phase = _Phase.RUNNING
+        if run.timer is not None:
+            run.timer.cancel()
+        context = JobContext(run.spec, requester, run.channel, self._datasets, Prg.from_os(),
+                             self.results_dir)
+        threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
+                         daemon=True).start()
+
+    def _run(self, run: _JobRun, context: JobContext) -> None:
+        started = time.perf_counter()
+        outcome: JobOutcome | None = None
+        error = ""
+        try:
+            outcome = run.kind.run(context)
         except InvisibleError as exc:
-            status.error = str(exc)
+            error = str(exc)
         except Exception as exc:  # a bug: report its type, never its values
             log.exception("job %s failed unexpectedly", run.spec.job_id)
-            status.error = f"internal error on party '{self.party_id}' ({type(exc).__name__})"
-        if status.state is JobState.FAILED and not run.cancelled_by:
-            context.channel.abort()
-        context.channel.close()
-        stats = context.channel.stats
-        status.record.bytes_sent = stats.bytes_sent
-        status.record.bytes_received = stats.bytes_received
-        status.record.messages_sent = stats.messages_sent
-        status.record.messages_received = stats.messages_received
-        status.record.duration_s = time.perf_counter() - started
+            error = f"internal error on party '{self.party_id}' ({type(exc).__name__})"
+        if outcome is None and not run.cancelled_by:
+            run.channel.abort()
+        stats = run.channel.stats
+        record = JobRecord(
+            bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
+            messages_sent=stats.messages_sent, messages_received=stats.messages_received,
+            duration_s=time.perf_counter() - started,
+        )
+        if outcome is not None and not run.cancelled_by:
+            record.rows_used = outcome.rows_used
+            record.values_opened = outcome.values_opened
+            record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())
+            entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
+                                     outputs=self._released(run, outcome))
+            status = JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
+                               output=outcome.output, arrays=outcome.arrays,
+                               receipts=[entry.to_json()])
+        else:
+            event = "cancelled" if run.cancelled_by else "failed"
+            if run.cancelled_by:
+                error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"
+            entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False)
+            status = JobStatus(run.spec.job_id, JobState.FAILED, error=error, record=record,
+                               receipts=[entry.to_json()])
         with self._lock:
-            if run.cancelled_by:  # cancelled while finishing: release nothing
-                status = JobStatus(run.spec.job_id, JobState.FAILED, record=status.record,
-                                   error=f"job '{run.spec.job_id}' was cancelled by "
-                                         f"'{run.cancelled_by}'")
             run.status = status
-            run.done.set()
-        log.info("job %s %s in %.3f s", run.spec.job_id, status.state.value,
-                 status.record.duration_s)
+            run.phase = _Phase.DONE
+        run.done.set()
+        log.info("job %s %s in %.3f s", run.spec.job_id, status.state.value, record.duration_s)
+        if status.state is JobState.FINISHED:
+            self._witness(run, entry.seq, entry.hash)
+        run.channel.close()
+
+    @staticmethod
+    def _released(run: _JobRun, outcome: JobOutcome) -> dict[str, object]:
+        recipient = outcome.output.get("recipient", run.requester.party_id)
+        return {"to": recipient, "arrays": {n: int(a.size) for n, a in outcome.arrays.items()},
+                "values_opened": outcome.values_opened}
+
+    def _witness(self, run: _JobRun, seq: int, digest: str) -> None:
+        """Step 4: exchange chain heads with the job's peers and countersign theirs."""
+        if not self.meter.records or seq <= 0:
+            return
+        channel = run.channel
+        try:
+            mine = json.dumps({"seq": seq, "hash": digest}).encode()
+            channel.send_to_each(HEAD_STEP, {peer: mine for peer in channel.peers})
+            heads = {}
+            for peer in channel.peers:
+                head = json.loads(channel.recv_bytes(peer, HEAD_STEP))
+                if not (isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str)
+                        and re.fullmatch(r"[0-9a-f]{64}", head["hash"])):
+                    raise ProtocolError(f"party '{peer}' sent a malformed chain head")
+                heads[peer] = (head["seq"], head["hash"])
+            self.meter.witness(run.meta, heads)
+        except (InvisibleError, ValueError) as exc:
+            log.warning("job %s: chain heads not countersigned: %s", run.spec.job_id, exc)
+
+    # -- requests from the coordinator -----------------------------------------------------------
 
     def _run_for(self, job_id: str, requester: Identity) -> _JobRun:
         with self._lock:
@@ -150,16 +263,20 @@ class JobExecutor:
 
     def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None:
         run = self._run_for(job_id, requester)
+        if self._cancel_prepared(run, f"cancelled by '{requester.party_id}': {reason}"):
+            return
         with self._lock:
-            if run.cancelled_by:
+            if run.cancelled_by or run.phase is _Phase.DONE:
+                if run.phase is _Phase.DONE and run.status.state is JobState.FINISHED:
+                    run.status = JobStatus(job_id, JobState.FAILED, record=run.status.record,
+                                           error=f"job '{job_id}' was cancelled by "
+                                                 f"'{requester.party_id}'",
+                                           receipts=run.status.receipts)
                 return
             run.cancelled_by = requester.party_id
-            if run.done.is_set() and run.status.state is JobState.FINISHED:
-                run.status = JobStatus(job_id, JobState.FAILED, record=run.status.record,
-                                       error=f"job '{job_id}' was cancelled by '{requester.party_id}'")
         log.info("job %s cancelled by %s: %s", job_id, requester, reason)
         run.channel.interrupt(requester.party_id)
 
     def running(self) -> list[str]:
         with self._lock:
-            return [job_id for job_id, run in self._jobs.items() if not run.done.is_set()]
+            return [job_id for job_id, run in self._jobs.items() if run.phase is not _Phase.DONE]

@@ -39,10 +39,21 @@ class JobOutcome:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class DataUse:
+    """What a job will do with this party's data, known before it runs (for the policy)."""
+
+    dataset: str
+    columns: tuple[str, ...]
+    rows: int
+    smallest_cell: int | None
+    recipient: str | None
+
+
 class JobKind(Protocol):
     name: str
 
-    def validate(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> None:
-        """Raise ConfigError or ProtocolError if this node cannot run the job."""
+    def plan(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> DataUse | None:
+        """Validate the job here and say what data it uses (None: none); raises if invalid."""
 
     def run(self, context: JobContext) -> JobOutcome: ...

@@ -9,7 +9,7 @@ import numpy as np
 from invisible.errors import ConfigError
 from invisible.net.jobs_api import JobSpec
 from invisible.node.datasets import DatasetRegistry
-from invisible.node.jobkind import JobContext, JobKind, JobOutcome
+from invisible.node.jobkind import DataUse, JobContext, JobKind, JobOutcome
 from invisible.node.secure_sum import SecureSumKind
 from invisible.protocols.connectivity import run_connectivity_check
 
@@ -19,11 +19,12 @@ class ConnectivityKind:
 
     name = "connectivity"
 
-    def validate(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> None:
+    def plan(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> DataUse | None:
         if spec.params:
             raise ConfigError("a connectivity job takes no parameters")
         if len(spec.parties) < 2:
             raise ConfigError("a connectivity job needs at least two parties")
+        return None
 
     def run(self, context: JobContext) -> JobOutcome:
         result = run_connectivity_check(context.channel)
@@ -44,7 +45,7 @@ class BandwidthKind:
 
     name = "bandwidth"
 
-    def validate(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> None:
+    def plan(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> DataUse | None:
         params = spec.params
         if set(params) != {"sender", "receiver", "elements"} or not (
             params["sender"] in spec.parties and params["receiver"] in spec.parties
@@ -53,6 +54,7 @@ class BandwidthKind:
         ):
             raise ConfigError("a bandwidth job needs distinct parties 'sender' and 'receiver' of "
                               "the job and 1 <= 'elements' <= 2^28")
+        return None
 
     def run(self, context: JobContext) -> JobOutcome:
         params, channel = context.spec.params, context.channel

@@ -11,6 +11,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 from invisible.errors import ConfigError
+from invisible.metering.ledger import Ledger
+from invisible.metering.meter import LedgerStore, Meter, NullLedgerStore
+from invisible.metering.metrics import NodeMetrics
+from invisible.metering.signing import load_signing_key
 from invisible.net.client import NodeClient
 from invisible.net.grpc_channel import GrpcChannel
 from invisible.net.jobs_api import JobSpec
@@ -45,9 +49,23 @@ class PartyNode:
             peer: NodeClient(self.tls, peer, address, timeout_s=config.limits.rpc_timeout_s)
             for peer, address in config.peers.items()
         }
+        self.metrics = NodeMetrics(config.party_id)
+        self.ledger: Ledger | None = None
+        store: LedgerStore
+        if config.ledger.store == "none":
+            store = NullLedgerStore(config.party_id)
+        else:
+            self.ledger = store = Ledger(config.ledger.path, config.party_id,
+                                         load_signing_key(config.ledger.signing_key))
+            interrupted = self.ledger.mark_interrupted()
+            if interrupted:
+                log.warning("%d job(s) open when the node last stopped are marked interrupted",
+                            len(interrupted))
+        policies = {d: c.policy for d, c in config.datasets.items()}
+        self.meter = Meter(config.party_id, store, policies, self.metrics)
         self.executor = JobExecutor(
             config.party_id, kinds or default_kinds(), self.datasets, self._open_channel,
-            config.results_dir,
+            config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
         )
         self._health = HealthServicer(self.tls.identity, self.datasets.ids)
         self._server, self.port = build_server(
@@ -56,6 +74,7 @@ class PartyNode:
             jobs=JobsServicer(self.executor),
         )
         self._stopped = threading.Event()
+        self.metrics_port: int | None = None
         self._send_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="invisible-send")
 
     @property
@@ -81,6 +100,8 @@ class PartyNode:
 
     def start(self) -> PartyNode:
         self._server.start()
+        if self.config.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         log.info("node %s serving on %s", self.tls.identity, self.address)
         return self
 
@@ -93,6 +114,9 @@ class PartyNode:
         for client in self.clients.values():
             client.close()
         self._send_pool.shutdown(wait=False, cancel_futures=True)
+        self.metrics.stop()
+        if self.ledger is not None:
+            self.ledger.close()
 
     def __enter__(self) -> PartyNode:
         return self.start()

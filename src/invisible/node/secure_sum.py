@@ -40,7 +40,7 @@ from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, PolicyError
 from invisible.net.jobs_api import JobSpec
 from invisible.node.datasets import DatasetRegistry
-from invisible.node.jobkind import JobContext, JobOutcome
+from invisible.node.jobkind import DataUse, JobContext, JobOutcome
 from invisible.protocols.secure_sum import secure_sum
 
 KIND = "secure_sum"
@@ -175,12 +175,8 @@ def local_vector(params: SecureSumParams, party: str, datasets: DatasetRegistry,
         return encoded, rows
     if params.group_by is None:
         return np.array([encoded.sum(dtype=RING_DTYPE)], dtype=RING_DTYPE), rows
-    groups = dataset.column(params.group_by)
+    groups = dataset.column(params.group_by)  # checked by SecureSumKind.plan
     categories = int(params.categories or 0)
-    if groups.dtype.kind != "i" or (rows and (groups.min() < 0 or groups.max() >= categories)):
-        raise ConfigError(
-            f"secure_sum: group column '{params.group_by}' must hold integers in [0, {categories})"
-        )
     totals = np.zeros(categories, dtype=RING_DTYPE)
     np.add.at(totals, groups, encoded)
     return totals, rows
@@ -189,13 +185,26 @@ def local_vector(params: SecureSumParams, party: str, datasets: DatasetRegistry,
 class SecureSumKind:
     name = KIND
 
-    def validate(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> None:
+    def plan(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> DataUse:
         params = SecureSumParams.from_json(spec.params, spec.parties)
         ref = params.inputs[party_id]
         dataset = datasets.get(ref.dataset)
-        dataset.column(ref.column)
-        if params.group_by:
-            dataset.column(params.group_by)
+        rows = int(dataset.column(ref.column).shape[0])
+        columns: tuple[str, ...] = (ref.column,)
+        if params.elementwise:
+            smallest = 1  # every element is one row's value
+        elif params.group_by:
+            groups = dataset.column(params.group_by)
+            columns += (params.group_by,)
+            categories = int(params.categories or 0)
+            if groups.dtype.kind != "i" or (rows and (groups.min() < 0
+                                                      or groups.max() >= categories)):
+                raise ConfigError(f"secure_sum: group column '{params.group_by}' must hold "
+                                  f"integers in [0, {categories})")
+            smallest = int(np.bincount(groups, minlength=categories).min()) if rows else 0
+        else:
+            smallest = rows
+        return DataUse(ref.dataset, columns, rows, smallest, params.recipient)
 
     def run(self, context: JobContext) -> JobOutcome:
         params = SecureSumParams.from_json(context.spec.params, context.spec.parties)

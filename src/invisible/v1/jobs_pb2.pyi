@@ -43,6 +43,16 @@ class StartJobResponse(_message.Message):
     job_id: str
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
+class RunJobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class RunJobResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class JobRecord(_message.Message):
     __slots__ = ("rows_used", "bytes_sent", "bytes_received", "messages_sent", "messages_received", "values_opened", "duration_s", "bytes_released")
     ROWS_USED_FIELD_NUMBER: _ClassVar[int]
@@ -72,20 +82,22 @@ class JobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class JobStatusResponse(_message.Message):
-    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_arrays")
+    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_arrays", "receipts_json")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RECORD_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ARRAYS_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_JSON_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     error: str
     record: JobRecord
     output_json: str
     output_arrays: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.MessageHeader]
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_arrays: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ...) -> None: ...
+    receipts_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_arrays: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ..., receipts_json: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FetchOutputRequest(_message.Message):
     __slots__ = ("job_id", "name")

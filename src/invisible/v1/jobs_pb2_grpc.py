@@ -40,6 +40,11 @@ class JobsStub:
                 request_serializer=invisible_dot_v1_dot_jobs__pb2.StartJobRequest.SerializeToString,
                 response_deserializer=invisible_dot_v1_dot_jobs__pb2.StartJobResponse.FromString,
                 _registered_method=True)
+        self.Run = channel.unary_unary(
+                '/invisible.v1.Jobs/Run',
+                request_serializer=invisible_dot_v1_dot_jobs__pb2.RunJobRequest.SerializeToString,
+                response_deserializer=invisible_dot_v1_dot_jobs__pb2.RunJobResponse.FromString,
+                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/invisible.v1.Jobs/Status',
                 request_serializer=invisible_dot_v1_dot_jobs__pb2.JobStatusRequest.SerializeToString,
@@ -61,7 +66,17 @@ class JobsServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Start(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Prepares a job: validates it, checks it against the node's policy and
+        ledger, and reserves quota. Nothing touches data yet. A refusal is an
+        error naming the party's rule (PERMISSION_DENIED), recorded in its ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Run(self, request, context):
+        """Runs a prepared job; the coordinator sends it once every party accepted.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -95,6 +110,11 @@ def add_JobsServicer_to_server(servicer, server):
                     servicer.Start,
                     request_deserializer=invisible_dot_v1_dot_jobs__pb2.StartJobRequest.FromString,
                     response_serializer=invisible_dot_v1_dot_jobs__pb2.StartJobResponse.SerializeToString,
+            ),
+            'Run': grpc.unary_unary_rpc_method_handler(
+                    servicer.Run,
+                    request_deserializer=invisible_dot_v1_dot_jobs__pb2.RunJobRequest.FromString,
+                    response_serializer=invisible_dot_v1_dot_jobs__pb2.RunJobResponse.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
                     servicer.Status,
@@ -139,6 +159,33 @@ class Jobs:
             '/invisible.v1.Jobs/Start',
             invisible_dot_v1_dot_jobs__pb2.StartJobRequest.SerializeToString,
             invisible_dot_v1_dot_jobs__pb2.StartJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Run(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invisible.v1.Jobs/Run',
+            invisible_dot_v1_dot_jobs__pb2.RunJobRequest.SerializeToString,
+            invisible_dot_v1_dot_jobs__pb2.RunJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

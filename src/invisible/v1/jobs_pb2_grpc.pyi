@@ -38,6 +38,12 @@ class JobsStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> JobsAsyncStub: ...
     Start: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.StartJobRequest, _jobs_pb2.StartJobResponse]
+    """Prepares a job: validates it, checks it against the node's policy and
+    ledger, and reserves quota. Nothing touches data yet. A refusal is an
+    error naming the party's rule (PERMISSION_DENIED), recorded in its ledger.
+    """
+    Run: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RunJobRequest, _jobs_pb2.RunJobResponse]
+    """Runs a prepared job; the coordinator sends it once every party accepted."""
     Status: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.JobStatusRequest, _jobs_pb2.JobStatusResponse]
     """Waits up to wait_ms for the job to leave the running state, then answers."""
     FetchOutput: _grpc.UnaryStreamMultiCallable[_jobs_pb2.FetchOutputRequest, _exchange_pb2.Frame]
@@ -51,6 +57,12 @@ class JobsStub:
 class JobsAsyncStub(JobsStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Start: _aio.UnaryUnaryMultiCallable[_jobs_pb2.StartJobRequest, _jobs_pb2.StartJobResponse]  # type: ignore[assignment]
+    """Prepares a job: validates it, checks it against the node's policy and
+    ledger, and reserves quota. Nothing touches data yet. A refusal is an
+    error naming the party's rule (PERMISSION_DENIED), recorded in its ledger.
+    """
+    Run: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RunJobRequest, _jobs_pb2.RunJobResponse]  # type: ignore[assignment]
+    """Runs a prepared job; the coordinator sends it once every party accepted."""
     Status: _aio.UnaryUnaryMultiCallable[_jobs_pb2.JobStatusRequest, _jobs_pb2.JobStatusResponse]  # type: ignore[assignment]
     """Waits up to wait_ms for the job to leave the running state, then answers."""
     FetchOutput: _aio.UnaryStreamMultiCallable[_jobs_pb2.FetchOutputRequest, _exchange_pb2.Frame]  # type: ignore[assignment]
@@ -66,7 +78,19 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _jobs_pb2.StartJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_jobs_pb2.StartJobResponse, _abc.Awaitable[_jobs_pb2.StartJobResponse]]: ...
+    ) -> _typing.Union[_jobs_pb2.StartJobResponse, _abc.Awaitable[_jobs_pb2.StartJobResponse]]:
+        """Prepares a job: validates it, checks it against the node's policy and
+        ledger, and reserves quota. Nothing touches data yet. A refusal is an
+        error naming the party's rule (PERMISSION_DENIED), recorded in its ledger.
+        """
+
+    @_abc_1.abstractmethod
+    def Run(
+        self,
+        request: _jobs_pb2.RunJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.RunJobResponse, _abc.Awaitable[_jobs_pb2.RunJobResponse]]:
+        """Runs a prepared job; the coordinator sends it once every party accepted."""
 
     @_abc_1.abstractmethod
     def Status(

@@ -1,0 +1,94 @@
+"""Ledger entries: what one job state change at one node looks like, hashed and signed.
+
+An entry's hash is SHA-256 over the canonical JSON of every field but the
+hash and the signature, including the sequence number and the previous
+entry's hash, so changing, removing or reordering any entry breaks the
+chain from there on. The node signs the 32-byte hash with Ed25519.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from invisible.errors import ConfigError
+from invisible.metering.signing import signature_valid
+
+GENESIS_HASH = "0" * 64
+#: Job state changes, in the order they may happen.
+EVENTS = ("requested", "accepted", "refused", "finished", "failed", "cancelled", "interrupted",
+          "witnessed")
+TERMINAL_EVENTS = frozenset({"refused", "finished", "failed", "cancelled", "interrupted"})
+
+
+def canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+@dataclass(frozen=True)
+class PendingEntry:
+    """An entry before the ledger gives it a place in the chain."""
+
+    job_id: str
+    event: str
+    requester: str = ""
+    kind: str = ""
+    dataset: str = ""
+    rows: int = 0
+    body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    node: str
+    seq: int
+    ts: str
+    job_id: str
+    event: str
+    requester: str
+    kind: str
+    dataset: str
+    rows: int
+    body: dict[str, Any]
+    prev_hash: str
+    hash: str = ""
+    signature: str = ""
+
+    def signed_fields(self) -> dict[str, Any]:
+        data = asdict(self)
+        del data["hash"], data["signature"]
+        return data
+
+    def compute_hash(self) -> str:
+        return hashlib.sha256(canonical_json(self.signed_fields())).hexdigest()
+
+    def sealed(self, key: Ed25519PrivateKey) -> LedgerEntry:
+        digest = self.compute_hash()
+        signature = key.sign(bytes.fromhex(digest)).hex()
+        return LedgerEntry(**{**self.signed_fields(), "hash": digest, "signature": signature})
+
+    def problem(self, key: Ed25519PublicKey) -> str | None:
+        """Why this entry is not intact on its own (hash or signature), or None."""
+        if self.compute_hash() != self.hash:
+            return "its content does not match its hash (altered)"
+        try:
+            signature = bytes.fromhex(self.signature)
+        except ValueError:
+            return "its signature is not hex"
+        if not signature_valid(key, signature, bytes.fromhex(self.hash)):
+            return "its signature does not verify with the node's public key"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
+        try:
+            return cls(**data)
+        except TypeError:
+            raise ConfigError("not a ledger entry (fields differ)") from None

@@ -1,0 +1,196 @@
+"""The append-only, hash-chained, signed ledger of one node (SQLite, WAL, synchronous=FULL).
+
+Every state change of every job that touched (or asked to touch) the node's
+data is one entry. Appends happen in `BEGIN IMMEDIATE` transactions, so a
+quota check and the reservation it allows are one atomic step, across
+threads and processes. Quotas are computed from the ledger itself, so they
+survive restarts; a job that was running when the node stopped is marked
+`interrupted` at the next start and still counts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from invisible.errors import ConfigError
+from invisible.metering.entries import (
+    GENESIS_HASH,
+    TERMINAL_EVENTS,
+    LedgerEntry,
+    PendingEntry,
+    canonical_json,
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    seq INTEGER PRIMARY KEY,
+    node TEXT NOT NULL,
+    ts TEXT NOT NULL,
+    job_id TEXT NOT NULL,
+    event TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    rows INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    signature TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_usage ON entries (dataset, event, ts);
+CREATE INDEX IF NOT EXISTS entries_job ON entries (job_id);
+"""
+
+_OPEN_JOBS = (  # placeholders only; the events are passed as parameters
+    "SELECT * FROM entries WHERE event = 'accepted' AND job_id NOT IN "  # noqa: S608
+    "(SELECT job_id FROM entries WHERE event IN (" + ",".join("?" * len(TERMINAL_EVENTS)) + "))"
+    " ORDER BY seq"
+)
+
+
+@dataclass(frozen=True)
+class Usage:
+    jobs: int
+    rows: int
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _row_to_entry(row: sqlite3.Row) -> LedgerEntry:
+    return LedgerEntry(
+        node=row["node"], seq=row["seq"], ts=row["ts"], job_id=row["job_id"], event=row["event"],
+        requester=row["requester"], kind=row["kind"], dataset=row["dataset"], rows=row["rows"],
+        body=json.loads(row["body"]), prev_hash=row["prev_hash"], hash=row["hash"],
+        signature=row["signature"],
+    )
+
+
+class Ledger:
+    """One node's ledger; thread-safe (one connection, one lock), process-safe (SQLite locks)."""
+
+    def __init__(self, path: Path, node_id: str, signing_key: Ed25519PrivateKey,
+                 clock: Callable[[], str] = utc_now) -> None:
+        self.path = path
+        self.node_id = node_id
+        self._key = signing_key
+        self._clock = clock
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=30.0)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"ledger {path} cannot be opened: {exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _head(self) -> tuple[int, str]:
+        row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
+        return (0, GENESIS_HASH) if row is None else (row["seq"], row["hash"])
+
+    def head(self) -> tuple[int, str]:
+        with self._lock:
+            return self._head()
+
+    def _insert(self, pending: Sequence[PendingEntry]) -> list[LedgerEntry]:
+        seq, prev_hash = self._head()
+        written = []
+        for item in pending:
+            seq += 1
+            entry = LedgerEntry(
+                node=self.node_id, seq=seq, ts=self._clock(), job_id=item.job_id,
+                event=item.event, requester=item.requester, kind=item.kind,
+                dataset=item.dataset, rows=item.rows, body=item.body, prev_hash=prev_hash,
+            ).sealed(self._key)
+            self._db.execute(
+                "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (entry.seq, entry.node, entry.ts, entry.job_id, entry.event, entry.requester,
+                 entry.kind, entry.dataset, entry.rows, canonical_json(entry.body).decode(),
+                 entry.prev_hash, entry.hash, entry.signature),
+            )
+            prev_hash = entry.hash
+            written.append(entry)
+        return written
+
+    def append(self, *pending: PendingEntry) -> list[LedgerEntry]:
+        """Append entries in one durable transaction."""
+        return self.transaction(lambda _: list(pending))
+
+    def transaction(self, decide: Callable[[Ledger], Sequence[PendingEntry]]) -> list[LedgerEntry]:
+        """Under the write lock, let `decide` read usage and choose what to append; atomic."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                written = self._insert(decide(self))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            return written
+
+    def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
+        """Jobs and rows reserved on `dataset` during the UTC day `day` (YYYY-MM-DD).
+
+        Accepted jobs count; a job cancelled before it ran gives its reservation back.
+        Call inside :meth:`transaction` for a consistent read.
+        """
+        query = ("SELECT event, COUNT(*) AS jobs, COALESCE(SUM(rows), 0) AS rows FROM entries "
+                 "WHERE dataset = ? AND ts >= ? AND ts < ? AND (event = 'accepted' OR "
+                 "(event = 'cancelled' AND body LIKE '%\"released\":true%'))")
+        params: list[object] = [dataset, day, day + "~"]
+        if requester is not None:
+            query += " AND requester = ?"
+            params.append(requester)
+        jobs = rows = 0
+        for row in self._db.execute(query + " GROUP BY event", params):
+            sign = 1 if row["event"] == "accepted" else -1
+            jobs += sign * row["jobs"]
+            rows += sign * row["rows"]
+        return Usage(jobs, rows)
+
+    def entries(self, since: str | None = None, after_seq: int = 0) -> Iterator[LedgerEntry]:
+        with self._lock:
+            query = "SELECT * FROM entries WHERE seq > ?"
+            params: list[object] = [after_seq]
+            if since:
+                query += " AND ts >= ?"
+                params.append(since)
+            rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
+        return (_row_to_entry(row) for row in rows)
+
+    def job_entries(self, job_id: str) -> list[LedgerEntry]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM entries WHERE job_id = ? ORDER BY seq",
+                                    (job_id,)).fetchall()
+        return [_row_to_entry(row) for row in rows]
+
+    def open_jobs(self) -> list[LedgerEntry]:
+        """The `accepted` entries of jobs that never reached a terminal state."""
+        with self._lock:
+            rows = self._db.execute(_OPEN_JOBS, tuple(TERMINAL_EVENTS)).fetchall()
+        return [_row_to_entry(row) for row in rows]
+
+    def mark_interrupted(self) -> list[LedgerEntry]:
+        """At start: every job left open by a stop or crash becomes `interrupted` (it still counts)."""
+        open_entries = self.open_jobs()
+        return self.append(*[
+            PendingEntry(e.job_id, "interrupted", e.requester, e.kind, e.dataset, e.rows,
+                         {"reason": "the node stopped while the job was open"})
+            for e in open_entries
+        ]) if open_entries else []

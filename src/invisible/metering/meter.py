@@ -1,0 +1,159 @@
+"""A node's meter: every job is authorised, reserved, recorded and counted here.
+
+The executor calls it at each state change of a job:
+
+- :meth:`Meter.admit` before anything touches data: the static policy check,
+  then — in one ledger transaction — today's usage, the quota check, and the
+  `requested` + `accepted` (or `requested` + `refused`) entries. Twenty
+  concurrent requests at the edge of a quota cannot overspend it.
+- :meth:`Meter.close` at the end: `finished` (with rows, bytes, values
+  opened, outputs released and to whom, duration), `failed` or `cancelled`.
+- :meth:`Meter.witness`: the chain heads of the job's peers, countersigned.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from invisible.metering.entries import LedgerEntry, PendingEntry
+from invisible.metering.ledger import Usage, utc_now
+from invisible.metering.metrics import NodeMetrics
+from invisible.metering.policy import (
+    DatasetPolicy,
+    Refusal,
+    UseRequest,
+    authorise,
+    quota_problem,
+)
+
+log = logging.getLogger(__name__)
+
+
+class LedgerStore(Protocol):
+    def transaction(self, decide: Any) -> list[LedgerEntry]: ...
+
+    def append(self, *pending: PendingEntry) -> list[LedgerEntry]: ...
+
+    def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage: ...
+
+    def head(self) -> tuple[int, str]: ...
+
+
+class NullLedgerStore:
+    """Records nothing (benchmarks only: what metering costs is measured against this)."""
+
+    def __init__(self, node_id: str) -> None:
+        self.node_id = node_id
+
+    def transaction(self, decide: Any) -> list[LedgerEntry]:
+        return [LedgerEntry(self.node_id, 0, "", p.job_id, p.event, p.requester, p.kind,
+                            p.dataset, p.rows, p.body, "") for p in decide(self)]
+
+    def append(self, *pending: PendingEntry) -> list[LedgerEntry]:
+        return self.transaction(lambda _: pending)
+
+    def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
+        return Usage(0, 0)
+
+    def head(self) -> tuple[int, str]:
+        return 0, ""
+
+
+@dataclass(frozen=True)
+class JobMeta:
+    """The ledger's view of a job: who, what kind, and what it uses here (if any data)."""
+
+    job_id: str
+    requester: str
+    kind: str
+    use: UseRequest | None = None
+
+    def pending(self, event: str, rows: int = 0, **body: Any) -> PendingEntry:
+        dataset = self.use.dataset if self.use else ""
+        if self.use is not None:
+            body.setdefault("columns", list(self.use.columns))
+        return PendingEntry(self.job_id, event, self.requester, self.kind, dataset, rows, body)
+
+
+class Meter:
+    def __init__(self, party_id: str, store: LedgerStore,
+                 policies: dict[str, DatasetPolicy | None], metrics: NodeMetrics) -> None:
+        self.party_id = party_id
+        self.store = store
+        self.policies = policies
+        self.metrics = metrics
+        #: False for the benchmarks' no-op store: nothing to countersign.
+        self.records = not isinstance(store, NullLedgerStore)
+
+    def refuse(self, job: JobMeta, rule: str, detail: str) -> LedgerEntry:
+        """Record a job refused before policy could be applied (an invalid request)."""
+        entries = self.store.append(job.pending("requested"),
+                                    job.pending("refused", rule=rule, detail=detail))
+        self.metrics.refusals.labels(rule).inc()
+        self.metrics.jobs(job.kind, "refused").inc()
+        return entries[-1]
+
+    def admit(self, job: JobMeta) -> LedgerEntry:
+        """Authorise and reserve, atomically; raises Refusal (recorded) if not allowed."""
+        use = job.use
+        if use is None:  # touches no data: recorded, no policy applies
+            return self.store.append(job.pending("requested"), job.pending("accepted"))[-1]
+        policy = self.policies.get(use.dataset)
+        try:
+            rule = authorise(self.party_id, policy, use)
+        except Refusal as refusal:
+            self.refuse(job, refusal.rule, str(refusal))
+            raise
+        assert policy is not None  # authorise refuses a dataset without policy
+        day = utc_now()[:10]
+        verdict: dict[str, Any] = {}
+
+        def decide(store: LedgerStore) -> list[PendingEntry]:
+            mine = store.usage(use.dataset, day, use.requester)
+            overall = store.usage(use.dataset, day)
+            problem = quota_problem(policy, rule, use, (mine.jobs, mine.rows),
+                                    (overall.jobs, overall.rows))
+            verdict.update(problem=problem, mine=mine, overall=overall)
+            if problem is not None:
+                return [job.pending("requested"),
+                        job.pending("refused", rule=problem[0], detail=problem[1])]
+            return [job.pending("requested"), job.pending("accepted", rows=use.rows)]
+
+        entries = self.store.transaction(decide)
+        if verdict["problem"] is not None:
+            rule_name, detail = verdict["problem"]
+            self.metrics.refusals.labels(rule_name).inc()
+            self.metrics.jobs(job.kind, "refused").inc()
+            raise Refusal(self.party_id, rule_name, detail)
+        self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
+        return entries[-1]
+
+    def _export_remaining(self, policy: DatasetPolicy, rule: Any, use: UseRequest,
+                          mine: Usage, overall: Usage) -> None:
+        gauge = self.metrics.quota_remaining
+        for limit, used, who, unit in (
+            (rule.jobs_per_day, mine.jobs + 1, use.requester, "jobs"),
+            (rule.rows_per_day, mine.rows + use.rows, use.requester, "rows"),
+            (policy.jobs_per_day, overall.jobs + 1, "*", "jobs"),
+            (policy.rows_per_day, overall.rows + use.rows, "*", "rows"),
+        ):
+            if limit is not None:
+                gauge.labels(use.dataset, who, unit).set(max(0, limit - used))
+
+    def close(self, job: JobMeta, event: str, record: dict[str, Any], rows: int = 0,
+              **body: Any) -> LedgerEntry:
+        """The terminal entry of a job that was admitted: finished, failed or cancelled."""
+        entry = self.store.append(job.pending(event, rows=rows, **record, **body))[-1]
+        self.metrics.jobs(job.kind, event).inc()
+        if event == "finished" and job.use is not None:
+            self.metrics.rows.labels(job.use.dataset).inc(rows)
+        self.metrics.bytes.labels("sent").inc(record.get("bytes_sent", 0))
+        self.metrics.bytes.labels("received").inc(record.get("bytes_received", 0))
+        return entry
+
+    def witness(self, job: JobMeta, heads: dict[str, tuple[int, str]]) -> LedgerEntry:
+        """Countersign the peers' chain heads as received over mutual TLS."""
+        return self.store.append(job.pending(
+            "witnessed", heads={p: [seq, digest] for p, (seq, digest) in heads.items()}))[-1]

@@ -1,0 +1,167 @@
+"""Per-dataset policy: who may run which job kinds on which columns, how much, and for whom.
+
+In a party's TOML, under each dataset::
+
+    [datasets.customers.policy]
+    min_rows = 10                   # k: every released cell aggregates at least k rows here
+    recipients = ["requester"]      # who may receive outputs: the requester, or named parties
+    jobs_per_day = 500              # the dataset overall, whoever asks (UTC days)
+    rows_per_day = 1000000
+
+    [[datasets.customers.policy.allow]]
+    requesters = ["analyst"]        # certificate identities; "*" for any coordinator
+    kinds = ["secure_sum"]          # "*" for any kind
+    columns = ["monthly_spend", "district"]   # "*" for any column
+    jobs_per_day = 100              # per requester
+    rows_per_day = 100000
+
+A dataset without a policy table refuses every job: nothing is allowed by
+default. A refusal names the party's rule, never the data: in particular
+not how many rows a cell has.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from invisible.errors import ConfigError, PolicyError
+
+ANY = "*"
+REQUESTER = "requester"
+DEFAULT_MIN_ROWS = 10
+
+
+class Refusal(PolicyError):
+    """A job refused by a party's policy; `rule` names the rule."""
+
+    def __init__(self, party: str, rule: str, detail: str) -> None:
+        super().__init__(f"rule '{rule}': {detail}")
+        self.party = party
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class AllowRule:
+    requesters: frozenset[str]
+    kinds: frozenset[str]
+    columns: frozenset[str]
+    jobs_per_day: int | None = None
+    rows_per_day: int | None = None
+
+    def matches(self, requester: str, kind: str) -> bool:
+        return ((ANY in self.requesters or requester in self.requesters)
+                and (ANY in self.kinds or kind in self.kinds))
+
+
+@dataclass(frozen=True)
+class DatasetPolicy:
+    allow: tuple[AllowRule, ...] = ()
+    min_rows: int = DEFAULT_MIN_ROWS
+    recipients: frozenset[str] = frozenset({REQUESTER})
+    jobs_per_day: int | None = None
+    rows_per_day: int | None = None
+
+
+@dataclass(frozen=True)
+class UseRequest:
+    """What a job would do with one dataset at this party, known before it runs."""
+
+    job_id: str
+    requester: str
+    kind: str
+    dataset: str
+    columns: tuple[str, ...]
+    rows: int
+    #: Rows in the smallest cell the job would release (None: releases no aggregate).
+    smallest_cell: int | None = None
+    recipient: str | None = None  # None: the requester itself
+
+
+def _strings(value: Any, where: str) -> frozenset[str]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{where} must be a non-empty list of strings")
+    return frozenset(value)
+
+
+def _limit(table: dict[str, Any], key: str, where: str) -> int | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where}.{key} must be a non-negative integer")
+    return value
+
+
+def parse_policy(table: Any, where: str) -> DatasetPolicy:
+    """A policy from its TOML table; `where` names the file and table in errors."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day"}
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
+    rules = []
+    for index, rule in enumerate(table.get("allow", [])):
+        at = f"{where}.allow[{index}]"
+        if not isinstance(rule, dict):
+            raise ConfigError(f"{at} must be a table")
+        extra = sorted(set(rule) - {"requesters", "kinds", "columns", "jobs_per_day",
+                                    "rows_per_day"})
+        if extra:
+            raise ConfigError(f"{at} has unknown key(s) {', '.join(extra)}")
+        rules.append(AllowRule(
+            _strings(rule.get("requesters"), f"{at}.requesters"),
+            _strings(rule.get("kinds"), f"{at}.kinds"),
+            _strings(rule.get("columns"), f"{at}.columns"),
+            _limit(rule, "jobs_per_day", at), _limit(rule, "rows_per_day", at),
+        ))
+    min_rows = table.get("min_rows", DEFAULT_MIN_ROWS)
+    if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
+        raise ConfigError(f"{where}.min_rows must be a positive integer")
+    recipients = (_strings(table["recipients"], f"{where}.recipients")
+                  if "recipients" in table else frozenset({REQUESTER}))
+    return DatasetPolicy(tuple(rules), min_rows, recipients,
+                         _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where))
+
+
+def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:
+    """The rule that allows the request, checked without the ledger; or a Refusal."""
+    if policy is None:
+        raise Refusal(party, "no-policy", f"dataset '{request.dataset}' has no policy; "
+                      "nothing is allowed on it")
+    rules = [r for r in policy.allow if r.matches(request.requester, request.kind)]
+    if not rules:
+        raise Refusal(party, "not-allowed", f"'{request.requester}' may not run "
+                      f"{request.kind} on dataset '{request.dataset}'")
+    rules = [r for r in rules if ANY in r.columns or set(request.columns) <= r.columns]
+    if not rules:
+        raise Refusal(party, "columns", f"'{request.requester}' may not use column(s) "
+                      f"{', '.join(sorted(request.columns))} of dataset '{request.dataset}'")
+    recipient = REQUESTER if request.recipient is None else request.recipient
+    if recipient not in policy.recipients and ANY not in policy.recipients:
+        raise Refusal(party, "recipients", f"outputs from dataset '{request.dataset}' may not "
+                      f"go to '{recipient}'")
+    if request.smallest_cell is not None and request.smallest_cell < policy.min_rows:
+        raise Refusal(party, "k-threshold", f"a released cell would aggregate fewer than "
+                      f"{policy.min_rows} rows of dataset '{request.dataset}'")
+    return rules[0]
+
+
+def quota_problem(policy: DatasetPolicy, rule: AllowRule, request: UseRequest,
+                  by_requester: tuple[int, int], overall: tuple[int, int]) -> tuple[str, str] | None:
+    """(rule, detail) if reserving this request would pass a quota; usage is (jobs, rows) today."""
+    checks: Sequence[tuple[int | None, int, str]] = [
+        (rule.jobs_per_day, by_requester[0] + 1,
+         f"jobs per day for '{request.requester}' on dataset '{request.dataset}'"),
+        (rule.rows_per_day, by_requester[1] + request.rows,
+         f"rows per day for '{request.requester}' on dataset '{request.dataset}'"),
+        (policy.jobs_per_day, overall[0] + 1, f"jobs per day on dataset '{request.dataset}'"),
+        (policy.rows_per_day, overall[1] + request.rows,
+         f"rows per day on dataset '{request.dataset}'"),
+    ]
+    for limit, would_be, what in checks:
+        if limit is not None and would_be > limit:
+            return "quota", f"{what} (limit {limit}) would be exceeded"
+    return None
