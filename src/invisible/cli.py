@@ -4,6 +4,10 @@
     invisible node serve --config parties/bank/party.toml
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml
+    invisible meter report --config party.toml [--json|--csv] [--since DATE]
+    invisible meter verify --config party.toml [--receipts DIR]
+    invisible meter verify-receipt RECEIPT --public-key bank-ledger.pub
+    invisible meter export --config party.toml --out FILE [--event witnessed]
     invisible bench NAME... [--quick] [--json PATH]
     invisible demo
 
@@ -23,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 
 from invisible import __version__
-from invisible.errors import InvisibleError
+from invisible.errors import ConfigError, InvisibleError
 
 EXIT_USAGE = 2
 
@@ -93,6 +97,81 @@ def _job_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _meter_report(args: argparse.Namespace) -> int:
+    from invisible.metering import report
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(args.config)
+    rows = report.ledger_report(config.ledger.path, args.since)
+    if args.json:
+        print(report.to_json(rows))
+    elif args.csv:
+        print(report.to_csv(rows), end="")
+    else:
+        print(f"meter report of '{config.party_id}'" + (f" since {args.since}" if args.since else ""))
+        print(report.to_table(rows))
+    return 0
+
+
+def _public_key_path(signing_key: Path, given: str | None) -> Path:
+    return Path(given) if given else signing_key.with_suffix(".pub")
+
+
+def _meter_verify(args: argparse.Namespace) -> int:
+    from invisible.metering.audit import verify_ledger
+    from invisible.metering.signing import load_public_key
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(args.config)
+    key_path = _public_key_path(config.ledger.signing_key, args.public_key)
+    report, problems = verify_ledger(
+        config.ledger.path, config.party_id, load_public_key(key_path),
+        Path(args.receipts) if args.receipts else None,
+        Path(args.keys) if args.keys else key_path.parent,
+    )
+    print(report)
+    for problem in problems:
+        print(f"  {problem}")
+    if args.receipts and not problems:
+        print(f"  consistent with every receipt and countersigned head in {args.receipts}")
+    return 0 if report.ok and not problems else 1
+
+
+def _meter_verify_receipt(args: argparse.Namespace) -> int:
+    from invisible.metering.audit import check_receipts, load_evidence
+    from invisible.metering.signing import load_public_key
+
+    entries = list(load_evidence(Path(args.receipt)))
+    if args.party:
+        entries = [e for e in entries if e.node == args.party]
+    if not entries:
+        raise ConfigError(f"{args.receipt} holds no receipt" +
+                          (f" of party '{args.party}'" if args.party else ""))
+    problems = check_receipts(entries, load_public_key(Path(args.public_key)), None)
+    for entry in entries:
+        if not any(f"#{entry.seq} " in p and entry.node in p for p in problems):
+            print(f"receipt {entry.node}#{entry.seq} ({entry.event}, job '{entry.job_id}'): valid")
+    for problem in problems:
+        print(problem)
+    return 1 if problems else 0
+
+
+def _meter_export(args: argparse.Namespace) -> int:
+    from invisible.metering.ledger import Ledger
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(args.config)
+    ledger = Ledger(config.ledger.path, config.party_id, None)
+    try:
+        entries = [e.to_json() for e in ledger.entries(since=args.since)
+                   if not args.event or e.event in args.event]
+    finally:
+        ledger.close()
+    Path(args.out).write_text(json.dumps(entries, indent=1, sort_keys=True))
+    print(f"{len(entries)} entries of '{config.party_id}' written to {args.out}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from invisible.benchmarking import run_benchmarks
 
@@ -139,6 +218,35 @@ def build_parser() -> argparse.ArgumentParser:
     run = job.add_parser("run", help="run a job described by a TOML file")
     run.add_argument("job")
     run.set_defaults(handler=_job_run)
+
+    meter = commands.add_parser("meter", help="reports and audits of a node's ledger")
+    meters = meter.add_subparsers(dest="meter_command", required=True)
+    report = meters.add_parser("report", help="per requester, dataset and job kind")
+    report.add_argument("--config", required=True, help="the party's TOML file")
+    output = report.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true")
+    output.add_argument("--csv", action="store_true")
+    report.add_argument("--since", help="an ISO date or time (UTC), e.g. 2026-11-01")
+    report.set_defaults(handler=_meter_report)
+    verify = meters.add_parser("verify", help="walk the chain; with --receipts, check "
+                               "receipts and countersigned heads against it")
+    verify.add_argument("--config", required=True, help="the party's TOML file")
+    verify.add_argument("--public-key", help="the node's ledger public key "
+                        "(default: beside its signing key)")
+    verify.add_argument("--receipts", metavar="DIR", help="receipts and exported entries")
+    verify.add_argument("--keys", metavar="DIR", help="folder of <id>-ledger.pub files")
+    verify.set_defaults(handler=_meter_verify)
+    receipt = meters.add_parser("verify-receipt", help="check a receipt against a node's key")
+    receipt.add_argument("receipt", help="a receipts file or one entry (JSON)")
+    receipt.add_argument("--public-key", required=True)
+    receipt.add_argument("--party", help="only this party's receipts in the file")
+    receipt.set_defaults(handler=_meter_verify_receipt)
+    export = meters.add_parser("export", help="write a node's entries as JSON evidence")
+    export.add_argument("--config", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--event", action="append", help="only these events (repeatable)")
+    export.add_argument("--since")
+    export.set_defaults(handler=_meter_export)
 
     bench = commands.add_parser("bench", help="run benchmarks from benchmarks/")
     bench.add_argument("names", nargs="+", metavar="NAME")

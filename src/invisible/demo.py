@@ -11,8 +11,13 @@
    and per district): each node sends one masked vector, only the total
    comes back. The demo alone also computes the plaintext total from the
    sample files, to show that the two agree.
-5. Prints each party's job record, stops the nodes, and exits non-zero if
-   anything failed or disagreed.
+5. Prints each party's job record.
+6. A second requester, `marketing`, whose allowance at every institution is
+   one job a day, asks twice: the second request is refused by the parties'
+   policies before any data is touched, and the refusal names the rule.
+7. Prints each institution's meter report from its own signed ledger, checks
+   every ledger's chain and the requesters' receipts against it, stops the
+   nodes, and exits non-zero if anything failed or disagreed.
 """
 
 from __future__ import annotations
@@ -24,15 +29,31 @@ from pathlib import Path
 
 import numpy as np
 
-from invisible.errors import InvisibleError
+from invisible.errors import InvisibleError, PolicyError
 from invisible.jobs.federation import Federation
-from invisible.jobs.local import NodeProcesses, write_local_federation
+from invisible.jobs.local import LocalLayout, NodeProcesses, write_local_federation
 from invisible.jobs.secure_sum import SecureSumResult
-from invisible.node.config import DatasetConfig
+from invisible.metering import report
+from invisible.metering.audit import verify_ledger
+from invisible.metering.signing import load_public_key
+from invisible.node.config import DatasetConfig, load_party_config
 from invisible.node.datasets import load_dataset
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets, sample_path
 
 STARTUP_TIMEOUT_S = 20.0
+STEPS = 7
+#: Each institution's policy for its customers table: the city's statistics office
+#: ("coordinator") may run 100 jobs a day, marketing one; every cell needs 10 rows.
+DEMO_POLICY = {
+    "min_rows": 10,
+    "recipients": ["requester"],
+    "allow": [
+        {"requesters": ["coordinator"], "kinds": ["secure_sum"],
+         "columns": ["monthly_spend", "district"], "jobs_per_day": 100},
+        {"requesters": ["marketing"], "kinds": ["secure_sum"], "columns": ["monthly_spend"],
+         "jobs_per_day": 1},
+    ],
+}
 BOUND = 100_000.0
 DISTRICTS = 8
 FRACTIONAL_BITS = 16
@@ -61,7 +82,7 @@ def _print_records(result: SecureSumResult) -> None:
 
 def _joint_jobs(federation: Federation, parties: list[str]) -> bool:
     connectivity = federation.run("connectivity")
-    print(f"[3/5] connectivity: every pair agreed on a fresh X25519 secret "
+    print(f"[3/{STEPS}] connectivity: every pair agreed on a fresh X25519 secret "
           f"({connectivity.seconds * 1000:.0f} ms)")
     inputs = {p: (SAMPLE_DATASET, "monthly_spend") for p in parties}
     total = federation.secure_sum(inputs, BOUND, max_rows=100_000)
@@ -73,33 +94,71 @@ def _joint_jobs(federation: Federation, parties: list[str]) -> bool:
     districts = by_district.total if by_district.total is not None else np.full(DISTRICTS, np.nan)
     ok = abs(total.value - expected_total) <= tolerance and bool(
         np.all(np.abs(districts - expected_by_district) <= tolerance))
-    print(f"[4/5] secure sum of monthly_spend over {rows} rows at {len(parties)} parties "
+    print(f"[4/{STEPS}] secure sum of monthly_spend over {rows} rows at {len(parties)} parties "
           f"({total.seconds * 1000:.0f} ms):")
     print(f"      secure total    {total.value:>14,.2f}")
     print(f"      plaintext total {expected_total:>14,.2f}   "
           f"{'MATCH' if ok else 'MISMATCH'} (within {tolerance:.1e})")
     print("      per district    " + " ".join(f"{v:,.0f}" for v in districts))
-    print("[5/5] job records of the secure sum (each party sent one masked value):")
+    print(f"[5/{STEPS}] job records of the secure sum (each party sent one masked value):")
     _print_records(total)
     return ok
+
+
+def _second_requester(config: Path, parties: list[str]) -> bool:
+    inputs = {p: (SAMPLE_DATASET, "monthly_spend") for p in parties}
+    with Federation.from_config(config) as marketing:
+        first = marketing.secure_sum(inputs, BOUND, max_rows=100_000)
+        print(f"[6/{STEPS}] a second requester, 'marketing' (1 job a day allowed): first job "
+              f"total {first.value:,.2f}")
+        try:
+            marketing.secure_sum(inputs, BOUND, max_rows=100_000)
+        except PolicyError as refusal:
+            print(f"      second job refused before any data was touched:\n      {refusal}")
+            return True
+    print("      second job was NOT refused", file=sys.stderr)
+    return False
+
+
+def _meter_reports(layout: LocalLayout) -> bool:
+    print(f"[7/{STEPS}] meter reports, each from the institution's own signed ledger:")
+    intact = True
+    for party, config_path in layout.party_configs.items():
+        config = load_party_config(config_path)
+        print(f"      --- {party} ---")
+        for line in report.to_table(report.ledger_report(config.ledger.path)).splitlines():
+            print(f"      {line}")
+        key = load_public_key(config.ledger.signing_key.with_suffix(".pub"))
+        for requester in layout.coordinator_configs:
+            chain, problems = verify_ledger(config.ledger.path, party, key,
+                                            layout.directory / f"{requester}-receipts",
+                                            config.ledger.signing_key.parent)
+            intact = intact and chain.ok and not problems
+        print(f"      {chain}; consistent with every requester's receipts: "
+              f"{'yes' if intact else 'NO'}")
+    return intact
 
 
 def run_demo() -> int:
     started = time.perf_counter()
     parties = list(SAMPLE_COLUMNS)
     with tempfile.TemporaryDirectory(prefix="invisible-demo-") as folder:
-        layout = write_local_federation(Path(folder), parties, sample_datasets())
-        print(f"[1/5] certificates and configs for {', '.join(parties)} in {folder}")
+        layout = write_local_federation(Path(folder), parties, sample_datasets(DEMO_POLICY),
+                                        coordinators=("coordinator", "marketing"))
+        print(f"[1/{STEPS}] certificates and configs for {', '.join(parties)} in {folder}")
         nodes = NodeProcesses(layout).start()
         try:
             with Federation.from_config(layout.coordinator_config) as federation:
                 health = federation.health(timeout_s=STARTUP_TIMEOUT_S)
                 nodes.check_alive()
-                print("[2/5] three party nodes serving over mutual TLS:")
+                print(f"[2/{STEPS}] three party nodes serving over mutual TLS:")
                 for party, info in health.items():
                     print(f"      {party:<9} {layout.addresses[party]:<16} "
                           f"datasets: {', '.join(info.datasets)}")
                 ok = _joint_jobs(federation, parties)
+            ok = _second_requester(layout.coordinator_configs["marketing"], parties) and ok
+            time.sleep(0.2)  # let the nodes countersign each other's last chain heads
+            ok = _meter_reports(layout) and ok
         except InvisibleError as exc:
             print(f"demo failed: {exc}", file=sys.stderr)
             for party in parties:
@@ -113,7 +172,8 @@ def run_demo() -> int:
             print(f"demo failed: a node exited uncleanly: {codes}", file=sys.stderr)
             return 1
     if not ok:
-        print("demo failed: the secure result does not match the plaintext", file=sys.stderr)
+        print("demo failed: a result, a refusal or a ledger check was not as it must be",
+              file=sys.stderr)
         return 1
     print(f"demo finished in {time.perf_counter() - started:.1f} s; all nodes stopped cleanly")
     return 0

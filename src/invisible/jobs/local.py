@@ -54,8 +54,13 @@ class LocalDataset:
 class LocalLayout:
     directory: Path
     party_configs: dict[str, Path]
-    coordinator_config: Path
+    coordinator_configs: dict[str, Path]
     addresses: dict[str, str]
+
+    @property
+    def coordinator_config(self) -> Path:
+        """The first coordinator's config."""
+        return next(iter(self.coordinator_configs.values()))
 
 
 def _toml_string(value: str) -> str:
@@ -82,13 +87,13 @@ def write_local_federation(
     parties: Sequence[str],
     datasets: Mapping[str, Mapping[str, LocalDataset]] | None = None,
     *,
-    coordinator: str = "coordinator",
+    coordinators: Sequence[str] = ("coordinator",),
     limits: Mapping[str, float | int] | None = None,
 ) -> LocalLayout:
-    """Certificates and TOML configs for `parties` on free loopback ports."""
+    """Certificates and TOML configs for `parties` (and coordinators) on free loopback ports."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory / "pki"
-    init_pki(pki, list(parties), [coordinator], overwrite=True)
+    init_pki(pki, list(parties), list(coordinators), overwrite=True)
     addresses = {p: f"{LOOPBACK}:{free_port()}" for p in parties}
     limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
     party_configs = {}
@@ -111,16 +116,20 @@ def write_local_federation(
         path = directory / f"{party}.toml"
         path.write_text("\n".join(lines))
         party_configs[party] = path
-    coordinator_path = directory / f"{coordinator}.toml"
-    coordinator_path.write_text("\n".join([
-        "[coordinator]", f"id = {_toml_string(coordinator)}", "",
-        "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
-        f"cert = {_toml_string(str(pki / f'{coordinator}.pem'))}",
-        f"key = {_toml_string(str(pki / f'{coordinator}.key'))}", "",
-        "[parties]", *[f"{p} = {_toml_string(a)}" for p, a in addresses.items()],
-        "", "[limits]", *limit_lines, "",
-    ]))
-    return LocalLayout(directory, party_configs, coordinator_path, addresses)
+    coordinator_configs = {}
+    for coordinator in coordinators:
+        path = directory / f"{coordinator}.toml"
+        path.write_text("\n".join([
+            "[coordinator]", f"id = {_toml_string(coordinator)}",
+            f"receipts_dir = {_toml_string(str(directory / f'{coordinator}-receipts'))}", "",
+            "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
+            f"cert = {_toml_string(str(pki / f'{coordinator}.pem'))}",
+            f"key = {_toml_string(str(pki / f'{coordinator}.key'))}", "",
+            "[parties]", *[f"{p} = {_toml_string(a)}" for p, a in addresses.items()],
+            "", "[limits]", *limit_lines, "",
+        ]))
+        coordinator_configs[coordinator] = path
+    return LocalLayout(directory, party_configs, coordinator_configs, addresses)
 
 
 class InProcessNodes:

@@ -78,13 +78,16 @@ def _row_to_entry(row: sqlite3.Row) -> LedgerEntry:
 class Ledger:
     """One node's ledger; thread-safe (one connection, one lock), process-safe (SQLite locks)."""
 
-    def __init__(self, path: Path, node_id: str, signing_key: Ed25519PrivateKey,
+    def __init__(self, path: Path, node_id: str, signing_key: Ed25519PrivateKey | None,
                  clock: Callable[[], str] = utc_now) -> None:
+        """Open (creating if needed) a ledger; with no signing key it can only be read."""
         self.path = path
         self.node_id = node_id
         self._key = signing_key
         self._clock = clock
         self._lock = threading.Lock()
+        if signing_key is None and not path.exists():
+            raise ConfigError(f"no ledger at {path}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
@@ -93,8 +96,13 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            owners = self._db.execute("SELECT DISTINCT node FROM entries LIMIT 2").fetchall()
         except sqlite3.Error as exc:
             raise ConfigError(f"ledger {path} cannot be opened: {exc}") from None
+        if signing_key is not None and any(row["node"] != node_id for row in owners):
+            self._db.close()
+            raise ConfigError(f"ledger {path} holds another node's entries; each node needs "
+                              "its own ledger file")
 
     def close(self) -> None:
         with self._lock:
@@ -109,6 +117,8 @@ class Ledger:
             return self._head()
 
     def _insert(self, pending: Sequence[PendingEntry]) -> list[LedgerEntry]:
+        if self._key is None:
+            raise ConfigError(f"ledger {self.path} was opened for reading only")
         seq, prev_hash = self._head()
         written = []
         for item in pending:

@@ -8,7 +8,7 @@ A party's file::
     [party]
     id = "bank"
     listen = "127.0.0.1:50051"
-    results_dir = "results"      # optional; outputs addressed to this party
+    results_dir = "results"      # optional (default <id>-results); outputs addressed to it
 
     [tls]
     ca = "../pki/ca.pem"
@@ -35,7 +35,7 @@ A party's file::
     jobs_per_day = 100
 
     [ledger]                     # optional
-    path = "ledger.sqlite"       # default: beside this file
+    path = "ledger.sqlite"       # default: <id>-ledger.sqlite beside this file
     signing_key = "../pki/bank-ledger.key"   # default: <id>-ledger.key beside the TLS key
 
     [metrics]                    # optional: Prometheus endpoint
@@ -203,7 +203,8 @@ def _datasets(reader: _Reader) -> dict[str, DatasetConfig]:
 
 def _ledger(root: _Reader, party_id: str, tls: TlsFiles) -> LedgerConfig:
     table = root.table_at("ledger", required=False)
-    path = table.path("path") if "path" in table.table else root.source.parent / "ledger.sqlite"
+    path = (table.path("path") if "path" in table.table
+            else root.source.parent / f"{party_id}-ledger.sqlite")
     key = (table.path("signing_key") if "signing_key" in table.table
            else tls.key.parent / f"{party_id}-ledger.key")
     store = table.table.get("store", "sqlite")
@@ -227,7 +228,7 @@ def load_party_config(path: Path | str) -> PartyConfig:
         source=source, party_id=party_id, listen=listen, tls=tls,
         peers=peers, limits=_limits(root), datasets=_datasets(root),
         results_dir=party.path("results_dir") if "results_dir" in party.table
-        else source.parent / "results",
+        else source.parent / f"{party_id}-results",
         ledger=_ledger(root, party_id, tls),
         metrics_listen=metrics.string("listen") if "listen" in metrics.table else None,
     )

@@ -7,10 +7,12 @@ column. Made once with a fixed seed; no real person is in them.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
-from invisible.jobs.local import LocalDataset
+from invisible.jobs.local import OPEN_POLICY, LocalDataset
 
 SAMPLE_COLUMNS = {
     "bank": {"customer_id": "int", "district": "int", "monthly_spend": "float", "balance": "float"},
@@ -25,9 +27,15 @@ def sample_path(party: str) -> Path:
     return Path(str(resources.files(__package__).joinpath(f"{party}.csv")))
 
 
-def sample_datasets() -> dict[str, dict[str, LocalDataset]]:
-    """The bundled tables as a local federation's datasets, one per party."""
+def sample_datasets(policy: Mapping[str, Any] | None = None,
+                    ) -> dict[str, dict[str, LocalDataset]]:
+    """The bundled tables as a local federation's datasets, one per party.
+
+    `policy`: the datasets' policy table; by default any coordinator may run
+    anything, with k = 10 (see :data:`invisible.jobs.local.OPEN_POLICY`).
+    """
+    chosen = dict(OPEN_POLICY) if policy is None else policy
     return {
-        party: {SAMPLE_DATASET: LocalDataset(sample_path(party), columns)}
+        party: {SAMPLE_DATASET: LocalDataset(sample_path(party), columns, chosen)}
         for party, columns in SAMPLE_COLUMNS.items()
     }
