@@ -33,7 +33,7 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "no benchmark 'nope' (known: secure_sum" in done.stderr
+    assert "no benchmark 'nope' (known: metering, secure_sum)" in done.stderr
 
 
 @pytest.mark.timeout(180)
@@ -59,3 +59,17 @@ def test_secure_sum_quick_emits_every_row(tmp_path):
             assert row["peer_value"] > 0
     per_party = [r["ours"] for r in rows if r["metric"] == "bytes/element/party"]
     assert all(8.0 <= b < 8.1 for b in per_party)  # one masked 8-byte element per party + keys
+
+
+@pytest.mark.timeout(240)
+def test_metering_quick_emits_every_row(tmp_path):
+    out = tmp_path / "metering.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "invisible", "bench", "metering", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=230,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["metric"], r.get("peer")) for r in rows] == [
+        ("ms/job/node", "no-ledger"), ("ms/job/node", "no-ledger"), ("entries/s", None)]
+    assert all(r["ours"] > 0 for r in rows)

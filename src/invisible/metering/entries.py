@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -59,9 +59,11 @@ class LedgerEntry:
     signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
-        data = asdict(self)
-        del data["hash"], data["signature"]
-        return data
+        """Every field but the hash and the signature (the body is shared, not copied)."""
+        return {"node": self.node, "seq": self.seq, "ts": self.ts, "job_id": self.job_id,
+                "event": self.event, "requester": self.requester, "kind": self.kind,
+                "dataset": self.dataset, "rows": self.rows, "body": self.body,
+                "prev_hash": self.prev_hash}
 
     def compute_hash(self) -> str:
         return hashlib.sha256(canonical_json(self.signed_fields())).hexdigest()
@@ -84,7 +86,7 @@ class LedgerEntry:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**self.signed_fields(), "hash": self.hash, "signature": self.signature}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerEntry:

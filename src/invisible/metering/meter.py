@@ -153,7 +153,8 @@ class Meter:
         self.metrics.bytes.labels("received").inc(record.get("bytes_received", 0))
         return entry
 
-    def witness(self, job: JobMeta, heads: dict[str, tuple[int, str]]) -> LedgerEntry:
-        """Countersign the peers' chain heads as received over mutual TLS."""
-        return self.store.append(job.pending(
-            "witnessed", heads={p: [seq, digest] for p, (seq, digest) in heads.items()}))[-1]
+    def witness_heads(self, heads: dict[str, tuple[int, str]]) -> LedgerEntry:
+        """Countersign peers' chain heads as received over mutual TLS (a `witnessed` entry)."""
+        return self.store.append(PendingEntry(
+            "-", "witnessed", kind="witness",
+            body={"heads": {p: [seq, digest] for p, (seq, digest) in heads.items()}}))[-1]

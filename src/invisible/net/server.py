@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -70,9 +70,12 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
 
 
 class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
-    def __init__(self, mailbox: Mailbox, known_peers: Callable[[], set[str]]) -> None:
+    def __init__(self, mailbox: Mailbox, known_peers: Callable[[], set[str]],
+                 notices: Mapping[str, Callable[[str, bytes], None]] | None = None) -> None:
         self._mailbox = mailbox
         self._known_peers = known_peers
+        #: Handlers of one-way notices by reserved step (e.g. "!head"), called with the sender.
+        self._notices = dict(notices or {})
 
     @_domain_errors_to_status
     def Deliver(self, request_iterator: Iterator[exchange_pb2.Frame],
@@ -96,6 +99,12 @@ class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
         )
         if header.step == ABORT_STEP:
             self._mailbox.abort_job(header.job_id, sender)
+        elif header.step in self._notices:
+            if not isinstance(payload, bytes):
+                raise ProtocolError(f"a notice on step '{header.step}' must be bytes")
+            self._notices[header.step](sender, payload)
+        elif header.step.startswith("!"):
+            raise ProtocolError(f"unknown reserved step '{header.step}'")
         else:
             self._mailbox.put(header.job_id, header.step, sender, payload)
         return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)

@@ -11,8 +11,8 @@
    and to whom, duration), ``failed`` or ``cancelled``; that signed entry is
    the requester's receipt. A failing job tells its peers, so they fail at
    once, and releases nothing.
-4. After a finished job, the parties exchange their chain heads over the
-   job's channel and each countersigns the others' (a ``witnessed`` entry).
+4. After a finished job, the node announces its new chain head to the job's
+   peers, which countersign it (see :mod:`invisible.node.witness`).
 
 Only the coordinator identity that started a job may run it, read its
 status, fetch its output or cancel it.
@@ -20,12 +20,11 @@ status, fetch its output or cancel it.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -44,7 +43,6 @@ from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-HEAD_STEP = "meter/head"
 
 
 class _Phase(Enum):
@@ -67,6 +65,7 @@ class _JobRun:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+
 class JobExecutor:
     """Implements :class:`invisible.net.jobs_api.JobService` for one party."""
 
@@ -79,7 +78,9 @@ class JobExecutor:
         results_dir: Path,
         meter: Meter,
         run_deadline_s: float = 60.0,
+        announce_head: Callable[[Sequence[str]], None] = lambda peers: None,
     ) -> None:
+        self._announce_head = announce_head
         self.party_id = party_id
         self.results_dir = results_dir
         self.meter = meter
@@ -206,34 +207,15 @@ class JobExecutor:
             run.phase = _Phase.DONE
         run.done.set()
         log.info("job %s %s in %.3f s", run.spec.job_id, status.state.value, record.duration_s)
-        if status.state is JobState.FINISHED:
-            self._witness(run, entry.seq, entry.hash)
         run.channel.close()
+        if status.state is JobState.FINISHED:
+            self._announce_head(run.channel.peers)
 
     @staticmethod
     def _released(run: _JobRun, outcome: JobOutcome) -> dict[str, object]:
         recipient = outcome.output.get("recipient", run.requester.party_id)
         return {"to": recipient, "arrays": {n: int(a.size) for n, a in outcome.arrays.items()},
                 "values_opened": outcome.values_opened}
-
-    def _witness(self, run: _JobRun, seq: int, digest: str) -> None:
-        """Step 4: exchange chain heads with the job's peers and countersign theirs."""
-        if not self.meter.records or seq <= 0:
-            return
-        channel = run.channel
-        try:
-            mine = json.dumps({"seq": seq, "hash": digest}).encode()
-            channel.send_to_each(HEAD_STEP, {peer: mine for peer in channel.peers})
-            heads = {}
-            for peer in channel.peers:
-                head = json.loads(channel.recv_bytes(peer, HEAD_STEP))
-                if not (isinstance(head.get("seq"), int) and isinstance(head.get("hash"), str)
-                        and re.fullmatch(r"[0-9a-f]{64}", head["hash"])):
-                    raise ProtocolError(f"party '{peer}' sent a malformed chain head")
-                heads[peer] = (head["seq"], head["hash"])
-            self.meter.witness(run.meta, heads)
-        except (InvisibleError, ValueError) as exc:
-            log.warning("job %s: chain heads not countersigned: %s", run.spec.job_id, exc)
 
     # -- requests from the coordinator -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from invisible.errors import ConfigError
@@ -27,6 +28,7 @@ from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
 from invisible.node.jobkind import JobKind
 from invisible.node.kinds import default_kinds
+from invisible.node.witness import HEAD_STEP, HeadAnnouncer, record_peer_head
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
@@ -66,11 +68,19 @@ class PartyNode:
         self.executor = JobExecutor(
             config.party_id, kinds or default_kinds(), self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
+            announce_head=self._announce_head,
         )
+        self.announcer: HeadAnnouncer | None = None
+        if self.ledger is not None:
+            self.announcer = HeadAnnouncer(self.ledger.head, self.clients,
+                                           min(5.0, config.limits.rpc_timeout_s))
         self._health = HealthServicer(self.tls.identity, self.datasets.ids)
         self._server, self.port = build_server(
             self.tls, config.listen, health=self._health,
-            exchange=ExchangeServicer(self.mailbox, lambda: set(self.clients)),
+            exchange=ExchangeServicer(
+                self.mailbox, lambda: set(self.clients),
+                {HEAD_STEP: lambda sender, payload: record_peer_head(self.meter, sender, payload)},
+            ),
             jobs=JobsServicer(self.executor),
         )
         self._stopped = threading.Event()
@@ -85,6 +95,10 @@ class PartyNode:
     def address(self) -> str:
         host = self.config.listen.rsplit(":", 1)[0]
         return f"{host}:{self.port}"
+
+    def _announce_head(self, peers: Sequence[str]) -> None:
+        if self.announcer is not None:
+            self.announcer.announce(peers)
 
     def _open_channel(self, spec: JobSpec) -> Channel:
         unknown = [p for p in spec.parties if p != self.party_id and p not in self.clients]
@@ -110,6 +124,8 @@ class PartyNode:
             return
         self._stopped.set()
         self._health.stopping = True
+        if self.announcer is not None:
+            self.announcer.stop()
         self._server.stop(grace_s).wait(grace_s + 1.0)
         for client in self.clients.values():
             client.close()

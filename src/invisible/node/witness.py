@@ -1,0 +1,99 @@
+"""Countersigned chain heads: each node's peers keep a signed copy of its latest head.
+
+After every finished joint job a node announces its chain head (sequence
+number and hash) to the job's peers, who record it in a signed `witnessed`
+entry of their own ledgers. A head commits to every entry before it through
+the hash chain, so a node that later cuts off its tail, or re-signs its
+chain whole, contradicts what its peers hold (`invisible meter verify
+--receipts`).
+
+Announcements travel one way, as a message on the reserved step ``!head``
+of the peer exchange (the sender is the verified certificate). They leave a
+short moment after the job, off the path of its result, and announcements
+due to the same peer coalesce into one: the latest head covers the earlier.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from invisible.errors import InvisibleError, ProtocolError
+from invisible.metering.meter import Meter
+from invisible.net.client import NodeClient
+
+log = logging.getLogger(__name__)
+HEAD_STEP = "!head"
+HEAD_JOB = "meter-heads"
+COALESCE_S = 0.02
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+
+
+def encode_head(seq: int, digest: str) -> bytes:
+    return json.dumps({"seq": seq, "hash": digest}).encode()
+
+
+def decode_head(sender: str, payload: bytes) -> tuple[int, str]:
+    try:
+        head = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(f"party '{sender}' sent a malformed chain head") from None
+    if not (isinstance(head, dict) and isinstance(head.get("seq"), int) and head["seq"] > 0
+            and isinstance(head.get("hash"), str) and _HASH.match(head["hash"])):
+        raise ProtocolError(f"party '{sender}' sent a malformed chain head")
+    return head["seq"], head["hash"]
+
+
+class HeadAnnouncer:
+    """Sends this node's chain head to peers after jobs, coalesced, from one thread."""
+
+    def __init__(self, head: Callable[[], tuple[int, str]],
+                 clients: Mapping[str, NodeClient], timeout_s: float) -> None:
+        self._head = head
+        self._clients = clients
+        self._timeout_s = timeout_s
+        self._due: set[str] = set()
+        self._wake = threading.Condition()
+        self._stopped = False
+        self._thread = threading.Thread(target=self._loop, name="head-announcer", daemon=True)
+        self._thread.start()
+
+    def announce(self, peers: Sequence[str]) -> None:
+        with self._wake:
+            self._due.update(peers)
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopped = True
+            self._wake.notify()
+        self._thread.join(timeout=self._timeout_s + 1)
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._due and not self._stopped:
+                    self._wake.wait()
+                if self._stopped:
+                    return
+            time.sleep(COALESCE_S)  # let the job's result leave first; gather more peers
+            with self._wake:
+                peers, self._due = sorted(self._due), set()
+            seq, digest = self._head()
+            if seq <= 0:
+                continue
+            for peer in peers:
+                try:
+                    self._clients[peer].deliver(HEAD_JOB, HEAD_STEP, encode_head(seq, digest),
+                                                timeout_s=self._timeout_s)
+                except InvisibleError as exc:
+                    log.warning("chain head not announced to '%s': %s", peer, exc)
+
+
+def record_peer_head(meter: Meter, sender: str, payload: bytes) -> None:
+    """What a node does with a peer's announced head: countersign it in its own ledger."""
+    meter.witness_heads({sender: decode_head(sender, payload)})
