@@ -17,6 +17,8 @@ FORBIDDEN_BELOW = {
                "invisible.cli", "invisible.protocols", "invisible.v1", "sqlite3", "socket"),
     "protocols": ("grpc", "asyncio", "invisible.net", "invisible.node", "invisible.jobs",
                   "invisible.cli", "invisible.v1", "socket"),
+    "metering": ("grpc", "invisible.net", "invisible.node", "invisible.jobs", "invisible.cli",
+                 "invisible.v1"),
     "net": ("invisible.node", "invisible.jobs", "invisible.cli"),
     "node": ("invisible.jobs", "invisible.cli"),
 }

@@ -190,7 +190,7 @@ def test_a_truncated_tail_is_caught_with_receipts(ledger, keys):
     receipts = [e for e in fill(ledger, 5) if e.event == "finished"]
     sql(ledger.path, "DELETE FROM entries WHERE seq > 9")
     assert verify_chain(ledger.entries(), keys[1]).ok  # on its own the chain looks fine
-    problems = verify_against_receipts("bank", list(ledger.entries()), receipts)
+    problems = verify_against_receipts("bank", {e.seq: e.hash for e in ledger.entries()}, receipts)
     assert problems == [
         "the ledger no longer contains entry 12 (receipt for job 'job-3'); it ends at entry 9",
         "the ledger no longer contains entry 15 (receipt for job 'job-4'); it ends at entry 9",
@@ -204,7 +204,7 @@ def test_a_chain_re_signed_whole_contradicts_the_receipts(tmp_path, ledger, keys
     rewritten = Ledger(tmp_path / "bank-ledger.sqlite", "bank", keys[0])
     fill(rewritten, 3)  # the same jobs, fresh timestamps: a node rewriting its history
     assert verify_chain(rewritten.entries(), keys[1]).ok
-    problems = verify_against_receipts("bank", list(rewritten.entries()), receipts)
+    problems = verify_against_receipts("bank", {e.seq: e.hash for e in rewritten.entries()}, receipts)
     assert len(problems) == 3 and all("contradicts the receipt" in p for p in problems)
     rewritten.close()
 
@@ -226,7 +226,7 @@ def test_countersigned_heads_catch_a_cut_tail_too(ledger, keys, tmp_path):
     witness = LedgerEntry("telco", 40, "t", "job-2", "witnessed", "analyst", "secure_sum", "", 0,
                           {"heads": {"bank": [seq, digest]}}, "0" * 64)
     sql(ledger.path, f"DELETE FROM entries WHERE seq = {seq}")
-    problems = verify_against_receipts("bank", list(ledger.entries()), [witness])
+    problems = verify_against_receipts("bank", {e.seq: e.hash for e in ledger.entries()}, [witness])
     assert problems == [f"the ledger no longer contains entry {seq} (head countersigned by "
                         f"'telco'); it ends at entry {seq - 1}"]
 

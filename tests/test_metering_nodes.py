@@ -11,11 +11,11 @@ import urllib.request
 
 import pytest
 
+from invisible.api import meter_report
 from invisible.errors import PolicyError
 from invisible.jobs.federation import Federation
 from invisible.jobs.local import InProcessNodes, NodeProcesses, write_local_federation
 from invisible.metering.ledger import Ledger
-from invisible.metering.report import meter_report
 from invisible.net.jobs_api import JobSpec
 from invisible.node.config import load_party_config
 from invisible.samples import SAMPLE_COLUMNS, sample_datasets

@@ -23,8 +23,8 @@ from invisible.metering.signing import load_public_key
 from invisible.metering.verify import (
     VerifyReport,
     verify_against_receipts,
-    verify_chain,
     verify_receipt,
+    verify_rows,
 )
 
 
@@ -69,10 +69,10 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
     """The chain's own check, and (with evidence) what it no longer contains or contradicts."""
     ledger = Ledger(ledger_path, node, None)
     try:
-        entries = list(ledger.entries())
+        rows = ledger.raw_rows()
     finally:
         ledger.close()
-    report = verify_chain(entries, key)
+    report = verify_rows(rows, key)
     if evidence_dir is None:
         return report, []
     problems: list[str] = []
@@ -93,5 +93,5 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
                 problems.append(f"{path.name}: entry {item.node}#{item.seq} is not genuine: {why}")
             else:
                 trusted.append(item)
-    problems += verify_against_receipts(node, entries, trusted)
+    problems += verify_against_receipts(node, {row[1]: row[11] for row in rows}, trusted)
     return report, problems

@@ -184,6 +184,13 @@ class Ledger:
             rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
         return (_row_to_entry(row) for row in rows)
 
+    def raw_rows(self) -> list[tuple]:
+        """Every entry as stored (see :data:`invisible.metering.verify.Row`), in order."""
+        with self._lock:
+            return [tuple(row) for row in self._db.execute(
+                "SELECT node, seq, ts, job_id, event, requester, kind, dataset, rows, body, "
+                "prev_hash, hash, signature FROM entries ORDER BY seq")]
+
     def job_entries(self, job_id: str) -> list[LedgerEntry]:
         with self._lock:
             rows = self._db.execute("SELECT * FROM entries WHERE job_id = ? ORDER BY seq",

@@ -61,14 +61,6 @@ def report_frame(rows: list[dict[str, Any]]) -> pandas.DataFrame:
     return pandas.DataFrame(rows, columns=list(COLUMNS))
 
 
-def meter_report(party_config: Path | str, since: str | None = None) -> pandas.DataFrame:
-    """The meter report of a party node (from its TOML) as a pandas DataFrame."""
-    from invisible.node.config import load_party_config
-
-    config = load_party_config(party_config)
-    return report_frame(ledger_report(config.ledger.path, since))
-
-
 def to_csv(rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")

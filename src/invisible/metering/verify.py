@@ -16,14 +16,16 @@ Signatures are checked in parallel worker processes for long ledgers
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from invisible.metering.entries import GENESIS_HASH, LedgerEntry
+from invisible.metering.entries import GENESIS_HASH, LedgerEntry, canonical_json
 from invisible.metering.signing import public_key_from_raw, public_raw, signature_valid
 
 _PARALLEL_FROM = 20_000
@@ -43,48 +45,79 @@ class VerifyReport:
         return f"ledger broken at entry {self.seq}: {self.problem}"
 
 
-def _bad_signatures(public: bytes, items: list[tuple[int, str, str]]) -> list[int]:
+#: One ledger row as stored: node, seq, ts, job_id, event, requester, kind, dataset, rows,
+#: body (canonical JSON text), prev_hash, hash, signature.
+Row = tuple[str, int, str, str, str, str, str, str, int, str, str, str, str]
+_FIELDS = ("node", "seq", "ts", "job_id", "event", "requester", "kind", "dataset", "rows")
+
+
+def entry_row(entry: LedgerEntry) -> Row:
+    return (entry.node, entry.seq, entry.ts, entry.job_id, entry.event, entry.requester,
+            entry.kind, entry.dataset, entry.rows, canonical_json(entry.body).decode(),
+            entry.prev_hash, entry.hash, entry.signature)
+
+
+def _row_problems(public: bytes, rows: list[Row]) -> list[tuple[int, str]]:
+    """Each row's own checks (hash, signature); run in worker processes for long ledgers."""
     key = public_key_from_raw(public)
-    return [seq for seq, digest, signature in items
-            if not signature_valid(key, bytes.fromhex(signature), bytes.fromhex(digest))]
+    problems = []
+    for row in rows:
+        fields = dict(zip(_FIELDS, row[:9], strict=True))
+        fields["body"] = json.loads(row[9])
+        fields["prev_hash"] = row[10]
+        digest = hashlib.sha256(canonical_json(fields)).hexdigest()
+        if digest != row[11]:
+            problems.append((row[1], "its content does not match its hash (altered)"))
+            continue
+        try:
+            signature = bytes.fromhex(row[12])
+        except ValueError:
+            signature = b""
+        if not signature_valid(key, signature, bytes.fromhex(digest)):
+            problems.append((row[1], "its signature does not verify with the node's public key"))
+    return problems
 
 
-def _signature_failures(key: Ed25519PublicKey, items: list[tuple[int, str, str]]) -> list[int]:
-    if len(items) < _PARALLEL_FROM or (os.cpu_count() or 1) < 2:
-        return _bad_signatures(public_raw(key), items)
-    batches = [items[i:i + _BATCH] for i in range(0, len(items), _BATCH)]
+def _own_problems(key: Ed25519PublicKey, rows: list[Row]) -> list[tuple[int, str]]:
+    if len(rows) < _PARALLEL_FROM or (os.cpu_count() or 1) < 2:
+        return _row_problems(public_raw(key), rows)
+    batches = [rows[i:i + _BATCH] for i in range(0, len(rows), _BATCH)]
     with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
-        results = pool.map(_bad_signatures, [public_raw(key)] * len(batches), batches)
-        return sorted(seq for bad in results for seq in bad)
+        results = pool.map(_row_problems, [public_raw(key)] * len(batches), batches)
+        return sorted(problem for found in results for problem in found)
+
+
+def verify_rows(rows: Iterable[Row], key: Ed25519PublicKey) -> VerifyReport:
+    """Links (sequence, previous hash) here; each row's hash and signature in parallel."""
+    expected_seq, prev_hash = 1, GENESIS_HASH
+    checked: list[Row] = []
+    link_problem: tuple[int, str] | None = None
+    count = 0
+    for row in rows:
+        count += 1
+        seq = row[1]
+        if seq != expected_seq:
+            link_problem = (expected_seq, f"entry {expected_seq} is missing (the sequence jumps "
+                            f"to {seq})" if seq > expected_seq else
+                            "the sequence goes backwards (reordered)")
+            break
+        checked.append(row)
+        if row[10] != prev_hash:
+            link_problem = (seq, "it does not link to the entry before it (reordered, replaced "
+                            "or re-chained)")
+            break
+        expected_seq, prev_hash = seq + 1, row[11]
+    problems = _own_problems(key, checked)
+    if link_problem is not None:
+        problems.append(link_problem)
+    if not problems:
+        return VerifyReport(True, count)
+    seq, problem = min(problems, key=lambda p: (p[0], "link" in p[1]))
+    return VerifyReport(False, count, problem, seq)
 
 
 def verify_chain(entries: Iterable[LedgerEntry], key: Ed25519PublicKey) -> VerifyReport:
-    expected_seq, prev_hash = 1, GENESIS_HASH
-    to_sign: list[tuple[int, str, str]] = []
-    count = 0
-    first_problem: VerifyReport | None = None
-    for entry in entries:
-        count += 1
-        if entry.seq != expected_seq:
-            problem = (f"entry {expected_seq} is missing (the sequence jumps to {entry.seq})"
-                       if entry.seq > expected_seq else "the sequence goes backwards (reordered)")
-            first_problem = VerifyReport(False, count, problem, expected_seq)
-            break
-        if entry.compute_hash() != entry.hash:
-            first_problem = VerifyReport(False, count, "its content does not match its hash "
-                                         "(altered)", entry.seq)
-            break
-        if entry.prev_hash != prev_hash:
-            first_problem = VerifyReport(False, count, "it does not link to the entry before it "
-                                         "(reordered, replaced or re-chained)", entry.seq)
-            break
-        to_sign.append((entry.seq, entry.hash, entry.signature))
-        expected_seq, prev_hash = entry.seq + 1, entry.hash
-    bad = _signature_failures(key, to_sign)
-    if bad and (first_problem is None or bad[0] < (first_problem.seq or 0)):
-        return VerifyReport(False, count, "its signature does not verify with the node's "
-                            "public key", bad[0])
-    return first_problem or VerifyReport(True, count)
+    return verify_rows((entry_row(e) for e in entries), key)
 
 
 def verify_receipt(receipt: LedgerEntry, key: Ed25519PublicKey) -> str | None:
@@ -92,16 +125,16 @@ def verify_receipt(receipt: LedgerEntry, key: Ed25519PublicKey) -> str | None:
     return receipt.problem(key)
 
 
-def verify_against_receipts(node: str, entries: Sequence[LedgerEntry],
+def verify_against_receipts(node: str, hashes: Mapping[int, str],
                             evidence: Iterable[LedgerEntry]) -> list[str]:
     """What the node's ledger no longer contains or contradicts, among receipts and witnesses.
 
-    `evidence` holds receipts (entries signed by `node`) and `witnessed`
-    entries of its peers, which record `node`'s chain head as they saw it.
-    Each such entry should already have been checked with its signer's key.
+    `hashes` maps the ledger's sequence numbers to entry hashes. `evidence`
+    holds receipts (entries signed by `node`) and `witnessed` entries of its
+    peers, which record `node`'s chain head as they saw it. Each should
+    already have been checked with its signer's key.
     """
-    by_seq = {e.seq: e for e in entries}
-    last = max(by_seq, default=0)
+    last = max(hashes, default=0)
     problems = []
     for item in evidence:
         if item.node == node and item.event != "witnessed":
@@ -112,9 +145,9 @@ def verify_against_receipts(node: str, entries: Sequence[LedgerEntry],
         else:
             continue
         for seq, digest, what in claims:
-            if seq > last or seq not in by_seq:
+            if seq > last or seq not in hashes:
                 problems.append(f"the ledger no longer contains entry {seq} ({what}); "
                                 f"it ends at entry {last}")
-            elif by_seq[seq].hash != digest:
+            elif hashes[seq] != digest:
                 problems.append(f"entry {seq} contradicts the {what}")
     return problems

@@ -1,0 +1,34 @@
+"""The notebook facade: what an analyst or an auditor imports.
+
+    from invisible.api import Federation, meter_report
+
+    with Federation.from_config("parties/coordinator.toml") as federation:
+        result = federation.secure_sum({...}, bound=100_000.0)
+    meter_report("parties/bank/party.toml")      # a pandas DataFrame
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from invisible.jobs.federation import Federation, JobResult
+from invisible.jobs.secure_sum import SecureSumResult
+from invisible.metering.report import ledger_report, report_frame
+from invisible.node.config import load_party_config
+
+if TYPE_CHECKING:
+    import pandas
+
+__all__ = ["Federation", "JobResult", "SecureSumResult", "meter_report"]
+
+
+def meter_report(party_config: Path | str, since: str | None = None) -> pandas.DataFrame:
+    """The meter report of a party node (read from the ledger its TOML names) as a DataFrame.
+
+    One row per (requester, dataset, job kind): jobs, failed, refused,
+    interrupted, rows touched, bytes sent/received/released, values opened.
+    `since` is an ISO date or time (UTC).
+    """
+    config = load_party_config(party_config)
+    return report_frame(ledger_report(config.ledger.path, since))
