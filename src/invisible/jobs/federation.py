@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,26 +119,8 @@ class Federation:
         clients = {p: self._client(p) for p in chosen}
         spec = JobSpec(job_id or f"{kind}-{uuid.uuid4().hex[:12]}", kind, chosen, params or {})
         started = time.perf_counter()
-        starts = {p: self._pool.submit(c.start_job, spec) for p, c in clients.items()}
-        refusals: dict[str, InvisibleError] = {}
-        for party, future in starts.items():
-            try:
-                future.result()
-            except InvisibleError as exc:
-                refusals[party] = exc
-        if refusals:
-            self._cancel(spec.job_id, [p for p in chosen if p not in refusals],
-                         f"refused by {', '.join(refusals)}")
-            raise next(iter(refusals.values()))
-        runs = {p: self._pool.submit(c.run_job, spec.job_id) for p, c in clients.items()}
-        for party, future in runs.items():
-            try:
-                future.result()
-            except InvisibleError as exc:
-                refusals[party] = exc
-        if refusals:
-            self._cancel(spec.job_id, [p for p in chosen if p not in refusals], "a party failed")
-            raise next(iter(refusals.values()))
+        self._on_every_party(clients, spec.job_id, lambda c: c.start_job(spec), "refused")
+        self._on_every_party(clients, spec.job_id, lambda c: c.run_job(spec.job_id), "failed")
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
         waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline)
                  for p, c in clients.items()}
@@ -168,6 +150,21 @@ class Federation:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{result.job_id}.json"
         path.write_text(json.dumps(result.receipts, indent=1, sort_keys=True))
+
+    def _on_every_party(self, clients: Mapping[str, NodeClient], job_id: str,
+                        call: Callable[[NodeClient], None], what: str) -> None:
+        """Call every party at once; if any call fails, cancel the job at the others and raise."""
+        futures = {p: self._pool.submit(call, c) for p, c in clients.items()}
+        errors: dict[str, InvisibleError] = {}
+        for party, future in futures.items():
+            try:
+                future.result()
+            except InvisibleError as exc:
+                errors[party] = exc
+        if errors:
+            self._cancel(job_id, [p for p in clients if p not in errors],
+                         f"{what} at {', '.join(errors)}")
+            raise next(iter(errors.values()))
 
     def _cancel(self, job_id: str, parties: Sequence[str], reason: str) -> None:
         futures = [self._pool.submit(self.clients[p].cancel_job, job_id, reason, 5.0)
