@@ -230,3 +230,29 @@ def test_a_party_that_is_down_fails_the_job_within_the_deadline_naming_it(tmp_pa
             assert all(not n.executor.running() for n in nodes.nodes.values())
     finally:
         nodes.__exit__(None, None, None)
+
+
+# --- the same sums by Paillier, through the nodes -------------------------------------------------
+
+def test_paillier_sum_matches_the_secret_shared_sum_to_the_bit(credit_federation):
+    fed, _, datasets = credit_federation
+    inputs = {p: ("credit", "x0") for p in CREDIT_PARTIES}
+    by_paillier = fed.paillier_sum(inputs, bound=100.0, key_holder="host-1")
+    assert by_paillier.value == encoded_total(datasets, "x0")
+    grouped = fed.paillier_sum(inputs, bound=100.0, key_holder="guest", aggregator="host-2",
+                               group_by="y", categories=2)
+    assert grouped.total == pytest.approx(plaintext(datasets, "x0", group="y"), abs=ROUNDING)
+    records = grouped.records
+    assert records["guest"].values_opened == 2 and records["host-1"].values_opened == 0
+    assert records["host-2"].bytes_received > 0  # the aggregator received host-1's ciphertexts
+
+
+def test_paillier_sum_bad_requests_are_refused(credit_federation):
+    fed, _, _ = credit_federation
+    inputs = {p: ("credit", "x0") for p in CREDIT_PARTIES}
+    with pytest.raises(ConfigError, match="'key_holder' must name a party"):
+        fed.paillier_sum(inputs, bound=100.0, key_holder="bank")
+    with pytest.raises(ConfigError, match="'aggregator' must be a party other than the key"):
+        fed.paillier_sum(inputs, bound=100.0, key_holder="guest", aggregator="guest")
+    with pytest.raises(ConfigError, match="could reach .* >= 2\\^63"):
+        fed.paillier_sum(inputs, bound=1e9, key_holder="guest", max_rows=10**6)

@@ -195,6 +195,14 @@ class Federation:
             return status, {}
         return status, {name: client.fetch_output(job_id, name) for name in status.array_headers}
 
+    def paillier_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float, *,
+                     key_holder: str, **options: Any) -> SecureSumResult:
+        """Sum across parties by Paillier encryption; see
+        :func:`invisible.jobs.paillier_sum.run_paillier_sum`."""
+        from invisible.jobs.paillier_sum import run_paillier_sum
+
+        return run_paillier_sum(self, inputs, bound, key_holder=key_holder, **options)
+
     def secure_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float,
                    **options: Any) -> SecureSumResult:
         """Sum a column (or per-category totals, or vectors) across parties; see

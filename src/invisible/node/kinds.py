@@ -10,6 +10,7 @@ from invisible.errors import ConfigError
 from invisible.net.jobs_api import JobSpec
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.jobkind import DataUse, JobContext, JobKind, JobOutcome
+from invisible.node.paillier_sum import PaillierSumKind
 from invisible.node.secure_sum import SecureSumKind
 from invisible.protocols.connectivity import run_connectivity_check
 
@@ -69,5 +70,6 @@ class BandwidthKind:
 
 
 def default_kinds() -> dict[str, JobKind]:
-    kinds: list[JobKind] = [ConnectivityKind(), BandwidthKind(), SecureSumKind()]
+    kinds: list[JobKind] = [ConnectivityKind(), BandwidthKind(), SecureSumKind(),
+                            PaillierSumKind()]
     return {kind.name: kind for kind in kinds}

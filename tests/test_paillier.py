@@ -1,0 +1,190 @@
+"""Paillier engine: packing, DJN obfuscators, validation, phe interop, the 3-party sum."""
+
+from __future__ import annotations
+
+import itertools
+
+import gmpy2
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from phe import paillier
+from test_channel import run_parties
+
+from invisible.crypto.paillier import vector as cipher
+from invisible.crypto.paillier.djn import FixedBaseTable, ObfuscatorPool
+from invisible.crypto.paillier.interop import (
+    decrypt_numbers,
+    encrypt_numbers,
+    from_phe_json,
+    to_phe_json,
+)
+from invisible.crypto.paillier.keys import PublicKey, generate_keypair
+from invisible.crypto.paillier.packing import Packing
+from invisible.crypto.prg import Prg
+from invisible.errors import ProtocolError
+from invisible.protocols.paillier_sum import paillier_sum
+
+_jobs = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return generate_keypair(Prg.from_os())
+
+
+@pytest.fixture(scope="module")
+def pool(keys):
+    with ObfuscatorPool(keys[0], workers=2) as obfuscators:
+        yield obfuscators
+
+
+# --- packing ----------------------------------------------------------------------------------
+
+@given(st.integers(1, 2**40), st.integers(1, 20), st.integers(0, 300), st.data())
+@settings(max_examples=80, deadline=None)
+def test_packing_round_trips_sums_up_to_the_declared_additions(bias, additions, count, data):
+    packing = Packing.plan(2048, bias, additions)
+    summed = data.draw(st.integers(1, additions))
+    vectors = [np.array(data.draw(st.lists(st.integers(-bias, bias), min_size=count,
+                                           max_size=count)), dtype=np.int64)
+               for _ in range(summed)]
+    plaintexts = [sum(parts) for parts in zip(*(packing.pack(v) for v in vectors), strict=True)]
+    assert all(p < 2**2047 for p in plaintexts)  # below n by construction
+    assert np.array_equal(packing.unpack(plaintexts, count, summed), np.sum(vectors, axis=0))
+
+
+def test_packing_refuses_values_over_the_bound_and_slots_over_64_bits():
+    packing = Packing.plan(2048, 1000, 3)
+    assert packing.slot_bytes == 2 and packing.slots == 127
+    with pytest.raises(ValueError, match="exceeds the packing's declared bound"):
+        packing.pack(np.array([1001], dtype=np.int64))
+    with pytest.raises(ValueError, match="at most 64 are supported"):
+        Packing.plan(2048, 2**62, 3)
+    with pytest.raises(ValueError, match="outside the declared additions"):
+        packing.unpack([0], 1, 4)
+
+
+# --- DJN obfuscators and keys -----------------------------------------------------------------
+
+def test_fixed_base_power_equals_powmod(keys):
+    public = keys[0]
+    table = FixedBaseTable(public.hs, public.nsquare, 64)
+    for exponent in (0, 1, 255, 256, 2**63 + 12345, 2**64 - 1):
+        assert table.power(exponent) == pow(public.hs, exponent, public.nsquare)
+
+
+def test_obfuscators_are_fresh_encryptions_of_zero(keys, pool):
+    obfuscators = pool.take(20)
+    assert len(set(obfuscators)) == 20
+    assert all(keys[1].decrypt_raw(o) == 0 for o in obfuscators)
+
+
+def test_owner_crt_obfuscator_matches(keys):
+    exponent = 0xDEADBEEF_12345678_9ABCDEF0
+    assert keys[1].obfuscator_crt(exponent) == pow(keys[0].hs, exponent, keys[0].nsquare)
+
+
+def test_short_keys_are_refused_outside_tests(keys):
+    with pytest.raises(ValueError, match="under 2048 bits are refused"):
+        generate_keypair(Prg.from_os(), 1024)
+    short, _ = generate_keypair(Prg.from_os(), 1024, allow_insecure=True)
+    with pytest.raises(ValueError, match="under 2048 bits are refused"):
+        PublicKey.from_bytes(short.to_bytes())
+    assert PublicKey.from_bytes(keys[0].to_bytes()) == keys[0]
+
+
+def test_private_key_never_shows_in_repr(keys):
+    assert str(int(keys[1].phe_key.p)) not in repr(keys[1])
+
+
+# --- vectors ----------------------------------------------------------------------------------
+
+def encrypted(keys, pool, values, additions=3):
+    packing = Packing.plan(keys[0].bits, 10**6, additions)
+    return packing, cipher.encrypt(keys[0], packing, np.asarray(values, dtype=np.int64), pool)
+
+
+def test_add_rerandomise_wire_and_decrypt(keys, pool):
+    rng = np.random.default_rng(3)  # test data only
+    values = [rng.integers(-10**6, 10**6, 500) for _ in range(3)]
+    packing = Packing.plan(keys[0].bits, 10**6, 3)
+    vectors = [cipher.encrypt(keys[0], packing, v.astype(np.int64), pool) for v in values]
+    total = cipher.add(vectors)
+    fresh = cipher.rerandomise(total, pool)
+    assert not set(fresh.ciphertexts) & set(total.ciphertexts)
+    received = cipher.CiphertextVector.from_bytes(fresh.to_bytes(), keys[0], packing)
+    assert np.array_equal(cipher.decrypt(keys[1], received), np.sum(values, axis=0))
+    assert np.array_equal(cipher.decrypt(keys[1], received, workers=2), np.sum(values, axis=0))
+
+
+def test_packed_ciphertexts_are_ordinary_paillier_for_phe(keys, pool):
+    packing, vector = encrypted(keys, pool, [5, -7, 11])
+    plaintext = int(keys[1].phe_key.raw_decrypt(vector.ciphertexts[0]))
+    assert packing.unpack([plaintext], 3, 1).tolist() == [5, -7, 11]
+
+
+@pytest.mark.parametrize(("tamper", "rule"), [
+    (lambda v, k: 0, "outside \\(0, n\\^2\\)"),
+    (lambda v, k: k.nsquare, "outside \\(0, n\\^2\\)"),
+    (lambda v, k: k.n, "shares a factor with n"),
+])
+def test_out_of_range_ciphertexts_are_refused(keys, pool, tamper, rule):
+    packing, vector = encrypted(keys, pool, [1, 2, 3])
+    bad = cipher.CiphertextVector(keys[0], packing, 3, 1,
+                                  (tamper(vector, keys[0]), *vector.ciphertexts[1:]))
+    with pytest.raises(ValueError, match=rule):
+        cipher.CiphertextVector.from_bytes(bad.to_bytes(), keys[0], packing)
+
+
+def test_a_foreign_key_and_an_overflowing_declaration_are_refused(keys, pool):
+    packing, vector = encrypted(keys, pool, [1, 2, 3])
+    other, _ = generate_keypair(Prg.from_os())
+    with pytest.raises(ValueError, match="foreign key"):
+        cipher.CiphertextVector.from_bytes(vector.to_bytes(), other, packing)
+    overflowing = cipher.CiphertextVector(keys[0], packing, 3, 4, vector.ciphertexts)
+    with pytest.raises(ValueError, match="does not fit the packing headroom"):
+        cipher.CiphertextVector.from_bytes(overflowing.to_bytes(), keys[0], packing)
+    with pytest.raises(ValueError, match="exceed the packing's declared additions"):
+        cipher.add([vector] * 4)
+    with pytest.raises(ValueError, match="packing differs"):
+        cipher.CiphertextVector.from_bytes(vector.to_bytes(), keys[0],
+                                           Packing.plan(keys[0].bits, 10**6, 5))
+
+
+# --- interop with phe -------------------------------------------------------------------------
+
+def test_interop_with_phe_both_ways_and_its_json(keys, pool):
+    ours = encrypt_numbers(keys[0], [1.5, -2.25, 7, 10**9], pool)
+    assert [keys[1].phe_key.decrypt(x) for x in ours] == [1.5, -2.25, 7, 10**9]
+    assert keys[1].phe_key.decrypt(ours[0] + ours[1] * 2) == -3.0
+    theirs = [keys[0].phe_key.encrypt(v) for v in (0.125, -99)]
+    assert decrypt_numbers(keys[1], theirs) == [0.125, -99]
+    phe_key, parsed = from_phe_json(to_phe_json(keys[0], ours))
+    assert phe_key == keys[0].phe_key
+    assert [keys[1].phe_key.decrypt(x) for x in parsed] == [1.5, -2.25, 7, 10**9]
+    other_public, _ = paillier.generate_paillier_keypair(n_length=2048)
+    with pytest.raises(ValueError, match="foreign key"):
+        decrypt_numbers(keys[1], [other_public.encrypt(1)])
+    assert gmpy2.gcd(ours[0].ciphertext(be_secure=False), keys[0].n) == 1
+
+
+# --- the three-party sum, on both transports --------------------------------------------------
+
+def test_three_party_paillier_sum_equals_the_plaintext_sum(transport):
+    channels = transport.channels(f"paillier-{transport.name}-{next(_jobs)}")
+    rng = np.random.default_rng(11)  # test data only
+    inputs = {p: rng.integers(-10**9, 10**9, 300).astype(np.int64) for p in channels}
+    outputs = run_parties(channels, lambda ch: paillier_sum(
+        ch, inputs[ch.party_id], key_holder="gamma", aggregator="alpha", bias=10**9,
+        rng=Prg.from_os(), workers=1))
+    assert np.array_equal(outputs["gamma"].total, sum(inputs.values()))
+    assert outputs["alpha"].total is None and outputs["beta"].total is None
+
+
+def test_a_bad_aggregator_choice_is_refused(transport):
+    channels = transport.channels(f"paillier-bad-{transport.name}-{next(_jobs)}")
+    with pytest.raises(ProtocolError, match="aggregator must be a party other than"):
+        paillier_sum(channels["alpha"], np.zeros(3, np.int64), key_holder="alpha",
+                     aggregator="alpha", bias=10, rng=Prg.from_os())
