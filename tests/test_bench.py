@@ -33,7 +33,7 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "no benchmark 'nope' (known: metering, secure_sum)" in done.stderr
+    assert "no benchmark 'nope' (known: metering, paillier, secure_sum)" in done.stderr
 
 
 @pytest.mark.timeout(180)
@@ -73,3 +73,21 @@ def test_metering_quick_emits_every_row(tmp_path):
     assert [(r["metric"], r.get("peer")) for r in rows] == [
         ("ms/job/node", "no-ledger"), ("ms/job/node", "no-ledger"), ("entries/s", None)]
     assert all(r["ours"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(300)
+def test_paillier_quick_emits_every_row_with_both_peers(tmp_path):
+    out = tmp_path / "paillier.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "invisible", "bench", "paillier", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=290,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["metric"], r.get("peer")) for r in rows] == [
+        ("encryptions/s", "phe"), ("encryptions/s", "heu"), ("values/s", "phe"),
+        ("values/s", "heu"), ("bytes/value", None)]
+    for row in rows:
+        # A peer that cannot run here keeps its row and says why (sf-heu is a bench extra).
+        assert row.get("peer_value") or "heu:" in row["note"] or row.get("peer") is None
+    assert 8.0 < rows[-1]["ours"] < 9.0

@@ -116,7 +116,9 @@ def test_add_rerandomise_wire_and_decrypt(keys, pool):
     assert not set(fresh.ciphertexts) & set(total.ciphertexts)
     received = cipher.CiphertextVector.from_bytes(fresh.to_bytes(), keys[0], packing)
     assert np.array_equal(cipher.decrypt(keys[1], received), np.sum(values, axis=0))
-    assert np.array_equal(cipher.decrypt(keys[1], received, workers=2), np.sum(values, axis=0))
+    with cipher.decryption_pool(keys[1], 2) as decryptors:
+        assert np.array_equal(cipher.decrypt(keys[1], received, decryptors, 2),
+                              np.sum(values, axis=0))
 
 
 def test_packed_ciphertexts_are_ordinary_paillier_for_phe(keys, pool):

@@ -77,11 +77,12 @@ def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggre
         public, private = generate_keypair(rng, key_bits)
         channel.send_to_each(KEY_STEP, {p: public.to_bytes() for p in channel.peers})
         packing = Packing.plan(public.bits, bias, len(encrypting))
-        summed = _receive_vector(channel, aggregator, SUM_STEP, public, packing, count)
-        if summed.summed != len(encrypting):
-            raise ProtocolError(f"party '{aggregator}' sent a sum of {summed.summed} inputs, "
-                                f"the job has {len(encrypting)}")
-        total = cipher.decrypt(private, summed, workers) + values
+        with cipher.decryption_pool(private, workers) as decryptors:  # starts while others work
+            summed = _receive_vector(channel, aggregator, SUM_STEP, public, packing, count)
+            if summed.summed != len(encrypting):
+                raise ProtocolError(f"party '{aggregator}' sent a sum of {summed.summed} inputs,"
+                                    f" the job has {len(encrypting)}")
+            total = cipher.decrypt(private, summed, decryptors, workers) + values
         return PaillierSumOutput(total=total)
     try:
         public = PublicKey.from_bytes(channel.recv_bytes(key_holder, KEY_STEP))

@@ -140,26 +140,27 @@ def _decrypt_batch(ciphertexts: list[int]) -> list[int]:
     return [int(key.raw_decrypt(c)) for c in ciphertexts]
 
 
-def decrypt(private_key: PrivateKey, vector: CiphertextVector, workers: int = 1) -> np.ndarray:
-    """The int64 sums of the vector's `summed` packed inputs (CRT decryption).
+def decryption_pool(private_key: PrivateKey, workers: int) -> ProcessPoolExecutor:
+    """Worker processes of the key owner that hold its private key (it never leaves the
+    machine); start them early so that they are ready when the ciphertexts arrive."""
+    phe_key = private_key.phe_key
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_decryptor,
+                               initargs=(private_key.public_key.n, int(phe_key.p), int(phe_key.q)))
 
-    With workers > 1 the ciphertexts are decrypted in that many processes of
-    the key owner (the private key never leaves this machine).
-    """
+
+def decrypt(private_key: PrivateKey, vector: CiphertextVector,
+            pool: ProcessPoolExecutor | None = None, workers: int = 1) -> np.ndarray:
+    """The int64 sums of the vector's `summed` packed inputs (CRT decryption), in `pool`'s
+    processes when given (split in `workers` parts)."""
     if vector.key.fingerprint() != private_key.public_key.fingerprint():
         raise ValueError("the ciphertexts are under a foreign key")
     ciphertexts = list(vector.ciphertexts)
-    if workers <= 1 or len(ciphertexts) < 4 * workers:
+    if pool is None or len(ciphertexts) < 4 * workers:
         plaintexts = [private_key.decrypt_raw(c) for c in ciphertexts]
     else:
-        step = -(-len(ciphertexts) // workers)
-        phe_key = private_key.phe_key
-        with ProcessPoolExecutor(max_workers=workers,
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_decryptor,
-                                 initargs=(private_key.public_key.n, int(phe_key.p),
-                                           int(phe_key.q))) as pool:
-            parts = pool.map(_decrypt_batch, [ciphertexts[i:i + step]
-                                              for i in range(0, len(ciphertexts), step)])
-            plaintexts = [p for part in parts for p in part]
+        step = -(-len(ciphertexts) // max(1, workers))
+        parts = pool.map(_decrypt_batch, [ciphertexts[i:i + step]
+                                          for i in range(0, len(ciphertexts), step)])
+        plaintexts = [p for part in parts for p in part]
     return vector.packing.unpack(plaintexts, vector.count, vector.summed)
