@@ -190,3 +190,10 @@ def test_connectivity_check_detects_a_wrong_confirmation(transport):
               "gamma": run_connectivity_check}
     with pytest.raises(ProtocolError, match="key confirmation with party 'beta' failed"):
         run_parties(channels, lambda ch: bodies[ch.party_id](ch))
+
+
+def test_zero_dimensional_arrays_keep_their_shape(transport):
+    channels = new_job(transport)
+    channels["alpha"].send("beta", "scalar", np.array(7, dtype=np.uint64))
+    received = channels["beta"].recv_array("alpha", "scalar", np.uint64, ())
+    assert received.shape == () and int(received) == 7

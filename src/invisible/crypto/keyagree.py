@@ -73,6 +73,13 @@ def derive_pairwise_seed(
     return seed
 
 
+def derive_indexed_key(master: bytes, label: str, index: int) -> bytes:
+    """A 32-byte key for item `index` under `label`, from a master seed (HKDF-SHA256)."""
+    key: bytes = HKDF(master, SEED_BYTES, b"invisible/v1/indexed-key", SHA256,
+                      context=_encode_fields(label, str(index)))
+    return key
+
+
 def confirmation_tag(seed: bytes, *, sender: str, receiver: str) -> bytes:
     """A key-confirmation tag: proves knowledge of the seed, reveals nothing about it."""
     tag: bytes = HKDF(

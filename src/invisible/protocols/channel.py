@@ -46,7 +46,8 @@ def check_payload(payload: object) -> Payload:
         array = payload.astype(payload.dtype.newbyteorder("<"), copy=False)
         if array.dtype.str not in ALLOWED_DTYPES:
             raise ProtocolError(f"arrays of dtype {payload.dtype} cannot be sent")
-        return np.ascontiguousarray(array)
+        # not np.ascontiguousarray: it turns a 0-d array into a 1-d one
+        return array if array.flags.c_contiguous else array.copy(order="C")
     raise ProtocolError(f"a message must be a numpy array or bytes, not {type(payload).__name__}")
 
 

@@ -1,0 +1,219 @@
+"""The shared-arithmetic engine: dealer tuples, Beaver products, exact truncation, bounds.
+
+Every result is compared with plaintext numpy; products are exact in the
+ring, fixed-point results within their stated error.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+import numpy as np
+import pytest
+
+from invisible.crypto.fixedpoint import decode, encode
+from invisible.crypto.prg import Prg
+from invisible.crypto.sharing import RING_DTYPE, reconstruct, share
+from invisible.errors import ProtocolError
+from invisible.jobs.local import InProcessNodes, write_local_federation
+from invisible.net.inprocess import InProcessHub
+from invisible.net.jobs_api import JobSpec
+from invisible.protocols.mpc import arithmetic
+from invisible.protocols.mpc.context import MpcContext
+from invisible.protocols.mpc.dealer import DealerProvider, run_dealer
+from invisible.protocols.mpc.shared import SharedArray
+
+_jobs = itertools.count()
+F = 16
+ULP = 2.0**-F
+
+
+class Engine:
+    """Runs one program at every computing party, with the dealer serving, over a transport."""
+
+    def __init__(self, channels_for, parties):
+        self.channels_for = channels_for
+        self.parties = tuple(parties)
+
+    def run(self, program):
+        channels = self.channels_for(f"mpc-{next(_jobs)}")
+        results, errors = {}, {}
+
+        def party(name):
+            try:
+                ctx = MpcContext(channels[name], self.parties, "dealer", F)
+                provider = DealerProvider(channels[name], self.parties, "dealer")
+                try:
+                    results[name] = (program(ctx, provider), ctx.record)
+                finally:
+                    provider.close()
+            except Exception as exc:  # re-raised below
+                errors[name] = exc
+                channels[name].abort()
+
+        def dealer():
+            try:
+                results["dealer"] = run_dealer(channels["dealer"], self.parties, Prg.from_os())
+            except Exception as exc:
+                errors["dealer"] = exc
+
+        threads = [threading.Thread(target=party, args=(p,)) for p in self.parties]
+        threads.append(threading.Thread(target=dealer))
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        if errors:
+            raise next(iter(e for e in errors.values() if not isinstance(e, ProtocolError)
+                            or "aborted" not in str(e)), next(iter(errors.values())))
+        return results
+
+
+def inprocess_engine(n):
+    parties = [f"p{i}" for i in range(n)]
+    hub = InProcessHub([*parties, "dealer"], timeout_s=60)
+    return Engine(hub.channels, parties)
+
+
+@pytest.fixture(scope="module")
+def grpc_engine(tmp_path_factory):
+    names = ["p0", "p1", "p2", "dealer"]
+    layout = write_local_federation(tmp_path_factory.mktemp("mpc"), names,
+                                    limits={"rpc_timeout_s": 60.0})
+    with InProcessNodes(layout) as nodes:
+        def channels(job_id):
+            spec = JobSpec(job_id, "test", tuple(names))
+            return {p: node._open_channel(spec) for p, node in nodes.nodes.items()}
+
+        yield Engine(channels, names[:3])
+
+
+@pytest.fixture(params=["inprocess-2", "inprocess-3", "inprocess-5", "grpc-3"])
+def engine(request, grpc_engine):
+    if request.param == "grpc-3":
+        return grpc_engine
+    return inprocess_engine(int(request.param.rsplit("-", 1)[1]))
+
+
+def shares_of(values, bound, parties, rng=None):
+    return share(encode(values, bound, F), len(parties), rng or Prg.from_os())
+
+
+def open_result(results, parties):
+    return reconstruct(np.stack([results[p][0] for p in parties]))
+
+
+def test_beaver_products_are_exact_in_the_ring(engine):
+    rng = Prg.from_os()
+    x, y = rng.random_uint64(1000), rng.random_uint64(1000)
+    sx, sy = share(x, len(engine.parties), rng), share(y, len(engine.parties), rng)
+    results = engine.run(lambda ctx, prov: arithmetic.mul_ring(
+        ctx, prov, sx[ctx.index], sy[ctx.index]))
+    assert np.array_equal(open_result(results, engine.parties), x * y)
+
+
+def test_fixed_point_product_is_within_one_ulp_and_records_only_masked_openings(engine):
+    data = np.random.default_rng(5)  # test data only
+    x, y = data.uniform(-1000, 1000, 5000), data.uniform(-1000, 1000, 5000)
+    sx, sy = shares_of(x, 1000, engine.parties), shares_of(y, 1000, engine.parties)
+
+    def program(ctx, prov):
+        a = SharedArray(sx[ctx.index], 1000, F, ctx.is_leader)
+        b = SharedArray(sy[ctx.index], 1000, F, ctx.is_leader)
+        return arithmetic.mul(ctx, prov, a, b).share
+
+    results = engine.run(program)
+    z = decode(open_result(results, engine.parties))
+    # error: encoding of x and y (|x|, |y| <= 1000, half an ulp each) plus 1 ulp of truncation
+    assert np.max(np.abs(z - x * y)) <= 1000 * ULP + ULP * 2
+    record = results[engine.parties[0]][1]
+    assert record.summary() == {"beaver-differences": 10000, "masked-truncation-input": 5000}
+
+
+def test_matrix_product_is_exact_in_the_ring_and_fixed_point_close(engine):
+    data = np.random.default_rng(6)
+    x, y = data.uniform(-10, 10, (7, 13)), data.uniform(-10, 10, (13, 4))
+    sx, sy = shares_of(x, 10, engine.parties), shares_of(y, 10, engine.parties)
+
+    def program(ctx, prov):
+        a = SharedArray(sx[ctx.index], 10, F, ctx.is_leader)
+        b = SharedArray(sy[ctx.index], 10, F, ctx.is_leader)
+        return arithmetic.matmul(ctx, prov, a, b).share
+
+    z = decode(open_result(engine.run(program), engine.parties))
+    assert np.max(np.abs(z - encode(x, 10, F).view(np.int64) @ encode(y, 10, F).view(np.int64)
+                         / 2.0**(2 * F))) <= ULP
+    assert np.max(np.abs(z - x @ y)) <= 13 * 20 * ULP
+
+
+@pytest.mark.parametrize("magnitude", [45, 50, 61])
+def test_truncation_is_exact_at_large_magnitudes(magnitude):
+    engine = inprocess_engine(3)
+    rng = np.random.default_rng(magnitude)
+    z = rng.integers(-(2**magnitude), 2**magnitude, 10**6, dtype=np.int64)
+    shares = share(z.view(RING_DTYPE), 3, Prg.from_os())
+    results = engine.run(lambda ctx, prov: arithmetic.truncate(ctx, prov, shares[ctx.index], F))
+    got = open_result(results, engine.parties).view(np.int64)
+    error = got - (z >> F)
+    assert set(np.unique(error).tolist()) <= {0, 1}  # 1-ulp rounding, never a large error
+
+
+def test_public_operations_and_reveal(engine):
+    data = np.random.default_rng(7)
+    x = data.uniform(-50, 50, 100)
+    sx = shares_of(x, 50, engine.parties)
+
+    def program(ctx, prov):
+        a = SharedArray(sx[ctx.index], 50, F, ctx.is_leader)
+        b = (a + 2.5 - a.scale(3)).sum()
+        c = arithmetic.mul_public(ctx, prov, a, 0.25)
+        return (arithmetic.reveal(ctx, b, ctx.parties[-1], "declared-output"),
+                arithmetic.reveal(ctx, c, ctx.parties[-1], "declared-output"))
+
+    results = engine.run(program)
+    last = engine.parties[-1]
+    total, quarter = results[last][0]
+    assert results[engine.parties[0]][0] == (None, None)
+    assert decode(total) == pytest.approx(np.sum(x + 2.5 - 3 * x), abs=400 * ULP)
+    assert np.allclose(decode(quarter), x / 4, atol=2 * ULP)
+    assert results[last][1].summary()["declared-output"] == 101
+
+
+def test_input_sharing_reveals_nothing_and_reconstructs(engine):
+    values = np.linspace(-3, 3, 64)
+    results = engine.run(lambda ctx, prov: arithmetic.input_from(
+        ctx, ctx.parties[1], values if ctx.index == 1 else None, 3.0, (64,),
+        Prg.from_os()).share)
+    assert np.allclose(decode(open_result(results, engine.parties)), values, atol=ULP)
+
+
+def test_out_of_range_products_are_refused_before_they_run(engine):
+    sx = shares_of(np.ones(4), 2.0**16, engine.parties)
+
+    def program(ctx, prov):
+        a = SharedArray(sx[ctx.index], 2.0**16, F, ctx.is_leader)
+        return arithmetic.mul(ctx, prov, a, a)  # |x y| could reach 2^32 >= 2^30
+
+    with pytest.raises(ProtocolError, match="leaves the exact range .* refused before it runs"):
+        engine.run(program)
+
+
+def test_the_dealer_is_never_a_computing_party_and_tuples_are_never_reused():
+    hub = InProcessHub(["p0", "p1", "dealer"])
+    channels = hub.channels("j")
+    with pytest.raises(ProtocolError, match="dealer cannot be a computing party"):
+        MpcContext(channels["p0"], ("p0", "dealer"), "dealer")
+    with pytest.raises(ProtocolError, match="dealer cannot be a computing party"):
+        run_dealer(channels["dealer"], ("p0", "dealer"), Prg.from_os())
+    # A request for a tuple id the dealer already issued is refused.
+    import json
+
+    def replay():
+        for message in ({"kind": "triple", "id": 0, "shapes": [[2]]},
+                        {"kind": "triple", "id": 0, "shapes": [[2]]}):
+            channels["p0"].send("dealer", "dealer/request", json.dumps(message).encode())
+
+    threading.Thread(target=replay).start()
+    with pytest.raises(ProtocolError, match="already issued; tuples are never reused"):
+        run_dealer(channels["dealer"], ("p0", "p1"), Prg.from_os())
