@@ -217,3 +217,52 @@ def test_the_dealer_is_never_a_computing_party_and_tuples_are_never_reused():
     threading.Thread(target=replay).start()
     with pytest.raises(ProtocolError, match="already issued; tuples are never reused"):
         run_dealer(channels["dealer"], ("p0", "p1"), Prg.from_os())
+
+
+# --- comparison, reciprocal, inverse square root -------------------------------------------------
+
+from invisible.protocols.mpc import comparison  # noqa: E402
+
+
+def test_less_than_zero_is_exact_everywhere_in_range(engine):
+    data = np.random.default_rng(9)
+    values = np.concatenate([
+        data.uniform(-1000, 1000, 400), [0.0, ULP, -ULP, 2.0**40, -(2.0**40), 2.0**45 - 1],
+        data.integers(-(2**61), 2**61, 200).astype(np.float64) / 2.0**F,
+    ])
+    bound = float(np.abs(values).max())
+    sx = shares_of(values, bound, engine.parties)
+    results = engine.run(lambda ctx, prov: comparison.less_than_zero(
+        ctx, prov, SharedArray(sx[ctx.index], bound, F, ctx.is_leader)))
+    bits = open_result(results, engine.parties)
+    expected = (encode(values, bound, F).view(np.int64) < 0).astype(np.uint64)
+    assert np.array_equal(bits, expected)
+    assert "masked-comparison-input" in results[engine.parties[0]][1].summary()
+
+
+def test_reciprocal_and_rsqrt_within_their_stated_bounds():
+    engine = inprocess_engine(3)
+    x = np.concatenate([np.geomspace(0.01, 1000, 300), [0.01, 1.0, 999.0]])
+    sx = shares_of(x, 1000, engine.parties)
+
+    def program(ctx, prov):
+        value = SharedArray(sx[ctx.index], 1000, F, ctx.is_leader)
+        return (comparison.reciprocal(ctx, prov, value, 0.01, 1000).share,
+                comparison.rsqrt(ctx, prov, value, 0.01, 1000).share)
+
+    results = engine.run(program)
+    recip = decode(reconstruct(np.stack([results[p][0][0] for p in engine.parties])))
+    root = decode(reconstruct(np.stack([results[p][0][1] for p in engine.parties])))
+    # Against the encoded input x^ (the protocol cannot know x better than f bits): the
+    # error of the computation itself. Quantising x adds |d(1/x)| <= 2^-(f+1) / x^2 on top.
+    x_hat = decode(encode(x, 1000, F))
+    assert np.all(np.abs(recip - 1 / x_hat) <= ULP * (4 + 2 / x_hat))
+    assert np.all(np.abs(root - 1 / np.sqrt(x_hat)) <= ULP * (4 + 2 / x_hat))
+
+
+def test_a_domain_must_be_declared():
+    engine = inprocess_engine(2)
+    sx = shares_of(np.ones(3), 10, engine.parties)
+    with pytest.raises(ProtocolError, match="declared domain"):
+        engine.run(lambda ctx, prov: comparison.reciprocal(
+            ctx, prov, SharedArray(sx[ctx.index], 10, F, ctx.is_leader), 1.0, 5.0))

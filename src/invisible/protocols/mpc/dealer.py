@@ -43,6 +43,8 @@ from invisible.protocols.channel import Channel
 SEED_STEP = "dealer/seed"
 REQUEST_STEP = "dealer/request"
 MAX_TUPLE_ELEMENTS = 1 << 28
+#: Comparison tuples share the low 62 bits of r one by one (values live below 2^62).
+CMP_BITS = 62
 Shape = tuple[int, ...]
 
 
@@ -55,6 +57,8 @@ def component_shapes(kind: str, shapes: Sequence[Shape]) -> list[Shape]:
         return [shapes[0], shapes[1], (shapes[0][0], shapes[1][1])]  # A, B, C = A @ B
     if kind == "trunc" and len(shapes) == 1:
         return [shapes[0]] * 3  # r, msb(r), (r mod 2^63) >> f
+    if kind == "cmp" and len(shapes) == 1:
+        return [shapes[0]] * (3 + CMP_BITS)  # r, msb(r), (r mod 2^63) >> 62, bits 0..61 of r
     raise ProtocolError(f"unknown tuple kind or shapes: {kind} {list(shapes)}")
 
 
@@ -70,6 +74,9 @@ def tuple_values(kind: str, shapes: Sequence[Shape], fractional_bits: int,
         return [a, b, np.matmul(a, b)]
     r = rng.random_uint64(parts[0])
     low = r & np.uint64((1 << 63) - 1)
+    if kind == "cmp":
+        bits = [(r >> np.uint64(i)) & np.uint64(1) for i in range(CMP_BITS)]
+        return [r, r >> np.uint64(63), low >> np.uint64(CMP_BITS), *bits]
     return [r, r >> np.uint64(63), low >> np.uint64(fractional_bits)]
 
 
