@@ -36,15 +36,20 @@ def test_an_unknown_benchmark_is_named():
     assert "no benchmark 'nope' (known: metering, paillier, secure_sum)" in done.stderr
 
 
-@pytest.mark.timeout(180)
-def test_secure_sum_quick_emits_every_row(tmp_path):
-    out = tmp_path / "secure_sum.json"
+def run_quick(name: str, folder: Path, timeout: float) -> dict:
+    """`invisible bench NAME --quick --json`, as a user runs it; the JSON document."""
+    out = folder / f"{name}.json"
     done = subprocess.run(
-        [sys.executable, "-m", "invisible", "bench", "secure_sum", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=170,
+        [sys.executable, "-m", "invisible", "bench", name, "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     assert done.returncode == 0, done.stderr
-    document = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.timeout(180)
+def test_secure_sum_quick_emits_every_row(tmp_path):
+    document = run_quick("secure_sum", tmp_path, 170)
     assert document["benchmark"] == "secure_sum" and document["cpus"] >= 1
     rows = document["rows"]
     cases = sorted({r["case"] for r in rows})
@@ -63,13 +68,7 @@ def test_secure_sum_quick_emits_every_row(tmp_path):
 
 @pytest.mark.timeout(240)
 def test_metering_quick_emits_every_row(tmp_path):
-    out = tmp_path / "metering.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "invisible", "bench", "metering", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=230,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(out.read_text())["rows"]
+    rows = run_quick("metering", tmp_path, 230)["rows"]
     assert [(r["metric"], r.get("peer")) for r in rows] == [
         ("ms/job/node", "no-ledger"), ("ms/job/node", "no-ledger"), ("entries/s", None)]
     assert all(r["ours"] > 0 for r in rows)
@@ -77,13 +76,7 @@ def test_metering_quick_emits_every_row(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_paillier_quick_emits_every_row_with_both_peers(tmp_path):
-    out = tmp_path / "paillier.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "invisible", "bench", "paillier", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=290,
-    )
-    assert done.returncode == 0, done.stderr
-    rows = json.loads(out.read_text())["rows"]
+    rows = run_quick("paillier", tmp_path, 290)["rows"]
     assert [(r["metric"], r.get("peer")) for r in rows] == [
         ("encryptions/s", "phe"), ("encryptions/s", "heu"), ("values/s", "phe"),
         ("values/s", "heu"), ("bytes/value", None)]
