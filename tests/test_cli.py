@@ -119,6 +119,30 @@ def test_sigint_stops_a_node_cleanly(tmp_path):
             process.wait()
 
 
+def test_a_dealer_node_serves_with_a_dealer_certificate_only(tmp_path):
+    layout = write_local_federation(tmp_path, ["bank", "telco"], dealers=["dealer"])
+    dealer_config = str(layout.dealer_configs["dealer"])
+    as_party = invisible("node", "serve", "--config", dealer_config)
+    assert as_party.returncode == 2
+    assert "is a dealer certificate; this needs a party certificate" in as_party.stderr
+    party_as_dealer = invisible("node", "serve", "--config", str(layout.party_configs["bank"]),
+                                "--role", "dealer")
+    assert party_as_dealer.returncode == 2
+    assert "a dealer holds no data" in party_as_dealer.stderr or \
+        "is a party certificate; this needs a dealer certificate" in party_as_dealer.stderr
+    nodes = NodeProcesses(layout).start()
+    try:
+        with Federation.from_config(layout.coordinator_config) as federation:
+            health = federation.clients["dealer"].health(timeout_s=20)
+            assert health.serving and health.role == "dealer" and health.datasets == ()
+            roles = {p: h.role for p, h in federation.health(timeout_s=20).items()}
+            assert roles == {"bank": "party", "telco": "party", "dealer": "dealer"}
+            assert federation.parties == ("bank", "telco")  # a dealer is not a data party
+    finally:
+        codes = nodes.stop()
+    assert codes == {"bank": 0, "telco": 0, "dealer": 0}
+
+
 def test_health_reports_a_node_that_is_down(tmp_path):
     layout = write_local_federation(tmp_path, ["bank", "telco"])
     done = invisible("health", "--coordinator", str(layout.coordinator_config),

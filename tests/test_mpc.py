@@ -78,15 +78,18 @@ def inprocess_engine(n):
 
 @pytest.fixture(scope="module")
 def grpc_engine(tmp_path_factory):
-    names = ["p0", "p1", "p2", "dealer"]
-    layout = write_local_federation(tmp_path_factory.mktemp("mpc"), names,
+    """Three party nodes and a node serving as dealer, with a dealer certificate, over mTLS."""
+    parties = ["p0", "p1", "p2"]
+    layout = write_local_federation(tmp_path_factory.mktemp("mpc"), parties, dealers=["dealer"],
                                     limits={"rpc_timeout_s": 60.0})
     with InProcessNodes(layout) as nodes:
+        assert nodes.nodes["dealer"].tls.identity.role.value == "dealer"
+
         def channels(job_id):
-            spec = JobSpec(job_id, "test", tuple(names))
+            spec = JobSpec(job_id, "test", (*parties, "dealer"))
             return {p: node._open_channel(spec) for p, node in nodes.nodes.items()}
 
-        yield Engine(channels, names[:3])
+        yield Engine(channels, parties)
 
 
 @pytest.fixture(params=["inprocess-2", "inprocess-3", "inprocess-5", "grpc-3"])

@@ -1,7 +1,7 @@
 """The `invisible` command.
 
     invisible pki init DIR --parties bank,hospital,telco [--coordinators c] [--dealers d]
-    invisible node serve --config parties/bank/party.toml
+    invisible node serve --config parties/bank/party.toml [--role dealer]
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml
     invisible meter report --config party.toml [--json|--csv] [--since DATE]
@@ -50,14 +50,7 @@ def _pki_init(args: argparse.Namespace) -> int:
 
 
 def _node_serve(args: argparse.Namespace) -> int:
-    from invisible.node.config import load_party_config
-    from invisible.node.node import PartyNode
-
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    node = PartyNode(load_party_config(args.config))
+    # Handlers first: a SIGTERM during start-up must still end in a clean stop.
     stop = threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -65,8 +58,19 @@ def _node_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+
+    from invisible.net.pki import Role
+    from invisible.node.config import load_party_config
+    from invisible.node.node import PartyNode
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    role = Role(args.role)
+    node = PartyNode(load_party_config(args.config), role=role)
     node.start()
-    print(f"invisible node '{node.party_id}' (party) serving on {node.address}", flush=True)
+    print(f"invisible node '{node.party_id}' ({role.value}) serving on {node.address}", flush=True)
     while not stop.wait(0.5):
         pass
     node.stop()
@@ -206,6 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="node_command", required=True)
     serve = node.add_parser("serve", help="serve a party node until SIGINT/SIGTERM")
     serve.add_argument("--config", required=True, help="the party's TOML file")
+    serve.add_argument("--role", choices=["party", "dealer"], default="party",
+                       help="dealer: serves correlated randomness, never computes, holds no data")
     serve.set_defaults(handler=_node_serve)
 
     health = commands.add_parser("health", help="ask every party of a federation if it serves")

@@ -62,8 +62,10 @@ class Federation:
         self.config = config
         self.tls = TlsMaterial.load(config.tls, expected_role=Role.COORDINATOR)
         self.clients = {
-            party: NodeClient(self.tls, party, address, timeout_s=config.limits.rpc_timeout_s)
-            for party, address in config.parties.items()
+            party: NodeClient(self.tls, party, address, role=role,
+                              timeout_s=config.limits.rpc_timeout_s)
+            for nodes, role in ((config.parties, Role.PARTY), (config.dealers, Role.DEALER))
+            for party, address in nodes.items()
         }
         self._pool = ThreadPoolExecutor(max_workers=max(4, len(self.clients)))
 
@@ -73,7 +75,8 @@ class Federation:
 
     @property
     def parties(self) -> tuple[str, ...]:
-        return tuple(self.clients)
+        """The data-holding parties (dealers are not among them)."""
+        return tuple(self.config.parties)
 
     def close(self) -> None:
         for client in self.clients.values():

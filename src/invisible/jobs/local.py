@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from invisible.errors import InvisibleError
-from invisible.net.pki import init_pki
+from invisible.net.pki import Role, init_pki
 from invisible.node.config import load_party_config
 from invisible.node.node import PartyNode
 
@@ -56,6 +56,7 @@ class LocalLayout:
     party_configs: dict[str, Path]
     coordinator_configs: dict[str, Path]
     addresses: dict[str, str]
+    dealer_configs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def coordinator_config(self) -> Path:
@@ -88,23 +89,36 @@ def write_local_federation(
     datasets: Mapping[str, Mapping[str, LocalDataset]] | None = None,
     *,
     coordinators: Sequence[str] = ("coordinator",),
+    dealers: Sequence[str] = (),
     limits: Mapping[str, float | int] | None = None,
 ) -> LocalLayout:
-    """Certificates and TOML configs for `parties` (and coordinators) on free loopback ports."""
+    """Certificates and TOML configs for `parties`, dealers and coordinators on loopback."""
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory / "pki"
-    init_pki(pki, list(parties), list(coordinators), overwrite=True)
-    addresses = {p: f"{LOOPBACK}:{free_port()}" for p in parties}
+    init_pki(pki, list(parties), list(coordinators), list(dealers), overwrite=True)
+    addresses = {p: f"{LOOPBACK}:{free_port()}" for p in [*parties, *dealers]}
+    dealer_lines = ["[dealers]", *[f"{d} = {_toml_string(addresses[d])}" for d in dealers], ""]
     limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
-    party_configs = {}
+    party_configs, dealer_configs = {}, {}
+    for dealer in dealers:  # a dealer's peers are the parties; it holds no data
+        path = directory / f"{dealer}.toml"
+        path.write_text("\n".join([
+            "[party]", f"id = {_toml_string(dealer)}", f"listen = {_toml_string(addresses[dealer])}",
+            "", "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
+            f"cert = {_toml_string(str(pki / f'{dealer}.pem'))}",
+            f"key = {_toml_string(str(pki / f'{dealer}.key'))}", "", "[peers]",
+            *[f"{p} = {_toml_string(addresses[p])}" for p in parties],
+            "", "[ledger]", f"store = {_toml_string('none')}", "", "[limits]", *limit_lines, "",
+        ]))
+        dealer_configs[dealer] = path
     for party in parties:
         lines = [
             "[party]", f"id = {_toml_string(party)}", f"listen = {_toml_string(addresses[party])}",
             "", "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
             f"cert = {_toml_string(str(pki / f'{party}.pem'))}",
             f"key = {_toml_string(str(pki / f'{party}.key'))}", "", "[peers]",
-            *[f"{p} = {_toml_string(a)}" for p, a in addresses.items() if p != party],
-            "", "[limits]", *limit_lines, "",
+            *[f"{p} = {_toml_string(addresses[p])}" for p in parties if p != party],
+            "", *dealer_lines, "[limits]", *limit_lines, "",
         ]
         for dataset_id, dataset in (datasets or {}).get(party, {}).items():
             columns = ", ".join(f"{c} = {_toml_string(t)}" for c, t in dataset.columns.items())
@@ -125,11 +139,11 @@ def write_local_federation(
             "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
             f"cert = {_toml_string(str(pki / f'{coordinator}.pem'))}",
             f"key = {_toml_string(str(pki / f'{coordinator}.key'))}", "",
-            "[parties]", *[f"{p} = {_toml_string(a)}" for p, a in addresses.items()],
-            "", "[limits]", *limit_lines, "",
+            "[parties]", *[f"{p} = {_toml_string(addresses[p])}" for p in parties],
+            "", *dealer_lines, "[limits]", *limit_lines, "",
         ]))
         coordinator_configs[coordinator] = path
-    return LocalLayout(directory, party_configs, coordinator_configs, addresses)
+    return LocalLayout(directory, party_configs, coordinator_configs, addresses, dealer_configs)
 
 
 class InProcessNodes:
@@ -137,6 +151,8 @@ class InProcessNodes:
 
     def __init__(self, layout: LocalLayout) -> None:
         self.nodes = {p: PartyNode(load_party_config(c)) for p, c in layout.party_configs.items()}
+        self.nodes.update({d: PartyNode(load_party_config(c), role=Role.DEALER)
+                           for d, c in layout.dealer_configs.items()})
 
     def __enter__(self) -> InProcessNodes:
         for node in self.nodes.values():
@@ -158,10 +174,13 @@ class NodeProcesses:
 
     def start(self) -> NodeProcesses:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        for party, config in self.layout.party_configs.items():
+        roles = [(p, c, "party") for p, c in self.layout.party_configs.items()]
+        roles += [(d, c, "dealer") for d, c in self.layout.dealer_configs.items()]
+        for party, config, role in roles:
             log = (self.log_dir / f"{party}.log").open("wb")
             self.processes[party] = subprocess.Popen(
-                [sys.executable, "-m", "invisible", "node", "serve", "--config", str(config)],
+                [sys.executable, "-m", "invisible", "node", "serve", "--config", str(config),
+                 "--role", role],
                 stdout=log, stderr=subprocess.STDOUT, env=env,
             )
             log.close()

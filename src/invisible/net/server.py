@@ -80,7 +80,7 @@ class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
     @_domain_errors_to_status
     def Deliver(self, request_iterator: Iterator[exchange_pb2.Frame],
                 context: grpc.ServicerContext) -> exchange_pb2.DeliverAck:
-        sender = require_role(context, Role.PARTY).party_id
+        sender = require_role(context, Role.PARTY, Role.DEALER).party_id
         if sender not in self._known_peers():
             raise ProtocolError(f"party '{sender}' is not a configured peer of this node")
         first = next(request_iterator, None)

@@ -18,6 +18,9 @@ A party's file::
     [peers]                      # party id -> address
     hospital = "127.0.0.1:50052"
 
+    [dealers]                    # optional: dealer nodes (dealer certificates)
+    dealer = "127.0.0.1:50054"
+
     [limits]                     # optional
     max_message_bytes = 1073741824
     rpc_timeout_s = 30.0
@@ -91,6 +94,8 @@ class PartyConfig:
     peers: dict[str, str]
     limits: Limits = field(default_factory=Limits)
     datasets: dict[str, DatasetConfig] = field(default_factory=dict)
+    #: Dealer nodes this node talks to (id -> address); they hold dealer certificates.
+    dealers: dict[str, str] = field(default_factory=dict)
     #: Outputs addressed to this party itself (e.g. a secure sum it receives).
     results_dir: Path = Path("results")
     ledger: LedgerConfig = LedgerConfig(Path("ledger.sqlite"), Path("ledger.key"))
@@ -107,6 +112,7 @@ class CoordinatorConfig:
     limits: Limits = field(default_factory=Limits)
     #: Where the parties' signed receipts of every job are kept.
     receipts_dir: Path = Path("receipts")
+    dealers: dict[str, str] = field(default_factory=dict)
 
 
 def _load_toml(path: Path) -> dict[str, Any]:
@@ -219,14 +225,17 @@ def load_party_config(path: Path | str) -> PartyConfig:
     party = root.table_at("party")
     party_id = check_party_id(party.string("id"))
     peers = root.table_at("peers", required=False).addresses()
-    if party_id in peers:
+    dealers = root.table_at("dealers", required=False).addresses()
+    if party_id in peers or party_id in dealers:
         raise ConfigError(f"{source}: peers names the party itself ('{party_id}')")
+    if set(peers) & set(dealers):
+        raise ConfigError(f"{source}: an id is both a peer and a dealer")
     listen = party.string("listen")
     tls = _tls(root)
     metrics = root.table_at("metrics", required=False)
     return PartyConfig(
         source=source, party_id=party_id, listen=listen, tls=tls,
-        peers=peers, limits=_limits(root), datasets=_datasets(root),
+        peers=peers, dealers=dealers, limits=_limits(root), datasets=_datasets(root),
         results_dir=party.path("results_dir") if "results_dir" in party.table
         else source.parent / f"{party_id}-results",
         ledger=_ledger(root, party_id, tls),
@@ -246,4 +255,5 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
         tls=_tls(root), parties=parties, limits=_limits(root),
         receipts_dir=coordinator.path("receipts_dir") if "receipts_dir" in coordinator.table
         else source.parent / "receipts",
+        dealers=root.table_at("dealers", required=False).addresses(),
     )

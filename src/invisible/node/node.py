@@ -37,9 +37,15 @@ log = logging.getLogger(__name__)
 class PartyNode:
     """Load everything first (so a bad config fails before binding), then serve."""
 
-    def __init__(self, config: PartyConfig, kinds: dict[str, JobKind] | None = None) -> None:
+    def __init__(self, config: PartyConfig, kinds: dict[str, JobKind] | None = None,
+                 role: Role = Role.PARTY) -> None:
+        if role not in (Role.PARTY, Role.DEALER):
+            raise ConfigError(f"a node serves as a party or a dealer, not as a {role.value}")
+        if role is Role.DEALER and config.datasets:
+            raise ConfigError(f"{config.source}: a dealer holds no data; remove its datasets")
         self.config = config
-        self.tls = TlsMaterial.load(config.tls, expected_role=Role.PARTY)
+        self.role = role
+        self.tls = TlsMaterial.load(config.tls, expected_role=role)
         if self.tls.identity.party_id != config.party_id:
             raise ConfigError(
                 f"{config.source}: party id is '{config.party_id}' but certificate "
@@ -48,8 +54,10 @@ class PartyNode:
         self.datasets = DatasetRegistry.load(config.datasets)
         self.mailbox = Mailbox(config.limits.max_message_bytes)
         self.clients = {
-            peer: NodeClient(self.tls, peer, address, timeout_s=config.limits.rpc_timeout_s)
-            for peer, address in config.peers.items()
+            peer: NodeClient(self.tls, peer, address, role=peer_role,
+                             timeout_s=config.limits.rpc_timeout_s)
+            for peers, peer_role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
+            for peer, address in peers.items()
         }
         self.metrics = NodeMetrics(config.party_id)
         self.ledger: Ledger | None = None
