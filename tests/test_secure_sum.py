@@ -256,3 +256,76 @@ def test_paillier_sum_bad_requests_are_refused(credit_federation):
         fed.paillier_sum(inputs, bound=100.0, key_holder="guest", aggregator="guest")
     with pytest.raises(ConfigError, match="could reach .* >= 2\\^63"):
         fed.paillier_sum(inputs, bound=1e9, key_holder="guest", max_rows=10**6)
+
+
+# --- statistics on shares, with a dealer node -----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def credit_with_dealer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("credit-dealer")
+    datasets = {p: {"credit": credit_column(f, folder)} for p, f in CREDIT_PARTIES.items()}
+    layout = write_local_federation(folder / "federation", list(CREDIT_PARTIES), datasets,
+                                    dealers=["dealer"], limits={"rpc_timeout_s": 20.0})
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        yield fed, datasets
+
+
+def column_values(datasets, column):
+    import csv
+
+    values = []
+    for entry in datasets.values():
+        with entry["credit"].path.open() as handle:
+            values += [float(row[column]) for row in csv.DictReader(handle)]
+    return np.array(values)
+
+
+@pytest.mark.parametrize("column", ["x0", "x1", "y"])
+def test_statistics_on_shares_match_numpy_within_1e3(credit_with_dealer, column):
+    fed, datasets = credit_with_dealer
+    inputs = {p: ("credit", column) for p in CREDIT_PARTIES}
+    values = column_values(datasets, column)
+    out = fed.statistics(inputs, 100.0, outputs=["count", "sum", "mean", "variance", "std"],
+                         dealer="dealer", max_rows=10_000)
+    assert out["count"] == 24_000
+    assert out["sum"] == pytest.approx(values.sum(), abs=24_000 * 2.0**-16)
+    for name, expected in (("mean", values.mean()), ("variance", values.var()),
+                           ("std", values.std())):
+        assert out[name] == pytest.approx(expected, abs=1e-3), name
+
+
+def test_statistics_open_only_the_declared_outputs(credit_with_dealer):
+    from invisible.jobs.statistics import run_statistics
+
+    fed, datasets = credit_with_dealer
+    inputs = {p: ("credit", "x1") for p in CREDIT_PARTIES}
+    values, result = run_statistics(fed, inputs, 100.0, outputs=["std"], dealer="dealer",
+                                    max_rows=10_000)
+    assert set(values) == {"std"}
+    assert values["std"] == pytest.approx(column_values(datasets, "x1").std(), abs=1e-3)
+    for party in CREDIT_PARTIES:
+        openings = result.outputs[party]["openings"]
+        declared = [o for o in openings if o["what"].startswith("declared")]
+        assert declared == [{"what": "declared-outputs (shares)", "to": ["coordinator"],
+                             "values": 1}]  # one value: the variance, which std is a bijection of
+        masked = {o["what"] for o in openings} - {"declared-outputs (shares)"}
+        assert masked <= {"beaver-differences", "masked-truncation-input",
+                          "masked-comparison-input"}
+        assert result.records[party].values_opened == 1
+    assert result.outputs["dealer"]["tuples_served"] > 0
+    assert result.records["dealer"].rows_used == 0  # the dealer touches no data
+
+
+def test_statistics_to_a_party_recipient_and_bad_requests(credit_with_dealer):
+    fed, datasets = credit_with_dealer
+    inputs = {p: ("credit", "x0") for p in CREDIT_PARTIES}
+    out = fed.statistics(inputs, 100.0, outputs=["count", "mean"], dealer="dealer",
+                         max_rows=10_000, recipient="host-2")
+    assert out["count"] == 24_000
+    assert out["mean"] == pytest.approx(column_values(datasets, "x0").mean(), abs=1e-3)
+    with pytest.raises(ConfigError, match="'dealer' must name a dealer that is not an input"):
+        fed.statistics(inputs, 100.0, outputs=["mean"], dealer="guest")
+    with pytest.raises(ConfigError, match="'outputs' must list some of"):
+        fed.statistics(inputs, 100.0, outputs=["median"], dealer="dealer")
+    with pytest.raises(ProtocolError, match="failed on party .*outside the declared bound 0.5"):
+        fed.statistics(inputs, 0.5, outputs=["mean"], dealer="dealer", max_rows=10_000)

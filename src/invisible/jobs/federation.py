@@ -206,6 +206,15 @@ class Federation:
 
         return run_paillier_sum(self, inputs, bound, key_holder=key_holder, **options)
 
+    def statistics(self, inputs: Mapping[str, tuple[str, str]], bound: float, *,
+                   outputs: Sequence[str], dealer: str, **options: Any) -> dict[str, float]:
+        """Declared statistics (count, sum, mean, variance, std) of a column split by rows,
+        computed on shares with a dealer; see :mod:`invisible.protocols.mpc.statistics`."""
+        from invisible.jobs.statistics import run_statistics
+
+        values, _ = run_statistics(self, inputs, bound, outputs=outputs, dealer=dealer, **options)
+        return values
+
     def secure_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float,
                    **options: Any) -> SecureSumResult:
         """Sum a column (or per-category totals, or vectors) across parties; see

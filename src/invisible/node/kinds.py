@@ -12,6 +12,7 @@ from invisible.node.datasets import DatasetRegistry
 from invisible.node.jobkind import DataUse, JobContext, JobKind, JobOutcome
 from invisible.node.paillier_sum import PaillierSumKind
 from invisible.node.secure_sum import SecureSumKind
+from invisible.node.statistics import StatisticsKind
 from invisible.protocols.connectivity import run_connectivity_check
 
 
@@ -71,5 +72,5 @@ class BandwidthKind:
 
 def default_kinds() -> dict[str, JobKind]:
     kinds: list[JobKind] = [ConnectivityKind(), BandwidthKind(), SecureSumKind(),
-                            PaillierSumKind()]
+                            PaillierSumKind(), StatisticsKind()]
     return {kind.name: kind for kind in kinds}

@@ -105,9 +105,10 @@ def select(ctx: MpcContext, provider: TupleProvider, bit: np.ndarray, x: SharedA
                        ctx.is_leader)
 
 
-def _exponent_guess(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo: float,
-                    hi: float, guess: dict[int, float]) -> SharedArray:
-    """sum_e [2^e <= x < 2^(e+1)] guess[e], with one stacked comparison."""
+def bracket(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo: float, hi: float,
+            ) -> tuple[np.ndarray, list[int]]:
+    """Shares of the one-hot [2^e <= x < 2^(e+1)] over e = floor(log2 lo) .. floor(log2 hi),
+    stacked on a new first axis, for x in [lo, hi]; one stacked comparison."""
     exponents = list(range(math.floor(math.log2(lo)), math.floor(math.log2(hi)) + 1))
     thresholds = np.array([2.0**e for e in exponents[1:]])
     stacked = SharedArray(np.broadcast_to(x.share, (len(thresholds), *x.shape)).copy(),
@@ -117,7 +118,13 @@ def _exponent_guess(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo
     at_least = np.concatenate([_ones(ctx, (1, *x.shape)),
                                _ones(ctx, below.shape) - below])
     after = np.concatenate([at_least[1:], np.zeros((1, *x.shape), RING_DTYPE)])
-    one_hot = at_least - after  # exactly one 1 per element: the bracket of x
+    return at_least - after, exponents  # exactly one 1 per element: the bracket of x
+
+
+def _exponent_guess(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo: float,
+                    hi: float, guess: dict[int, float]) -> SharedArray:
+    """sum_e [2^e <= x < 2^(e+1)] guess[e]."""
+    one_hot, exponents = bracket(ctx, provider, x, lo, hi)
     f = x.fractional_bits
     weights = np.array([round(guess[e] * 2**f) for e in exponents], dtype=np.int64)
     shares = (one_hot * weights.view(RING_DTYPE).reshape(-1, *[1] * len(x.shape))).sum(
