@@ -33,7 +33,7 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "no benchmark 'nope' (known: metering, paillier, secure_sum)" in done.stderr
+    assert "no benchmark 'nope' (known: metering, paillier, secure_sum, ss_mul)" in done.stderr
 
 
 def run_quick(name: str, folder: Path, timeout: float) -> dict:
@@ -84,3 +84,17 @@ def test_paillier_quick_emits_every_row_with_both_peers(tmp_path):
         # A peer that cannot run here keeps its row and says why (sf-heu is a bench extra).
         assert row.get("peer_value") or "heu:" in row["note"] or row.get("peer") is None
     assert 8.0 < rows[-1]["ours"] < 9.0
+
+
+@pytest.mark.timeout(240)
+def test_ss_mul_quick_emits_every_row(tmp_path):
+    rows = run_quick("ss_mul", tmp_path, 230)["rows"]
+    assert [(r["metric"], r.get("peer")) for r in rows] == [
+        ("mults/s", "spu"), ("mults/s", "spu"), ("mults/s", "bandwidth-limit"),
+        ("mults/s", "mpyc"), ("bytes/mult/party", None)]
+    for row in rows:
+        assert row["ours"] > 0
+        # a peer that cannot run here keeps its row and says why
+        assert row.get("peer_value") or "spu" in row["note"] or "mpyc" in row["note"] \
+            or row.get("peer") is None
+    assert rows[-1]["ours"] == pytest.approx(48.0, abs=0.1)  # 3 parties: 2 x 16 + 2 x 8 bytes

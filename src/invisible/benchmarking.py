@@ -75,6 +75,31 @@ def measure(action: Callable[[], object], repeats: int, warmup: int = 1) -> Timi
     return timing_of(samples)
 
 
+def peer_python(name: str, requirements: Sequence[str], create: bool) -> Path | str:
+    """The interpreter of a peer's own virtual environment (``.bench-venvs/NAME``).
+
+    Some peers pin libraries this project cannot share (SPU needs numpy < 2),
+    so they run in a venv of their own, made from PyPI on first use when
+    `create` is true. Returns the interpreter, or why there is none.
+    """
+    import subprocess
+    import sys
+
+    folder = Path.cwd() / ".bench-venvs" / name
+    python = folder / "bin" / "python"
+    if python.exists():
+        return python
+    if not create:
+        return f"no venv for {name} yet (a full run creates .bench-venvs/{name})"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True, timeout=120)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *requirements],
+                       check=True, timeout=1200, capture_output=True)
+    except (subprocess.SubprocessError, OSError) as exc:
+        return f"could not install {' '.join(requirements)}: {exc}"
+    return python
+
+
 def benchmark_dirs() -> list[Path]:
     here = Path.cwd() / "benchmarks"
     checkout = Path(__file__).resolve().parents[2] / "benchmarks"

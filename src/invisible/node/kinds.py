@@ -70,7 +70,50 @@ class BandwidthKind:
         return JobOutcome()
 
 
+class MulBenchmarkKind:
+    """Diagnostic: fixed-point products of two shared random vectors, with a dealer.
+
+    Params: ``{"elements": n, "dealer": id}``; the job's other parties compute.
+    Each computing party reports how long the product took (tuples from the
+    dealer included). Uses no data of the parties.
+    """
+
+    name = "mul_benchmark"
+
+    def plan(self, spec: JobSpec, party_id: str, datasets: DatasetRegistry) -> DataUse | None:
+        params = spec.params
+        if set(params) != {"elements", "dealer"} or params["dealer"] not in spec.parties or not (
+                isinstance(params["elements"], int) and 0 < params["elements"] <= 1 << 24) \
+                or len(spec.parties) < 3:
+            raise ConfigError("a mul_benchmark job needs 1 <= 'elements' <= 2^24, a 'dealer' of "
+                              "the job and at least two computing parties")
+        return None
+
+    def run(self, context: JobContext) -> JobOutcome:
+        from invisible.protocols.mpc.arithmetic import mul
+        from invisible.protocols.mpc.context import MpcContext
+        from invisible.protocols.mpc.dealer import DealerProvider, run_dealer
+        from invisible.protocols.mpc.shared import SharedArray
+
+        params, channel = context.spec.params, context.channel
+        dealer = params["dealer"]
+        parties = tuple(p for p in context.spec.parties if p != dealer)
+        if channel.party_id == dealer:
+            return JobOutcome(output={"tuples_served": run_dealer(channel, parties, context.rng)})
+        ctx = MpcContext(channel, parties, dealer)
+        shape = (params["elements"],)
+        # Each share below 2^26, so the value (no secret here) is below 3 x 2^10 in magnitude.
+        x = SharedArray(context.rng.random_uint64(shape) >> np.uint64(38), 4096.0, 16,
+                        ctx.is_leader)
+        started = time.perf_counter()
+        provider = DealerProvider(channel, parties, dealer)
+        mul(ctx, provider, x, x)
+        provider.close()
+        return JobOutcome(output={"seconds": time.perf_counter() - started,
+                                  "bytes_sent": channel.stats.bytes_sent})
+
+
 def default_kinds() -> dict[str, JobKind]:
     kinds: list[JobKind] = [ConnectivityKind(), BandwidthKind(), SecureSumKind(),
-                            PaillierSumKind(), StatisticsKind()]
+                            PaillierSumKind(), StatisticsKind(), MulBenchmarkKind()]
     return {kind.name: kind for kind in kinds}
