@@ -196,7 +196,7 @@ def _over_grpc(sizes: list[int], repeats: int) -> tuple[dict[int, float], float,
 
 def run(quick: bool) -> list[Row]:
     n = 10**5 if quick else 10**6
-    repeats = 3 if quick else 5
+    repeats = 3 if quick else 9
     inprocess = measure(lambda: _inprocess_once(n), repeats)
     spu_rate, spu_note = _spu(n, repeats, quick)
     mpyc = _mpyc(20.0 if quick else 120.0)

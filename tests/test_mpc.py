@@ -269,3 +269,21 @@ def test_a_domain_must_be_declared():
     with pytest.raises(ProtocolError, match="declared domain"):
         engine.run(lambda ctx, prov: comparison.reciprocal(
             ctx, prov, SharedArray(sx[ctx.index], 10, F, ctx.is_leader), 1.0, 5.0))
+
+
+def test_a_requested_tuple_is_collected_once_and_arrives_while_parties_work():
+    engine = inprocess_engine(2)
+
+    def program(ctx, prov):
+        first = prov.request("triple", [(4,)])
+        second = prov.request("trunc", [(4,)], F)  # asked before the first is collected
+        a, b, c = prov.collect(first)
+        prov.collect(second)
+        with pytest.raises(ProtocolError, match="already used"):
+            prov.collect(first)
+        return a, b, c
+
+    results = engine.run(program)
+    a, b, c = (reconstruct(np.stack([results[p][0][k] for p in engine.parties]))
+               for k in range(3))
+    assert np.array_equal(a * b, c)

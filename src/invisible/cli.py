@@ -62,6 +62,9 @@ def _node_serve(args: argparse.Namespace) -> int:
     from invisible.net.pki import Role
     from invisible.node.config import load_party_config
     from invisible.node.node import PartyNode
+    from invisible.runtime import keep_freed_memory
+
+    keep_freed_memory()
 
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -178,6 +181,9 @@ def _meter_export(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     from invisible.benchmarking import run_benchmarks
+    from invisible.runtime import keep_freed_memory
+
+    keep_freed_memory()
 
     return run_benchmarks(args.names, args.quick, Path(args.json) if args.json else None)
 

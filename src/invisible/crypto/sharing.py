@@ -26,7 +26,8 @@ def share(values: np.ndarray, n_parties: int, rng: Prg) -> np.ndarray:
     secret = _as_ring(values)
     if n_parties < 2:
         raise ValueError("sharing needs at least 2 parties")
-    shares = rng.random_uint64((n_parties, *secret.shape))
+    shares = np.empty((n_parties, *secret.shape), dtype=RING_DTYPE)
+    rng.fill_uint64(shares[:-1])  # n - 1 uniform shares
     # The last share closes the sum: x - (s_1 + ... + s_{n-1}) mod 2^64.
     shares[-1] = secret - shares[:-1].sum(axis=0, dtype=np.uint64)
     return shares

@@ -36,7 +36,7 @@ from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE, share
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import TupleProvider
+from invisible.protocols.mpc.dealer import Ticket, TupleProvider
 from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray, check_range
 
 _LOW_MASK = np.uint64((1 << 63) - 1)
@@ -47,7 +47,7 @@ def open_all(ctx: MpcContext, shares: Sequence[np.ndarray], what: str) -> list[n
     step = ctx.next_step(f"open/{what}")
     flat = np.concatenate([s.reshape(-1) for s in shares]) if shares else np.zeros(0, RING_DTYPE)
     ctx.channel.send_to_each(step, {peer: flat for peer in ctx.peers})
-    total = flat.copy()
+    total = flat  # our own concatenation; a channel is done with it once send returns
     for peer in ctx.peers:
         total += ctx.channel.recv_array(peer, step, RING_DTYPE, flat.shape)
     ctx.record.add(what, ctx.parties, int(flat.size))
@@ -99,17 +99,24 @@ def reveal(ctx: MpcContext, x: SharedArray, to: str, what: str) -> np.ndarray | 
 
 
 def _beaver(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,
-            matrix: bool) -> np.ndarray:
-    """Steps 1-3 of a product: this party's share of the ring product (2f fractional bits)."""
+            matrix: bool, then: tuple[str, Sequence[tuple[int, ...]], int] | None = None,
+            ) -> tuple[np.ndarray, Ticket | None]:
+    """Steps 1-3 of a product: this party's share of the ring product (2f fractional bits).
+
+    `then` asks the provider for the next tuple (kind, shapes, f) right after
+    this one, so that the dealer makes it while the parties open d and e.
+    """
     kind = "matrix" if matrix else "triple"
     shapes = [x.shape, y.shape] if matrix else [x.shape]
-    a, b, c = provider.take(kind, shapes)
+    triple = provider.request(kind, shapes)
+    following = provider.request(*then) if then is not None else None
+    a, b, c = provider.collect(triple)
     d, e = open_all(ctx, [x.share - a, y.share - b], "beaver-differences")
     if matrix:
         z = c + np.matmul(d, b) + np.matmul(a, e)
-        return z + np.matmul(d, e) if ctx.is_leader else z
+        return (z + np.matmul(d, e) if ctx.is_leader else z), following
     z = c + d * b + e * a
-    return z + d * e if ctx.is_leader else z
+    return (z + d * e if ctx.is_leader else z), following
 
 
 def mul_ring(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: np.ndarray,
@@ -117,7 +124,7 @@ def mul_ring(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: np.ndar
     """The exact ring product of two shared uint64 arrays (no fixed point, no truncation)."""
     fx = SharedArray(x, 0.0, 0, ctx.is_leader)
     fy = SharedArray(y, 0.0, 0, ctx.is_leader)
-    return _beaver(ctx, provider, fx, fy, matrix=False)
+    return _beaver(ctx, provider, fx, fy, matrix=False)[0]
 
 
 def mul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray) -> SharedArray:
@@ -126,8 +133,9 @@ def mul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray
         raise ProtocolError(f"elementwise product of shapes {x.shape} and {y.shape}")
     f = _same_f(x, y)
     check_range(x.bound * y.bound * 2.0**f, f, "product")
-    return SharedArray(truncate(ctx, provider, _beaver(ctx, provider, x, y, False), f),
-                       x.bound * y.bound, f, ctx.is_leader)
+    z, ticket = _beaver(ctx, provider, x, y, False, then=("trunc", [x.shape], f))
+    return SharedArray(truncate(ctx, provider, z, f, ticket), x.bound * y.bound, f,
+                       ctx.is_leader)
 
 
 def matmul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,
@@ -138,8 +146,8 @@ def matmul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedAr
     f = _same_f(x, y)
     bound = x.shape[1] * x.bound * y.bound
     check_range(bound * 2.0**f, f, "matrix product")
-    return SharedArray(truncate(ctx, provider, _beaver(ctx, provider, x, y, True), f),
-                       bound, f, ctx.is_leader)
+    z, ticket = _beaver(ctx, provider, x, y, True, then=("trunc", [(x.shape[0], y.shape[1])], f))
+    return SharedArray(truncate(ctx, provider, z, f, ticket), bound, f, ctx.is_leader)
 
 
 def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
@@ -153,9 +161,13 @@ def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
                        x.fractional_bits, ctx.is_leader)
 
 
-def truncate(ctx: MpcContext, provider: TupleProvider, z: np.ndarray, f: int) -> np.ndarray:
-    """Shares of z >> f (to 1 ulp) for a shared z with |z| < 2^62 (steps above)."""
-    r, r_msb, r_low = provider.take("trunc", [tuple(z.shape)], f)
+def truncate(ctx: MpcContext, provider: TupleProvider, z: np.ndarray, f: int,
+             ticket: Ticket | None = None) -> np.ndarray:
+    """Shares of z >> f (to 1 ulp) for a shared z with |z| < 2^62 (steps above); `ticket`:
+    a truncation tuple requested earlier."""
+    if ticket is None:
+        ticket = provider.request("trunc", [tuple(z.shape)], f)
+    r, r_msb, r_low = provider.collect(ticket)
     shift = np.uint64(1 << RANGE_BITS)
     masked = z + r + shift if ctx.is_leader else z + r
     (c,) = open_all(ctx, [masked], "masked-truncation-input")

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from math import prod
 
 import numpy as np
@@ -129,12 +130,31 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
         served.add(tuple_id)
 
 
+@dataclass(frozen=True)
+class Ticket:
+    """A tuple asked for and not yet collected (see TupleProvider.request)."""
+
+    tuple_id: int
+    kind: str
+    parts: tuple[Shape, ...]
+
+
 class TupleProvider(ABC):
-    """Where a computing party gets correlated randomness; the dealer, or later another."""
+    """Where a computing party gets correlated randomness; the dealer, or later another.
+
+    `request` asks early (the dealer can make the tuple while the parties
+    compute); `collect` returns this party's shares; `take` is both at once.
+    """
 
     @abstractmethod
+    def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket: ...
+
+    @abstractmethod
+    def collect(self, ticket: Ticket) -> list[np.ndarray]: ...
+
     def take(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0,
-             ) -> list[np.ndarray]: ...
+             ) -> list[np.ndarray]:
+        return self.collect(self.request(kind, shapes, fractional_bits))
 
     @abstractmethod
     def close(self) -> None: ...
@@ -154,23 +174,25 @@ class DealerProvider(TupleProvider):
         self._last = me == self.parties[-1]
         self._master = None if self._last else channel.recv_bytes(dealer, SEED_STEP, SEED_BYTES)
 
-    def take(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0,
-             ) -> list[np.ndarray]:
+    def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket:
         tuple_id = self._next_id
         self._next_id += 1
-        if tuple_id in self._taken:
-            raise ProtocolError(f"tuple {tuple_id} was already used")
-        self._taken.add(tuple_id)
-        parts = component_shapes(kind, [tuple(s) for s in shapes])
+        parts = tuple(component_shapes(kind, [tuple(s) for s in shapes]))
         if self._leader:
             self.channel.send(self.dealer, REQUEST_STEP, json.dumps(
                 {"kind": kind, "id": tuple_id, "shapes": [list(s) for s in shapes],
                  "f": fractional_bits}).encode())
+        return Ticket(tuple_id, kind, parts)
+
+    def collect(self, ticket: Ticket) -> list[np.ndarray]:
+        if ticket.tuple_id in self._taken:
+            raise ProtocolError(f"tuple {ticket.tuple_id} was already used")
+        self._taken.add(ticket.tuple_id)
         if self._master is not None:
-            return _expand(self._master, tuple_id, parts)
-        flat = self.channel.recv_array(self.dealer, f"dealer/tuple/{tuple_id}", RING_DTYPE,
-                                       (sum(prod(p) for p in parts),))
-        return _split(flat, parts)
+            return _expand(self._master, ticket.tuple_id, ticket.parts)
+        flat = self.channel.recv_array(self.dealer, f"dealer/tuple/{ticket.tuple_id}", RING_DTYPE,
+                                       (sum(prod(p) for p in ticket.parts),))
+        return _split(flat, ticket.parts)
 
     def close(self) -> None:
         if self._leader:

@@ -1,0 +1,37 @@
+"""Process-level tuning for the long-running commands (a node, a benchmark run).
+
+Protocols allocate and free numpy arrays of megabytes at every step. glibc
+returns such blocks to the operating system on free and page-faults them
+back 4 KiB at a time on the next use (about 2,000 faults per 8 MB array).
+Raising the mmap and trim thresholds keeps them in the heap for reuse:
+measured on the in-process ss_mul benchmark at 10^6 elements, 273 ms
+before, 216 ms after. The heap then keeps up to the peak of what the
+process used. Elsewhere than glibc this does nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+log = logging.getLogger(__name__)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_THRESHOLD_BYTES = 1 << 30
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed large blocks in the heap; True if it applied."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    applied = bool(mallopt(_M_MMAP_THRESHOLD, _THRESHOLD_BYTES)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, _THRESHOLD_BYTES))
+    log.debug("glibc keeps freed memory: %s", applied)
+    return applied
