@@ -314,6 +314,11 @@ def test_statistics_open_only_the_declared_outputs(credit_with_dealer):
         assert result.records[party].values_opened == 1
     assert result.outputs["dealer"]["tuples_served"] > 0
     assert result.records["dealer"].rows_used == 0  # the dealer touches no data
+    # The same list of openings is in each party's signed ledger entry, the requester's receipt.
+    for party in CREDIT_PARTIES:
+        (receipt,) = result.receipts[party]
+        assert receipt["event"] == "finished"
+        assert receipt["body"]["openings"] == result.outputs[party]["openings"]
 
 
 def test_statistics_to_a_party_recipient_and_bad_requests(credit_with_dealer):

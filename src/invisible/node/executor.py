@@ -191,7 +191,8 @@ class JobExecutor:
             record.values_opened = outcome.values_opened
             record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())
             entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
-                                     outputs=self._released(run, outcome))
+                                     outputs=self._released(run, outcome),
+                                     openings=outcome.openings)
             status = JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
                                output=outcome.output, arrays=outcome.arrays,
                                receipts=[entry.to_json()])

@@ -37,6 +37,8 @@ class JobOutcome:
     values_opened: int = 0
     output: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Every explicit opening the party took part in: {"what", "to", "values"} each.
+    openings: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

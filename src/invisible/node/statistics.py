@@ -141,8 +141,9 @@ class StatisticsKind:
             if opened is not None:
                 outcome.arrays[SHARES_ARRAY] = opened  # the recipient releases the values
         outcome.values_opened = len(chosen)
-        outcome.output = {"opened_indices": chosen, "openings": [
-            {"what": o.what, "to": list(o.to), "values": o.values} for o in ctx.record.openings]}
+        outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
+                            for o in ctx.record.openings]
+        outcome.output = {"opened_indices": chosen, "openings": outcome.openings}
         return outcome
 
 
