@@ -157,6 +157,8 @@ def test_demo_exits_zero_and_prints_matching_totals():
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo finished" in done.stdout
     assert "MATCH" in done.stdout and "MISMATCH" not in done.stdout
+    assert "statistics on shares" in done.stdout and "dealer" in done.stdout
+    assert done.stdout.count("consistent with every requester's receipts: yes") == 3
     secure = next(line for line in done.stdout.splitlines() if "secure total" in line)
     plain = next(line for line in done.stdout.splitlines() if "plaintext total" in line)
     assert secure.split()[-1] == plain.split()[2]

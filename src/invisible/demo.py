@@ -1,10 +1,10 @@
 """`invisible demo`: the embedded default, on this machine with nothing but the install.
 
 1. Creates a CA and certificates for three institutions (a bank, a hospital,
-   a telco) and a coordinator in a temporary folder, and a config per party
-   on free loopback ports, with the bundled sample tables.
-2. Starts the three party nodes as separate processes and waits until each
-   answers its health check over mutual TLS.
+   a telco), a dealer and two requesters in a temporary folder, and a config
+   per node on free loopback ports, with the bundled sample tables.
+2. Starts the three party nodes and the dealer node as separate processes
+   and waits until each answers its health check over mutual TLS.
 3. Runs a connectivity job: every pair of nodes agrees on a fresh X25519
    secret over mTLS gRPC and confirms it.
 4. Runs a secure sum of every party's ``monthly_spend`` (the city's total,
@@ -12,10 +12,12 @@
    comes back. The demo alone also computes the plaintext total from the
    sample files, to show that the two agree.
 5. Prints each party's job record.
-6. A second requester, `marketing`, whose allowance at every institution is
+6. Computes count, mean and standard deviation on secret shares, with a
+   fourth node serving as dealer, and shows them beside numpy's.
+7. A second requester, `marketing`, whose allowance at every institution is
    one job a day, asks twice: the second request is refused by the parties'
    policies before any data is touched, and the refusal names the rule.
-7. Prints each institution's meter report from its own signed ledger, checks
+8. Prints each institution's meter report from its own signed ledger, checks
    every ledger's chain and the requesters' receipts against it, stops the
    nodes, and exits non-zero if anything failed or disagreed.
 """
@@ -41,14 +43,14 @@ from invisible.node.datasets import load_dataset
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets, sample_path
 
 STARTUP_TIMEOUT_S = 20.0
-STEPS = 7
+STEPS = 8
 #: Each institution's policy for its customers table: the city's statistics office
 #: ("coordinator") may run 100 jobs a day, marketing one; every cell needs 10 rows.
 DEMO_POLICY = {
     "min_rows": 10,
     "recipients": ["requester"],
     "allow": [
-        {"requesters": ["coordinator"], "kinds": ["secure_sum"],
+        {"requesters": ["coordinator"], "kinds": ["secure_sum", "statistics"],
          "columns": ["monthly_spend", "district"], "jobs_per_day": 100},
         {"requesters": ["marketing"], "kinds": ["secure_sum"], "columns": ["monthly_spend"],
          "jobs_per_day": 1},
@@ -102,6 +104,27 @@ def _joint_jobs(federation: Federation, parties: list[str]) -> bool:
     print("      per district    " + " ".join(f"{v:,.0f}" for v in districts))
     print(f"[5/{STEPS}] job records of the secure sum (each party sent one masked value):")
     _print_records(total)
+    return _statistics(federation, parties, inputs) and ok
+
+
+def _statistics(federation: Federation, parties: list[str],
+                inputs: dict[str, tuple[str, str]]) -> bool:
+    """Count, mean and standard deviation computed on shares, with the dealer node."""
+    stats = federation.statistics(inputs, 5_000.0, outputs=["count", "mean", "std"],
+                                  dealer="dealer", max_rows=100_000)
+    values = np.concatenate([
+        load_dataset(DatasetConfig(SAMPLE_DATASET, sample_path(p), SAMPLE_COLUMNS[p]))
+        .column("monthly_spend") for p in parties])
+    # Stated bound: |mean error| <= 2^-f (3 |mean| + 4); std likewise, through the variance.
+    tolerance = 2.0 ** -FRACTIONAL_BITS * (3 * abs(values.mean()) + 4)
+    ok = (stats["count"] == values.size and abs(stats["mean"] - values.mean()) <= tolerance
+          and abs(stats["std"] - values.std()) <= 10 * tolerance)
+    print(f"[6/{STEPS}] statistics on shares (Beaver products, exact comparisons and "
+          f"truncations from the dealer node), only count, mean and std opened:")
+    print(f"      count {stats['count']:>8.0f}   mean {stats['mean']:>9.3f}   std "
+          f"{stats['std']:>9.3f}")
+    print(f"      numpy {values.size:>8d}   mean {values.mean():>9.3f}   std {values.std():>9.3f}"
+          f"   {'MATCH' if ok else 'MISMATCH'} (within {tolerance:.1e} / {10 * tolerance:.1e})")
     return ok
 
 
@@ -109,7 +132,7 @@ def _second_requester(config: Path, parties: list[str]) -> bool:
     inputs = {p: (SAMPLE_DATASET, "monthly_spend") for p in parties}
     with Federation.from_config(config) as marketing:
         first = marketing.secure_sum(inputs, BOUND, max_rows=100_000)
-        print(f"[6/{STEPS}] a second requester, 'marketing' (1 job a day allowed): first job "
+        print(f"[7/{STEPS}] a second requester, 'marketing' (1 job a day allowed): first job "
               f"total {first.value:,.2f}")
         try:
             marketing.secure_sum(inputs, BOUND, max_rows=100_000)
@@ -121,7 +144,7 @@ def _second_requester(config: Path, parties: list[str]) -> bool:
 
 
 def _meter_reports(layout: LocalLayout) -> bool:
-    print(f"[7/{STEPS}] meter reports, each from the institution's own signed ledger:")
+    print(f"[8/{STEPS}] meter reports, each from the institution's own signed ledger:")
     intact = True
     for party, config_path in layout.party_configs.items():
         config = load_party_config(config_path)
@@ -144,17 +167,18 @@ def run_demo() -> int:
     parties = list(SAMPLE_COLUMNS)
     with tempfile.TemporaryDirectory(prefix="invisible-demo-") as folder:
         layout = write_local_federation(Path(folder), parties, sample_datasets(DEMO_POLICY),
-                                        coordinators=("coordinator", "marketing"))
+                                        coordinators=("coordinator", "marketing"),
+                                        dealers=("dealer",))
         print(f"[1/{STEPS}] certificates and configs for {', '.join(parties)} in {folder}")
         nodes = NodeProcesses(layout).start()
         try:
             with Federation.from_config(layout.coordinator_config) as federation:
                 health = federation.health(timeout_s=STARTUP_TIMEOUT_S)
                 nodes.check_alive()
-                print(f"[2/{STEPS}] three party nodes serving over mutual TLS:")
+                print(f"[2/{STEPS}] three party nodes and a dealer node serving over mutual TLS:")
                 for party, info in health.items():
-                    print(f"      {party:<9} {layout.addresses[party]:<16} "
-                          f"datasets: {', '.join(info.datasets)}")
+                    print(f"      {party:<9} {layout.addresses[party]:<16} {info.role:<7} "
+                          f"datasets: {', '.join(info.datasets) or '-'}")
                 ok = _joint_jobs(federation, parties)
             ok = _second_requester(layout.coordinator_configs["marketing"], parties) and ok
             time.sleep(0.2)  # let the nodes countersign each other's last chain heads

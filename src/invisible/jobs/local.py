@@ -108,7 +108,7 @@ def write_local_federation(
             f"cert = {_toml_string(str(pki / f'{dealer}.pem'))}",
             f"key = {_toml_string(str(pki / f'{dealer}.key'))}", "", "[peers]",
             *[f"{p} = {_toml_string(addresses[p])}" for p in parties],
-            "", "[ledger]", f"store = {_toml_string('none')}", "", "[limits]", *limit_lines, "",
+            "", "[limits]", *limit_lines, "",
         ]))
         dealer_configs[dealer] = path
     for party in parties:

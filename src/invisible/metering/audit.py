@@ -80,6 +80,10 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
     keys: dict[str, Ed25519PublicKey] = {node: key}
     for path in sorted(evidence_dir.rglob("*.json")):
         for item in load_evidence(path):
+            relevant = item.node == node or (
+                item.event == "witnessed" and node in item.body.get("heads", {}))
+            if not relevant:
+                continue  # evidence about other ledgers says nothing about this one
             if item.node not in keys:
                 if keys_dir is None:
                     continue

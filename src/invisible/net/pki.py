@@ -207,7 +207,7 @@ def init_pki(
     *,
     overwrite: bool = False,
 ) -> list[Identity]:
-    """Create a CA, a key + certificate per identity, and a ledger key pair per party."""
+    """Create a CA, a key + certificate per identity, and a ledger key pair per node."""
     coordinators = ["coordinator"] if coordinators is None else coordinators
     identities = (
         [Identity(check_party_id(p), Role.PARTY) for p in parties]
@@ -225,7 +225,7 @@ def init_pki(
     ca.save(directory)
     for identity in identities:
         ca.issue_to(directory, identity)
-        if identity.role is Role.PARTY:
+        if identity.role in (Role.PARTY, Role.DEALER):  # every node keeps a signed ledger
             generate_signing_key(directory / f"{identity.party_id}-ledger.key",
                                  directory / f"{identity.party_id}-ledger.pub")
     return identities
