@@ -134,6 +134,15 @@ def test_fixed_point_product_is_within_one_ulp_and_records_only_masked_openings(
     assert record.summary() == {"beaver-differences": 10000, "masked-truncation-input": 5000}
 
 
+def test_matrix_ring_product_is_exact(engine):
+    rng = Prg.from_os()
+    x, y = rng.random_uint64((6, 9)), rng.random_uint64((9, 5))
+    sx, sy = share(x, len(engine.parties), rng), share(y, len(engine.parties), rng)
+    results = engine.run(lambda ctx, prov: arithmetic.matmul_ring(
+        ctx, prov, sx[ctx.index], sy[ctx.index]))
+    assert np.array_equal(open_result(results, engine.parties), np.matmul(x, y))
+
+
 def test_matrix_product_is_exact_in_the_ring_and_fixed_point_close(engine):
     data = np.random.default_rng(6)
     x, y = data.uniform(-10, 10, (7, 13)), data.uniform(-10, 10, (13, 4))

@@ -127,6 +127,14 @@ def mul_ring(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: np.ndar
     return _beaver(ctx, provider, fx, fy, matrix=False)[0]
 
 
+def matmul_ring(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: np.ndarray,
+                ) -> np.ndarray:
+    """The exact ring matrix product of two shared uint64 matrices (no fixed point)."""
+    fx = SharedArray(x, 0.0, 0, ctx.is_leader)
+    fy = SharedArray(y, 0.0, 0, ctx.is_leader)
+    return _beaver(ctx, provider, fx, fy, matrix=True)[0]
+
+
 def mul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray) -> SharedArray:
     """Elementwise fixed-point product, truncated back to f fractional bits (2 rounds)."""
     if x.shape != y.shape:
