@@ -64,9 +64,9 @@ def _meter_calls(folder: Path, store: str, repeats: int) -> float:
     if store == "sqlite":
         generate_signing_key(folder / "m-ledger.key", folder / "m-ledger.pub")
         ledger = Ledger(folder / "m.sqlite", "m", load_signing_key(folder / "m-ledger.key"))
-        meter = Meter("m", ledger, {SAMPLE_DATASET: policy}, NodeMetrics("m"))
+        meter = Meter("m", ledger, {SAMPLE_DATASET: policy}, NodeMetrics())
     else:
-        meter = Meter("m", NullLedgerStore("m"), {SAMPLE_DATASET: policy}, NodeMetrics("m"))
+        meter = Meter("m", NullLedgerStore("m"), {SAMPLE_DATASET: policy}, NodeMetrics())
     counter = iter(range(10**9))
 
     def one_job() -> None:

@@ -101,7 +101,7 @@ def test_policy_mistakes_are_named():
 # --- quotas -----------------------------------------------------------------------------------
 
 def make_meter(ledger: Ledger, policy=POLICY) -> Meter:
-    return Meter("bank", ledger, {"loans": parse_policy(policy, "test")}, NodeMetrics("bank"))
+    return Meter("bank", ledger, {"loans": parse_policy(policy, "test")}, NodeMetrics())
 
 
 def test_twenty_concurrent_reservations_at_the_edge_of_a_quota_never_overspend(tmp_path, keys):

@@ -296,3 +296,22 @@ def test_a_requested_tuple_is_collected_once_and_arrives_while_parties_work():
     a, b, c = (reconstruct(np.stack([results[p][0][k] for p in engine.parties]))
                for k in range(3))
     assert np.array_equal(a * b, c)
+
+
+def test_less_than_and_select(engine):
+    data = np.random.default_rng(12)
+    x, y = data.uniform(-50, 50, 200), data.uniform(-50, 50, 200)
+    sx, sy = shares_of(x, 50, engine.parties), shares_of(y, 50, engine.parties)
+
+    def program(ctx, prov):
+        a = SharedArray(sx[ctx.index], 50, F, ctx.is_leader)
+        b = SharedArray(sy[ctx.index], 50, F, ctx.is_leader)
+        bit = comparison.less_than(ctx, prov, a, b)
+        return bit, comparison.select(ctx, prov, bit, a).share  # min-side value where x < y
+
+    results = engine.run(program)
+    bits = reconstruct(np.stack([results[p][0][0] for p in engine.parties]))
+    chosen = decode(reconstruct(np.stack([results[p][0][1] for p in engine.parties])))
+    x_hat, y_hat = decode(encode(x, 50, F)), decode(encode(y, 50, F))
+    assert np.array_equal(bits, (x_hat < y_hat).astype(np.uint64))
+    assert np.array_equal(chosen, np.where(x_hat < y_hat, x_hat, 0.0))

@@ -85,7 +85,3 @@ class Prg:
             buffer = out.reshape(-1).view(np.uint8).data
             self._keystream().update_into(buffer, buffer)
         return out
-
-    def derive_key(self) -> bytes:
-        """A fresh 32-byte key for a child generator."""
-        return self.random_bytes(KEY_BYTES)

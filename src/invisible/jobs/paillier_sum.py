@@ -10,7 +10,7 @@ import numpy as np
 from invisible.errors import ProtocolError
 from invisible.jobs.secure_sum import SecureSumResult
 from invisible.node.paillier_sum import KIND, TOTAL_ARRAY, PaillierSumParams
-from invisible.node.secure_sum import InputRef, SecureSumParams
+from invisible.node.secure_sum import InputRef, SecureSumParams, input_refs
 
 if TYPE_CHECKING:
     from invisible.jobs.federation import Federation
@@ -29,7 +29,7 @@ def run_paillier_sum(
 ) -> SecureSumResult:
     """Sum a column (or per-category totals, or vectors) by Paillier; the total comes back."""
     parties = tuple(inputs)
-    refs = {p: r if isinstance(r, InputRef) else InputRef(*r) for p, r in inputs.items()}
+    refs = input_refs(inputs)
     raw = SecureSumParams(refs, float(bound), **options).to_json()  # type: ignore[arg-type]
     del raw["recipient"]
     raw["key_holder"] = key_holder

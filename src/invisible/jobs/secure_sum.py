@@ -20,7 +20,7 @@ from invisible.crypto.fixedpoint import decode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.net.jobs_api import JobRecord
-from invisible.node.secure_sum import KIND, RELEASED_ARRAY, InputRef, SecureSumParams
+from invisible.node.secure_sum import KIND, RELEASED_ARRAY, InputRef, SecureSumParams, input_refs
 
 if TYPE_CHECKING:
     from invisible.jobs.federation import Federation
@@ -60,7 +60,7 @@ def run_secure_sum(
 ) -> SecureSumResult:
     """Run a secure sum over the parties named in `inputs` ({party: (dataset, column)})."""
     parties = tuple(inputs)
-    refs = {p: r if isinstance(r, InputRef) else InputRef(*r) for p, r in inputs.items()}
+    refs = input_refs(inputs)
     raw = SecureSumParams(
         refs, float(bound), fractional_bits=fractional_bits, group_by=group_by,
         categories=categories, elementwise=elementwise, length=length, recipient=recipient,

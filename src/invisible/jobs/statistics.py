@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from invisible.crypto.fixedpoint import decode
-from invisible.node.secure_sum import InputRef
+from invisible.node.secure_sum import InputRef, input_refs
 from invisible.node.statistics import (
     FRACTIONAL_BITS,
     KIND,
@@ -29,7 +29,7 @@ def run_statistics(federation: Federation, inputs: Mapping[str, tuple[str, str] 
     With a party as recipient, the values go to that party, which releases
     them to the requester too.
     """
-    refs = {p: r if isinstance(r, InputRef) else InputRef(*r) for p, r in inputs.items()}
+    refs = input_refs(inputs)
     params = StatisticsParams(refs, float(bound), max_rows, tuple(outputs), dealer, recipient)
     raw = params.to_json()
     StatisticsParams.from_json(raw, (*refs, dealer))  # refuse bad input before any node sees it

@@ -19,9 +19,8 @@ from invisible.errors import ConfigError
 from invisible.metering.signing import signature_valid
 
 GENESIS_HASH = "0" * 64
-#: Job state changes, in the order they may happen.
-EVENTS = ("requested", "accepted", "refused", "finished", "failed", "cancelled", "interrupted",
-          "witnessed")
+#: Job state changes, in the order they may happen: requested, accepted or refused,
+#: then finished, failed, cancelled or interrupted; witnessed entries countersign peers.
 TERMINAL_EVENTS = frozenset({"refused", "finished", "failed", "cancelled", "interrupted"})
 
 

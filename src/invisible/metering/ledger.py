@@ -191,12 +191,6 @@ class Ledger:
                 "SELECT node, seq, ts, job_id, event, requester, kind, dataset, rows, body, "
                 "prev_hash, hash, signature FROM entries ORDER BY seq")]
 
-    def job_entries(self, job_id: str) -> list[LedgerEntry]:
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM entries WHERE job_id = ? ORDER BY seq",
-                                    (job_id,)).fetchall()
-        return [_row_to_entry(row) for row in rows]
-
     def open_jobs(self) -> list[LedgerEntry]:
         """The `accepted` entries of jobs that never reached a terminal state."""
         with self._lock:

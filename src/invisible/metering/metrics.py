@@ -8,9 +8,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 
 class NodeMetrics:
-    def __init__(self, party_id: str) -> None:
+    def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        labels = {"party": party_id}
         self.jobs = Counter("invisible_jobs", "Jobs by kind and outcome", ["kind", "outcome"],
                             registry=self.registry).labels
         self.rows = Counter("invisible_rows_touched", "Rows touched by finished jobs",
@@ -22,7 +21,6 @@ class NodeMetrics:
         self.quota_remaining = Gauge(
             "invisible_quota_remaining", "What is left of a daily quota after the last "
             "reservation", ["dataset", "requester", "unit"], registry=self.registry)
-        self._labels = labels
         self._server: Any = None
 
     def serve(self, address: str) -> int:

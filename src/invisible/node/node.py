@@ -59,7 +59,7 @@ class PartyNode:
             for peers, peer_role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
             for peer, address in peers.items()
         }
-        self.metrics = NodeMetrics(config.party_id)
+        self.metrics = NodeMetrics()
         self.ledger: Ledger | None = None
         store: LedgerStore
         if config.ledger.store == "none":

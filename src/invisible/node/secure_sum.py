@@ -23,6 +23,7 @@ column and rule, never a value.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ DEFAULT_MAX_ROWS = 1 << 20
 class InputRef:
     dataset: str
     column: str
+
+
+def input_refs(inputs: Mapping[str, tuple[str, str] | InputRef]) -> dict[str, InputRef]:
+    """{party: (dataset, column)} as InputRefs, in the caller's party order."""
+    return {p: r if isinstance(r, InputRef) else InputRef(*r) for p, r in inputs.items()}
 
 
 @dataclass(frozen=True)

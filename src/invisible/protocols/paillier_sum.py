@@ -47,7 +47,6 @@ SUM_STEP = "paillier/sum"
 @dataclass(frozen=True)
 class PaillierSumOutput:
     total: np.ndarray | None = None  # int64 fixed point, at the key holder only
-    bytes_in_ciphertexts: int = 0
 
 
 def _receive_vector(channel: Channel, sender: str, step: str, key: PublicKey, packing: Packing,
@@ -93,12 +92,10 @@ def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggre
     with ObfuscatorPool(public, workers) as pool:
         mine = cipher.encrypt(public, packing, values, pool)
         if me != aggregator:
-            message = mine.to_bytes()
-            channel.send(aggregator, INPUT_STEP, message)
-            return PaillierSumOutput(bytes_in_ciphertexts=len(message))
+            channel.send(aggregator, INPUT_STEP, mine.to_bytes())
+            return PaillierSumOutput()
         others = [_receive_vector(channel, p, INPUT_STEP, public, packing, count)
                   for p in encrypting if p != me]
         total = cipher.rerandomise(cipher.add([mine, *others]), pool)
-        message = total.to_bytes()
-        channel.send(key_holder, SUM_STEP, message)
-        return PaillierSumOutput(bytes_in_ciphertexts=len(message))
+        channel.send(key_holder, SUM_STEP, total.to_bytes())
+        return PaillierSumOutput()

@@ -148,8 +148,8 @@ def reciprocal(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo: flo
     y = _exponent_guess(ctx, provider, x, lo, hi,
                         {e: 0.75 / 2.0**e for e in range(e_min, e_max + 1)})
     for _ in range(iterations):
-        xy = mul(ctx, provider, x.__class__(x.share, hi, x.fractional_bits, x.leader),
-                 y.__class__(y.share, 1.5 / lo, y.fractional_bits, y.leader))
+        xy = mul(ctx, provider, SharedArray(x.share, hi, x.fractional_bits, x.leader),
+                 SharedArray(y.share, 1.5 / lo, y.fractional_bits, y.leader))
         two_minus = (-SharedArray(xy.share, 1.5, xy.fractional_bits, xy.leader)) + 2.0
         y = mul(ctx, provider, SharedArray(y.share, 1.5 / lo, y.fractional_bits, y.leader),
                 SharedArray(two_minus.share, 1.5, two_minus.fractional_bits, y.leader))
