@@ -82,14 +82,19 @@ class HeadAnnouncer:
                     return
             time.sleep(COALESCE_S)  # let the job's result leave first; gather more peers
             with self._wake:
+                if self._stopped:
+                    return
                 peers, self._due = sorted(self._due), set()
             seq, digest = self._head()
             if seq <= 0:
                 continue
             for peer in peers:
                 try:
-                    self._clients[peer].deliver(HEAD_JOB, HEAD_STEP, encode_head(seq, digest),
-                                                timeout_s=self._timeout_s)
+                    # A stopping node gives up at once instead of retrying to the deadline,
+                    # so that stop() returns before the node closes its clients.
+                    self._clients[peer].deliver(
+                        HEAD_JOB, HEAD_STEP, encode_head(seq, digest), timeout_s=self._timeout_s,
+                        interrupted=lambda: "the node stopping" if self._stopped else None)
                 except InvisibleError as exc:
                     log.warning("chain head not announced to '%s': %s", peer, exc)
 
