@@ -36,13 +36,18 @@ def test_every_expansion_uses_a_fresh_nonce():
     assert Prg(b"k" * 32).random_bytes(128)[64:] != second
 
 
-def test_prg_matches_aes_ctr_keystream():
+@pytest.mark.parametrize("elements", [1, 10, 1 << 17, (1 << 18) + 3])
+def test_prg_matches_aes_ctr_keystream(elements):
+    # Sizes below, at and across the 1 MiB chunks the PRG encrypts in; the second expansion
+    # takes the next nonce.
     from Crypto.Cipher import AES
 
     key = bytes(range(32))
-    expected = AES.new(key, AES.MODE_CTR, nonce=bytes(8), initial_value=0).encrypt(bytes(80))
     prg = Prg(key)
-    assert prg.random_uint64(10).tobytes() == expected
+    for nonce in (0, 1):
+        expected = AES.new(key, AES.MODE_CTR, nonce=nonce.to_bytes(8, "big"),
+                           initial_value=0).encrypt(bytes(8 * elements))
+        assert prg.random_uint64(elements).tobytes() == expected
 
 
 def test_prg_output_looks_uniform():

@@ -27,6 +27,8 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 KEY_BYTES = 32
 _MAX_NONCE = 2**64
+_CHUNK_BYTES = 1 << 20
+_ZEROS = memoryview(bytes(_CHUNK_BYTES))  # never written: the plaintext of every chunk
 
 
 class Prg:
@@ -79,9 +81,15 @@ class Prg:
         if out.dtype != np.uint64 or not out.flags.c_contiguous or not out.flags.writeable:
             raise ValueError("fill_uint64 needs a writeable C-contiguous uint64 array")
         if out.size:
-            # Zero in place, then encrypt in place: the buffer becomes the keystream. Reusing
-            # one buffer avoids a page fault per 4 KiB that a fresh allocation costs.
-            out.fill(0)
-            buffer = out.reshape(-1).view(np.uint8).data
-            self._keystream().update_into(buffer, buffer)
+            # Encrypt a cache-resident block of zeros chunk by chunk into the output: one pass
+            # over the output's memory (zeroing it first and encrypting in place was two
+            # passes: 19 ms per 64 MB here against 13 ms).
+            target = out.reshape(-1).view(np.uint8).data
+            stream = self._keystream()
+            total = len(target)
+            for start in range(0, total - _CHUNK_BYTES + 1, _CHUNK_BYTES):
+                stream.update_into(_ZEROS, target[start:start + _CHUNK_BYTES])
+            tail = total % _CHUNK_BYTES
+            if tail:
+                stream.update_into(_ZEROS[:tail], target[total - tail:])
         return out
