@@ -64,6 +64,27 @@ def test_sizes_from_one_element_to_fifty_megabytes(transport, count):
     assert channels["alpha"].stats.bytes_received == source.nbytes
 
 
+def test_a_sent_array_never_changes_after_send(transport):
+    channels = new_job(transport)
+    source = np.arange(10, dtype=np.uint64)
+    channels["alpha"].send("beta", "v", source)
+    source[:] = 0  # the sender reuses its buffer; what was delivered stays as sent
+    np.testing.assert_array_equal(channels["beta"].recv_array("alpha", "v"), np.arange(10))
+
+
+def test_a_handed_over_array_arrives_intact_at_every_peer(transport):
+    channels = new_job(transport)
+    source = np.arange(1000, dtype=np.uint64) * np.uint64(3)
+    channels["alpha"].send_to_each("h", {"beta": source, "gamma": source}, handover=True)
+    for peer in ("beta", "gamma"):
+        received = channels[peer].recv_array("alpha", "h", np.uint64, (1000,))
+        np.testing.assert_array_equal(received, np.arange(1000) * 3)
+        if transport.name == "inprocess":  # no copy: shared, so nobody may write to it
+            assert not received.flags.writeable
+            with pytest.raises(ValueError, match="read-only"):
+                received[0] = 1
+
+
 def test_bytes_and_empty_messages_round_trip(transport):
     channels = new_job(transport)
     channels["alpha"].send("beta", "b", b"\x00\xffpayload")

@@ -38,13 +38,13 @@ class GrpcChannel(Channel):
         self._clients = clients
         self.timeout_s = timeout_s
 
-    def _send(self, to: str, step: str, payload: Payload) -> None:
+    def _send(self, to: str, step: str, payload: Payload, handover: bool = False) -> None:
         self._clients[to].deliver(self.job_id, step, payload, timeout_s=self.timeout_s,
                                   interrupted=lambda: self.interrupted_by)
 
-    def _send_many(self, step: str, payloads: Mapping[str, Payload]) -> None:
+    def _send_many(self, step: str, payloads: Mapping[str, Payload], handover: bool) -> None:
         if len(payloads) < 2 or self._pool is None:
-            super()._send_many(step, payloads)
+            super()._send_many(step, payloads, handover)
             return
         futures = [self._pool.submit(self._send, to, step, p) for to, p in payloads.items()]
         for future in futures:

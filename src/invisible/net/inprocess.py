@@ -2,7 +2,8 @@
 
 Each party has a :class:`~invisible.net.mailbox.Mailbox`; sending copies the
 payload into the recipient's mailbox, so a sender that later mutates its
-array cannot change what was delivered. Same semantics and checks as the
+array cannot change what was delivered, unless the sender hands the array
+over (`handover=True`): then the recipient gets it read-only, without a copy. Same semantics and checks as the
 gRPC channel, without sockets.
 """
 
@@ -47,11 +48,12 @@ class InProcessChannel(Channel):
         super().__init__(party_id, job_id, parties)
         self._hub = hub
 
-    def _send(self, to: str, step: str, payload: Payload) -> None:
+    def _send(self, to: str, step: str, payload: Payload, handover: bool) -> None:
         mailbox = self._hub.mailboxes[to]
         mailbox.check_size(self.party_id, payload_nbytes(payload))
-        copy = payload.copy() if isinstance(payload, np.ndarray) else payload
-        mailbox.put(self.job_id, step, self.party_id, copy)
+        if isinstance(payload, np.ndarray) and not handover:
+            payload = payload.copy()
+        mailbox.put(self.job_id, step, self.party_id, payload)
 
     def _recv(self, sender: str, step: str) -> Payload:
         mailbox = self._hub.mailboxes[self.party_id]

@@ -51,6 +51,13 @@ def check_payload(payload: object) -> Payload:
     raise ProtocolError(f"a message must be a numpy array or bytes, not {type(payload).__name__}")
 
 
+def _read_only(message: Payload) -> Payload:
+    if isinstance(message, np.ndarray) and message.flags.writeable:
+        message = message.view()
+        message.flags.writeable = False
+    return message
+
+
 @dataclass
 class ChannelStats:
     """What one party's channel moved during one job (payload bytes, not framing)."""
@@ -86,29 +93,40 @@ class Channel(ABC):
         if party not in self.parties or party == self.party_id:
             raise ProtocolError(f"unknown peer '{party}' for job '{self.job_id}'")
 
-    def send(self, to: str, step: str, payload: Payload) -> None:
-        """Send one message to party `to` for this job's `step`; returns once delivered."""
+    def send(self, to: str, step: str, payload: Payload, *, handover: bool = False) -> None:
+        """Send one message to party `to` for this job's `step`; returns once delivered.
+
+        `handover`: the caller gives the array away and never writes to it again,
+        so a transport in the same process may deliver it without a copy; the
+        receiver then gets it read-only. Without it, what was delivered can never
+        change, whatever the caller does with its array afterwards.
+        """
         self._check_peer(to)
         message = check_payload(payload)
-        self._send(to, step, message)
+        self._send(to, step, _read_only(message) if handover else message, handover)
         with self._stats_lock:
             self.stats.bytes_sent += payload_nbytes(message)
             self.stats.messages_sent += 1
 
-    def send_to_each(self, step: str, payloads: Mapping[str, Payload]) -> None:
-        """Send one message to each named peer; transports may send them concurrently."""
+    def send_to_each(self, step: str, payloads: Mapping[str, Payload], *,
+                     handover: bool = False) -> None:
+        """Send one message to each named peer; transports may send them concurrently.
+
+        `handover` as for :meth:`send`; one array may then go to several peers.
+        """
         checked = {}
         for to, payload in payloads.items():
             self._check_peer(to)
-            checked[to] = check_payload(payload)
-        self._send_many(step, checked)
+            message = check_payload(payload)
+            checked[to] = _read_only(message) if handover else message
+        self._send_many(step, checked, handover)
         with self._stats_lock:
             self.stats.bytes_sent += sum(payload_nbytes(m) for m in checked.values())
             self.stats.messages_sent += len(checked)
 
-    def _send_many(self, step: str, payloads: Mapping[str, Payload]) -> None:
+    def _send_many(self, step: str, payloads: Mapping[str, Payload], handover: bool) -> None:
         for to, payload in payloads.items():
-            self._send(to, step, payload)
+            self._send(to, step, payload, handover)
 
     def recv(self, sender: str, step: str) -> Payload:
         """The next message from `sender` for this job's `step` (blocks up to the deadline)."""
@@ -164,7 +182,8 @@ class Channel(ABC):
         """Wake this party's own receivers of the job with an error naming `by`."""
 
     @abstractmethod
-    def _send(self, to: str, step: str, payload: Payload) -> None: ...
+    def _send(self, to: str, step: str, payload: Payload, handover: bool) -> None:
+        """Deliver one checked message; `handover`: a read-only array the caller gave away."""
 
     @abstractmethod
     def _recv(self, sender: str, step: str) -> Payload: ...

@@ -44,18 +44,31 @@ _LOW_MASK = np.uint64((1 << 63) - 1)
 
 def open_all(ctx: MpcContext, shares: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
     """Open several masked arrays to every computing party in one round."""
-    step = ctx.next_step(f"open/{what}")
     flat = np.concatenate([s.reshape(-1) for s in shares]) if shares else np.zeros(0, RING_DTYPE)
-    ctx.channel.send_to_each(step, {peer: flat for peer in ctx.peers})
-    total = flat  # our own concatenation; a channel is done with it once send returns
-    for peer in ctx.peers:
-        total += ctx.channel.recv_array(peer, step, RING_DTYPE, flat.shape)
-    ctx.record.add(what, ctx.parties, int(flat.size))
+    total = open_flat(ctx, flat, what)
     out, start = [], 0
     for part in shares:
         out.append(total[start:start + part.size].reshape(part.shape))
         start += part.size
     return out
+
+
+def open_flat(ctx: MpcContext, flat: np.ndarray, what: str) -> np.ndarray:
+    """Open one flat masked array to every computing party in one round.
+
+    `flat` is handed over to the channel: the caller must not write to it again.
+    """
+    step = ctx.next_step(f"open/{what}")
+    ctx.channel.send_to_each(step, {peer: flat for peer in ctx.peers}, handover=True)
+    total: np.ndarray | None = None
+    for peer in ctx.peers:
+        theirs = ctx.channel.recv_array(peer, step, RING_DTYPE, flat.shape)
+        if total is None:
+            total = np.add(flat, theirs)
+        else:
+            total += theirs
+    ctx.record.add(what, ctx.parties, int(flat.size))
+    return flat.copy() if total is None else total
 
 
 def input_from(ctx: MpcContext, owner: str, values: np.ndarray | None, bound: float,
@@ -76,7 +89,8 @@ def input_from(ctx: MpcContext, owner: str, values: np.ndarray | None, bound: fl
         except BoundError:
             raise ProtocolError(f"an input of '{owner}' exceeds its declared bound") from None
         shares = share(encoded, len(ctx.parties), rng)
-        ctx.channel.send_to_each(step, {p: shares[ctx.parties.index(p)] for p in ctx.peers})
+        ctx.channel.send_to_each(step, {p: shares[ctx.parties.index(p)] for p in ctx.peers},
+                                 handover=True)
         mine = shares[ctx.index]
     else:
         mine = ctx.channel.recv_array(owner, step, RING_DTYPE, shape)
@@ -111,7 +125,12 @@ def _beaver(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedA
     triple = provider.request(kind, shapes)
     following = provider.request(*then) if then is not None else None
     a, b, c = provider.collect(triple)
-    d, e = open_all(ctx, [x.share - a, y.share - b], "beaver-differences")
+    masked = np.empty(x.share.size + y.share.size, RING_DTYPE)
+    np.subtract(x.share, a, out=masked[:x.share.size].reshape(x.shape))
+    np.subtract(y.share, b, out=masked[x.share.size:].reshape(y.shape))
+    opened = open_flat(ctx, masked, "beaver-differences")
+    d = opened[:x.share.size].reshape(x.shape)
+    e = opened[x.share.size:].reshape(y.shape)
     if matrix:
         z = c + np.matmul(d, b) + np.matmul(a, e)
         return (z + np.matmul(d, e) if ctx.is_leader else z), following
@@ -178,7 +197,7 @@ def truncate(ctx: MpcContext, provider: TupleProvider, z: np.ndarray, f: int,
     r, r_msb, r_low = provider.collect(ticket)
     shift = np.uint64(1 << RANGE_BITS)
     masked = z + r + shift if ctx.is_leader else z + r
-    (c,) = open_all(ctx, [masked], "masked-truncation-input")
+    c = open_flat(ctx, masked.reshape(-1), "masked-truncation-input").reshape(z.shape)
     c_msb = c >> np.uint64(63)
     carry = r_msb * (np.uint64(1) - np.uint64(2) * c_msb)  # r_msb (1 - 2 c_msb), mod 2^64
     if ctx.is_leader:

@@ -126,7 +126,7 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
             for value, share in zip(values, _expand(master, tuple_id, parts), strict=True):
                 value -= share
         channel.send(last, f"dealer/tuple/{tuple_id}",
-                     np.concatenate([v.reshape(-1) for v in values]))
+                     np.concatenate([v.reshape(-1) for v in values]), handover=True)
         served.add(tuple_id)
 
 
