@@ -298,6 +298,38 @@ def test_a_requested_tuple_is_collected_once_and_arrives_while_parties_work():
     assert np.array_equal(a * b, c)
 
 
+@pytest.mark.parametrize("parties", [2, 3])
+def test_every_tuple_kind_reconstructs_to_what_it_promises(parties):
+    engine = inprocess_engine(parties)
+    kinds = [("triple", [(50,)]), ("matrix", [(4, 6), (6, 3)]), ("trunc", [(50,)]),
+             ("triple-trunc", [(50,)]), ("matrix-trunc", [(4, 6), (6, 3)]), ("cmp", [(50,)])]
+    results = engine.run(lambda ctx, prov: [prov.take(kind, shapes, F) for kind, shapes in kinds])
+    tuples = {kind: [reconstruct(np.stack([results[p][0][i][k] for p in engine.parties]))
+                     for k in range(len(results[engine.parties[0]][0][i]))]
+              for i, (kind, _) in enumerate(kinds)}
+    u64, shift = np.uint64, np.uint64(1 << 62)
+
+    def truncation_parts_agree(r, high, low):
+        assert np.array_equal(high, (r >> u64(63)) << u64(63 - F))
+        assert np.array_equal(low, ((r & u64((1 << 63) - 1)) >> u64(F)) + u64(1 << (62 - F)))
+
+    a, b, c = tuples["triple"]
+    assert np.array_equal(c, a * b)
+    a, b, c = tuples["matrix"]
+    assert c.shape == (4, 3) and np.array_equal(c, a @ b)
+    masks, high, low = tuples["trunc"]
+    truncation_parts_agree(masks - shift, high, low)
+    a, b, c_masked, high, low = tuples["triple-trunc"]
+    truncation_parts_agree(c_masked - a * b - shift, high, low)
+    a, b, c_masked, high, low = tuples["matrix-trunc"]
+    truncation_parts_agree(c_masked - a @ b - shift, high, low)
+    r, msb, top, *bits = tuples["cmp"]
+    assert np.array_equal(msb, r >> u64(63))
+    assert np.array_equal(top, (r & u64((1 << 63) - 1)) >> u64(62))
+    assert np.array_equal(sum(bit << u64(i) for i, bit in enumerate(bits)),
+                          r & u64((1 << 62) - 1))
+
+
 def test_less_than_and_select(engine):
     data = np.random.default_rng(12)
     x, y = data.uniform(-50, 50, 200), data.uniform(-50, 50, 200)

@@ -16,13 +16,20 @@ back to f.
 
 Exact truncation of z with |z| < 2^62 (Escudero et al., CRYPTO 2020: the
 most significant bit of z + 2^62 is known to be 0), one round:
-  1. take (r, r_msb = r >> 63, r_low' = (r mod 2^63) >> f) from the provider;
+  1. take (r + 2^62, H = msb(r) 2^(63-f), L = ((r mod 2^63) >> f) + 2^(62-f))
+     for a uniform r from the provider;
   2. open c = z + 2^62 + r; it is uniform, so reveals nothing;
-  3. the carry out of the low 63 bits is b = c_msb XOR r_msb
-     = c_msb + r_msb (1 - 2 c_msb), linear in the shared r_msb;
-  4. y = (c_low >> f) - r_low' + 2^(63-f) b - 2^(62-f).
+  3. the carry out of the low 63 bits of (z + 2^62) + r is
+     b = c_msb XOR msb(r) = c_msb + msb(r) (1 - 2 c_msb), linear in the shared msb(r);
+  4. y = (c_low >> f) + 2^(63-f) b - (r_low >> f) - 2^(62-f)
+       = (c >> f) + H (1 - 2 c_msb) - L   (the leader adds the public c >> f).
 y is floor(z / 2^f) or one more: correct to 1 ulp for every z in range,
 where probabilistic truncation fails with probability about |z| / 2^63.
+
+A fixed-point product takes its triple and truncation tuple as one
+(triple-trunc): the dealer hands out c + r + 2^62 in place of c and r, so
+step 3 of the product directly gives the share of z + r + 2^62 that
+truncation opens: 5 components instead of 6, and one addition fewer.
 """
 
 from __future__ import annotations
@@ -36,10 +43,8 @@ from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE, share
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import Ticket, TupleProvider
-from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray, check_range
-
-_LOW_MASK = np.uint64((1 << 63) - 1)
+from invisible.protocols.mpc.dealer import TupleProvider
+from invisible.protocols.mpc.shared import SharedArray, check_range
 
 
 def open_all(ctx: MpcContext, shares: Sequence[np.ndarray], what: str) -> list[np.ndarray]:
@@ -112,46 +117,39 @@ def reveal(ctx: MpcContext, x: SharedArray, to: str, what: str) -> np.ndarray | 
     return total
 
 
-def _beaver(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,
-            matrix: bool, then: tuple[str, Sequence[tuple[int, ...]], int] | None = None,
-            ) -> tuple[np.ndarray, Ticket | None]:
-    """Steps 1-3 of a product: this party's share of the ring product (2f fractional bits).
-
-    `then` asks the provider for the next tuple (kind, shapes, f) right after
-    this one, so that the dealer makes it while the parties open d and e.
-    """
-    kind = "matrix" if matrix else "triple"
-    shapes = [x.shape, y.shape] if matrix else [x.shape]
-    triple = provider.request(kind, shapes)
-    following = provider.request(*then) if then is not None else None
-    a, b, c = provider.collect(triple)
-    masked = np.empty(x.share.size + y.share.size, RING_DTYPE)
-    np.subtract(x.share, a, out=masked[:x.share.size].reshape(x.shape))
-    np.subtract(y.share, b, out=masked[x.share.size:].reshape(y.shape))
+def _beaver(ctx: MpcContext, x: np.ndarray, y: np.ndarray, tuple_parts: Sequence[np.ndarray],
+            matrix: bool) -> np.ndarray:
+    """Steps 2-3 of a product: this party's share of c + x y, for a triple (a, b, c)."""
+    a, b, c = tuple_parts[:3]
+    masked = np.empty(x.size + y.size, RING_DTYPE)
+    np.subtract(x, a, out=masked[:x.size].reshape(x.shape))
+    np.subtract(y, b, out=masked[x.size:].reshape(y.shape))
     opened = open_flat(ctx, masked, "beaver-differences")
-    d = opened[:x.share.size].reshape(x.shape)
-    e = opened[x.share.size:].reshape(y.shape)
+    d, e = opened[:x.size].reshape(x.shape), opened[x.size:].reshape(y.shape)
     if matrix:
-        z = c + np.matmul(d, b) + np.matmul(a, e)
-        return (z + np.matmul(d, e) if ctx.is_leader else z), following
-    z = c + d * b + e * a
-    return (z + d * e if ctx.is_leader else z), following
+        z = np.matmul(d, np.add(b, e) if ctx.is_leader else b)
+        z += c
+        z += np.matmul(a, e)
+        return z
+    z = np.multiply(d, np.add(b, e) if ctx.is_leader else b)  # d (b + e) = d b + d e
+    z += c
+    z += np.multiply(e, a, out=d if d.flags.writeable else None)
+    return z
 
 
 def mul_ring(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: np.ndarray,
              ) -> np.ndarray:
     """The exact ring product of two shared uint64 arrays (no fixed point, no truncation)."""
-    fx = SharedArray(x, 0.0, 0, ctx.is_leader)
-    fy = SharedArray(y, 0.0, 0, ctx.is_leader)
-    return _beaver(ctx, provider, fx, fy, matrix=False)[0]
+    if x.shape != y.shape:
+        raise ProtocolError(f"elementwise product of shapes {x.shape} and {y.shape}")
+    return _beaver(ctx, x, y, provider.take("triple", [x.shape]), matrix=False)
 
 
 def matmul_ring(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: np.ndarray,
                 ) -> np.ndarray:
     """The exact ring matrix product of two shared uint64 matrices (no fixed point)."""
-    fx = SharedArray(x, 0.0, 0, ctx.is_leader)
-    fy = SharedArray(y, 0.0, 0, ctx.is_leader)
-    return _beaver(ctx, provider, fx, fy, matrix=True)[0]
+    _check_matmul(x.shape, y.shape)
+    return _beaver(ctx, x, y, provider.take("matrix", [x.shape, y.shape]), matrix=True)
 
 
 def mul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray) -> SharedArray:
@@ -160,21 +158,23 @@ def mul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray
         raise ProtocolError(f"elementwise product of shapes {x.shape} and {y.shape}")
     f = _same_f(x, y)
     check_range(x.bound * y.bound * 2.0**f, f, "product")
-    z, ticket = _beaver(ctx, provider, x, y, False, then=("trunc", [x.shape], f))
-    return SharedArray(truncate(ctx, provider, z, f, ticket), x.bound * y.bound, f,
-                       ctx.is_leader)
+    parts = provider.take("triple-trunc", [x.shape], f)
+    masked = _beaver(ctx, x.share, y.share, parts, matrix=False)  # z + r + 2^62
+    return SharedArray(_finish_truncation(ctx, masked, parts[3], parts[4], f),
+                       x.bound * y.bound, f, ctx.is_leader)
 
 
 def matmul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,
            ) -> SharedArray:
     """Matrix product with a matrix triple, truncated (2 rounds)."""
-    if len(x.shape) != 2 or len(y.shape) != 2 or x.shape[1] != y.shape[0]:
-        raise ProtocolError(f"matrix product of shapes {x.shape} and {y.shape}")
+    _check_matmul(x.shape, y.shape)
     f = _same_f(x, y)
     bound = x.shape[1] * x.bound * y.bound
     check_range(bound * 2.0**f, f, "matrix product")
-    z, ticket = _beaver(ctx, provider, x, y, True, then=("trunc", [(x.shape[0], y.shape[1])], f))
-    return SharedArray(truncate(ctx, provider, z, f, ticket), bound, f, ctx.is_leader)
+    parts = provider.take("matrix-trunc", [x.shape, y.shape], f)
+    masked = _beaver(ctx, x.share, y.share, parts, matrix=True)  # Z + R + 2^62
+    return SharedArray(_finish_truncation(ctx, masked, parts[3], parts[4], f), bound, f,
+                       ctx.is_leader)
 
 
 def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
@@ -188,24 +188,28 @@ def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
                        x.fractional_bits, ctx.is_leader)
 
 
-def truncate(ctx: MpcContext, provider: TupleProvider, z: np.ndarray, f: int,
-             ticket: Ticket | None = None) -> np.ndarray:
-    """Shares of z >> f (to 1 ulp) for a shared z with |z| < 2^62 (steps above); `ticket`:
-    a truncation tuple requested earlier."""
-    if ticket is None:
-        ticket = provider.request("trunc", [tuple(z.shape)], f)
-    r, r_msb, r_low = provider.collect(ticket)
-    shift = np.uint64(1 << RANGE_BITS)
-    masked = z + r + shift if ctx.is_leader else z + r
-    c = open_flat(ctx, masked.reshape(-1), "masked-truncation-input").reshape(z.shape)
-    c_msb = c >> np.uint64(63)
-    carry = r_msb * (np.uint64(1) - np.uint64(2) * c_msb)  # r_msb (1 - 2 c_msb), mod 2^64
+def truncate(ctx: MpcContext, provider: TupleProvider, z: np.ndarray, f: int) -> np.ndarray:
+    """Shares of z >> f (to 1 ulp) for a shared z with |z| < 2^62 (steps above)."""
+    masks, high, low = provider.take("trunc", [tuple(z.shape)], f)
+    return _finish_truncation(ctx, z + masks, high, low, f)
+
+
+def _finish_truncation(ctx: MpcContext, masked: np.ndarray, high: np.ndarray, low: np.ndarray,
+                       f: int) -> np.ndarray:
+    """Steps 2-4 of truncation, from this party's share of z + r + 2^62."""
+    c = open_flat(ctx, masked.reshape(-1), "masked-truncation-input").reshape(masked.shape)
+    negate = (c.view(np.int64) >> np.int64(63)).view(RING_DTYPE)  # all ones where c_msb = 1
+    y = np.bitwise_xor(high, negate)
+    y -= negate  # high (1 - 2 c_msb): two's complement negation where c_msb = 1
+    y -= low
     if ctx.is_leader:
-        carry = carry + c_msb
-    y = carry * np.uint64(1 << (63 - f)) - r_low
-    if ctx.is_leader:
-        y = y + ((c & _LOW_MASK) >> np.uint64(f)) - np.uint64(1 << (RANGE_BITS - f))
+        y += c >> np.uint64(f)
     return y
+
+
+def _check_matmul(x: tuple[int, ...], y: tuple[int, ...]) -> None:
+    if len(x) != 2 or len(y) != 2 or x[1] != y[0]:
+        raise ProtocolError(f"matrix product of shapes {x} and {y}")
 
 
 def _same_f(x: SharedArray, y: SharedArray) -> int:

@@ -40,51 +40,92 @@ from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.channel import Channel
+from invisible.protocols.mpc.shared import RANGE_BITS
 
 SEED_STEP = "dealer/seed"
 REQUEST_STEP = "dealer/request"
 MAX_TUPLE_ELEMENTS = 1 << 28
 #: Comparison tuples share the low 62 bits of r one by one (values live below 2^62).
 CMP_BITS = 62
+_LOW_MASK = np.uint64((1 << 63) - 1)
 Shape = tuple[int, ...]
 
 
 def component_shapes(kind: str, shapes: Sequence[Shape]) -> list[Shape]:
-    """The shapes of a tuple's components, checked."""
-    if kind == "triple" and len(shapes) == 1:
-        return [shapes[0]] * 3  # a, b, c = a * b
-    if kind == "matrix" and len(shapes) == 2 and len(shapes[0]) == 2 and len(shapes[1]) == 2 \
-            and shapes[0][1] == shapes[1][0]:
-        return [shapes[0], shapes[1], (shapes[0][0], shapes[1][1])]  # A, B, C = A @ B
+    """The shapes of a tuple's components, checked (see `tuple_values` for what they hold)."""
+    if kind in ("triple", "triple-trunc") and len(shapes) == 1:
+        return [shapes[0]] * (3 if kind == "triple" else 5)
+    if kind in ("matrix", "matrix-trunc") and len(shapes) == 2 and len(shapes[0]) == 2 \
+            and len(shapes[1]) == 2 and shapes[0][1] == shapes[1][0]:
+        out: Shape = (shapes[0][0], shapes[1][1])
+        return [shapes[0], shapes[1], out] + ([out, out] if kind == "matrix-trunc" else [])
     if kind == "trunc" and len(shapes) == 1:
-        return [shapes[0]] * 3  # r, msb(r), (r mod 2^63) >> f
+        return [shapes[0]] * 3
     if kind == "cmp" and len(shapes) == 1:
-        return [shapes[0]] * (3 + CMP_BITS)  # r, msb(r), (r mod 2^63) >> 62, bits 0..61 of r
+        return [shapes[0]] * (3 + CMP_BITS)
     raise ProtocolError(f"unknown tuple kind or shapes: {kind} {list(shapes)}")
 
 
 def tuple_values(kind: str, shapes: Sequence[Shape], fractional_bits: int,
-                 rng: Prg) -> list[np.ndarray]:
-    """What the dealer draws for one tuple."""
+                 rng: Prg) -> np.ndarray:
+    """What the dealer draws for one tuple: its components, flat and end to end.
+
+    - triple: a, b, c = a b (elementwise); matrix: A, B, C = A @ B.
+    - trunc (r uniform, f fractional bits): r + 2^62, msb(r) 2^(63-f),
+      ((r mod 2^63) >> f) + 2^(62-f) — what exact truncation consumes
+      (arithmetic.truncate), the constants folded in so the parties don't add them.
+    - triple-trunc / matrix-trunc: a product's triple and a truncation tuple for
+      its result in one, with c + r + 2^62 in place of c and of r: the parties
+      only ever use the product's share masked by r, so they get it directly.
+    - cmp: r, msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one.
+    """
     parts = component_shapes(kind, shapes)
-    if kind == "triple":
-        a, b = rng.random_uint64(parts[0]), rng.random_uint64(parts[1])
-        return [a, b, a * b]
-    if kind == "matrix":
-        a, b = rng.random_uint64(parts[0]), rng.random_uint64(parts[1])
-        return [a, b, np.matmul(a, b)]
-    r = rng.random_uint64(parts[0])
-    low = r & np.uint64((1 << 63) - 1)
+    flat = np.empty(sum(prod(p) for p in parts), RING_DTYPE)
+    views = _split(flat, parts)
     if kind == "cmp":
-        bits = [(r >> np.uint64(i)) & np.uint64(1) for i in range(CMP_BITS)]
-        return [r, r >> np.uint64(63), low >> np.uint64(CMP_BITS), *bits]
-    return [r, r >> np.uint64(63), low >> np.uint64(fractional_bits)]
+        r = rng.fill_uint64(views[0])
+        low = r & np.uint64((1 << 63) - 1)
+        np.right_shift(r, np.uint64(63), out=views[1])
+        np.right_shift(low, np.uint64(CMP_BITS), out=views[2])
+        for i in range(CMP_BITS):
+            np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=views[3 + i])
+        return flat
+    if kind == "trunc":
+        _truncation_values(rng.fill_uint64(views[0]), views[0], views[1], views[2],
+                           fractional_bits)
+        return flat
+    a, b, c = views[:3]
+    rng.fill_uint64(flat[:a.size + b.size])  # a and b are adjacent
+    if kind.startswith("matrix"):
+        np.matmul(a, b, out=c)
+    else:
+        np.multiply(a, b, out=c)
+    if kind.endswith("-trunc"):
+        r = rng.random_uint64(c.shape)
+        _truncation_values(r, r, views[3], views[4], fractional_bits)
+        c += r
+    return flat
+
+
+def _truncation_values(r: np.ndarray, masks: np.ndarray, high: np.ndarray, low: np.ndarray,
+                       f: int) -> None:
+    """From uniform r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f), and
+    masks = r + 2^62 (may be r itself, written last)."""
+    np.right_shift(r, np.uint64(63), out=high)
+    high <<= np.uint64(63 - f)
+    np.bitwise_and(r, _LOW_MASK, out=low)
+    low >>= np.uint64(f)
+    low += np.uint64(1 << (RANGE_BITS - f))
+    np.add(r, np.uint64(1 << RANGE_BITS), out=masks)
 
 
 def _expand(master: bytes, tuple_id: int, parts: Sequence[Shape]) -> list[np.ndarray]:
-    flat = Prg(derive_indexed_key(master, "dealer-tuple", tuple_id)).random_uint64(
+    return _split(_expand_flat(master, tuple_id, parts), parts)
+
+
+def _expand_flat(master: bytes, tuple_id: int, parts: Sequence[Shape]) -> np.ndarray:
+    return Prg(derive_indexed_key(master, "dealer-tuple", tuple_id)).random_uint64(
         sum(prod(p) for p in parts))
-    return _split(flat, parts)
 
 
 def _split(flat: np.ndarray, parts: Sequence[Shape]) -> list[np.ndarray]:
@@ -121,12 +162,13 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
         parts = component_shapes(kind, shapes)
         if sum(prod(p) for p in parts) > MAX_TUPLE_ELEMENTS:
             raise ProtocolError("a tuple request is larger than the dealer serves")
-        values = tuple_values(kind, shapes, int(request.get("f", 0)), rng)
+        f = request.get("f", 0)
+        if not isinstance(f, int) or not 0 <= f < RANGE_BITS:
+            raise ProtocolError(f"party '{leader}' asked for {f} fractional bits")
+        values = tuple_values(kind, shapes, f, rng)
         for master in masters.values():
-            for value, share in zip(values, _expand(master, tuple_id, parts), strict=True):
-                value -= share
-        channel.send(last, f"dealer/tuple/{tuple_id}",
-                     np.concatenate([v.reshape(-1) for v in values]), handover=True)
+            values -= _expand_flat(master, tuple_id, parts)
+        channel.send(last, f"dealer/tuple/{tuple_id}", values, handover=True)
         served.add(tuple_id)
 
 
