@@ -25,7 +25,7 @@ from invisible.net.pki import Role, target_name
 from invisible.net.tls import TlsMaterial
 from invisible.protocols.channel import Payload
 from invisible.v1 import (
-    exchange_pb2_grpc,
+    exchange_pb2,
     health_pb2,
     health_pb2_grpc,
     jobs_pb2,
@@ -81,7 +81,10 @@ class NodeClient:
         self._channel = grpc.secure_channel(
             address, tls.channel_credentials(), options=channel_options(peer_id, role)
         )
-        self._exchange = exchange_pb2_grpc.PeerExchangeStub(self._channel)
+        # Deliver with frames serialised by wire.encode_raw_frames (chunks copied once).
+        self._deliver = self._channel.stream_unary(
+            wire.DELIVER_METHOD, request_serializer=None,
+            response_deserializer=exchange_pb2.DeliverAck.FromString)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
 
@@ -126,8 +129,9 @@ class NodeClient:
         """
         self._call(
             f"delivery of step '{step}'",
-            lambda remaining: self._exchange.Deliver(
-                wire.encode_frames(job_id, step, payload, self.chunk_bytes), timeout=remaining
+            lambda remaining: self._deliver(
+                wire.encode_raw_frames(job_id, step, payload, self.chunk_bytes),
+                timeout=remaining,
             ),
             timeout_s,
             interrupted,

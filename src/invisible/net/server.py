@@ -27,7 +27,6 @@ from invisible.net.pki import Identity, Role
 from invisible.net.tls import TlsMaterial, caller_identity, require_role
 from invisible.v1 import (
     exchange_pb2,
-    exchange_pb2_grpc,
     health_pb2,
     health_pb2_grpc,
     jobs_pb2,
@@ -69,7 +68,9 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         )
 
 
-class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
+class ExchangeServicer:
+    """PeerExchange.Deliver, taking serialised frames (see `wire.parse_raw_frame`)."""
+
     def __init__(self, mailbox: Mailbox, known_peers: Callable[[], set[str]],
                  notices: Mapping[str, Callable[[str, bytes], None]] | None = None) -> None:
         self._mailbox = mailbox
@@ -77,22 +78,29 @@ class ExchangeServicer(exchange_pb2_grpc.PeerExchangeServicer):
         #: Handlers of one-way notices by reserved step (e.g. "!head"), called with the sender.
         self._notices = dict(notices or {})
 
+    def add_to(self, server: grpc.Server) -> None:
+        """Serve Deliver with frames left serialised: chunks are read without protobuf."""
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            wire.EXCHANGE_SERVICE, {"Deliver": grpc.stream_unary_rpc_method_handler(
+                self.Deliver, request_deserializer=None,
+                response_serializer=exchange_pb2.DeliverAck.SerializeToString)})])
+
     @_domain_errors_to_status
-    def Deliver(self, request_iterator: Iterator[exchange_pb2.Frame],
+    def Deliver(self, request_iterator: Iterator[bytes],
                 context: grpc.ServicerContext) -> exchange_pb2.DeliverAck:
         sender = require_role(context, Role.PARTY, Role.DEALER).party_id
         if sender not in self._known_peers():
             raise ProtocolError(f"party '{sender}' is not a configured peer of this node")
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("body") != "header":
+        frames = (wire.parse_raw_frame(raw) for raw in request_iterator)
+        header = next(frames, None)
+        if not isinstance(header, exchange_pb2.MessageHeader):
             raise ProtocolError("a message must start with its header")
-        header = first.header
 
-        def chunks() -> Iterator[bytes]:
-            for frame in request_iterator:
-                if frame.WhichOneof("body") != "chunk":
+        def chunks() -> Iterator[memoryview]:
+            for frame in frames:
+                if not isinstance(frame, memoryview):
                     raise ProtocolError("a message carries one header only")
-                yield frame.chunk
+                yield frame
 
         payload = wire.decode_payload(
             header, chunks(), lambda n: self._mailbox.check_size(sender, n)
@@ -177,7 +185,7 @@ def build_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     if exchange is not None:
-        exchange_pb2_grpc.add_PeerExchangeServicer_to_server(exchange, server)
+        exchange.add_to(server)
     if jobs is not None:
         jobs_pb2_grpc.add_JobsServicer_to_server(jobs, server)
     try:

@@ -5,6 +5,14 @@ followed by raw little-endian C-order bytes in chunks. The decoder checks
 the header against the receiver's cap and against itself (shape times item
 size must equal the byte count) before it allocates the buffer, and checks
 that exactly the declared number of bytes arrived.
+
+Peer deliveries carry each frame as its serialised `Frame` (the wire format
+the .proto declares), but chunk frames are written and read here by hand:
+a chunk frame is the tag of field 2 (0x12), the chunk's length as a varint,
+and the chunk. Going through protobuf objects cost four extra copies of
+every chunk: 18 ms of CPU per 8 MB over mTLS here, against 14.5 ms.
+Anything else (a header, or a chunk encoded differently by another
+implementation) is parsed by protobuf.
 """
 
 from __future__ import annotations
@@ -12,12 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from invisible.errors import ProtocolError
 from invisible.protocols.channel import ALLOWED_DTYPES, Payload
 from invisible.v1 import exchange_pb2
 
 DEFAULT_CHUNK_BYTES = 1 << 20
+EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
+DELIVER_METHOD = f"/{EXCHANGE_SERVICE}/Deliver"
 MAX_DIMS = 32
 
 
@@ -32,11 +43,14 @@ def make_header(job_id: str, step: str, payload: Payload) -> exchange_pb2.Messag
     )
 
 
-def payload_chunks(payload: Payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+def _byte_view(payload: Payload) -> memoryview:
     if isinstance(payload, np.ndarray):
-        view = payload.reshape(-1).view(np.uint8).data
-    else:
-        view = memoryview(payload)
+        return payload.reshape(-1).view(np.uint8).data
+    return memoryview(payload)
+
+
+def payload_chunks(payload: Payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+    view = _byte_view(payload)
     for start in range(0, len(view), chunk_bytes):
         yield bytes(view[start : start + chunk_bytes])
 
@@ -47,6 +61,55 @@ def encode_frames(
     yield exchange_pb2.Frame(header=make_header(job_id, step, payload))
     for chunk in payload_chunks(payload, chunk_bytes):
         yield exchange_pb2.Frame(chunk=chunk)
+
+
+_CHUNK_TAG = b"\x12"  # field 2 (chunk), wire type 2 (length-delimited)
+_MAX_VARINT_BYTES = 10
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def encode_raw_frames(
+    job_id: str, step: str, payload: Payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> Iterator[bytes]:
+    """The frames of `encode_frames`, serialised; each chunk is copied once."""
+    yield exchange_pb2.Frame(header=make_header(job_id, step, payload)).SerializeToString()
+    view = _byte_view(payload)
+    for start in range(0, len(view), chunk_bytes):
+        piece = view[start : start + chunk_bytes]
+        yield b"".join((_CHUNK_TAG, _varint(len(piece)), piece))
+
+
+def parse_raw_frame(raw: bytes) -> exchange_pb2.MessageHeader | memoryview:
+    """A serialised frame's header, or a view of its chunk (no copy for our own encoding)."""
+    if raw[:1] == _CHUNK_TAG:
+        length, shift, offset = 0, 0, 1
+        while offset < min(len(raw), 1 + _MAX_VARINT_BYTES):
+            byte = raw[offset]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            offset += 1
+            if byte < 0x80:
+                if offset + length == len(raw):
+                    return memoryview(raw)[offset:]
+                break
+    try:
+        frame = exchange_pb2.Frame.FromString(raw)
+    except DecodeError:
+        raise ProtocolError("a message frame is not a valid Frame") from None
+    body = frame.WhichOneof("body")
+    if body == "header":
+        return frame.header
+    if body == "chunk":
+        return memoryview(frame.chunk)
+    raise ProtocolError("a message frame carries neither a header nor a chunk")
 
 
 def check_header(header: exchange_pb2.MessageHeader) -> None:
@@ -72,23 +135,24 @@ def check_header(header: exchange_pb2.MessageHeader) -> None:
 
 def decode_payload(
     header: exchange_pb2.MessageHeader,
-    chunks: Iterable[bytes],
+    chunks: Iterable[bytes | memoryview],
     check_size: Callable[[int], None],
 ) -> Payload:
     """Assemble a payload from its chunks; `check_size` refuses a byte count over the cap."""
     check_header(header)
     total = header.total_bytes
     check_size(total)
-    buffer = bytearray(total)
+    buffer = np.empty(total, dtype=np.uint8)  # every byte is written below, or we fail
+    target = buffer.data
     filled = 0
     for chunk in chunks:
         end = filled + len(chunk)
         if end > total:
             raise ProtocolError("message carried more bytes than its header declared")
-        buffer[filled:end] = chunk
+        target[filled:end] = chunk
         filled = end
     if filled != total:
         raise ProtocolError(f"message ended after {filled} of {total} declared bytes")
     if header.kind == exchange_pb2.PAYLOAD_KIND_BYTES:
-        return bytes(buffer)
-    return np.frombuffer(buffer, dtype=np.dtype(header.dtype)).reshape(tuple(header.shape))
+        return buffer.tobytes()
+    return buffer.view(np.dtype(header.dtype)).reshape(tuple(header.shape))
