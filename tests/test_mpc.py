@@ -214,10 +214,20 @@ def test_public_operations_and_reveal(engine):
 
 def test_input_sharing_reveals_nothing_and_reconstructs(engine):
     values = np.linspace(-3, 3, 64)
-    results = engine.run(lambda ctx, prov: arithmetic.input_from(
-        ctx, ctx.parties[1], values if ctx.index == 1 else None, 3.0, (64,),
-        Prg.from_os()).share)
-    assert np.allclose(decode(open_result(results, engine.parties)), values, atol=ULP)
+
+    def program(ctx, prov):
+        before = ctx.channel.stats.bytes_received
+        shared = arithmetic.input_from(ctx, ctx.parties[1], values if ctx.index == 1 else None,
+                                       3.0, (64,), Prg.from_os())
+        return shared.share, ctx.channel.stats.bytes_received - before
+
+    results = engine.run(program)
+    shares = np.stack([results[p][0][0] for p in engine.parties])
+    assert np.allclose(decode(reconstruct(shares)), values, atol=ULP)
+    # every other party got a 32-byte seed, not a share of 8 bytes per value
+    assert [results[p][0][1] for p in engine.parties] == [
+        0 if i == 1 else 32 for i in range(len(engine.parties))]
+    assert len({s.tobytes() for s in shares}) == len(engine.parties)  # fresh, distinct shares
 
 
 def test_out_of_range_products_are_refused_before_they_run(engine):

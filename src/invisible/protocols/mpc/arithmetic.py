@@ -40,8 +40,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from invisible.crypto.fixedpoint import BoundError, encode
+from invisible.crypto.keyagree import SEED_BYTES
 from invisible.crypto.prg import Prg
-from invisible.crypto.sharing import RING_DTYPE, share
+from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.dealer import TupleProvider
@@ -94,25 +95,29 @@ def input_from(ctx: MpcContext, owner: str, values: np.ndarray | None, bound: fl
                shape: tuple[int, ...], rng: Prg) -> SharedArray:
     """Secret-share the owner's real values (|v| <= bound, public) among the computing parties.
 
-    The owner encodes and splits them and sends each party one share (one
-    message each); every other party learns a uniformly random array.
+    1. The owner draws a fresh 32-byte seed for every other party and sends
+       it (over the job's authenticated, encrypted channel).
+    2. Each other party's share is its seed's AES-CTR expansion; the owner
+       keeps the encoded values minus all of them.
+    Every other party learns a pseudorandom array, independent of the values.
+    A share costs 32 bytes on the wire instead of 8 per element.
     """
     f = ctx.fractional_bits
     check_range(bound, f, "input")
     step = ctx.next_step(f"input/{owner}")
-    if ctx.me == owner:
-        if values is None or np.shape(values) != shape:
-            raise ProtocolError(f"the owner's input must have shape {shape}")
-        try:
-            encoded = encode(np.asarray(values), bound, f)
-        except BoundError:
-            raise ProtocolError(f"an input of '{owner}' exceeds its declared bound") from None
-        shares = share(encoded, len(ctx.parties), rng)
-        ctx.channel.send_to_each(step, {p: shares[ctx.parties.index(p)] for p in ctx.peers},
-                                 handover=True)
-        mine = shares[ctx.index]
-    else:
-        mine = ctx.channel.recv_array(owner, step, RING_DTYPE, shape)
+    if ctx.me != owner:
+        return SharedArray(Prg(ctx.channel.recv_bytes(owner, step, SEED_BYTES))
+                           .random_uint64(shape), bound, f, ctx.is_leader)
+    if values is None or np.shape(values) != shape:
+        raise ProtocolError(f"the owner's input must have shape {shape}")
+    try:
+        mine = encode(np.asarray(values), bound, f)
+    except BoundError:
+        raise ProtocolError(f"an input of '{owner}' exceeds its declared bound") from None
+    seeds = {peer: rng.random_bytes(SEED_BYTES) for peer in ctx.peers}
+    ctx.channel.send_to_each(step, seeds)
+    for seed in seeds.values():
+        mine -= Prg(seed).random_uint64(shape)
     return SharedArray(np.ascontiguousarray(mine), bound, f, ctx.is_leader)
 
 
