@@ -316,8 +316,8 @@ def test_a_requested_tuple_is_collected_once_and_arrives_while_parties_work():
     def program(ctx, prov):
         first = prov.request("triple", [(4,)])
         second = prov.request("trunc", [(4,)], F)  # asked before the first is collected
-        a, b, c = prov.collect(first)
-        prov.collect(second)
+        a, b, c = prov.collect(first).all()
+        prov.collect(second).all()
         with pytest.raises(ProtocolError, match="already used"):
             prov.collect(first)
         return a, b, c
@@ -333,7 +333,8 @@ def test_every_tuple_kind_reconstructs_to_what_it_promises(parties):
     engine = inprocess_engine(parties)
     kinds = [("triple", [(50,)]), ("matrix", [(4, 6), (6, 3)]), ("trunc", [(50,)]),
              ("triple-trunc", [(50,)]), ("matrix-trunc", [(4, 6), (6, 3)]), ("cmp", [(50,)])]
-    results = engine.run(lambda ctx, prov: [prov.take(kind, shapes, F) for kind, shapes in kinds])
+    results = engine.run(lambda ctx, prov: [prov.take(kind, shapes, F).all()
+                                            for kind, shapes in kinds])
     tuples = {kind: [reconstruct(np.stack([results[p][0][i][k] for p in engine.parties]))
                      for k in range(len(results[engine.parties[0]][0][i]))]
               for i, (kind, _) in enumerate(kinds)}
@@ -358,6 +359,24 @@ def test_every_tuple_kind_reconstructs_to_what_it_promises(parties):
     assert np.array_equal(top, (r & u64((1 << 63) - 1)) >> u64(62))
     assert np.array_equal(sum(bit << u64(i) for i, bit in enumerate(bits)),
                           r & u64((1 << 62) - 1))
+
+
+def test_random_components_need_no_message_from_the_dealer():
+    engine = inprocess_engine(3)
+
+    def program(ctx, prov):
+        shares = prov.take("triple-trunc", [(1000,)], F)
+        before = ctx.channel.stats.bytes_received
+        a, b = shares[0], shares[1]
+        random_only = ctx.channel.stats.bytes_received - before
+        shares[2]
+        return a.size + b.size, random_only, ctx.channel.stats.bytes_received - before
+
+    results = engine.run(program)
+    for party in engine.parties:
+        assert results[party][0][:2] == (2000, 0)
+    # only the last party receives, and only the dependent components: c + r, H and L
+    assert [results[p][0][2] for p in engine.parties] == [0, 0, 3 * 1000 * 8]
 
 
 def test_less_than_and_select(engine):

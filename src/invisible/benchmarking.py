@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -114,6 +115,7 @@ def load_benchmark(name: str) -> ModuleType:
             if spec is None or spec.loader is None:
                 break
             module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module  # dataclasses look their module up while defined
             spec.loader.exec_module(module)
             return module
     known = sorted({p.stem for d in benchmark_dirs() for p in d.glob("*.py")

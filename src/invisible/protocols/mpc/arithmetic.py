@@ -45,7 +45,7 @@ from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import TupleProvider
+from invisible.protocols.mpc.dealer import TupleProvider, TupleShares
 from invisible.protocols.mpc.shared import SharedArray, check_range
 
 
@@ -136,15 +136,20 @@ def reveal(ctx: MpcContext, x: SharedArray, to: str, what: str) -> np.ndarray | 
     return total
 
 
-def _beaver(ctx: MpcContext, x: np.ndarray, y: np.ndarray, tuple_parts: Sequence[np.ndarray],
+def _beaver(ctx: MpcContext, x: np.ndarray, y: np.ndarray, shares: TupleShares,
             matrix: bool) -> np.ndarray:
-    """Steps 2-3 of a product: this party's share of c + x y, for a triple (a, b, c)."""
-    a, b, c = tuple_parts[:3]
+    """Steps 2-3 of a product: this party's share of c + x y, for a triple (a, b, c).
+
+    c is asked for only once d and e are open: the dealer's message can still be
+    on its way while they are.
+    """
+    a, b = shares[0], shares[1]
     masked = np.empty(x.size + y.size, RING_DTYPE)
     np.subtract(x, a, out=masked[:x.size].reshape(x.shape))
     np.subtract(y, b, out=masked[x.size:].reshape(y.shape))
     opened = open_flat(ctx, masked, "beaver-differences")
     d, e = opened[:x.size].reshape(x.shape), opened[x.size:].reshape(y.shape)
+    c = shares[2]
     if matrix:
         z = np.matmul(d, np.add(b, e) if ctx.is_leader else b)
         z += c
@@ -177,10 +182,10 @@ def mul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray
         raise ProtocolError(f"elementwise product of shapes {x.shape} and {y.shape}")
     f = _same_f(x, y)
     check_range(x.bound * y.bound * 2.0**f, f, "product")
-    parts = provider.take("triple-trunc", [x.shape], f)
-    masked = _beaver(ctx, x.share, y.share, parts, matrix=False)  # z + r + 2^62
-    return SharedArray(_finish_truncation(ctx, masked, parts[3], parts[4], f),
-                       x.bound * y.bound, f, ctx.is_leader)
+    shares = provider.take("triple-trunc", [x.shape], f)
+    masked = _beaver(ctx, x.share, y.share, shares, matrix=False)  # z + r + 2^62
+    return SharedArray(_finish_truncation(ctx, masked, shares, f), x.bound * y.bound, f,
+                       ctx.is_leader)
 
 
 def matmul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,
@@ -190,10 +195,9 @@ def matmul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedAr
     f = _same_f(x, y)
     bound = x.shape[1] * x.bound * y.bound
     check_range(bound * 2.0**f, f, "matrix product")
-    parts = provider.take("matrix-trunc", [x.shape, y.shape], f)
-    masked = _beaver(ctx, x.share, y.share, parts, matrix=True)  # Z + R + 2^62
-    return SharedArray(_finish_truncation(ctx, masked, parts[3], parts[4], f), bound, f,
-                       ctx.is_leader)
+    shares = provider.take("matrix-trunc", [x.shape, y.shape], f)
+    masked = _beaver(ctx, x.share, y.share, shares, matrix=True)  # Z + R + 2^62
+    return SharedArray(_finish_truncation(ctx, masked, shares, f), bound, f, ctx.is_leader)
 
 
 def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
@@ -209,14 +213,16 @@ def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
 
 def truncate(ctx: MpcContext, provider: TupleProvider, z: np.ndarray, f: int) -> np.ndarray:
     """Shares of z >> f (to 1 ulp) for a shared z with |z| < 2^62 (steps above)."""
-    masks, high, low = provider.take("trunc", [tuple(z.shape)], f)
-    return _finish_truncation(ctx, z + masks, high, low, f)
+    shares = provider.take("trunc", [tuple(z.shape)], f)
+    return _finish_truncation(ctx, z + shares[0], shares, f)
 
 
-def _finish_truncation(ctx: MpcContext, masked: np.ndarray, high: np.ndarray, low: np.ndarray,
-                       f: int) -> np.ndarray:
-    """Steps 2-4 of truncation, from this party's share of z + r + 2^62."""
+def _finish_truncation(ctx: MpcContext, masked: np.ndarray, shares: TupleShares, f: int,
+                       ) -> np.ndarray:
+    """Steps 2-4 of truncation, from this party's share of z + r + 2^62; the tuple's last two
+    components are H and L."""
     c = open_flat(ctx, masked.reshape(-1), "masked-truncation-input").reshape(masked.shape)
+    high, low = shares[len(shares) - 2], shares[len(shares) - 1]
     negate = (c.view(np.int64) >> np.int64(63)).view(RING_DTYPE)  # all ones where c_msb = 1
     y = np.bitwise_xor(high, negate)
     y -= negate  # high (1 - 2 c_msb): two's complement negation where c_msb = 1

@@ -79,7 +79,7 @@ def _public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.nd
 def less_than_zero(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> np.ndarray:
     """Shares (integers 0/1) of [x < 0], exact, for every x in range."""
     z = x.share + np.uint64(1 << RANGE_BITS) if ctx.is_leader else x.share
-    r, r_msb, r_high, *bits = provider.take("cmp", [x.shape])
+    r, r_msb, r_high, *bits = provider.take("cmp", [x.shape]).all()
     (c,) = open_all(ctx, [z + r], "masked-comparison-input")
     c_msb = c >> np.uint64(63)
     carry = r_msb * (np.uint64(1) - np.uint64(2) * c_msb)

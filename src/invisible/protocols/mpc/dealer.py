@@ -4,21 +4,28 @@ The dealer is a separate endpoint of the job that is never a computing
 party, never receives a share of a value, and never sees an opened value —
 a dealer that also computed could unmask every Beaver opening.
 
-PRG compression: at the start of a job the dealer sends each computing
-party but the last a 32-byte master seed. Every share those parties hold
-of tuple t is the AES-CTR expansion of HKDF(master, t): they need no
-further message. The last party receives, per tuple, the one share that
-makes the shares add up to the tuple's values. So a tuple costs the dealer
-one message of its size, whatever the number of parties.
+PRG compression: at the start of a job the dealer sends every computing
+party a 32-byte master seed. A tuple's leading components are uniformly
+random (a and b of a triple, the mask of a truncation or comparison): every
+party's shares of them are AES-CTR expansions of HKDF(master, t), so their
+values are the sums of those expansions. The components that depend on
+them (c = a b, the mask's bits, ...) are expansions too for every party but
+the last, which receives its shares of them, per tuple, in one message.
+So a tuple costs the dealer one message of the size of its dependent
+components, whatever the number of parties, and no party waits for the
+dealer before it uses a tuple's random components (a product opens
+x - a and y - b at once; it needs c only after that).
 
 Steps, per tuple t (the computing parties run the same program, so they
 agree on t and on the tuple's shapes):
 
 1. The leader (first computing party) asks the dealer for tuple t: its
    kind and shapes.
-2. The dealer draws the values (e.g. a, b and c = a b), expands the shares
-   of parties 0..n-2 from their master seeds, and sends the last party
-   values - sum(those shares).
+2. The dealer expands every party's shares of the random components and
+   adds them up, computes the dependent components from them (drawing any
+   further randomness itself, e.g. the truncation mask inside c + r),
+   expands parties 0..n-2's shares of those, and sends the last party the
+   dependent values minus their sum.
 3. Every party takes its shares; a tuple id taken twice is refused.
 
 What each party learns: shares that are uniformly random on their own.
@@ -29,7 +36,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from math import prod
 
@@ -52,7 +59,7 @@ Shape = tuple[int, ...]
 
 
 def component_shapes(kind: str, shapes: Sequence[Shape]) -> list[Shape]:
-    """The shapes of a tuple's components, checked (see `tuple_values` for what they hold)."""
+    """The shapes of a tuple's components, checked (see `fill_dependent` for what they hold)."""
     if kind in ("triple", "triple-trunc") and len(shapes) == 1:
         return [shapes[0]] * (3 if kind == "triple" else 5)
     if kind in ("matrix", "matrix-trunc") and len(shapes) == 2 and len(shapes[0]) == 2 \
@@ -66,61 +73,55 @@ def component_shapes(kind: str, shapes: Sequence[Shape]) -> list[Shape]:
     raise ProtocolError(f"unknown tuple kind or shapes: {kind} {list(shapes)}")
 
 
-def tuple_values(kind: str, shapes: Sequence[Shape], fractional_bits: int,
-                 rng: Prg) -> np.ndarray:
-    """What the dealer draws for one tuple: its components, flat and end to end.
+#: How many leading components of each kind are uniformly random on their own.
+RANDOM_COMPONENTS = {"triple": 2, "matrix": 2, "triple-trunc": 2, "matrix-trunc": 2, "trunc": 1,
+                     "cmp": 1}
+
+
+def fill_dependent(kind: str, values: Sequence[np.ndarray], fractional_bits: int,
+                   rng: Prg) -> None:
+    """Compute a tuple's dependent components in place from its random ones.
 
     - triple: a, b, c = a b (elementwise); matrix: A, B, C = A @ B.
-    - trunc (r uniform, f fractional bits): r + 2^62, msb(r) 2^(63-f),
+    - trunc (random: r + 2^62 for a uniform r; f fractional bits): msb(r) 2^(63-f),
       ((r mod 2^63) >> f) + 2^(62-f) — what exact truncation consumes
       (arithmetic.truncate), the constants folded in so the parties don't add them.
     - triple-trunc / matrix-trunc: a product's triple and a truncation tuple for
-      its result in one, with c + r + 2^62 in place of c and of r: the parties
-      only ever use the product's share masked by r, so they get it directly.
-    - cmp: r, msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one.
+      its result in one, with c + r + 2^62 (r drawn here) in place of c and of the
+      mask: the parties only ever use the product's share masked by r, so they get
+      it directly; then the truncation components of r.
+    - cmp (random: r): msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one.
     """
-    parts = component_shapes(kind, shapes)
-    flat = np.empty(sum(prod(p) for p in parts), RING_DTYPE)
-    views = _split(flat, parts)
     if kind == "cmp":
-        r = rng.fill_uint64(views[0])
-        low = r & np.uint64((1 << 63) - 1)
-        np.right_shift(r, np.uint64(63), out=views[1])
-        np.right_shift(low, np.uint64(CMP_BITS), out=views[2])
+        r = values[0]
+        np.right_shift(r, np.uint64(63), out=values[1])
+        np.right_shift(r & _LOW_MASK, np.uint64(CMP_BITS), out=values[2])
         for i in range(CMP_BITS):
-            np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=views[3 + i])
-        return flat
+            np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=values[3 + i])
+        return
     if kind == "trunc":
-        _truncation_values(rng.fill_uint64(views[0]), views[0], views[1], views[2],
+        _truncation_values(values[0] - np.uint64(1 << RANGE_BITS), values[1], values[2],
                            fractional_bits)
-        return flat
-    a, b, c = views[:3]
-    rng.fill_uint64(flat[:a.size + b.size])  # a and b are adjacent
+        return
+    a, b, c = values[:3]
     if kind.startswith("matrix"):
         np.matmul(a, b, out=c)
     else:
         np.multiply(a, b, out=c)
     if kind.endswith("-trunc"):
         r = rng.random_uint64(c.shape)
-        _truncation_values(r, r, views[3], views[4], fractional_bits)
+        _truncation_values(r, values[3], values[4], fractional_bits)
         c += r
-    return flat
+        c += np.uint64(1 << RANGE_BITS)
 
 
-def _truncation_values(r: np.ndarray, masks: np.ndarray, high: np.ndarray, low: np.ndarray,
-                       f: int) -> None:
-    """From uniform r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f), and
-    masks = r + 2^62 (may be r itself, written last)."""
+def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int) -> None:
+    """From r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f)."""
     np.right_shift(r, np.uint64(63), out=high)
     high <<= np.uint64(63 - f)
     np.bitwise_and(r, _LOW_MASK, out=low)
     low >>= np.uint64(f)
     low += np.uint64(1 << (RANGE_BITS - f))
-    np.add(r, np.uint64(1 << RANGE_BITS), out=masks)
-
-
-def _expand(master: bytes, tuple_id: int, parts: Sequence[Shape]) -> list[np.ndarray]:
-    return _split(_expand_flat(master, tuple_id, parts), parts)
 
 
 def _expand_flat(master: bytes, tuple_id: int, parts: Sequence[Shape]) -> np.ndarray:
@@ -144,7 +145,7 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
     """
     if channel.party_id in parties:
         raise ProtocolError("the dealer cannot be a computing party")
-    masters = {p: rng.random_bytes(SEED_BYTES) for p in parties[:-1]}
+    masters = {p: rng.random_bytes(SEED_BYTES) for p in parties}
     channel.send_to_each(SEED_STEP, masters)
     last, leader = parties[-1], parties[0]
     served: set[int] = set()
@@ -165,10 +166,16 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
         f = request.get("f", 0)
         if not isinstance(f, int) or not 0 <= f < RANGE_BITS:
             raise ProtocolError(f"party '{leader}' asked for {f} fractional bits")
-        values = tuple_values(kind, shapes, f, rng)
-        for master in masters.values():
-            values -= _expand_flat(master, tuple_id, parts)
-        channel.send(last, f"dealer/tuple/{tuple_id}", values, handover=True)
+        random = sum(prod(p) for p in parts[:RANDOM_COMPONENTS[kind]])
+        # The sum of parties 0..n-2's shares of every component, then the values.
+        values = _expand_flat(masters[parties[0]], tuple_id, parts)
+        for party in parties[1:-1]:
+            values += _expand_flat(masters[party], tuple_id, parts)
+        others = values[random:].copy()
+        values[:random] += _expand_flat(masters[last], tuple_id, parts[:RANDOM_COMPONENTS[kind]])
+        fill_dependent(kind, _split(values, parts), f, rng)
+        values[random:] -= others  # the last party's shares of the dependent components
+        channel.send(last, f"dealer/tuple/{tuple_id}", values[random:], handover=True)
         served.add(tuple_id)
 
 
@@ -179,6 +186,38 @@ class Ticket:
     tuple_id: int
     kind: str
     parts: tuple[Shape, ...]
+
+
+class TupleShares:
+    """One party's shares of a tuple's components, by index.
+
+    Shares that come in a message (the last party's dependent components) are
+    received when one of them is first asked for, so a party can use the
+    random components before the dealer's message arrives.
+    """
+
+    def __init__(self, parts: Sequence[np.ndarray], pending: int = 0,
+                 receive: Callable[[], list[np.ndarray]] | None = None) -> None:
+        self._parts = list(parts)
+        self._pending = pending  # how many components `receive` supplies, after `parts`
+        self._receive = receive
+
+    def __len__(self) -> int:
+        return len(self._parts) + self._pending
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if index >= len(self._parts) and self._receive is not None:
+            self._parts += self._receive()
+            self._receive, self._pending = None, 0
+        return self._parts[index]
+
+    def all(self) -> list[np.ndarray]:
+        return [self[i] for i in range(len(self))]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.all())
 
 
 class TupleProvider(ABC):
@@ -192,10 +231,10 @@ class TupleProvider(ABC):
     def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket: ...
 
     @abstractmethod
-    def collect(self, ticket: Ticket) -> list[np.ndarray]: ...
+    def collect(self, ticket: Ticket) -> TupleShares: ...
 
     def take(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0,
-             ) -> list[np.ndarray]:
+             ) -> TupleShares:
         return self.collect(self.request(kind, shapes, fractional_bits))
 
     @abstractmethod
@@ -214,7 +253,7 @@ class DealerProvider(TupleProvider):
         me = channel.party_id
         self._leader = me == self.parties[0]
         self._last = me == self.parties[-1]
-        self._master = None if self._last else channel.recv_bytes(dealer, SEED_STEP, SEED_BYTES)
+        self._master = channel.recv_bytes(dealer, SEED_STEP, SEED_BYTES)
 
     def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket:
         tuple_id = self._next_id
@@ -226,15 +265,24 @@ class DealerProvider(TupleProvider):
                  "f": fractional_bits}).encode())
         return Ticket(tuple_id, kind, parts)
 
-    def collect(self, ticket: Ticket) -> list[np.ndarray]:
+    def collect(self, ticket: Ticket) -> TupleShares:
         if ticket.tuple_id in self._taken:
             raise ProtocolError(f"tuple {ticket.tuple_id} was already used")
         self._taken.add(ticket.tuple_id)
-        if self._master is not None:
-            return _expand(self._master, ticket.tuple_id, ticket.parts)
-        flat = self.channel.recv_array(self.dealer, f"dealer/tuple/{ticket.tuple_id}", RING_DTYPE,
-                                       (sum(prod(p) for p in ticket.parts),))
-        return _split(flat, ticket.parts)
+        if not self._last:
+            return TupleShares(_split(_expand_flat(self._master, ticket.tuple_id, ticket.parts),
+                                      ticket.parts))
+        random = ticket.parts[:RANDOM_COMPONENTS[ticket.kind]]
+        dependent = ticket.parts[len(random):]
+        shares = _split(_expand_flat(self._master, ticket.tuple_id, random), random)
+
+        def receive() -> list[np.ndarray]:
+            flat = self.channel.recv_array(
+                self.dealer, f"dealer/tuple/{ticket.tuple_id}", RING_DTYPE,
+                (sum(prod(p) for p in dependent),))
+            return _split(flat, dependent)
+
+        return TupleShares(shares, len(dependent), receive)
 
     def close(self) -> None:
         if self._leader:
