@@ -81,7 +81,9 @@ def run_secure_sum_params(federation: Federation, params: SecureSumParams, *,
         masked = [result.arrays[p][RELEASED_ARRAY] for p in parties]
         if any(m.dtype != RING_DTYPE or m.shape != (params.vector_length,) for m in masked):
             raise ProtocolError("a party released a masked vector of the wrong shape")
-        ring_total = np.asarray(np.sum(masked, axis=0, dtype=RING_DTYPE))
+        ring_total = masked[0].copy()  # summed in place: np.sum would stack the list first
+        for vector in masked[1:]:
+            ring_total += vector
         total = decode(ring_total, params.fractional_bits)
     return SecureSumResult(
         result.job_id, total, params.recipient or federation.config.coordinator_id,

@@ -85,6 +85,10 @@ class NodeClient:
         self._deliver = self._channel.stream_unary(
             wire.DELIVER_METHOD, request_serializer=None,
             response_deserializer=exchange_pb2.DeliverAck.FromString)
+        self._fetch_output = self._channel.unary_stream(
+            wire.FETCH_OUTPUT_METHOD,
+            request_serializer=jobs_pb2.FetchOutputRequest.SerializeToString,
+            response_deserializer=None)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
 
@@ -184,13 +188,6 @@ class NodeClient:
         """Stream one output array of a finished job; refused over the client's cap."""
 
         def attempt(remaining: float) -> np.ndarray:
-            frames = self._jobs.FetchOutput(
-                jobs_pb2.FetchOutputRequest(job_id=job_id, name=name), timeout=remaining
-            )
-            first = next(frames, None)
-            if first is None or first.WhichOneof("body") != "header":
-                raise ProtocolError(f"party '{self.peer_id}' sent an output without a header")
-
             def check(nbytes: int) -> None:
                 if nbytes > self.max_output_bytes:
                     raise MessageTooLargeError(
@@ -198,8 +195,15 @@ class NodeClient:
                         f"over the cap of {self.max_output_bytes} bytes"
                     )
 
-            payload = wire.decode_payload(first.header, (f.chunk for f in frames), check)
-            if not isinstance(payload, np.ndarray) or first.header.step != name:
+            try:
+                header, payload = wire.decode_raw_message(self._fetch_output(
+                    jobs_pb2.FetchOutputRequest(job_id=job_id, name=name), timeout=remaining),
+                    check)
+            except MessageTooLargeError:
+                raise
+            except ProtocolError as exc:
+                raise ProtocolError(f"output '{name}' of party '{self.peer_id}': {exc}") from None
+            if not isinstance(payload, np.ndarray) or header.step != name:
                 raise ProtocolError(f"party '{self.peer_id}' sent the wrong output for '{name}'")
             return payload
 

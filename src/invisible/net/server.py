@@ -30,7 +30,6 @@ from invisible.v1 import (
     health_pb2,
     health_pb2_grpc,
     jobs_pb2,
-    jobs_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -91,20 +90,8 @@ class ExchangeServicer:
         sender = require_role(context, Role.PARTY, Role.DEALER).party_id
         if sender not in self._known_peers():
             raise ProtocolError(f"party '{sender}' is not a configured peer of this node")
-        frames = (wire.parse_raw_frame(raw) for raw in request_iterator)
-        header = next(frames, None)
-        if not isinstance(header, exchange_pb2.MessageHeader):
-            raise ProtocolError("a message must start with its header")
-
-        def chunks() -> Iterator[memoryview]:
-            for frame in frames:
-                if not isinstance(frame, memoryview):
-                    raise ProtocolError("a message carries one header only")
-                yield frame
-
-        payload = wire.decode_payload(
-            header, chunks(), lambda n: self._mailbox.check_size(sender, n)
-        )
+        header, payload = wire.decode_raw_message(
+            request_iterator, lambda n: self._mailbox.check_size(sender, n))
         if header.step == ABORT_STEP:
             self._mailbox.abort_job(header.job_id, sender)
         elif header.step in self._notices:
@@ -118,9 +105,28 @@ class ExchangeServicer:
         return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
 
 
-class JobsServicer(jobs_pb2_grpc.JobsServicer):
+class JobsServicer:
+    """The Jobs service; FetchOutput streams serialised frames (see `wire.encode_raw_frames`)."""
+
     def __init__(self, jobs: JobService) -> None:
         self._jobs = jobs
+
+    def add_to(self, server: grpc.Server) -> None:
+        def unary(method: Callable[..., Any], request: Any, response: Any,
+                  ) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                method, request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString)
+
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(wire.JOBS_SERVICE, {
+            "Start": unary(self.Start, jobs_pb2.StartJobRequest, jobs_pb2.StartJobResponse),
+            "Run": unary(self.Run, jobs_pb2.RunJobRequest, jobs_pb2.RunJobResponse),
+            "Status": unary(self.Status, jobs_pb2.JobStatusRequest, jobs_pb2.JobStatusResponse),
+            "FetchOutput": grpc.unary_stream_rpc_method_handler(
+                self.FetchOutput, request_deserializer=jobs_pb2.FetchOutputRequest.FromString,
+                response_serializer=None),
+            "Cancel": unary(self.Cancel, jobs_pb2.CancelJobRequest, jobs_pb2.CancelJobResponse),
+        })])
 
     @_domain_errors_to_status
     def Start(self, request: jobs_pb2.StartJobRequest,
@@ -148,14 +154,14 @@ class JobsServicer(jobs_pb2_grpc.JobsServicer):
         return self._jobs.job_status(request.job_id, requester, wait_s).to_proto()
 
     def FetchOutput(self, request: jobs_pb2.FetchOutputRequest,
-                    context: grpc.ServicerContext) -> Iterator[exchange_pb2.Frame]:
+                    context: grpc.ServicerContext) -> Iterator[bytes]:
         try:
             requester = require_role(context, Role.COORDINATOR)
             array = self._jobs.job_output(request.job_id, request.name, requester)
         except InvisibleError as exc:
             log.info("FetchOutput refused: %s", exc)
             context.abort(status_code_for(exc), str(exc))
-        yield from wire.encode_frames(request.job_id, request.name, array)
+        yield from wire.encode_raw_frames(request.job_id, request.name, array)
 
     @_domain_errors_to_status
     def Cancel(self, request: jobs_pb2.CancelJobRequest,
@@ -187,7 +193,7 @@ def build_server(
     if exchange is not None:
         exchange.add_to(server)
     if jobs is not None:
-        jobs_pb2_grpc.add_JobsServicer_to_server(jobs, server)
+        jobs.add_to(server)
     try:
         port = server.add_secure_port(address, tls.server_credentials())
     except RuntimeError as exc:

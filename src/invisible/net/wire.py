@@ -24,11 +24,13 @@ from google.protobuf.message import DecodeError
 
 from invisible.errors import ProtocolError
 from invisible.protocols.channel import ALLOWED_DTYPES, Payload
-from invisible.v1 import exchange_pb2
+from invisible.v1 import exchange_pb2, jobs_pb2
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
 DELIVER_METHOD = f"/{EXCHANGE_SERVICE}/Deliver"
+JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
+FETCH_OUTPUT_METHOD = f"/{JOBS_SERVICE}/FetchOutput"
 MAX_DIMS = 32
 
 
@@ -49,20 +51,6 @@ def _byte_view(payload: Payload) -> memoryview:
     return memoryview(payload)
 
 
-def payload_chunks(payload: Payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
-    view = _byte_view(payload)
-    for start in range(0, len(view), chunk_bytes):
-        yield bytes(view[start : start + chunk_bytes])
-
-
-def encode_frames(
-    job_id: str, step: str, payload: Payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES
-) -> Iterator[exchange_pb2.Frame]:
-    yield exchange_pb2.Frame(header=make_header(job_id, step, payload))
-    for chunk in payload_chunks(payload, chunk_bytes):
-        yield exchange_pb2.Frame(chunk=chunk)
-
-
 _CHUNK_TAG = b"\x12"  # field 2 (chunk), wire type 2 (length-delimited)
 _MAX_VARINT_BYTES = 10
 
@@ -79,7 +67,8 @@ def _varint(value: int) -> bytes:
 def encode_raw_frames(
     job_id: str, step: str, payload: Payload, chunk_bytes: int = DEFAULT_CHUNK_BYTES
 ) -> Iterator[bytes]:
-    """The frames of `encode_frames`, serialised; each chunk is copied once."""
+    """A message's frames, serialised: the header by protobuf, each chunk by hand (copied
+    once)."""
     yield exchange_pb2.Frame(header=make_header(job_id, step, payload)).SerializeToString()
     view = _byte_view(payload)
     for start in range(0, len(view), chunk_bytes):
@@ -156,3 +145,21 @@ def decode_payload(
     if header.kind == exchange_pb2.PAYLOAD_KIND_BYTES:
         return buffer.tobytes()
     return buffer.view(np.dtype(header.dtype)).reshape(tuple(header.shape))
+
+
+def decode_raw_message(
+    raw_frames: Iterable[bytes], check_size: Callable[[int], None]
+) -> tuple[exchange_pb2.MessageHeader, Payload]:
+    """A message from its serialised frames: one header, then chunks (see `decode_payload`)."""
+    frames = (parse_raw_frame(raw) for raw in raw_frames)
+    header = next(frames, None)
+    if not isinstance(header, exchange_pb2.MessageHeader):
+        raise ProtocolError("a message must start with its header")
+
+    def chunks() -> Iterator[memoryview]:
+        for frame in frames:
+            if not isinstance(frame, memoryview):
+                raise ProtocolError("a message carries one header only")
+            yield frame
+
+    return header, decode_payload(header, chunks(), check_size)
