@@ -247,9 +247,8 @@ def run(quick: bool) -> list[Row]:
                         grpc.program_rates[n],
                         "mpyc", None, f"mpyc: {mpyc}"))
     rows.append(Row(case_grpc, "bytes/mult/party", "lower", per_party,
-                    note="payload of the product, mean over the parties: Beaver differences "
-                         "(16 B) and the masked truncation input (8 B), each to the opening's "
-                         "king and back (2 (n-1) messages in all)"))
+                    note="payload of the product: Beaver differences (2 x 8 B to each peer) "
+                         "and the masked truncation input (8 B to each peer)"))
     return rows
 
 

@@ -1,8 +1,7 @@
 """Opening, Beaver products and exact truncation over the computing parties.
 
-Opening (two parties swap shares; with more, each sends its share to a
-king, rotating from opening to opening, who returns the sum) is the only
-way a value is revealed, and every opening is recorded with what it was,
+Opening (every party sends its share to every other: one round) is the
+only way a value is revealed, and every opening is recorded with what it was,
 to whom, and how many values (:class:`~.context.OpenRecord`). The openings
 here reveal only uniformly masked values: Beaver differences x - a and
 y - b, and the truncation input masked by r. Declared outputs are opened
@@ -61,33 +60,23 @@ def open_all(ctx: MpcContext, shares: Sequence[np.ndarray], what: str) -> list[n
 
 
 def open_flat(ctx: MpcContext, flat: np.ndarray, what: str) -> np.ndarray:
-    """Open one flat masked array to every computing party; returned read-only.
+    """Open one flat masked array to every computing party, in one round; returned read-only.
 
-    Two parties swap their shares (one round). With more, the shares go to a
-    king, a different party at each opening, who adds them and sends the sum
-    back: 2(n-1) messages instead of n(n-1), and n-1 additions in all instead
-    of n(n-1). The king sees the other parties' shares of the masked value,
-    which in an exchange of all with all every party sees. `flat` is handed
-    over to the channel: the caller must not write to it again.
+    Every party sends its share to every other and adds what it receives.
+    (Sending the shares to one party that returns the sum moves a third
+    fewer bytes with three parties, but on separate machines it takes two
+    message delays and twice the time on full-duplex links: that party
+    must receive everything before it can send. It only paid off with all
+    parties on the same cores.) `flat` is handed over to the channel: the
+    caller must not write to it again.
     """
     step = ctx.next_step(f"open/{what}")
     ctx.record.add(what, ctx.parties, int(flat.size))
-    if len(ctx.parties) == 2:
-        (peer,) = ctx.peers
-        ctx.channel.send(peer, step, flat, handover=True)
-        total = np.add(flat, ctx.channel.recv_array(peer, step, RING_DTYPE, flat.shape))
-    else:
-        king = ctx.parties[ctx.steps % len(ctx.parties)]
-        if ctx.me == king:
-            total = np.add(flat, ctx.channel.recv_array(ctx.peers[0], step, RING_DTYPE,
-                                                        flat.shape))
-            for peer in ctx.peers[1:]:
-                total += ctx.channel.recv_array(peer, step, RING_DTYPE, flat.shape)
-            ctx.channel.send_to_each(step, {peer: total for peer in ctx.peers}, handover=True)
-        else:
-            ctx.channel.send(king, step, flat, handover=True)
-            total = ctx.channel.recv_array(king, step, RING_DTYPE, flat.shape)
-    total.flags.writeable = False  # the same for every party; in process, one shared array
+    ctx.channel.send_to_each(step, {peer: flat for peer in ctx.peers}, handover=True)
+    total = np.add(flat, ctx.channel.recv_array(ctx.peers[0], step, RING_DTYPE, flat.shape))
+    for peer in ctx.peers[1:]:
+        total += ctx.channel.recv_array(peer, step, RING_DTYPE, flat.shape)
+    total.flags.writeable = False
     return total
 
 

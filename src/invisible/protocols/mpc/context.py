@@ -77,11 +77,6 @@ class MpcContext:
     def peers(self) -> tuple[str, ...]:
         return tuple(p for p in self.parties if p != self.me)
 
-    @property
-    def steps(self) -> int:
-        """How many steps the program has taken; the same at every party."""
-        return self._steps
-
     def next_step(self, name: str) -> str:
         """A fresh step tag: every party runs the same program, so tags agree."""
         self._steps += 1
