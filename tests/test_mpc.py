@@ -11,6 +11,9 @@ import threading
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from invisible.crypto.fixedpoint import decode, encode
 from invisible.crypto.prg import Prg
@@ -188,6 +191,52 @@ def test_truncation_is_exact_at_large_magnitudes(magnitude):
     got = open_result(results, engine.parties).view(np.int64)
     error = got - (z >> F)
     assert set(np.unique(error).tolist()) <= {0, 1}  # 1-ulp rounding, never a large error
+
+
+# Property tests: every party count, fractional bits and magnitude in range, against the
+# exact integer answer (each example runs the dealer and the parties in process).
+in_range = st.integers(-(2**62) + 1, 2**62 - 1)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 5), st.integers(0, 40),
+       hnp.arrays(np.int64, st.integers(1, 50), elements=in_range))
+def test_truncation_is_floor_or_one_more_for_every_value_in_range(parties, f, z):
+    engine = inprocess_engine(parties)
+    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
+    results = engine.run(lambda ctx, prov: arithmetic.truncate(ctx, prov, shares[ctx.index], f))
+    error = open_result(results, engine.parties).view(np.int64) - (z >> f)
+    assert set(np.unique(error).tolist()) <= {0, 1}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 5), st.sampled_from([1.0, 100.0, 2.0**14]), st.data())  # |x y| < 2^30
+def test_fixed_point_products_are_the_truncated_integer_product(parties, bound, data):
+    reals = hnp.arrays(np.float64, 20, elements=st.floats(-bound, bound))
+    x, y = data.draw(reals), data.draw(reals)
+    engine = inprocess_engine(parties)
+    sx, sy = shares_of(x, bound, engine.parties), shares_of(y, bound, engine.parties)
+
+    def program(ctx, prov):
+        a = SharedArray(sx[ctx.index], bound, F, ctx.is_leader)
+        b = SharedArray(sy[ctx.index], bound, F, ctx.is_leader)
+        return arithmetic.mul(ctx, prov, a, b).share
+
+    got = open_result(engine.run(program), engine.parties).view(np.int64)
+    exact = encode(x, bound, F).view(np.int64) * encode(y, bound, F).view(np.int64)  # < 2^62
+    assert set(np.unique(got - (exact >> F)).tolist()) <= {0, 1}
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 5), hnp.arrays(np.int64, st.integers(1, 50), elements=st.integers(
+    -(2**62) + 2**F, 2**62 - 2**F)))
+def test_less_than_zero_is_the_sign_of_every_value_in_range(parties, z):
+    engine = inprocess_engine(parties)
+    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
+    bound = 2.0**46 - 1.0  # the largest whole bound in range with f = 16
+    results = engine.run(lambda ctx, prov: comparison.less_than_zero(
+        ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
+    assert np.array_equal(open_result(results, engine.parties), (z < 0).astype(np.uint64))
 
 
 def test_public_operations_and_reveal(engine):

@@ -146,7 +146,7 @@ def _beaver(ctx: MpcContext, x: np.ndarray, y: np.ndarray, shares: TupleShares,
         return z
     z = np.multiply(d, np.add(b, e) if ctx.is_leader else b)  # d (b + e) = d b + d e
     z += c
-    z += np.multiply(e, a, out=d if d.flags.writeable else None)
+    z += np.multiply(e, a)
     return z
 
 
