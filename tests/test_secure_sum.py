@@ -19,6 +19,8 @@ from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, PartyUnavailableError, ProtocolError
 from invisible.jobs.federation import Federation
 from invisible.jobs.local import InProcessNodes, LocalDataset, write_local_federation
+from invisible.net.pki import Identity, Role
+from invisible.node.secure_sum import RELEASED_ARRAY
 from invisible.protocols.secure_sum import masked_input, secure_sum
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -230,6 +232,25 @@ def test_a_party_that_is_down_fails_the_job_within_the_deadline_naming_it(tmp_pa
             assert all(not n.executor.running() for n in nodes.nodes.values())
     finally:
         nodes.__exit__(None, None, None)
+
+
+def test_released_outputs_are_dropped_after_the_retention_time(tmp_path):
+    datasets = {p: {"credit": credit_column(f, tmp_path)} for p, f in CREDIT_PARTIES.items()}
+    layout = write_local_federation(tmp_path / "f", list(CREDIT_PARTIES), datasets,
+                                    limits={"rpc_timeout_s": 5.0, "output_retention_s": 0.3})
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        result = fed.secure_sum({p: ("credit", "x0") for p in CREDIT_PARTIES}, bound=100.0)
+        assert result.total is not None  # fetched within the retention time
+        executor = nodes.nodes["guest"].executor
+        requester = Identity("coordinator", Role.COORDINATOR)
+        assert executor.job_output(result.job_id, RELEASED_ARRAY, requester).size == 1
+        time.sleep(0.4)
+        assert executor.drop_expired_outputs() == 1
+        assert executor.drop_expired_outputs() == 0
+        with pytest.raises(ConfigError, match="dropped 0.3 s after it finished"):
+            executor.job_output(result.job_id, RELEASED_ARRAY, requester)
+        status = executor.job_status(result.job_id, requester, 0).to_proto()
+        assert [h.step for h in status.output_arrays] == [RELEASED_ARRAY]  # still named
 
 
 # --- the same sums by Paillier, through the nodes -------------------------------------------------

@@ -102,7 +102,8 @@ class JobStatus:
             job_id=self.job_id, state=_STATE_TO_PROTO[self.state], error=self.error,
             record=self.record.to_proto(),
             output_json=json.dumps(self.output, sort_keys=True) if self.output else "",
-            output_arrays=[wire.make_header(self.job_id, name, a) for name, a in self.arrays.items()],
+            output_arrays=[wire.make_header(self.job_id, name, a) for name, a in self.arrays.items()]
+            + [h for name, h in self.array_headers.items() if name not in self.arrays],
             receipts_json=[json.dumps(r, sort_keys=True) for r in self.receipts],
         )
 

@@ -24,6 +24,7 @@ A party's file::
     [limits]                     # optional
     max_message_bytes = 1073741824
     rpc_timeout_s = 30.0
+    output_retention_s = 600.0   # released arrays are dropped this long after their job
 
     [datasets.customers]
     path = "customers.csv"
@@ -83,6 +84,7 @@ class Limits:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     rpc_timeout_s: float = 30.0
     job_timeout_s: float = 600.0
+    output_retention_s: float = 600.0
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ def _limits(reader: _Reader) -> Limits:
             "max_message_bytes", defaults.max_message_bytes, integer=True),
         rpc_timeout_s=float(limits.number("rpc_timeout_s", defaults.rpc_timeout_s)),
         job_timeout_s=float(limits.number("job_timeout_s", defaults.job_timeout_s)),
+        output_retention_s=float(limits.number("output_retention_s",
+                                                defaults.output_retention_s)),
     )
 
 

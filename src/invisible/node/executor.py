@@ -25,7 +25,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from invisible.crypto.prg import Prg
 from invisible.errors import ConfigError, InvisibleError, PolicyError, ProtocolError
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import UseRequest
+from invisible.net import wire
 from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Identity
 from invisible.node.datasets import DatasetRegistry
@@ -63,6 +64,8 @@ class _JobRun:
     cancelled_by: str = ""
     timer: threading.Timer | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    finished_at: float = 0.0  # time.monotonic() when the job ended
+    outputs_dropped: bool = False
 
 
 
@@ -79,8 +82,11 @@ class JobExecutor:
         meter: Meter,
         run_deadline_s: float = 60.0,
         announce_head: Callable[[Sequence[str]], None] = lambda peers: None,
+        output_retention_s: float = 600.0,
     ) -> None:
         self._announce_head = announce_head
+        #: Released arrays are dropped this long after their job ends, fetched or not.
+        self._output_retention_s = output_retention_s
         self.party_id = party_id
         self.results_dir = results_dir
         self.meter = meter
@@ -110,6 +116,7 @@ class JobExecutor:
     def start_job(self, spec: JobSpec, requester: Identity) -> None:
         if not _JOB_ID.match(spec.job_id):
             raise ProtocolError("job id must be 1-128 letters, digits, '.', '_' or '-'")
+        self.drop_expired_outputs()
         with self._lock:
             if spec.job_id in self._jobs:
                 raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
@@ -206,6 +213,7 @@ class JobExecutor:
         with self._lock:
             run.status = status
             run.phase = _Phase.DONE
+            run.finished_at = time.monotonic()
         run.done.set()
         log.info("job %s %s in %.3f s", run.spec.job_id, status.state.value, record.duration_s)
         run.channel.close()
@@ -236,13 +244,41 @@ class JobExecutor:
 
     def job_output(self, job_id: str, name: str, requester: Identity) -> np.ndarray:
         run = self._run_for(job_id, requester)
+        self.drop_expired_outputs()
         status = run.status
         if status.state is not JobState.FINISHED:
             raise ProtocolError(f"job '{job_id}' has not finished; it releases nothing")
+        if run.outputs_dropped:
+            raise ConfigError(
+                f"the outputs of job '{job_id}' were dropped {self._output_retention_s:g} s "
+                f"after it finished (limits.output_retention_s)")
         array = status.arrays.get(name)
         if array is None:
             raise ConfigError(f"job '{job_id}' has no output '{name}'")
         return array
+
+    def drop_expired_outputs(self) -> int:
+        """Drop the released arrays of jobs that ended longer ago than the retention time.
+
+        Called when a job starts and when an output is asked for, so a node's
+        memory holds at most the outputs of the jobs of the last retention
+        period. Returns how many jobs' outputs were dropped.
+        """
+        cutoff = time.monotonic() - self._output_retention_s
+        dropped = 0
+        with self._lock:
+            for run in self._jobs.values():
+                if run.phase is _Phase.DONE and run.status.arrays and not run.outputs_dropped \
+                        and run.finished_at <= cutoff:
+                    run.status = replace(run.status, arrays={}, array_headers={
+                        name: wire.make_header(run.spec.job_id, name, array)
+                        for name, array in run.status.arrays.items()})
+                    run.outputs_dropped = True
+                    dropped += 1
+        if dropped:
+            log.info("dropped the outputs of %d job(s) older than %g s", dropped,
+                     self._output_retention_s)
+        return dropped
 
     def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None:
         run = self._run_for(job_id, requester)

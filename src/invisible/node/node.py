@@ -77,6 +77,7 @@ class PartyNode:
             config.party_id, kinds or default_kinds(), self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
             announce_head=self._announce_head,
+            output_retention_s=config.limits.output_retention_s,
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:
