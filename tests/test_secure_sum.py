@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import re
 import time
 from pathlib import Path
 
@@ -202,16 +203,24 @@ def test_bad_requests_are_refused_before_any_node_runs(credit_federation):
         fed.secure_sum(inputs, bound=100.0, recipient="bank")
 
 
+@pytest.mark.parametrize("breaker", ["guest", "host-2"])
 def test_a_party_whose_data_breaks_the_bound_fails_the_job_and_nothing_is_released(
-        credit_federation):
-    fed, _, _ = credit_federation
+        credit_federation, breaker):
+    fed, nodes, _ = credit_federation
     # y is 0/1 everywhere; the x1 column holds standardised values beyond 0.5.
-    inputs = {"guest": ("credit", "x1"), "host-1": ("credit", "y"), "host-2": ("credit", "y")}
+    inputs = {p: ("credit", "x1" if p == breaker else "y") for p in CREDIT_PARTIES}
     started = time.monotonic()
-    with pytest.raises(ProtocolError, match="failed on party 'guest'.*outside the declared bound"
-                       ".*no result was released"):
+    with pytest.raises(ProtocolError, match=f"job '(.+)' failed on party '{breaker}'.*outside "
+                       "the declared bound.*no result was released") as raised:
         fed.secure_sum(inputs, bound=1.0)
     assert time.monotonic() - started < 5  # peers were told at once, not at their deadline
+    # Each node's status says why it failed: the breaker on its own account, the others
+    # because the breaker aborted the job (what the coordinator reads, never error texts).
+    job_id = re.search(r"job '([^']+)' failed", str(raised.value)).group(1)
+    requester = Identity("coordinator", Role.COORDINATOR)
+    aborted_by = {p: nodes.nodes[p].executor.job_status(job_id, requester, 5).aborted_by
+                  for p in CREDIT_PARTIES}
+    assert aborted_by == {p: "" if p == breaker else breaker for p in CREDIT_PARTIES}
 
 
 def test_a_party_that_is_down_fails_the_job_within_the_deadline_naming_it(tmp_path):

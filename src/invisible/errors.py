@@ -23,6 +23,14 @@ class ProtocolError(InvisibleError):
     """A protocol run went wrong: unexpected message, bad parameters, a failed check."""
 
 
+class JobAbortedError(ProtocolError):
+    """A party of the job gave up on it, or the requester cancelled it: `by` names who."""
+
+    def __init__(self, message: str, by: str) -> None:
+        super().__init__(message)
+        self.by = by
+
+
 class MessageTooLargeError(ProtocolError):
     """A message declared or carried more bytes than the receiver's cap."""
 

@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from invisible.errors import ConfigError, InvisibleError, PartyUnavailableError, ProtocolError
+from invisible.errors import (
+    ConfigError,
+    InvisibleError,
+    JobAbortedError,
+    PartyUnavailableError,
+    ProtocolError,
+)
 from invisible.net.client import HealthInfo, NodeClient
 from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Role
@@ -135,8 +141,10 @@ class Federation:
                 statuses[party], arrays[party] = wait.result()
             except InvisibleError as exc:
                 errors[party] = exc
-        failed = {p: s.error for p, s in statuses.items() if s.state is JobState.FAILED}
-        failed.update({p: str(e) for p, e in errors.items()})
+        failed = {p: (s.error, s.aborted_by) for p, s in statuses.items()
+                  if s.state is JobState.FAILED}
+        failed.update({p: (str(e), e.by if isinstance(e, JobAbortedError) else "")
+                       for p, e in errors.items()})
         if failed:
             self._cancel(spec.job_id, [p for p in chosen if p not in failed], "failed elsewhere")
             party, error = _root_cause(failed)
@@ -224,9 +232,11 @@ class Federation:
         return run_secure_sum(self, inputs, bound, **options)
 
 
-def _root_cause(failed: dict[str, str]) -> tuple[str, str]:
-    """The party whose failure caused the others: one not merely told of an abort."""
-    for party, error in failed.items():
-        if "was aborted by" not in error and "was cancelled by" not in error:
+def _root_cause(failed: dict[str, tuple[str, str]]) -> tuple[str, str]:
+    """The party whose failure caused the others': one that failed on its own account, not
+    because another party aborted the job or the requester cancelled it."""
+    for party, (error, aborted_by) in failed.items():
+        if not aborted_by:
             return party, error
-    return next(iter(failed.items()))
+    party, (error, _) = next(iter(failed.items()))
+    return party, error

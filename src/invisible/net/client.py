@@ -16,7 +16,12 @@ from typing import TypeVar
 import grpc
 import numpy as np
 
-from invisible.errors import MessageTooLargeError, PartyUnavailableError, ProtocolError
+from invisible.errors import (
+    JobAbortedError,
+    MessageTooLargeError,
+    PartyUnavailableError,
+    ProtocolError,
+)
 from invisible.net import wire
 from invisible.net.errors_grpc import domain_error, is_connect_failure, is_handshake_failure
 from invisible.net.jobs_api import JobSpec, JobStatus
@@ -107,8 +112,8 @@ class NodeClient:
         while True:
             stopped_by = interrupted() if interrupted else None
             if stopped_by:
-                raise ProtocolError(f"{what} to party '{self.peer_id}' stopped: the job was "
-                                    f"aborted by '{stopped_by}'")
+                raise JobAbortedError(f"{what} to party '{self.peer_id}' stopped: the job was "
+                                      f"aborted by '{stopped_by}'", stopped_by)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise PartyUnavailableError(

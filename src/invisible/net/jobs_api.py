@@ -96,6 +96,8 @@ class JobStatus:
     array_headers: dict[str, exchange_pb2.MessageHeader] = field(default_factory=dict, repr=False)
     #: Signed ledger entries (as JSON objects) the node gives the requester as receipts.
     receipts: list[dict[str, Any]] = field(default_factory=list)
+    #: For a failed job: who aborted or cancelled it, if that is why it failed here.
+    aborted_by: str = ""
 
     def to_proto(self) -> jobs_pb2.JobStatusResponse:
         return jobs_pb2.JobStatusResponse(
@@ -105,6 +107,7 @@ class JobStatus:
             output_arrays=[wire.make_header(self.job_id, name, a) for name, a in self.arrays.items()]
             + [h for name, h in self.array_headers.items() if name not in self.arrays],
             receipts_json=[json.dumps(r, sort_keys=True) for r in self.receipts],
+            aborted_by=self.aborted_by,
         )
 
     @classmethod
@@ -124,7 +127,7 @@ class JobStatus:
         return cls(
             job_id=response.job_id, state=state, error=response.error,
             record=JobRecord.from_proto(response.record), output=output, array_headers=headers,
-            receipts=receipts,
+            receipts=receipts, aborted_by=response.aborted_by,
         )
 
 

@@ -15,7 +15,11 @@ import queue
 import threading
 from collections import OrderedDict
 
-from invisible.errors import MessageTooLargeError, PartyUnavailableError, ProtocolError
+from invisible.errors import (
+    JobAbortedError,
+    MessageTooLargeError,
+    PartyUnavailableError,
+)
 from invisible.protocols.channel import Payload, payload_nbytes
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
@@ -51,8 +55,9 @@ class Mailbox:
                 f"over the cap of {self.max_message_bytes} bytes"
             )
 
-    def _aborted_error(self, job_id: str) -> ProtocolError:
-        return ProtocolError(f"job '{job_id}' was aborted by '{self._aborted[job_id]}'")
+    def _aborted_error(self, job_id: str) -> JobAbortedError:
+        by = self._aborted[job_id]
+        return JobAbortedError(f"job '{job_id}' was aborted by '{by}'", by)
 
     def put(self, job_id: str, step: str, sender: str, payload: Payload) -> None:
         self.check_size(sender, payload_nbytes(payload))

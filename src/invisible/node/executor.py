@@ -32,7 +32,13 @@ from pathlib import Path
 import numpy as np
 
 from invisible.crypto.prg import Prg
-from invisible.errors import ConfigError, InvisibleError, PolicyError, ProtocolError
+from invisible.errors import (
+    ConfigError,
+    InvisibleError,
+    JobAbortedError,
+    PolicyError,
+    ProtocolError,
+)
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import UseRequest
 from invisible.net import wire
@@ -142,7 +148,7 @@ class JobExecutor:
     def _expire(self, run: _JobRun) -> None:
         self._cancel_prepared(run, "the deadline to run it passed")
 
-    def _cancel_prepared(self, run: _JobRun, reason: str) -> bool:
+    def _cancel_prepared(self, run: _JobRun, reason: str, by: str = "") -> bool:
         """Cancel a job that never ran: its reservation is given back. True if it was one."""
         with self._lock:
             if run.phase is not _Phase.PREPARED:
@@ -154,7 +160,7 @@ class JobExecutor:
         run.channel.close()
         run.status = JobStatus(run.spec.job_id, JobState.FAILED,
                                error=f"job '{run.spec.job_id}' was cancelled: {reason}",
-                               receipts=[entry.to_json()])
+                               receipts=[entry.to_json()], aborted_by=by)
         run.done.set()
         log.info("job %s cancelled before it ran: %s", run.spec.job_id, reason)
         return True
@@ -177,11 +183,12 @@ class JobExecutor:
     def _run(self, run: _JobRun, context: JobContext) -> None:
         started = time.perf_counter()
         outcome: JobOutcome | None = None
-        error = ""
+        error, aborted_by = "", ""
         try:
             outcome = run.kind.run(context)
         except InvisibleError as exc:
             error = str(exc)
+            aborted_by = exc.by if isinstance(exc, JobAbortedError) else ""
         except Exception as exc:  # a bug: report its type, never its values
             log.exception("job %s failed unexpectedly", run.spec.job_id)
             error = f"internal error on party '{self.party_id}' ({type(exc).__name__})"
@@ -207,9 +214,10 @@ class JobExecutor:
             event = "cancelled" if run.cancelled_by else "failed"
             if run.cancelled_by:
                 error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"
+                aborted_by = run.cancelled_by
             entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False)
             status = JobStatus(run.spec.job_id, JobState.FAILED, error=error, record=record,
-                               receipts=[entry.to_json()])
+                               receipts=[entry.to_json()], aborted_by=aborted_by)
         with self._lock:
             run.status = status
             run.phase = _Phase.DONE
@@ -282,7 +290,8 @@ class JobExecutor:
 
     def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None:
         run = self._run_for(job_id, requester)
-        if self._cancel_prepared(run, f"cancelled by '{requester.party_id}': {reason}"):
+        if self._cancel_prepared(run, f"cancelled by '{requester.party_id}': {reason}",
+                                 requester.party_id):
             return
         with self._lock:
             if run.cancelled_by or run.phase is _Phase.DONE:
@@ -290,7 +299,8 @@ class JobExecutor:
                     run.status = JobStatus(job_id, JobState.FAILED, record=run.status.record,
                                            error=f"job '{job_id}' was cancelled by "
                                                  f"'{requester.party_id}'",
-                                           receipts=run.status.receipts)
+                                           receipts=run.status.receipts,
+                                           aborted_by=requester.party_id)
                 return
             run.cancelled_by = requester.party_id
         log.info("job %s cancelled by %s: %s", job_id, requester, reason)

@@ -82,7 +82,7 @@ class JobStatusRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class JobStatusResponse(_message.Message):
-    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_arrays", "receipts_json")
+    __slots__ = ("job_id", "state", "error", "record", "output_json", "output_arrays", "receipts_json", "aborted_by")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class JobStatusResponse(_message.Message):
     OUTPUT_JSON_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_ARRAYS_FIELD_NUMBER: _ClassVar[int]
     RECEIPTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    ABORTED_BY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     state: JobState
     error: str
@@ -97,7 +98,8 @@ class JobStatusResponse(_message.Message):
     output_json: str
     output_arrays: _containers.RepeatedCompositeFieldContainer[_exchange_pb2.MessageHeader]
     receipts_json: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_arrays: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ..., receipts_json: _Optional[_Iterable[str]] = ...) -> None: ...
+    aborted_by: str
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., error: _Optional[str] = ..., record: _Optional[_Union[JobRecord, _Mapping]] = ..., output_json: _Optional[str] = ..., output_arrays: _Optional[_Iterable[_Union[_exchange_pb2.MessageHeader, _Mapping]]] = ..., receipts_json: _Optional[_Iterable[str]] = ..., aborted_by: _Optional[str] = ...) -> None: ...
 
 class FetchOutputRequest(_message.Message):
     __slots__ = ("job_id", "name")
