@@ -158,6 +158,31 @@ def test_a_node_killed_mid_job_shows_the_job_interrupted_after_restart(tmp_path)
     assert verify.returncode == 0 and "ledger intact: 3 entries" in verify.stdout
 
 
+def test_a_node_stopping_mid_job_records_how_its_jobs_ended(tmp_path):
+    layout = write_local_federation(tmp_path, PARTIES, sample_datasets(policy()),
+                                    limits={"rpc_timeout_s": 30.0})
+    nodes = InProcessNodes(layout).__enter__()
+    try:
+        with Federation.from_config(layout.coordinator_config) as fed:
+            spec = JobSpec("stop-1", "secure_sum", tuple(PARTIES), SUM)
+            for party in PARTIES:
+                fed.clients[party].start_job(spec)
+            for party in ("bank", "hospital"):  # telco never runs: the others wait for it
+                fed.clients[party].run_job(spec.job_id)
+            time.sleep(0.3)
+        started = time.monotonic()
+        nodes.nodes["bank"].stop(grace_s=2.0)
+        assert time.monotonic() - started < 5  # its job was interrupted, not waited out (30 s)
+    finally:
+        nodes.__exit__(None, None, None)
+    # Every node recorded the end while its ledger was open: nothing is left "interrupted".
+    assert events(layout.party_configs["bank"], "stop-1") == ["requested", "accepted", "failed"]
+    assert events(layout.party_configs["hospital"], "stop-1") == [
+        "requested", "accepted", "failed"]
+    assert events(layout.party_configs["telco"], "stop-1") == [
+        "requested", "accepted", "cancelled"]
+
+
 def test_cli_verify_names_the_altered_entry_and_receipts_catch_a_cut_tail(tmp_path):
     layout = write_local_federation(tmp_path, PARTIES, sample_datasets(policy()))
     with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:

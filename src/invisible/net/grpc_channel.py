@@ -56,13 +56,27 @@ class GrpcChannel(Channel):
     def close(self) -> None:
         self._mailbox.close_job(self.job_id)
 
-    def abort(self) -> None:
-        for peer in self.peers:
-            try:
-                self._clients[peer].abort_peer_job(self.job_id, timeout_s=min(2.0, self.timeout_s))
-            except InvisibleError as exc:
-                log.info("could not tell party '%s' that job %s was aborted: %s",
-                         peer, self.job_id, exc)
+    def abort(self, spare: str = "") -> None:
+        peers = [p for p in self.peers if p != spare]
+        if self._pool is None or len(peers) < 2:
+            for peer in peers:
+                self._tell_aborted(peer)
+            return
+        try:
+            futures = [self._pool.submit(self._tell_aborted, p) for p in peers]
+        except RuntimeError:  # the node is stopping and its pool is shut: one by one
+            futures = []
+            for peer in peers:
+                self._tell_aborted(peer)
+        for future in futures:
+            future.result()  # all at once: at most one notice's deadline in all
+
+    def _tell_aborted(self, peer: str) -> None:
+        try:
+            self._clients[peer].abort_peer_job(self.job_id, timeout_s=min(2.0, self.timeout_s))
+        except InvisibleError as exc:
+            log.info("could not tell party '%s' that job %s was aborted: %s",
+                     peer, self.job_id, exc)
 
     def interrupt(self, by: str) -> None:
         self.interrupted_by = by

@@ -62,9 +62,10 @@ class InProcessChannel(Channel):
     def close(self) -> None:
         self._hub.mailboxes[self.party_id].close_job(self.job_id)
 
-    def abort(self) -> None:
+    def abort(self, spare: str = "") -> None:
         for peer in self.peers:
-            self._hub.mailboxes[peer].abort_job(self.job_id, self.party_id)
+            if peer != spare:
+                self._hub.mailboxes[peer].abort_job(self.job_id, self.party_id)
 
     def interrupt(self, by: str) -> None:
         self.interrupted_by = by

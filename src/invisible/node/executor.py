@@ -188,36 +188,27 @@ class JobExecutor:
             outcome = run.kind.run(context)
         except InvisibleError as exc:
             error = str(exc)
-            aborted_by = exc.by if isinstance(exc, JobAbortedError) else ""
+            if isinstance(exc, JobAbortedError) and exc.by != self.party_id:
+                aborted_by = exc.by  # this node stopping is a failure of its own
         except Exception as exc:  # a bug: report its type, never its values
             log.exception("job %s failed unexpectedly", run.spec.job_id)
             error = f"internal error on party '{self.party_id}' ({type(exc).__name__})"
         if outcome is None and not run.cancelled_by:
-            run.channel.abort()
+            run.channel.abort(spare=aborted_by)
         stats = run.channel.stats
         record = JobRecord(
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             messages_sent=stats.messages_sent, messages_received=stats.messages_received,
             duration_s=time.perf_counter() - started,
         )
-        if outcome is not None and not run.cancelled_by:
-            record.rows_used = outcome.rows_used
-            record.values_opened = outcome.values_opened
-            record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())
-            entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
-                                     outputs=self._released(run, outcome),
-                                     openings=outcome.openings)
-            status = JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
-                               output=outcome.output, arrays=outcome.arrays,
-                               receipts=[entry.to_json()])
-        else:
-            event = "cancelled" if run.cancelled_by else "failed"
-            if run.cancelled_by:
-                error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"
-                aborted_by = run.cancelled_by
-            entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False)
-            status = JobStatus(run.spec.job_id, JobState.FAILED, error=error, record=record,
-                               receipts=[entry.to_json()], aborted_by=aborted_by)
+        try:
+            status = self._close(run, outcome, record, error, aborted_by)
+        except Exception as exc:  # the ledger is gone (the node stopped under the job)
+            log.warning("job %s: its end could not be recorded (%s); it shows as interrupted "
+                        "at the node's next start", run.spec.job_id, type(exc).__name__)
+            status = JobStatus(run.spec.job_id, JobState.FAILED, record=record,
+                               error=f"job '{run.spec.job_id}' ended while party "
+                                     f"'{self.party_id}' was stopping; nothing was released")
         with self._lock:
             run.status = status
             run.phase = _Phase.DONE
@@ -227,6 +218,40 @@ class JobExecutor:
         run.channel.close()
         if status.state is JobState.FINISHED:
             self._announce_head(run.channel.peers)
+
+    def _close(self, run: _JobRun, outcome: JobOutcome | None, record: JobRecord, error: str,
+               aborted_by: str) -> JobStatus:
+        """Record how the job ended in the ledger; the status that says so."""
+        if outcome is not None and not run.cancelled_by:
+            record.rows_used = outcome.rows_used
+            record.values_opened = outcome.values_opened
+            record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())
+            entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
+                                     outputs=self._released(run, outcome),
+                                     openings=outcome.openings)
+            return JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
+                             output=outcome.output, arrays=outcome.arrays,
+                             receipts=[entry.to_json()])
+        event = "cancelled" if run.cancelled_by else "failed"
+        if run.cancelled_by:
+            error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"
+            aborted_by = run.cancelled_by
+        entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False)
+        return JobStatus(run.spec.job_id, JobState.FAILED, error=error, record=record,
+                         receipts=[entry.to_json()], aborted_by=aborted_by)
+
+    def stop(self, grace_s: float) -> None:
+        """Cancel the jobs that have not run, interrupt those running, and wait up to
+        `grace_s` for them to record how they ended (before the node closes its ledger)."""
+        with self._lock:
+            runs = [r for r in self._jobs.values() if r.phase is not _Phase.DONE]
+        for run in runs:
+            if not self._cancel_prepared(run, "the node is stopping"):
+                run.channel.interrupt(self.party_id)
+        deadline = time.monotonic() + grace_s
+        for run in runs:
+            if not run.done.wait(max(0.0, deadline - time.monotonic())):
+                log.warning("job %s still running as the node stops", run.spec.job_id)
 
     @staticmethod
     def _released(run: _JobRun, outcome: JobOutcome) -> dict[str, object]:

@@ -136,6 +136,7 @@ class PartyNode:
         if self.announcer is not None:
             self.announcer.stop()
         self._server.stop(grace_s).wait(grace_s + 1.0)
+        self.executor.stop(grace_s)  # jobs record their end while the ledger is open
         for client in self.clients.values():
             client.close()
         self._send_pool.shutdown(wait=False, cancel_futures=True)

@@ -174,8 +174,9 @@ class Channel(ABC):
         """Release what the channel holds for this job (undelivered messages)."""
 
     @abstractmethod
-    def abort(self) -> None:
-        """Tell every peer this party gave up on the job (best effort, bounded in time)."""
+    def abort(self, spare: str = "") -> None:
+        """Tell every peer but `spare` (the party whose abort we follow, which knows)
+        that this party gave up on the job (best effort, bounded in time)."""
 
     @abstractmethod
     def interrupt(self, by: str) -> None:
