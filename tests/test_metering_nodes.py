@@ -123,6 +123,17 @@ def test_prometheus_counters_follow_jobs_and_refusals(tmp_path):
 
 
 @pytest.mark.timeout(90)
+def start_a_job_that_waits(fed, job_id):
+    """A secure sum accepted everywhere and running at bank and hospital, which wait for telco:
+    telco is never told to run it."""
+    spec = JobSpec(job_id, "secure_sum", tuple(PARTIES), SUM)
+    for party in PARTIES:
+        fed.clients[party].start_job(spec)
+    for party in ("bank", "hospital"):
+        fed.clients[party].run_job(spec.job_id)
+    time.sleep(0.5)
+
+
 def test_a_node_killed_mid_job_shows_the_job_interrupted_after_restart(tmp_path):
     layout = write_local_federation(tmp_path, PARTIES, sample_datasets(policy()),
                                     limits={"rpc_timeout_s": 30.0})
@@ -130,12 +141,7 @@ def test_a_node_killed_mid_job_shows_the_job_interrupted_after_restart(tmp_path)
     try:
         with Federation.from_config(layout.coordinator_config) as fed:
             fed.health(timeout_s=20)
-            spec = JobSpec("crash-1", "secure_sum", tuple(PARTIES), SUM)
-            for party in PARTIES:
-                fed.clients[party].start_job(spec)
-            for party in ("bank", "hospital"):  # telco never runs: the others wait for it
-                fed.clients[party].run_job(spec.job_id)
-            time.sleep(0.5)
+            start_a_job_that_waits(fed, "crash-1")
         nodes.processes["bank"].send_signal(signal.SIGKILL)
         nodes.processes["bank"].wait(10)
     finally:
@@ -164,12 +170,7 @@ def test_a_node_stopping_mid_job_records_how_its_jobs_ended(tmp_path):
     nodes = InProcessNodes(layout).__enter__()
     try:
         with Federation.from_config(layout.coordinator_config) as fed:
-            spec = JobSpec("stop-1", "secure_sum", tuple(PARTIES), SUM)
-            for party in PARTIES:
-                fed.clients[party].start_job(spec)
-            for party in ("bank", "hospital"):  # telco never runs: the others wait for it
-                fed.clients[party].run_job(spec.job_id)
-            time.sleep(0.3)
+            start_a_job_that_waits(fed, "stop-1")
         started = time.monotonic()
         nodes.nodes["bank"].stop(grace_s=2.0)
         assert time.monotonic() - started < 5  # its job was interrupted, not waited out (30 s)
