@@ -126,3 +126,29 @@ def test_confirmation_tags_are_directional():
     forward = confirmation_tag(seed, sender="a", receiver="b")
     assert tags_equal(forward, confirmation_tag(seed, sender="a", receiver="b"))
     assert not tags_equal(forward, confirmation_tag(seed, sender="b", receiver="a"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 70), st.integers(1, 1200), st.integers(1, 70), st.integers(0, 2**32))
+def test_ring_matmul_is_exact_mod_2_64(m, k, n, seed):
+    from invisible.crypto import ring
+
+    data = np.random.default_rng(seed)
+    a = data.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
+    b = data.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
+    a[0, 0], b[0, 0] = np.uint64(2**64 - 1), np.uint64(2**64 - 1)  # the largest limbs
+    small, thin = ring._SMALL, ring._THIN
+    ring._SMALL, ring._THIN = 0, 0  # the float64 limb path, whatever the shapes
+    try:
+        assert np.array_equal(ring.ring_matmul(a, b), np.matmul(a, b))
+    finally:
+        ring._SMALL, ring._THIN = small, thin
+
+
+def test_ring_matmul_takes_the_limb_path_for_large_products_and_stays_exact():
+    from invisible.crypto.ring import ring_matmul
+
+    data = np.random.default_rng(1)
+    a = data.integers(0, 2**64, (300, 1100), dtype=np.uint64, endpoint=False)
+    b = np.full((1100, 80), 2**64 - 1, dtype=np.uint64)  # every limb at its largest
+    assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))

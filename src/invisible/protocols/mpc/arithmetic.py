@@ -41,6 +41,7 @@ import numpy as np
 from invisible.crypto.fixedpoint import BoundError, encode
 from invisible.crypto.keyagree import SEED_BYTES
 from invisible.crypto.prg import Prg
+from invisible.crypto.ring import ring_matmul
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.context import MpcContext
@@ -140,9 +141,9 @@ def _beaver(ctx: MpcContext, x: np.ndarray, y: np.ndarray, shares: TupleShares,
     d, e = opened[:x.size].reshape(x.shape), opened[x.size:].reshape(y.shape)
     c = shares[2]
     if matrix:
-        z = np.matmul(d, np.add(b, e) if ctx.is_leader else b)
+        z = ring_matmul(d, np.add(b, e) if ctx.is_leader else b)
         z += c
-        z += np.matmul(a, e)
+        z += ring_matmul(a, e)
         return z
     z = np.multiply(d, np.add(b, e) if ctx.is_leader else b)  # d (b + e) = d b + d e
     z += c

@@ -44,6 +44,7 @@ import numpy as np
 
 from invisible.crypto.keyagree import SEED_BYTES, derive_indexed_key
 from invisible.crypto.prg import Prg
+from invisible.crypto.ring import ring_matmul
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.channel import Channel
@@ -105,7 +106,7 @@ def fill_dependent(kind: str, values: Sequence[np.ndarray], fractional_bits: int
         return
     a, b, c = values[:3]
     if kind.startswith("matrix"):
-        np.matmul(a, b, out=c)
+        c[...] = ring_matmul(a, b)
     else:
         np.multiply(a, b, out=c)
     if kind.endswith("-trunc"):
