@@ -409,22 +409,27 @@ def test_every_tuple_kind_reconstructs_to_what_it_promises(parties):
                           r & u64((1 << 62) - 1))
 
 
-def test_random_components_need_no_message_from_the_dealer():
+def test_random_components_need_no_message_and_dependent_ones_go_to_each_party_in_turn():
     engine = inprocess_engine(3)
 
     def program(ctx, prov):
-        shares = prov.take("triple-trunc", [(1000,)], F)
-        before = ctx.channel.stats.bytes_received
-        a, b = shares[0], shares[1]
-        random_only = ctx.channel.stats.bytes_received - before
-        shares[2]
-        return a.size + b.size, random_only, ctx.channel.stats.bytes_received - before
+        received = []
+        for _ in range(3):  # tuples 0, 1, 2: their dependent shares go to p2, p0, p1
+            shares = prov.take("triple-trunc", [(1000,)], F)
+            before = ctx.channel.stats.bytes_received
+            a, b = shares[0], shares[1]
+            random_only = ctx.channel.stats.bytes_received - before
+            shares[2]
+            received.append((a.size + b.size, random_only,
+                             ctx.channel.stats.bytes_received - before))
+        return received
 
     results = engine.run(program)
-    for party in engine.parties:
-        assert results[party][0][:2] == (2000, 0)
-    # only the last party receives, and only the dependent components: c + r, H and L
-    assert [results[p][0][2] for p in engine.parties] == [0, 0, 3 * 1000 * 8]
+    for i, party in enumerate(engine.parties):
+        for t, (random_size, random_only, dependent) in enumerate(results[party][0]):
+            assert (random_size, random_only) == (2000, 0)  # no message for a and b
+            # one party per tuple receives, only the dependent components: c + r, H and L
+            assert dependent == (3 * 1000 * 8 if (t - 1) % 3 == i else 0)
 
 
 def test_less_than_and_select(engine):

@@ -10,7 +10,8 @@ random (a and b of a triple, the mask of a truncation or comparison): every
 party's shares of them are AES-CTR expansions of HKDF(master, t), so their
 values are the sums of those expansions. The components that depend on
 them (c = a b, the mask's bits, ...) are expansions too for every party but
-the last, which receives its shares of them, per tuple, in one message.
+one, which receives its shares of them, per tuple, in one message (tuple t
+goes to party t - 1 mod n, so the dealer's traffic is spread over the links).
 So a tuple costs the dealer one message of the size of its dependent
 components, whatever the number of parties, and no party waits for the
 dealer before it uses a tuple's random components (a product opens
@@ -24,7 +25,7 @@ agree on t and on the tuple's shapes):
 2. The dealer expands every party's shares of the random components and
    adds them up, computes the dependent components from them (drawing any
    further randomness itself, e.g. the truncation mask inside c + r),
-   expands parties 0..n-2's shares of those, and sends the last party the
+   expands the other parties' shares of those, and sends party t - 1 mod n the
    dependent values minus their sum.
 3. Every party takes its shares; a tuple id taken twice is refused.
 
@@ -139,6 +140,13 @@ def _split(flat: np.ndarray, parts: Sequence[Shape]) -> list[np.ndarray]:
     return out
 
 
+def explicit_party(parties: Sequence[str], tuple_id: int) -> str:
+    """The party that receives tuple `tuple_id`'s dependent shares: each in turn, so the
+    dealer's traffic is spread over the parties' links; the last party first (the first
+    is the leader, which has a little more to do)."""
+    return parties[(tuple_id - 1) % len(parties)]
+
+
 def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
     """The dealer's side of a job: serve tuple requests until the leader says done.
 
@@ -148,7 +156,7 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
         raise ProtocolError("the dealer cannot be a computing party")
     masters = {p: rng.random_bytes(SEED_BYTES) for p in parties}
     channel.send_to_each(SEED_STEP, masters)
-    last, leader = parties[-1], parties[0]
+    leader = parties[0]
     served: set[int] = set()
     while True:
         try:
@@ -168,15 +176,18 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
         if not isinstance(f, int) or not 0 <= f < RANGE_BITS:
             raise ProtocolError(f"party '{leader}' asked for {f} fractional bits")
         random = sum(prod(p) for p in parts[:RANDOM_COMPONENTS[kind]])
-        # The sum of parties 0..n-2's shares of every component, then the values.
-        values = _expand_flat(masters[parties[0]], tuple_id, parts)
-        for party in parties[1:-1]:
+        receiver = explicit_party(parties, tuple_id)
+        expanding = [p for p in parties if p != receiver]
+        # The sum of the other parties' shares of every component, then the values.
+        values = _expand_flat(masters[expanding[0]], tuple_id, parts)
+        for party in expanding[1:]:
             values += _expand_flat(masters[party], tuple_id, parts)
         others = values[random:].copy()
-        values[:random] += _expand_flat(masters[last], tuple_id, parts[:RANDOM_COMPONENTS[kind]])
+        values[:random] += _expand_flat(masters[receiver], tuple_id,
+                                        parts[:RANDOM_COMPONENTS[kind]])
         fill_dependent(kind, _split(values, parts), f, rng)
-        values[random:] -= others  # the last party's shares of the dependent components
-        channel.send(last, f"dealer/tuple/{tuple_id}", values[random:], handover=True)
+        values[random:] -= others  # the receiver's shares of the dependent components
+        channel.send(receiver, f"dealer/tuple/{tuple_id}", values[random:], handover=True)
         served.add(tuple_id)
 
 
@@ -192,7 +203,7 @@ class Ticket:
 class TupleShares:
     """One party's shares of a tuple's components, by index.
 
-    Shares that come in a message (the last party's dependent components) are
+    Shares that come in a message (one party's dependent components) are
     received when one of them is first asked for, so a party can use the
     random components before the dealer's message arrives.
     """
@@ -253,7 +264,6 @@ class DealerProvider(TupleProvider):
         self._taken: set[int] = set()
         me = channel.party_id
         self._leader = me == self.parties[0]
-        self._last = me == self.parties[-1]
         self._master = channel.recv_bytes(dealer, SEED_STEP, SEED_BYTES)
 
     def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket:
@@ -270,7 +280,7 @@ class DealerProvider(TupleProvider):
         if ticket.tuple_id in self._taken:
             raise ProtocolError(f"tuple {ticket.tuple_id} was already used")
         self._taken.add(ticket.tuple_id)
-        if not self._last:
+        if explicit_party(self.parties, ticket.tuple_id) != self.channel.party_id:
             return TupleShares(_split(_expand_flat(self._master, ticket.tuple_id, ticket.parts),
                                       ticket.parts))
         random = ticket.parts[:RANDOM_COMPONENTS[ticket.kind]]
