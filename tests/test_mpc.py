@@ -239,6 +239,15 @@ def test_less_than_zero_is_the_sign_of_every_value_in_range(parties, z):
     assert np.array_equal(open_result(results, engine.parties), (z < 0).astype(np.uint64))
 
 
+def test_a_single_value_is_shared_as_a_0_d_array_at_every_party():
+    engine = inprocess_engine(3)
+    results = engine.run(lambda ctx, prov: arithmetic.input_from(
+        ctx, ctx.parties[0], np.array(2.5) if ctx.index == 0 else None, 3.0, (),
+        Prg.from_os()).share)
+    assert [results[p][0].shape for p in engine.parties] == [(), (), ()]
+    assert decode(open_result(results, engine.parties)) == 2.5
+
+
 def test_public_operations_and_reveal(engine):
     data = np.random.default_rng(7)
     x = data.uniform(-50, 50, 100)

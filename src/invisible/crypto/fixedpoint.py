@@ -59,7 +59,7 @@ def encode(values: np.ndarray, bound: float, fractional_bits: int = DEFAULT_FRAC
     if not inside.all():
         outside = int(reals.size - np.count_nonzero(inside))
         raise BoundError(f"{outside} value(s) are not finite or exceed the declared bound {bound:g}")
-    scaled = reals * float(2**fractional_bits)  # exact: a power of two
+    scaled = np.asarray(reals * float(2**fractional_bits))  # exact: a power of two; 0-d too
     np.rint(scaled, out=scaled)
     return scaled.astype(np.int64).view(RING_DTYPE)
 

@@ -108,7 +108,7 @@ def input_from(ctx: MpcContext, owner: str, values: np.ndarray | None, bound: fl
     ctx.channel.send_to_each(step, seeds)
     for seed in seeds.values():
         mine -= Prg(seed).random_uint64(shape)
-    return SharedArray(np.ascontiguousarray(mine), bound, f, ctx.is_leader)
+    return SharedArray(mine, bound, f, ctx.is_leader)  # not ascontiguousarray: 0-d stays 0-d
 
 
 def reveal(ctx: MpcContext, x: SharedArray, to: str, what: str) -> np.ndarray | None:
