@@ -7,6 +7,8 @@ All operations act on whole arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from invisible.crypto.prg import Prg
@@ -33,6 +35,14 @@ def share(values: np.ndarray, n_parties: int, rng: Prg) -> np.ndarray:
     return shares
 
 
-def reconstruct(shares: np.ndarray) -> np.ndarray:
-    """Sum shares along the first axis in the ring."""
-    return np.asarray(_as_ring(shares).sum(axis=0, dtype=np.uint64))
+def reconstruct(shares: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Sum shares in the ring: arrays of one shape, or one array stacked on its first axis.
+
+    Summed in place into a copy of the first: np.sum over a list stacks it first.
+    """
+    if len(shares) == 0:
+        raise ValueError("reconstruct needs at least one share")
+    total = np.array(_as_ring(shares[0]), dtype=RING_DTYPE)
+    for part in shares[1:]:
+        total += _as_ring(part)
+    return total

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from invisible.crypto.fixedpoint import decode
-from invisible.crypto.sharing import RING_DTYPE
+from invisible.crypto.sharing import RING_DTYPE, reconstruct
 from invisible.errors import ProtocolError
 from invisible.net.jobs_api import JobRecord
 from invisible.node.secure_sum import KIND, RELEASED_ARRAY, InputRef, SecureSumParams, input_refs
@@ -81,10 +81,7 @@ def run_secure_sum_params(federation: Federation, params: SecureSumParams, *,
         masked = [result.arrays[p][RELEASED_ARRAY] for p in parties]
         if any(m.dtype != RING_DTYPE or m.shape != (params.vector_length,) for m in masked):
             raise ProtocolError("a party released a masked vector of the wrong shape")
-        ring_total = masked[0].copy()  # summed in place: np.sum would stack the list first
-        for vector in masked[1:]:
-            ring_total += vector
-        total = decode(ring_total, params.fractional_bits)
+        total = decode(reconstruct(masked), params.fractional_bits)
     return SecureSumResult(
         result.job_id, total, params.recipient or federation.config.coordinator_id,
         result.records, result.seconds,
