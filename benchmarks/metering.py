@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from invisible.benchmarking import Row, measure, timing_of
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import NodeProcesses, write_local_federation
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import NodeProcesses, write_local_federation
 from invisible.metering.entries import PendingEntry
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import JobMeta, Meter, NullLedgerStore

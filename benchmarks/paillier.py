@@ -33,8 +33,8 @@ from invisible.crypto.paillier.interop import encrypt_numbers
 from invisible.crypto.paillier.keys import generate_keypair, random_below
 from invisible.crypto.paillier.packing import Packing
 from invisible.crypto.prg import Prg
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 
 PARTIES = ("bank", "hospital", "telco")
 BOUND = 1000.0

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from invisible.benchmarking import Row, measure, timing_of
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 
 PARTIES = ("bank", "hospital", "telco")
 FULL_SIZES = (10**3, 10**5, 10**6)

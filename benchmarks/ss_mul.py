@@ -36,8 +36,8 @@ import numpy as np
 
 from invisible.benchmarking import Row, measure, peer_python, timing_of
 from invisible.crypto.prg import Prg
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import NodeProcesses, write_local_federation
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import NodeProcesses, write_local_federation
 from invisible.net.inprocess import InProcessHub
 from invisible.node.kinds import BENCHMARK_BOUND, product_program
 from invisible.protocols.mpc.context import MpcContext

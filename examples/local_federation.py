@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from invisible.api import Federation, meter_report
-from invisible.jobs.local import InProcessNodes, write_local_federation
+from invisible.coordinator.local import InProcessNodes, write_local_federation
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from invisible.jobs.local import InProcessNodes, LocalLayout, write_local_federation
+from invisible.coordinator.local import InProcessNodes, LocalLayout, write_local_federation
 from invisible.net.inprocess import InProcessHub
 from invisible.net.jobs_api import JobSpec
 from invisible.protocols.channel import Channel

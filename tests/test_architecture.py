@@ -13,14 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "invisible"
 FORBIDDEN_BELOW = {
-    "crypto": ("grpc", "asyncio", "invisible.net", "invisible.node", "invisible.jobs",
+    "crypto": ("grpc", "asyncio", "invisible.net", "invisible.node", "invisible.coordinator",
                "invisible.cli", "invisible.protocols", "invisible.v1", "sqlite3", "socket"),
-    "protocols": ("grpc", "asyncio", "invisible.net", "invisible.node", "invisible.jobs",
+    "protocols": ("grpc", "asyncio", "invisible.net", "invisible.node", "invisible.coordinator",
                   "invisible.cli", "invisible.v1", "socket"),
-    "metering": ("grpc", "invisible.net", "invisible.node", "invisible.jobs", "invisible.cli",
+    "metering": ("grpc", "invisible.net", "invisible.node", "invisible.coordinator", "invisible.cli",
                  "invisible.v1"),
-    "net": ("invisible.node", "invisible.jobs", "invisible.cli"),
-    "node": ("invisible.jobs", "invisible.cli"),
+    "net": ("invisible.node", "invisible.coordinator", "invisible.cli"),
+    "node": ("invisible.coordinator", "invisible.cli"),
 }
 
 

@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import NodeProcesses, write_local_federation
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import NodeProcesses, write_local_federation
 from invisible.net.pki import Role, identity_from_pem
 from invisible.samples import SAMPLE_COLUMNS, sample_datasets, sample_path
 

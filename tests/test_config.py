@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from invisible.coordinator.config import load_coordinator_config
 from invisible.errors import ConfigError
-from invisible.node.config import DatasetConfig, load_coordinator_config, load_party_config
+from invisible.node.config import DatasetConfig, load_party_config
 from invisible.node.datasets import DatasetRegistry, load_dataset
 from invisible.samples import SAMPLE_COLUMNS, sample_path
 

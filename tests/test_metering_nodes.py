@@ -12,9 +12,9 @@ import urllib.request
 import pytest
 
 from invisible.api import meter_report
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import InProcessNodes, NodeProcesses, write_local_federation
 from invisible.errors import PolicyError
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import InProcessNodes, NodeProcesses, write_local_federation
 from invisible.metering.ledger import Ledger
 from invisible.net.jobs_api import JobSpec
 from invisible.node.config import load_party_config

@@ -15,11 +15,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from invisible.coordinator.local import InProcessNodes, write_local_federation
 from invisible.crypto.fixedpoint import decode, encode
 from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE, reconstruct, share
 from invisible.errors import ProtocolError
-from invisible.jobs.local import InProcessNodes, write_local_federation
 from invisible.net.inprocess import InProcessHub
 from invisible.net.jobs_api import JobSpec
 from invisible.protocols.mpc import arithmetic

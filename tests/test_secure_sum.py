@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from test_channel import run_parties
 
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import InProcessNodes, LocalDataset, write_local_federation
 from invisible.crypto.fixedpoint import BoundError, check_sum_capacity, decode, encode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, PartyUnavailableError, ProtocolError
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import InProcessNodes, LocalDataset, write_local_federation
 from invisible.net.pki import Identity, Role
 from invisible.node.secure_sum import RELEASED_ARRAY
 from invisible.protocols.secure_sum import masked_input, secure_sum
@@ -325,7 +325,7 @@ def test_statistics_on_shares_match_numpy_within_1e3(credit_with_dealer, column)
 
 
 def test_statistics_open_only_the_declared_outputs(credit_with_dealer):
-    from invisible.jobs.statistics import run_statistics
+    from invisible.coordinator.statistics import run_statistics
 
     fed, datasets = credit_with_dealer
     inputs = {p: ("credit", "x1") for p in CREDIT_PARTIES}

@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import InProcessNodes, free_port, write_local_federation
 from invisible.errors import (
     ConfigError,
     PartyUnavailableError,
     PeerAuthenticationError,
     PolicyError,
 )
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import InProcessNodes, free_port, write_local_federation
 from invisible.net.client import NodeClient
 from invisible.net.jobs_api import JobSpec
 from invisible.net.pki import CertificateAuthority, Identity, Role

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from invisible.jobs.federation import Federation, JobResult
-from invisible.jobs.secure_sum import SecureSumResult
+from invisible.coordinator.federation import Federation, JobResult
+from invisible.coordinator.secure_sum import SecureSumResult
 from invisible.metering.report import ledger_report, report_frame
 from invisible.node.config import load_party_config
 

@@ -82,7 +82,7 @@ def _node_serve(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from invisible.jobs.federation import Federation
+    from invisible.coordinator.federation import Federation
 
     with Federation.from_config(args.coordinator) as federation:
         failures = 0
@@ -98,7 +98,7 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _job_run(args: argparse.Namespace) -> int:
-    from invisible.jobs.jobfile import run_job_file
+    from invisible.coordinator.jobfile import run_job_file
 
     print(json.dumps(run_job_file(args.job), indent=2, sort_keys=True))
     return 0

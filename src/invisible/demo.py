@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import LocalLayout, NodeProcesses, write_local_federation
+from invisible.coordinator.secure_sum import SecureSumResult
 from invisible.errors import InvisibleError, PolicyError
-from invisible.jobs.federation import Federation
-from invisible.jobs.local import LocalLayout, NodeProcesses, write_local_federation
-from invisible.jobs.secure_sum import SecureSumResult
 from invisible.metering import report
 from invisible.metering.audit import verify_ledger
 from invisible.metering.signing import load_public_key

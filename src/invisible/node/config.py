@@ -1,4 +1,4 @@
-"""Party and coordinator configuration, one TOML file each.
+"""Party configuration, one TOML file per party (the coordinator's: invisible.coordinator.config).
 
 Relative paths are taken from the folder of the file that names them. Every
 mistake is reported as a :class:`ConfigError` naming the file and the key.
@@ -105,19 +105,7 @@ class PartyConfig:
     metrics_listen: str | None = None
 
 
-@dataclass(frozen=True)
-class CoordinatorConfig:
-    source: Path
-    coordinator_id: str
-    tls: TlsFiles
-    parties: dict[str, str]
-    limits: Limits = field(default_factory=Limits)
-    #: Where the parties' signed receipts of every job are kept.
-    receipts_dir: Path = Path("receipts")
-    dealers: dict[str, str] = field(default_factory=dict)
-
-
-def _load_toml(path: Path) -> dict[str, Any]:
+def load_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -129,30 +117,30 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
 
-class _Reader:
+class TomlReader:
     """Typed access to a TOML table that names the file and key in every error."""
 
     def __init__(self, source: Path, table: dict[str, Any], where: str) -> None:
         self.source, self.table, self.where = source, table, where
 
-    def _fail(self, key: str, problem: str) -> ConfigError:
+    def fail(self, key: str, problem: str) -> ConfigError:
         prefix = f"{self.where}." if self.where else ""
         return ConfigError(f"{self.source}: {prefix}{key} {problem}")
 
-    def table_at(self, key: str, required: bool = True) -> _Reader:
+    def table_at(self, key: str, required: bool = True) -> TomlReader:
         value = self.table.get(key)
         if value is None:
             if required:
-                raise self._fail(key, "is missing")
+                raise self.fail(key, "is missing")
             value = {}
         if not isinstance(value, dict):
-            raise self._fail(key, "must be a table")
-        return _Reader(self.source, value, f"{self.where}.{key}" if self.where else key)
+            raise self.fail(key, "must be a table")
+        return TomlReader(self.source, value, f"{self.where}.{key}" if self.where else key)
 
     def string(self, key: str) -> str:
         value = self.table.get(key)
         if not isinstance(value, str) or not value:
-            raise self._fail(key, "must be a non-empty string")
+            raise self.fail(key, "must be a non-empty string")
         return value
 
     def path(self, key: str) -> Path:
@@ -162,7 +150,7 @@ class _Reader:
         value = self.table.get(key, default)
         kinds = (int,) if integer else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-            raise self._fail(key, f"must be a positive {'integer' if integer else 'number'}")
+            raise self.fail(key, f"must be a positive {'integer' if integer else 'number'}")
         return value
 
     def addresses(self) -> dict[str, str]:
@@ -170,17 +158,17 @@ class _Reader:
         for party_id, address in self.table.items():
             check_party_id(party_id)
             if not isinstance(address, str) or ":" not in address:
-                raise self._fail(party_id, "must be an address 'host:port'")
+                raise self.fail(party_id, "must be an address 'host:port'")
             out[party_id] = address
         return out
 
 
-def _tls(reader: _Reader) -> TlsFiles:
+def read_tls(reader: TomlReader) -> TlsFiles:
     tls = reader.table_at("tls")
     return TlsFiles(ca=tls.path("ca"), cert=tls.path("cert"), key=tls.path("key"))
 
 
-def _limits(reader: _Reader) -> Limits:
+def read_limits(reader: TomlReader) -> Limits:
     limits = reader.table_at("limits", required=False)
     defaults = Limits()
     return Limits(
@@ -193,17 +181,17 @@ def _limits(reader: _Reader) -> Limits:
     )
 
 
-def _datasets(reader: _Reader) -> dict[str, DatasetConfig]:
+def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
     tables = reader.table_at("datasets", required=False)
     out = {}
     for dataset_id in tables.table:
         entry = tables.table_at(dataset_id)
         columns = entry.table_at("columns")
         if not columns.table:
-            raise entry._fail("columns", "must name at least one column")
+            raise entry.fail("columns", "must name at least one column")
         for name, kind in columns.table.items():
             if kind not in COLUMN_TYPES:
-                raise columns._fail(name, f"must be one of {', '.join(COLUMN_TYPES)}")
+                raise columns.fail(name, f"must be one of {', '.join(COLUMN_TYPES)}")
         policy = None
         if "policy" in entry.table:
             policy = parse_policy(entry.table["policy"], f"{reader.source}: datasets.{dataset_id}.policy")
@@ -211,7 +199,7 @@ def _datasets(reader: _Reader) -> dict[str, DatasetConfig]:
     return out
 
 
-def _ledger(root: _Reader, party_id: str, tls: TlsFiles) -> LedgerConfig:
+def _ledger(root: TomlReader, party_id: str, tls: TlsFiles) -> LedgerConfig:
     table = root.table_at("ledger", required=False)
     path = (table.path("path") if "path" in table.table
             else root.source.parent / f"{party_id}-ledger.sqlite")
@@ -219,13 +207,13 @@ def _ledger(root: _Reader, party_id: str, tls: TlsFiles) -> LedgerConfig:
            else tls.key.parent / f"{party_id}-ledger.key")
     store = table.table.get("store", "sqlite")
     if store not in ("sqlite", "none"):
-        raise table._fail("store", "must be 'sqlite' or 'none'")
+        raise table.fail("store", "must be 'sqlite' or 'none'")
     return LedgerConfig(path, key, store)
 
 
 def load_party_config(path: Path | str) -> PartyConfig:
     source = Path(path).resolve()
-    root = _Reader(source, _load_toml(source), "")
+    root = TomlReader(source, load_toml(source), "")
     party = root.table_at("party")
     party_id = check_party_id(party.string("id"))
     peers = root.table_at("peers", required=False).addresses()
@@ -235,29 +223,13 @@ def load_party_config(path: Path | str) -> PartyConfig:
     if set(peers) & set(dealers):
         raise ConfigError(f"{source}: an id is both a peer and a dealer")
     listen = party.string("listen")
-    tls = _tls(root)
+    tls = read_tls(root)
     metrics = root.table_at("metrics", required=False)
     return PartyConfig(
         source=source, party_id=party_id, listen=listen, tls=tls,
-        peers=peers, dealers=dealers, limits=_limits(root), datasets=_datasets(root),
+        peers=peers, dealers=dealers, limits=read_limits(root), datasets=_datasets(root),
         results_dir=party.path("results_dir") if "results_dir" in party.table
         else source.parent / f"{party_id}-results",
         ledger=_ledger(root, party_id, tls),
         metrics_listen=metrics.string("listen") if "listen" in metrics.table else None,
-    )
-
-
-def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
-    source = Path(path).resolve()
-    root = _Reader(source, _load_toml(source), "")
-    coordinator = root.table_at("coordinator")
-    parties = root.table_at("parties").addresses()
-    if not parties:
-        raise ConfigError(f"{source}: parties must name at least one party")
-    return CoordinatorConfig(
-        source=source, coordinator_id=check_party_id(coordinator.string("id")),
-        tls=_tls(root), parties=parties, limits=_limits(root),
-        receipts_dir=coordinator.path("receipts_dir") if "receipts_dir" in coordinator.table
-        else source.parent / "receipts",
-        dealers=root.table_at("dealers", required=False).addresses(),
     )

@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from invisible.jobs.local import OPEN_POLICY, LocalDataset
+from invisible.coordinator.local import OPEN_POLICY, LocalDataset
 
 SAMPLE_COLUMNS = {
     "bank": {"customer_id": "int", "district": "int", "monthly_spend": "float", "balance": "float"},
@@ -32,7 +32,7 @@ def sample_datasets(policy: Mapping[str, Any] | None = None,
     """The bundled tables as a local federation's datasets, one per party.
 
     `policy`: the datasets' policy table; by default any coordinator may run
-    anything, with k = 10 (see :data:`invisible.jobs.local.OPEN_POLICY`).
+    anything, with k = 10 (see :data:`invisible.coordinator.local.OPEN_POLICY`).
     """
     chosen = dict(OPEN_POLICY) if policy is None else policy
     return {

@@ -23,7 +23,7 @@ from invisible.net.jobs_api import JobRecord
 from invisible.node.secure_sum import KIND, RELEASED_ARRAY, InputRef, SecureSumParams, input_refs
 
 if TYPE_CHECKING:
-    from invisible.jobs.federation import Federation
+    from invisible.coordinator.federation import Federation
 
 
 @dataclass

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.secure_sum import run_secure_sum_params
 from invisible.errors import ConfigError
-from invisible.jobs.federation import Federation
-from invisible.jobs.secure_sum import run_secure_sum_params
 from invisible.node.secure_sum import SecureSumParams
 
 _RESERVED = {"kind", "coordinator", "parties"}

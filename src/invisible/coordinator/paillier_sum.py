@@ -7,13 +7,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from invisible.coordinator.secure_sum import SecureSumResult
 from invisible.errors import ProtocolError
-from invisible.jobs.secure_sum import SecureSumResult
 from invisible.node.paillier_sum import KIND, TOTAL_ARRAY, PaillierSumParams
 from invisible.node.secure_sum import InputRef, SecureSumParams, input_refs
 
 if TYPE_CHECKING:
-    from invisible.jobs.federation import Federation
+    from invisible.coordinator.federation import Federation
 
 
 def run_paillier_sum(

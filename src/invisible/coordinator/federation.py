@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from invisible.coordinator.config import CoordinatorConfig, load_coordinator_config
 from invisible.errors import (
     ConfigError,
     InvisibleError,
@@ -30,10 +31,9 @@ from invisible.net.client import HealthInfo, NodeClient
 from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Role
 from invisible.net.tls import TlsMaterial
-from invisible.node.config import CoordinatorConfig, load_coordinator_config
 
 if TYPE_CHECKING:
-    from invisible.jobs.secure_sum import SecureSumResult
+    from invisible.coordinator.secure_sum import SecureSumResult
 
 _POLL_S = 2.0
 
@@ -209,8 +209,8 @@ class Federation:
     def paillier_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float, *,
                      key_holder: str, **options: Any) -> SecureSumResult:
         """Sum across parties by Paillier encryption; see
-        :func:`invisible.jobs.paillier_sum.run_paillier_sum`."""
-        from invisible.jobs.paillier_sum import run_paillier_sum
+        :func:`invisible.coordinator.paillier_sum.run_paillier_sum`."""
+        from invisible.coordinator.paillier_sum import run_paillier_sum
 
         return run_paillier_sum(self, inputs, bound, key_holder=key_holder, **options)
 
@@ -218,7 +218,7 @@ class Federation:
                    outputs: Sequence[str], dealer: str, **options: Any) -> dict[str, float]:
         """Declared statistics (count, sum, mean, variance, std) of a column split by rows,
         computed on shares with a dealer; see :mod:`invisible.protocols.mpc.statistics`."""
-        from invisible.jobs.statistics import run_statistics
+        from invisible.coordinator.statistics import run_statistics
 
         values, _ = run_statistics(self, inputs, bound, outputs=outputs, dealer=dealer, **options)
         return values
@@ -226,8 +226,8 @@ class Federation:
     def secure_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float,
                    **options: Any) -> SecureSumResult:
         """Sum a column (or per-category totals, or vectors) across parties; see
-        :func:`invisible.jobs.secure_sum.run_secure_sum`."""
-        from invisible.jobs.secure_sum import run_secure_sum
+        :func:`invisible.coordinator.secure_sum.run_secure_sum`."""
+        from invisible.coordinator.secure_sum import run_secure_sum
 
         return run_secure_sum(self, inputs, bound, **options)
 

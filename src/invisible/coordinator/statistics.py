@@ -17,7 +17,7 @@ from invisible.node.statistics import (
 from invisible.protocols.mpc.statistics import finish
 
 if TYPE_CHECKING:
-    from invisible.jobs.federation import Federation, JobResult
+    from invisible.coordinator.federation import Federation, JobResult
 
 
 def run_statistics(federation: Federation, inputs: Mapping[str, tuple[str, str] | InputRef],

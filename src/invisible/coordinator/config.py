@@ -1,0 +1,63 @@
+"""The coordinator's configuration: its identity, the CA, and the nodes it can reach.
+
+A coordinator's file::
+
+    [coordinator]
+    id = "coordinator"
+    receipts_dir = "receipts"    # optional: where every party's signed receipts are kept
+
+    [tls]
+    ca = "pki/ca.pem"
+    cert = "pki/coordinator.pem"
+    key = "pki/coordinator.key"
+
+    [parties]                    # party id -> address
+    bank = "127.0.0.1:50051"
+
+    [dealers]                    # optional: dealer nodes
+    dealer = "127.0.0.1:50054"
+
+    [limits]                     # optional; see invisible.node.config
+    job_timeout_s = 600.0
+
+Relative paths are taken from the folder of the file; every mistake is a
+:class:`ConfigError` naming the file and the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from invisible.errors import ConfigError
+from invisible.net.pki import check_party_id
+from invisible.net.tls import TlsFiles
+from invisible.node.config import Limits, TomlReader, load_toml, read_limits, read_tls
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    source: Path
+    coordinator_id: str
+    tls: TlsFiles
+    parties: dict[str, str]
+    limits: Limits = field(default_factory=Limits)
+    #: Where the parties' signed receipts of every job are kept.
+    receipts_dir: Path = Path("receipts")
+    dealers: dict[str, str] = field(default_factory=dict)
+
+
+def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
+    source = Path(path).resolve()
+    root = TomlReader(source, load_toml(source), "")
+    coordinator = root.table_at("coordinator")
+    parties = root.table_at("parties").addresses()
+    if not parties:
+        raise ConfigError(f"{source}: parties must name at least one party")
+    return CoordinatorConfig(
+        source=source, coordinator_id=check_party_id(coordinator.string("id")),
+        tls=read_tls(root), parties=parties, limits=read_limits(root),
+        receipts_dir=coordinator.path("receipts_dir") if "receipts_dir" in coordinator.table
+        else source.parent / "receipts",
+        dealers=root.table_at("dealers", required=False).addresses(),
+    )
