@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from invisible.benchmarking import Row, measure
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 from invisible.crypto.paillier.djn import FixedBaseTable, ObfuscatorPool
 from invisible.crypto.paillier.interop import encrypt_numbers
 from invisible.crypto.paillier.keys import generate_keypair, random_below
 from invisible.crypto.paillier.packing import Packing
 from invisible.crypto.prg import Prg
-from invisible.coordinator.federation import Federation
-from invisible.coordinator.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 
 PARTIES = ("bank", "hospital", "telco")
 BOUND = 1000.0

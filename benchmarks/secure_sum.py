@@ -86,11 +86,9 @@ def run(quick: bool) -> list[Row]:
                 vectors = [np.loadtxt(datasets[p][f"v{n}"].path, skiprows=1) for p in PARTIES]
                 plain = measure(lambda v=vectors: np.sum(v, axis=0), repeats)
                 sends = []
-                bandwidth = {"sender": "bank", "receiver": "hospital", "elements": n}
 
-                def probe(sends: list = sends, bandwidth: dict = bandwidth) -> None:
-                    result = fed.run("bandwidth", bandwidth, ("bank", "hospital"))
-                    sends.append(result.outputs["bank"]["send_seconds"])
+                def probe(sends: list = sends, n: int = n) -> None:
+                    sends.append(fed.bandwidth("bank", "hospital", n).send_seconds)
 
                 for _ in range(repeats + 1):
                     probe()

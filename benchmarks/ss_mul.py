@@ -10,7 +10,7 @@ Rows (n = 10^6; --quick 10^5), 3 computing parties:
   own venv because SPU pins numpy < 2.
 - `mults/s` with 3 party node processes and a dealer node over mTLS on
   loopback, timed by the parties (slowest party): peer `spu` again, against
-  the same steps as in process (`node.kinds.product_program`, tuples
+  the same steps as in process (`kinds.mul_benchmark.product_program`, tuples
   included); peer `bandwidth-limit` = the channel's raw bytes/s (a
   `bandwidth` job in the same run) divided by the bytes each party sends
   per product, against the product alone.
@@ -35,13 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from invisible.benchmarking import Row, measure, peer_python, timing_of
-from invisible.crypto.prg import Prg
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import NodeProcesses, write_local_federation
+from invisible.crypto.prg import Prg
+from invisible.kinds.mul_benchmark import BENCHMARK_BOUND, MulBenchmarkParams, product_program
 from invisible.net.inprocess import InProcessHub
-from invisible.node.kinds import BENCHMARK_BOUND, product_program
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import DealerProvider, run_dealer
+from invisible.protocols.mpc.dealer import run_dealer
+from invisible.protocols.mpc.provider import DealerProvider
 
 PARTIES = ("bank", "hospital", "telco")
 BOUND = BENCHMARK_BOUND
@@ -191,21 +192,19 @@ def _over_grpc(sizes: list[int], repeats: int) -> GrpcRun:
             for n in sizes:
                 program, product, sent = [], [], []
                 for _ in range(repeats + 1):
-                    result = fed.run("mul_benchmark", {"elements": n, "dealer": "dealer"},
+                    result = fed.run(MulBenchmarkParams(elements=n, dealer="dealer"),
                                      job_parties, timeout_s=600)
-                    outputs = [result.outputs[p] for p in PARTIES]
-                    program.append(max(o["seconds"] for o in outputs))  # the slowest party
-                    product.append(max(o["product_seconds"] for o in outputs))
-                    sent = [o["product_bytes_sent"] for o in outputs]
+                    # the slowest party
+                    program.append(max(result.seconds_by_party[p] for p in PARTIES))
+                    product.append(max(result.product_seconds[p] for p in PARTIES))
+                    sent = [result.product_bytes_sent[p] for p in PARTIES]
                 run.program_rates[n] = n / timing_of(program[1:]).median
                 run.product_rates[n] = n / timing_of(product[1:]).median
                 run.bytes_per_mult = float(np.mean(sent)) / n
             largest = max(sizes)
             raw = []
             for _ in range(repeats + 1):
-                probe = fed.run("bandwidth", {"sender": "bank", "receiver": "hospital",
-                                              "elements": largest}, ("bank", "hospital"))
-                raw.append(probe.outputs["bank"]["send_seconds"])
+                raw.append(fed.bandwidth("bank", "hospital", largest).send_seconds)
             run.raw_bytes_per_s = 8 * largest / timing_of(raw[1:]).median
     return run
 

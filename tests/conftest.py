@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from invisible.coordinator.local import InProcessNodes, LocalLayout, write_local_federation
+from invisible.jobspec import JobSpec
 from invisible.net.inprocess import InProcessHub
-from invisible.net.jobs_api import JobSpec
 from invisible.protocols.channel import Channel
 
 PARTIES = ("alpha", "beta", "gamma")

@@ -68,10 +68,11 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
 
         job = tmp_path / "connectivity.job.toml"
         job.write_text('[job]\nkind = "connectivity"\ncoordinator = "coordinator.toml"\n')
-        ran = invisible("job", "run", str(job))
+        ran = invisible("job", "run", str(job), "--json")
         assert ran.returncode == 0, ran.stderr
         result = json.loads(ran.stdout)
-        assert set(result["outputs"]["bank"]["peers_confirmed"]) == {"hospital", "telco"}
+        rows = {row["party"]: row for row in result["result"]}
+        assert set(rows["bank"]["peers confirmed"]) == {"hospital", "telco"}
         assert all(r["messages_received"] == 4 for r in result["records"].values())
 
         job = tmp_path / "sum.job.toml"
@@ -80,7 +81,7 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
             'max_rows = 1000\n[inputs]\n' + "".join(
                 f'{p} = {{ dataset = "customers", column = "monthly_spend" }}\n' for p in PARTIES)
         )
-        ran = invisible("job", "run", str(job))
+        ran = invisible("job", "run", str(job), "--json")
         assert ran.returncode == 0, ran.stderr
         result = json.loads(ran.stdout)
         expected = sum(

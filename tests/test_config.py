@@ -26,10 +26,16 @@ def test_the_example_configs_in_parties_load():
         config = load_party_config(ROOT / "parties" / party / "party.toml")
         assert config.party_id == party
         assert set(config.peers) == set(SAMPLE_COLUMNS) - {party}
+        assert set(config.dealers) == {"dealer"}
         registry = DatasetRegistry.load(config.datasets)
         assert registry.get("customers").rows > 100
-    coordinator = load_coordinator_config(ROOT / "parties" / "coordinator.toml")
-    assert set(coordinator.parties) == set(SAMPLE_COLUMNS)
+        assert config.datasets["customers"].path.is_relative_to(ROOT / "parties")
+    dealer = load_party_config(ROOT / "parties" / "dealer" / "dealer.toml")
+    assert set(dealer.peers) == set(SAMPLE_COLUMNS) and not dealer.datasets
+    for requester in ("coordinator", "marketing"):
+        coordinator = load_coordinator_config(ROOT / "parties" / f"{requester}.toml")
+        assert set(coordinator.parties) == set(SAMPLE_COLUMNS)
+        assert set(coordinator.dealers) == {"dealer"}
 
 
 def test_sample_columns_are_typed():
@@ -83,3 +89,101 @@ def test_a_value_of_the_wrong_type_is_named_without_showing_it(tmp_path):
     ragged = write(tmp_path / "r.csv", "id,amount\n1,2.5,9\n")
     with pytest.raises(ConfigError, match="line 2 has 3 fields"):
         load_dataset(DatasetConfig("r", ragged, {"amount": "float"}))
+
+
+BOOK = """
+[parties]
+bank = "127.0.0.1:50051"
+hospital = "127.0.0.1:50052"
+telco = "127.0.0.1:50053"
+
+[dealers]
+dealer = "127.0.0.1:50054"
+"""
+TLS = '[tls]\nca = "ca.pem"\ncert = "n.pem"\nkey = "n.key"\n'
+
+
+def party_file(folder: Path, party: str, extra: str = "") -> Path:
+    """A node config in `folder` that names ../federation.toml."""
+    folder.mkdir(exist_ok=True)
+    return write(folder / "party.toml", f'[party]\nid = "{party}"\nfederation = '
+                 f'"../federation.toml"\n{extra}\n{TLS}')
+
+
+def test_a_party_and_a_dealer_take_their_peers_and_address_from_the_book(tmp_path):
+    write(tmp_path / "federation.toml", BOOK)
+    bank = load_party_config(party_file(tmp_path / "bank", "bank"))
+    assert bank.peers == {"hospital": "127.0.0.1:50052", "telco": "127.0.0.1:50053"}
+    assert bank.dealers == {"dealer": "127.0.0.1:50054"}
+    assert bank.listen == "127.0.0.1:50051"
+    dealer = load_party_config(party_file(tmp_path / "dealer", "dealer"))
+    assert dealer.peers == {"bank": "127.0.0.1:50051", "hospital": "127.0.0.1:50052",
+                            "telco": "127.0.0.1:50053"}
+    assert dealer.dealers == {} and dealer.listen == "127.0.0.1:50054"
+
+
+def test_an_explicit_listen_wins_over_the_book(tmp_path):
+    write(tmp_path / "federation.toml", BOOK)
+    config = load_party_config(party_file(tmp_path / "bank", "bank", 'listen = "0.0.0.0:50051"'))
+    assert config.listen == "0.0.0.0:50051"
+    assert set(config.peers) == {"hospital", "telco"}
+
+
+def test_a_coordinator_takes_parties_and_dealers_from_the_book(tmp_path):
+    write(tmp_path / "federation.toml", BOOK)
+    config = load_coordinator_config(write(
+        tmp_path / "coordinator.toml",
+        f'[coordinator]\nid = "coordinator"\nfederation = "federation.toml"\n{TLS}'))
+    assert config.parties == {"bank": "127.0.0.1:50051", "hospital": "127.0.0.1:50052",
+                              "telco": "127.0.0.1:50053"}
+    assert config.dealers == {"dealer": "127.0.0.1:50054"}
+
+
+def test_a_node_missing_from_the_book_is_named(tmp_path):
+    write(tmp_path / "federation.toml", BOOK)
+    with pytest.raises(ConfigError, match=r"party.toml: party.id 'insurer' is in neither "
+                       r"\[parties\] nor \[dealers\] of the address book .*federation.toml"):
+        load_party_config(party_file(tmp_path / "insurer", "insurer"))
+
+
+def test_a_book_and_an_explicit_table_together_are_refused(tmp_path):
+    write(tmp_path / "federation.toml", BOOK)
+    with pytest.raises(ConfigError, match=r"party.toml: party.federation and \[peers\] both"):
+        load_party_config(party_file(tmp_path / "bank", "bank",
+                                     '[peers]\nhospital = "127.0.0.1:50052"'))
+    with pytest.raises(ConfigError, match=r"party.federation and \[dealers\] both"):
+        load_party_config(party_file(tmp_path / "bank", "bank",
+                                     '[dealers]\ndealer = "127.0.0.1:50054"'))
+    coordinator = '[coordinator]\nid = "coordinator"\nfederation = "federation.toml"\n'
+    with pytest.raises(ConfigError, match=r"c.toml: coordinator.federation and \[parties\], "
+                       r"\[dealers\] both"):
+        load_coordinator_config(write(tmp_path / "c.toml", coordinator + (
+            '[parties]\nbank = "127.0.0.1:1"\n[dealers]\ndealer = "127.0.0.1:2"\n')))
+
+
+def test_a_missing_or_invalid_book_is_named(tmp_path):
+    bank = party_file(tmp_path / "bank", "bank")
+    with pytest.raises(ConfigError, match=r"party.toml: party.federation names no usable "
+                       r"address book \(address book not found: .*federation.toml\)"):
+        load_party_config(bank)
+    write(tmp_path / "federation.toml", "[parties\n")
+    with pytest.raises(ConfigError, match=r"party.federation .*federation.toml is not valid TOML"):
+        load_party_config(bank)
+    write(tmp_path / "federation.toml", '[parties]\nbank = "no port"\n')
+    with pytest.raises(ConfigError, match=r"federation.toml: parties.bank must be an address"):
+        load_party_config(bank)
+    write(tmp_path / "federation.toml", '[dealers]\ndealer = "127.0.0.1:1"\n')
+    with pytest.raises(ConfigError, match=r"federation.toml: parties is missing"):
+        load_party_config(bank)
+    write(tmp_path / "federation.toml", '[parties]\nbank = "127.0.0.1:1"\n[peers]\n')
+    with pytest.raises(ConfigError, match=r"federation.toml: peers is not a table of an "
+                       r"address book"):
+        load_party_config(bank)
+    write(tmp_path / "federation.toml", '[parties]\nbank = "127.0.0.1:1"\n'
+          '[dealers]\nbank = "127.0.0.1:2"\n')
+    with pytest.raises(ConfigError, match=r"federation.toml: dealers names 'bank', which is "
+                       r"also a party"):
+        load_party_config(bank)
+    with pytest.raises(ConfigError, match=r"c.toml: coordinator.federation must be a non-empty"):
+        load_coordinator_config(write(tmp_path / "c.toml",
+                                      f'[coordinator]\nid = "c"\nfederation = 3\n{TLS}'))

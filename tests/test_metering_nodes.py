@@ -15,8 +15,8 @@ from invisible.api import meter_report
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, NodeProcesses, write_local_federation
 from invisible.errors import PolicyError
+from invisible.jobspec import JobSpec
 from invisible.metering.ledger import Ledger
-from invisible.net.jobs_api import JobSpec
 from invisible.node.config import load_party_config
 from invisible.samples import SAMPLE_COLUMNS, sample_datasets
 

@@ -20,12 +20,14 @@ from invisible.crypto.fixedpoint import decode, encode
 from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE, reconstruct, share
 from invisible.errors import ProtocolError
+from invisible.jobspec import JobSpec
 from invisible.net.inprocess import InProcessHub
-from invisible.net.jobs_api import JobSpec
 from invisible.protocols.mpc import arithmetic
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import DealerProvider, run_dealer
+from invisible.protocols.mpc.dealer import run_dealer
+from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray
+from invisible.protocols.mpc.tuples import CATALOGUE, CMP_BITS, component_shapes
 
 _jobs = itertools.count()
 F = 16
@@ -385,37 +387,73 @@ def test_a_requested_tuple_is_collected_once_and_arrives_while_parties_work():
     assert np.array_equal(a * b, c)
 
 
+U64, SHIFT = np.uint64, np.uint64(1 << 62)
+
+
+def truncation_parts_agree(r, high, low):
+    assert np.array_equal(high, (r >> U64(63)) << U64(63 - F))
+    assert np.array_equal(low, ((r & U64((1 << 63) - 1)) >> U64(F)) + U64(1 << (62 - F)))
+
+
+def triple_holds(a, b, c):
+    assert np.array_equal(c, a * b)
+
+
+def matrix_holds(a, b, c):
+    assert c.shape == (4, 3) and np.array_equal(c, a @ b)
+
+
+def trunc_holds(masks, high, low):
+    truncation_parts_agree(masks - SHIFT, high, low)
+
+
+def triple_trunc_holds(a, b, c_masked, high, low):
+    truncation_parts_agree(c_masked - a * b - SHIFT, high, low)
+
+
+def matrix_trunc_holds(a, b, c_masked, high, low):
+    truncation_parts_agree(c_masked - a @ b - SHIFT, high, low)
+
+
+def cmp_holds(r, msb, top, *bits):
+    assert len(bits) == CMP_BITS
+    assert np.array_equal(msb, r >> U64(63))
+    assert np.array_equal(top, (r & U64((1 << 63) - 1)) >> U64(62))
+    assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64((1 << 62) - 1))
+
+
+#: For every kind in the catalogue: shapes to ask for, and a check of what its doc promises.
+PROMISES = {
+    "triple": ([(50,)], triple_holds),
+    "matrix": ([(4, 6), (6, 3)], matrix_holds),
+    "trunc": ([(50,)], trunc_holds),
+    "triple-trunc": ([(50,)], triple_trunc_holds),
+    "matrix-trunc": ([(4, 6), (6, 3)], matrix_trunc_holds),
+    "cmp": ([(50,)], cmp_holds),
+}
+
+
 @pytest.mark.parametrize("parties", [2, 3])
 def test_every_tuple_kind_reconstructs_to_what_it_promises(parties):
+    untested = sorted(set(CATALOGUE) - set(PROMISES))
+    assert untested == [], f"catalogue entries without a check in PROMISES: {untested}"
     engine = inprocess_engine(parties)
-    kinds = [("triple", [(50,)]), ("matrix", [(4, 6), (6, 3)]), ("trunc", [(50,)]),
-             ("triple-trunc", [(50,)]), ("matrix-trunc", [(4, 6), (6, 3)]), ("cmp", [(50,)])]
-    results = engine.run(lambda ctx, prov: [prov.take(kind, shapes, F).all()
-                                            for kind, shapes in kinds])
-    tuples = {kind: [reconstruct(np.stack([results[p][0][i][k] for p in engine.parties]))
-                     for k in range(len(results[engine.parties[0]][0][i]))]
-              for i, (kind, _) in enumerate(kinds)}
-    u64, shift = np.uint64, np.uint64(1 << 62)
+    kinds = list(CATALOGUE)
+    results = engine.run(lambda ctx, prov: [prov.take(kind, PROMISES[kind][0], F).all()
+                                            for kind in kinds])
+    for i, kind in enumerate(kinds):
+        count = len(results[engine.parties[0]][0][i])
+        components = [reconstruct(np.stack([results[p][0][i][k] for p in engine.parties]))
+                      for k in range(count)]
+        assert [c.shape for c in components] == component_shapes(kind, PROMISES[kind][0])
+        PROMISES[kind][1](*components)
 
-    def truncation_parts_agree(r, high, low):
-        assert np.array_equal(high, (r >> u64(63)) << u64(63 - F))
-        assert np.array_equal(low, ((r & u64((1 << 63) - 1)) >> u64(F)) + u64(1 << (62 - F)))
 
-    a, b, c = tuples["triple"]
-    assert np.array_equal(c, a * b)
-    a, b, c = tuples["matrix"]
-    assert c.shape == (4, 3) and np.array_equal(c, a @ b)
-    masks, high, low = tuples["trunc"]
-    truncation_parts_agree(masks - shift, high, low)
-    a, b, c_masked, high, low = tuples["triple-trunc"]
-    truncation_parts_agree(c_masked - a * b - shift, high, low)
-    a, b, c_masked, high, low = tuples["matrix-trunc"]
-    truncation_parts_agree(c_masked - a @ b - shift, high, low)
-    r, msb, top, *bits = tuples["cmp"]
-    assert np.array_equal(msb, r >> u64(63))
-    assert np.array_equal(top, (r & u64((1 << 63) - 1)) >> u64(62))
-    assert np.array_equal(sum(bit << u64(i) for i, bit in enumerate(bits)),
-                          r & u64((1 << 62) - 1))
+def test_tuple_requests_name_an_unknown_kind_or_shapes_that_do_not_fit():
+    for kind, shapes in [("square", [(3,)]), ("triple", [(3,), (3,)]), ("matrix", [(4, 6), (5, 3)]),
+                         ("matrix-trunc", [(4,), (4,)])]:
+        with pytest.raises(ProtocolError, match=f"unknown tuple kind or shapes: {kind} "):
+            component_shapes(kind, shapes)
 
 
 def test_random_components_need_no_message_and_dependent_ones_go_to_each_party_in_turn():

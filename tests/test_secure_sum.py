@@ -20,8 +20,9 @@ from invisible.coordinator.local import InProcessNodes, LocalDataset, write_loca
 from invisible.crypto.fixedpoint import BoundError, check_sum_capacity, decode, encode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, PartyUnavailableError, ProtocolError
+from invisible.kinds.secure_sum import RELEASED_ARRAY
+from invisible.net.jobs_api import status_to_proto
 from invisible.net.pki import Identity, Role
-from invisible.node.secure_sum import RELEASED_ARRAY
 from invisible.protocols.secure_sum import masked_input, secure_sum
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -258,7 +259,7 @@ def test_released_outputs_are_dropped_after_the_retention_time(tmp_path):
         assert executor.drop_expired_outputs() == 0
         with pytest.raises(ConfigError, match="dropped 0.3 s after it finished"):
             executor.job_output(result.job_id, RELEASED_ARRAY, requester)
-        status = executor.job_status(result.job_id, requester, 0).to_proto()
+        status = status_to_proto(executor.job_status(result.job_id, requester, 0))
         assert [h.step for h in status.output_arrays] == [RELEASED_ARRAY]  # still named
 
 
@@ -325,12 +326,10 @@ def test_statistics_on_shares_match_numpy_within_1e3(credit_with_dealer, column)
 
 
 def test_statistics_open_only_the_declared_outputs(credit_with_dealer):
-    from invisible.coordinator.statistics import run_statistics
-
     fed, datasets = credit_with_dealer
     inputs = {p: ("credit", "x1") for p in CREDIT_PARTIES}
-    values, result = run_statistics(fed, inputs, 100.0, outputs=["std"], dealer="dealer",
-                                    max_rows=10_000)
+    values = fed.statistics(inputs, 100.0, outputs=["std"], dealer="dealer", max_rows=10_000)
+    result = values.job
     assert set(values) == {"std"}
     assert values["std"] == pytest.approx(column_values(datasets, "x1").std(), abs=1e-3)
     for party in CREDIT_PARTIES:
@@ -360,7 +359,7 @@ def test_statistics_to_a_party_recipient_and_bad_requests(credit_with_dealer):
     assert out["mean"] == pytest.approx(column_values(datasets, "x0").mean(), abs=1e-3)
     with pytest.raises(ConfigError, match="'dealer' must name a dealer that is not an input"):
         fed.statistics(inputs, 100.0, outputs=["mean"], dealer="guest")
-    with pytest.raises(ConfigError, match="'outputs' must list some of"):
+    with pytest.raises(ConfigError, match="'outputs' must be a list of strings, one of"):
         fed.statistics(inputs, 100.0, outputs=["median"], dealer="dealer")
     with pytest.raises(ProtocolError, match="failed on party .*outside the declared bound 0.5"):
         fed.statistics(inputs, 0.5, outputs=["mean"], dealer="dealer", max_rows=10_000)

@@ -17,8 +17,8 @@ from invisible.errors import (
     PeerAuthenticationError,
     PolicyError,
 )
+from invisible.jobspec import JobSpec
 from invisible.net.client import NodeClient
-from invisible.net.jobs_api import JobSpec
 from invisible.net.pki import CertificateAuthority, Identity, Role
 from invisible.net.server import HealthServicer, build_server
 from invisible.net.tls import TlsFiles, TlsMaterial
@@ -51,8 +51,9 @@ def test_nodes_reach_each_other_and_the_coordinator_reaches_all(layout):
     with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
         health = fed.health(timeout_s=10)
         assert {p: h.party_id for p, h in health.items()} == {p: p for p in layout.addresses}
-        result = fed.run("connectivity")
-        assert set(result.outputs["alpha"]["peers_confirmed"]) == {"beta", "gamma"}
+        result = fed.connectivity()
+        assert set(result.peers_confirmed["alpha"]) == {"beta", "gamma"}
+        assert result.ok
 
 
 def test_a_peer_certified_by_another_ca_is_refused_at_the_handshake(layout, tmp_path):

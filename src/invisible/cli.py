@@ -3,7 +3,9 @@
     invisible pki init DIR --parties bank,hospital,telco [--coordinators c] [--dealers d]
     invisible node serve --config parties/bank/party.toml [--role dealer]
     invisible health --coordinator parties/coordinator.toml
-    invisible job run job.toml
+    invisible job run job.toml [--json]
+    invisible job kinds [--markdown]
+    invisible job template KIND [--coordinator coordinator.toml]
     invisible meter report --config party.toml [--json|--csv] [--since DATE]
     invisible meter verify --config party.toml [--receipts DIR]
     invisible meter verify-receipt RECEIPT --public-key bank-ledger.pub
@@ -100,7 +102,34 @@ def _health(args: argparse.Namespace) -> int:
 def _job_run(args: argparse.Namespace) -> int:
     from invisible.coordinator.jobfile import run_job_file
 
-    print(json.dumps(run_job_file(args.job), indent=2, sort_keys=True))
+    result = run_job_file(args.job)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        print(result.report())
+    return 0
+
+
+def _job_kinds(args: argparse.Namespace) -> int:
+    from invisible.coordinator.templates import kinds_markdown, kinds_text
+
+    print(kinds_markdown() if args.markdown else kinds_text(), end="" if args.markdown else "\n")
+    return 0
+
+
+def _job_template(args: argparse.Namespace) -> int:
+    from invisible.coordinator.templates import EXAMPLE_DEALER, EXAMPLE_PARTIES, job_template
+
+    parties: tuple[str, ...] = EXAMPLE_PARTIES
+    dealer, coordinator = EXAMPLE_DEALER, "coordinator.toml"
+    if args.coordinator:
+        from invisible.coordinator.config import load_coordinator_config
+
+        config = load_coordinator_config(args.coordinator)
+        parties = tuple(config.parties)
+        dealer = next(iter(config.dealers), EXAMPLE_DEALER)
+        coordinator = args.coordinator
+    print(job_template(args.kind, parties, dealer, coordinator), end="")
     return 0
 
 
@@ -227,9 +256,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     job = commands.add_parser("job", help="joint jobs").add_subparsers(
         dest="job_command", required=True)
-    run = job.add_parser("run", help="run a job described by a TOML file")
+    run = job.add_parser("run", help="run a job described by a TOML file; print its result")
     run.add_argument("job")
+    run.add_argument("--json", action="store_true", help="the result as JSON")
     run.set_defaults(handler=_job_run)
+    kinds = job.add_parser("kinds", help="the job kinds and their parameters")
+    kinds.add_argument("--markdown", action="store_true", help="as the README's reference")
+    kinds.set_defaults(handler=_job_kinds)
+    template = job.add_parser("template", help="a commented job file for one kind")
+    template.add_argument("kind")
+    template.add_argument("--coordinator", help="take party and dealer names from this "
+                          "coordinator config (default: the example federation's)")
+    template.set_defaults(handler=_job_template)
 
     meter = commands.add_parser("meter", help="reports and audits of a node's ledger")
     meters = meter.add_subparsers(dest="meter_command", required=True)

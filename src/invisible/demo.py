@@ -33,8 +33,8 @@ import numpy as np
 
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import LocalLayout, NodeProcesses, write_local_federation
-from invisible.coordinator.secure_sum import SecureSumResult
 from invisible.errors import InvisibleError, PolicyError
+from invisible.kinds.secure_sum import SecureSumResult
 from invisible.metering import report
 from invisible.metering.audit import verify_ledger
 from invisible.metering.signing import load_public_key
@@ -83,7 +83,7 @@ def _print_records(result: SecureSumResult) -> None:
 
 
 def _joint_jobs(federation: Federation, parties: list[str]) -> bool:
-    connectivity = federation.run("connectivity")
+    connectivity = federation.connectivity()
     print(f"[3/{STEPS}] connectivity: every pair agreed on a fresh X25519 secret "
           f"({connectivity.seconds * 1000:.0f} ms)")
     inputs = {p: (SAMPLE_DATASET, "monthly_spend") for p in parties}

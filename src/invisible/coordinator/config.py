@@ -20,6 +20,16 @@ A coordinator's file::
     [limits]                     # optional; see invisible.node.config
     job_timeout_s = 600.0
 
+Instead of ``[parties]`` and ``[dealers]``, the coordinator may name the
+federation's address book (see invisible.node.config), the file every node
+names too::
+
+    [coordinator]
+    id = "coordinator"
+    federation = "federation.toml"   # its [parties] and [dealers]
+
+A file gives either ``federation`` or ``[parties]``/``[dealers]``, not both.
+
 Relative paths are taken from the folder of the file; every mistake is a
 :class:`ConfigError` naming the file and the key.
 """
@@ -32,7 +42,14 @@ from pathlib import Path
 from invisible.errors import ConfigError
 from invisible.net.pki import check_party_id
 from invisible.net.tls import TlsFiles
-from invisible.node.config import Limits, TomlReader, load_toml, read_limits, read_tls
+from invisible.node.config import (
+    Limits,
+    TomlReader,
+    load_toml,
+    read_address_book,
+    read_limits,
+    read_tls,
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,12 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     source = Path(path).resolve()
     root = TomlReader(source, load_toml(source), "")
     coordinator = root.table_at("coordinator")
-    parties = root.table_at("parties").addresses()
+    book = read_address_book(root, coordinator, ("parties", "dealers"))
+    if book is not None:
+        parties, dealers = book.parties, book.dealers
+    else:
+        parties = root.table_at("parties").addresses()
+        dealers = root.table_at("dealers", required=False).addresses()
     if not parties:
         raise ConfigError(f"{source}: parties must name at least one party")
     return CoordinatorConfig(
@@ -59,5 +81,5 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
         tls=read_tls(root), parties=parties, limits=read_limits(root),
         receipts_dir=coordinator.path("receipts_dir") if "receipts_dir" in coordinator.table
         else source.parent / "receipts",
-        dealers=root.table_at("dealers", required=False).addresses(),
+        dealers=dealers,
     )

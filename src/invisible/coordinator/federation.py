@@ -13,9 +13,8 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,38 +26,21 @@ from invisible.errors import (
     PartyUnavailableError,
     ProtocolError,
 )
+from invisible.jobspec import JobResult, JobSpec, JobState, JobStatus
+from invisible.kinds.bandwidth import BandwidthParams, BandwidthResult
+from invisible.kinds.connectivity import ConnectivityParams, ConnectivityResult
+from invisible.kinds.paillier_sum import PaillierSumParams
+from invisible.kinds.params import InputRef, Params, input_refs
+from invisible.kinds.registry import find_kind, kind_of
+from invisible.kinds.secure_sum import DEFAULT_MAX_ROWS, SecureSumParams, SecureSumResult
+from invisible.kinds.statistics import StatisticsParams, StatisticsResult
 from invisible.net.client import HealthInfo, NodeClient
-from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Role
 from invisible.net.tls import TlsMaterial
 
-if TYPE_CHECKING:
-    from invisible.coordinator.secure_sum import SecureSumResult
-
 _POLL_S = 2.0
-
-
-@dataclass
-class JobResult:
-    job_id: str
-    kind: str
-    parties: tuple[str, ...]
-    statuses: dict[str, JobStatus] = field(default_factory=dict)
-    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-    seconds: float = 0.0
-
-    @property
-    def records(self) -> dict[str, JobRecord]:
-        return {p: s.record for p, s in self.statuses.items()}
-
-    @property
-    def outputs(self) -> dict[str, dict[str, Any]]:
-        return {p: s.output for p, s in self.statuses.items()}
-
-    @property
-    def receipts(self) -> dict[str, list[dict[str, Any]]]:
-        """Each party's signed ledger entries for this job (verify with its ledger key)."""
-        return {p: s.receipts for p, s in self.statuses.items()}
+R = TypeVar("R")
+Columns = Mapping[str, tuple[str, str] | InputRef]
 
 
 class Federation:
@@ -106,16 +88,40 @@ class Federation:
         futures = {p: self._pool.submit(c.health, timeout_s) for p, c in self.clients.items()}
         return {party: future.result() for party, future in futures.items()}
 
-    def run(
-        self,
-        kind: str,
-        params: dict[str, Any] | None = None,
-        parties: Sequence[str] | None = None,
-        *,
-        job_id: str | None = None,
-        timeout_s: float | None = None,
-    ) -> JobResult:
-        """Run one job on the given parties (default: all); all finish, or nothing is released.
+    def run(self, params: Params[R], parties: Sequence[str] | None = None, *,
+            job_id: str | None = None, timeout_s: float | None = None) -> R:
+        """Run a job of any kind and return its typed result.
+
+        The parameters are checked here exactly as every node will check them
+        (so a mistake is reported before any node is contacted); the job runs
+        on ``parties`` or, by default, on the parties the parameters name (all
+        of the federation's for kinds that name none); the kind decodes what
+        the parties released.
+        """
+        kind = kind_of(params)
+        chosen = tuple(parties or params.job_parties(self.parties))
+        checked = type(params).parse(params.to_json(), chosen)
+        gathered = self._run_checked(kind.name, kind.version, checked.to_json(), chosen,
+                                     job_id, timeout_s)
+        result: R = kind.finish(checked, gathered)
+        return result
+
+    def run_raw(self, kind: str, params: Mapping[str, Any] | None = None,
+                parties: Sequence[str] | None = None, *, job_id: str | None = None,
+                timeout_s: float | None = None) -> JobResult:
+        """Run a job from a kind's name and its parameters as a JSON object; the gathered,
+        undecoded result. The parameters are checked as in :meth:`run`."""
+        found = find_kind(kind)
+        raw = dict(params or {})
+        chosen = tuple(parties or found.params_type.read(raw).job_parties(self.parties))
+        checked = found.params_type.parse(raw, chosen)
+        return self._run_checked(found.name, found.version, checked.to_json(), chosen, job_id,
+                                 timeout_s)
+
+    def _run_checked(self, kind: str, version: int, params: dict[str, Any],
+                     chosen: tuple[str, ...], job_id: str | None,
+                     timeout_s: float | None) -> JobResult:
+        """Run one job on the given parties; all finish, or nothing is released.
 
         Steps: prepare the job on every party (each checks its policy and
         reserves quota; a refusal anywhere cancels it on the parties that had
@@ -124,9 +130,8 @@ class Federation:
         if any failed, raise naming the party where it started. Each party's
         signed receipt is kept in the result (and in the receipts folder).
         """
-        chosen = tuple(parties or self.parties)
         clients = {p: self._client(p) for p in chosen}
-        spec = JobSpec(job_id or f"{kind}-{uuid.uuid4().hex[:12]}", kind, chosen, params or {})
+        spec = JobSpec(job_id or f"{kind}-{uuid.uuid4().hex[:12]}", kind, chosen, params, version)
         started = time.perf_counter()
         self._on_every_party(clients, spec.job_id, lambda c: c.start_job(spec), "refused")
         self._on_every_party(clients, spec.job_id, lambda c: c.run_job(spec.job_id), "failed")
@@ -151,8 +156,8 @@ class Federation:
             raise ProtocolError(
                 f"job '{spec.job_id}' failed on party '{party}': {error}; no result was released"
             )
-        result = JobResult(spec.job_id, kind, chosen, statuses, arrays,
-                           time.perf_counter() - started)
+        result = JobResult(spec.job_id, kind, chosen, statuses, self.config.coordinator_id,
+                           arrays, time.perf_counter() - started)
         self._keep_receipts(result)
         return result
 
@@ -204,32 +209,59 @@ class Federation:
                 break
         if status.state is not JobState.FINISHED:
             return status, {}
-        return status, {name: client.fetch_output(job_id, name) for name in status.array_headers}
+        return status, {name: client.fetch_output(job_id, name) for name in status.released}
 
-    def paillier_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float, *,
-                     key_holder: str, **options: Any) -> SecureSumResult:
-        """Sum across parties by Paillier encryption; see
-        :func:`invisible.coordinator.paillier_sum.run_paillier_sum`."""
-        from invisible.coordinator.paillier_sum import run_paillier_sum
+    # -- the named helpers a notebook calls; each is `run` with the kind's parameters --------
 
-        return run_paillier_sum(self, inputs, bound, key_holder=key_holder, **options)
+    def secure_sum(self, inputs: Columns, bound: float, *, group_by: str | None = None,
+                   categories: int | None = None, elementwise: bool = False,
+                   length: int | None = None, fractional_bits: int = 16,
+                   max_rows: int = DEFAULT_MAX_ROWS, recipient: str | None = None,
+                   job_id: str | None = None, timeout_s: float | None = None,
+                   ) -> SecureSumResult:
+        """Sum a column across the parties named in `inputs` ({party: (dataset, column)}):
+        its total, per-category totals (`group_by`, `categories`), or the column itself
+        as a vector (`elementwise`, `length`). See :mod:`invisible.kinds.secure_sum`."""
+        return self.run(SecureSumParams(
+            inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
+            fractional_bits=fractional_bits, group_by=group_by, categories=categories,
+            elementwise=elementwise, length=length, recipient=recipient),
+            job_id=job_id, timeout_s=timeout_s)
 
-    def statistics(self, inputs: Mapping[str, tuple[str, str]], bound: float, *,
-                   outputs: Sequence[str], dealer: str, **options: Any) -> dict[str, float]:
-        """Declared statistics (count, sum, mean, variance, std) of a column split by rows,
-        computed on shares with a dealer; see :mod:`invisible.protocols.mpc.statistics`."""
-        from invisible.coordinator.statistics import run_statistics
+    def paillier_sum(self, inputs: Columns, bound: float, *, key_holder: str,
+                     aggregator: str | None = None, group_by: str | None = None,
+                     categories: int | None = None, elementwise: bool = False,
+                     length: int | None = None, fractional_bits: int = 16,
+                     max_rows: int = DEFAULT_MAX_ROWS, key_bits: int = 2048,
+                     job_id: str | None = None, timeout_s: float | None = None,
+                     ) -> SecureSumResult:
+        """The sums of :meth:`secure_sum` by Paillier encryption; the key holder decrypts
+        the total for the requester. See :mod:`invisible.kinds.paillier_sum`."""
+        return self.run(PaillierSumParams(
+            inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
+            fractional_bits=fractional_bits, group_by=group_by, categories=categories,
+            elementwise=elementwise, length=length, key_holder=key_holder,
+            aggregator=aggregator, key_bits=key_bits), job_id=job_id, timeout_s=timeout_s)
 
-        values, _ = run_statistics(self, inputs, bound, outputs=outputs, dealer=dealer, **options)
-        return values
+    def statistics(self, inputs: Columns, bound: float, *, outputs: Sequence[str], dealer: str,
+                   max_rows: int = 1 << 20, recipient: str | None = None, ddof: int = 0,
+                   job_id: str | None = None, timeout_s: float | None = None,
+                   ) -> StatisticsResult:
+        """Declared statistics (count, sum, mean, variance, std; variance with divisor
+        count - ddof) of a column split by rows, on shares with a dealer node; reads like a
+        dict. See :mod:`invisible.kinds.statistics`."""
+        return self.run(StatisticsParams(
+            inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
+            outputs=tuple(outputs), dealer=dealer, recipient=recipient, ddof=ddof),
+            job_id=job_id, timeout_s=timeout_s)
 
-    def secure_sum(self, inputs: Mapping[str, tuple[str, str]], bound: float,
-                   **options: Any) -> SecureSumResult:
-        """Sum a column (or per-category totals, or vectors) across parties; see
-        :func:`invisible.coordinator.secure_sum.run_secure_sum`."""
-        from invisible.coordinator.secure_sum import run_secure_sum
+    def connectivity(self, parties: Sequence[str] | None = None) -> ConnectivityResult:
+        """Every pair of parties (default: all) proves mTLS reachability and key agreement."""
+        return self.run(ConnectivityParams(), parties)
 
-        return run_secure_sum(self, inputs, bound, **options)
+    def bandwidth(self, sender: str, receiver: str, elements: int) -> BandwidthResult:
+        """Diagnostic: the raw rate of the channel from `sender` to `receiver`."""
+        return self.run(BandwidthParams(sender=sender, receiver=receiver, elements=elements))
 
 
 def _root_cause(failed: dict[str, tuple[str, str]]) -> tuple[str, str]:

@@ -3,13 +3,16 @@
     [job]
     kind = "secure_sum"
     coordinator = "coordinator.toml"     # relative to this file
-    parties = ["bank", "hospital", "telco"]   # optional; default: those in [inputs], else all
+    parties = ["bank", "hospital", "telco"]   # optional; default: those the parameters name
     bound = 100000.0                     # any other key is a parameter of the kind
     group_by = "district"
     categories = 8
 
     [inputs]                             # per party: what it contributes
     bank = { dataset = "customers", column = "monthly_spend" }
+
+`invisible job kinds` lists every kind's parameters; `invisible job template
+KIND` prints a commented file for one kind.
 """
 
 from __future__ import annotations
@@ -20,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from invisible.coordinator.federation import Federation
-from invisible.coordinator.secure_sum import run_secure_sum_params
 from invisible.errors import ConfigError
-from invisible.node.secure_sum import SecureSumParams
+from invisible.kinds.registry import find_kind
+from invisible.kinds.results import Result
 
 _RESERVED = {"kind", "coordinator", "parties"}
 
@@ -57,8 +60,6 @@ def load_job_file(path: Path | str) -> JobFile:
     if inputs is not None:
         params["inputs"] = inputs
     parties = job.get("parties")
-    if parties is None and isinstance(inputs, dict):
-        parties = list(inputs)
     if parties is not None and not (
         isinstance(parties, list) and all(isinstance(p, str) for p in parties)
     ):
@@ -67,22 +68,17 @@ def load_job_file(path: Path | str) -> JobFile:
                    tuple(parties) if parties else None, params)
 
 
-def run_job_file(path: Path | str) -> dict[str, Any]:
-    """Run the job and return a JSON-ready summary: outputs and each party's record."""
+def run_job_file(path: Path | str) -> Result:
+    """Run the job a file describes and return its kind's typed result.
+
+    The parameters are checked against the kind's declaration before the
+    coordinator config is even read, so a mistake costs no connection.
+    """
     job = load_job_file(path)
+    kind = find_kind(job.kind)
+    params = kind.params_type.read(job.params)
+    if job.parties is not None:
+        kind.params_type.parse(job.params, job.parties)
     with Federation.from_config(job.coordinator) as federation:
-        if job.kind == "secure_sum":
-            if not isinstance(job.params.get("inputs"), dict):
-                raise ConfigError(f"{job.source}: a secure_sum job needs an [inputs] table")
-            params = SecureSumParams.from_json(job.params, tuple(job.params["inputs"]))
-            result = run_secure_sum_params(federation, params)
-            return {
-                "job_id": result.job_id, "kind": job.kind, "recipient": result.recipient,
-                "total": None if result.total is None else result.total.tolist(),
-                "records": {p: r.__dict__ for p, r in result.records.items()},
-            }
-        generic = federation.run(job.kind, job.params, job.parties)
-        return {
-            "job_id": generic.job_id, "kind": job.kind, "outputs": generic.outputs,
-            "records": {p: r.__dict__ for p, r in generic.records.items()},
-        }
+        result: Result = federation.run(params, job.parties)
+        return result

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from invisible.coordinator.tomlvalues import toml_string, toml_value
 from invisible.errors import InvisibleError
 from invisible.net.pki import Role, init_pki
 from invisible.node.config import load_party_config
@@ -64,25 +65,6 @@ class LocalLayout:
         return next(iter(self.coordinator_configs.values()))
 
 
-def _toml_string(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _toml_value(value: Any) -> str:
-    """Inline TOML for the plain values a policy holds."""
-    if isinstance(value, str):
-        return _toml_string(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} as TOML")
-
-
 def write_local_federation(
     directory: Path,
     parties: Sequence[str],
@@ -97,35 +79,35 @@ def write_local_federation(
     pki = directory / "pki"
     init_pki(pki, list(parties), list(coordinators), list(dealers), overwrite=True)
     addresses = {p: f"{LOOPBACK}:{free_port()}" for p in [*parties, *dealers]}
-    dealer_lines = ["[dealers]", *[f"{d} = {_toml_string(addresses[d])}" for d in dealers], ""]
+    dealer_lines = ["[dealers]", *[f"{d} = {toml_string(addresses[d])}" for d in dealers], ""]
     limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
     party_configs, dealer_configs = {}, {}
     for dealer in dealers:  # a dealer's peers are the parties; it holds no data
         path = directory / f"{dealer}.toml"
         path.write_text("\n".join([
-            "[party]", f"id = {_toml_string(dealer)}", f"listen = {_toml_string(addresses[dealer])}",
-            "", "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
-            f"cert = {_toml_string(str(pki / f'{dealer}.pem'))}",
-            f"key = {_toml_string(str(pki / f'{dealer}.key'))}", "", "[peers]",
-            *[f"{p} = {_toml_string(addresses[p])}" for p in parties],
+            "[party]", f"id = {toml_string(dealer)}", f"listen = {toml_string(addresses[dealer])}",
+            "", "[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
+            f"cert = {toml_string(str(pki / f'{dealer}.pem'))}",
+            f"key = {toml_string(str(pki / f'{dealer}.key'))}", "", "[peers]",
+            *[f"{p} = {toml_string(addresses[p])}" for p in parties],
             "", "[limits]", *limit_lines, "",
         ]))
         dealer_configs[dealer] = path
     for party in parties:
         lines = [
-            "[party]", f"id = {_toml_string(party)}", f"listen = {_toml_string(addresses[party])}",
-            "", "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
-            f"cert = {_toml_string(str(pki / f'{party}.pem'))}",
-            f"key = {_toml_string(str(pki / f'{party}.key'))}", "", "[peers]",
-            *[f"{p} = {_toml_string(addresses[p])}" for p in parties if p != party],
+            "[party]", f"id = {toml_string(party)}", f"listen = {toml_string(addresses[party])}",
+            "", "[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
+            f"cert = {toml_string(str(pki / f'{party}.pem'))}",
+            f"key = {toml_string(str(pki / f'{party}.key'))}", "", "[peers]",
+            *[f"{p} = {toml_string(addresses[p])}" for p in parties if p != party],
             "", *dealer_lines, "[limits]", *limit_lines, "",
         ]
         for dataset_id, dataset in (datasets or {}).get(party, {}).items():
-            columns = ", ".join(f"{c} = {_toml_string(t)}" for c, t in dataset.columns.items())
-            lines += [f"[datasets.{dataset_id}]", f"path = {_toml_string(str(dataset.path))}",
+            columns = ", ".join(f"{c} = {toml_string(t)}" for c, t in dataset.columns.items())
+            lines += [f"[datasets.{dataset_id}]", f"path = {toml_string(str(dataset.path))}",
                       f"columns = {{ {columns} }}"]
             if dataset.policy is not None:
-                lines.append(f"policy = {_toml_value(dataset.policy)}")
+                lines.append(f"policy = {toml_value(dataset.policy)}")
             lines.append("")
         path = directory / f"{party}.toml"
         path.write_text("\n".join(lines))
@@ -134,12 +116,12 @@ def write_local_federation(
     for coordinator in coordinators:
         path = directory / f"{coordinator}.toml"
         path.write_text("\n".join([
-            "[coordinator]", f"id = {_toml_string(coordinator)}",
-            f"receipts_dir = {_toml_string(str(directory / f'{coordinator}-receipts'))}", "",
-            "[tls]", f"ca = {_toml_string(str(pki / 'ca.pem'))}",
-            f"cert = {_toml_string(str(pki / f'{coordinator}.pem'))}",
-            f"key = {_toml_string(str(pki / f'{coordinator}.key'))}", "",
-            "[parties]", *[f"{p} = {_toml_string(addresses[p])}" for p in parties],
+            "[coordinator]", f"id = {toml_string(coordinator)}",
+            f"receipts_dir = {toml_string(str(directory / f'{coordinator}-receipts'))}", "",
+            "[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
+            f"cert = {toml_string(str(pki / f'{coordinator}.pem'))}",
+            f"key = {toml_string(str(pki / f'{coordinator}.key'))}", "",
+            "[parties]", *[f"{p} = {toml_string(addresses[p])}" for p in parties],
             "", *dealer_lines, "[limits]", *limit_lines, "",
         ]))
         coordinator_configs[coordinator] = path

@@ -22,9 +22,10 @@ from invisible.errors import (
     PartyUnavailableError,
     ProtocolError,
 )
+from invisible.jobspec import JobSpec, JobStatus
 from invisible.net import wire
 from invisible.net.errors_grpc import domain_error, is_connect_failure, is_handshake_failure
-from invisible.net.jobs_api import JobSpec, JobStatus
+from invisible.net.jobs_api import spec_to_proto, status_from_proto
 from invisible.net.mailbox import ABORT_STEP, DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import Role, target_name
 from invisible.net.tls import TlsMaterial
@@ -162,7 +163,7 @@ class NodeClient:
         self._call(
             f"start of job '{spec.job_id}'",
             lambda remaining: self._jobs.Start(
-                jobs_pb2.StartJobRequest(spec=spec.to_proto()), timeout=remaining
+                jobs_pb2.StartJobRequest(spec=spec_to_proto(spec)), timeout=remaining
             ),
             timeout_s,
         )
@@ -187,7 +188,7 @@ class NodeClient:
             ),
             timeout_s if timeout_s is not None else self.timeout_s + wait_s,
         )
-        return JobStatus.from_proto(response)
+        return status_from_proto(response)
 
     def fetch_output(self, job_id: str, name: str, timeout_s: float | None = None) -> np.ndarray:
         """Stream one output array of a finished job; refused over the client's cap."""

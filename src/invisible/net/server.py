@@ -21,7 +21,7 @@ from invisible import __version__
 from invisible.errors import InvisibleError, ProtocolError
 from invisible.net import wire
 from invisible.net.errors_grpc import status_code_for
-from invisible.net.jobs_api import JobService, JobSpec
+from invisible.net.jobs_api import JobService, spec_from_proto, status_to_proto
 from invisible.net.mailbox import ABORT_STEP, Mailbox
 from invisible.net.pki import Identity, Role
 from invisible.net.tls import TlsMaterial, caller_identity, require_role
@@ -132,7 +132,7 @@ class JobsServicer:
     def Start(self, request: jobs_pb2.StartJobRequest,
               context: grpc.ServicerContext) -> jobs_pb2.StartJobResponse:
         requester = require_role(context, Role.COORDINATOR)
-        spec = JobSpec.from_proto(request.spec)
+        spec = spec_from_proto(request.spec)
         self._jobs.start_job(spec, requester)
         return jobs_pb2.StartJobResponse(job_id=spec.job_id)
 
@@ -151,7 +151,7 @@ class JobsServicer:
         remaining = context.time_remaining()
         if remaining is not None:
             wait_s = max(0.0, min(wait_s, remaining - 0.5))
-        return self._jobs.job_status(request.job_id, requester, wait_s).to_proto()
+        return status_to_proto(self._jobs.job_status(request.job_id, requester, wait_s))
 
     def FetchOutput(self, request: jobs_pb2.FetchOutputRequest,
                     context: grpc.ServicerContext) -> Iterator[bytes]:

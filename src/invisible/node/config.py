@@ -44,6 +44,25 @@ A party's file::
 
     [metrics]                    # optional: Prometheus endpoint
     listen = "127.0.0.1:9101"
+
+Instead of ``[peers]`` and ``[dealers]``, a party (or dealer) may name the
+federation's address book, one file shared by every node and coordinator::
+
+    [party]
+    id = "bank"
+    federation = "../federation.toml"   # relative to this file
+    # listen = "0.0.0.0:50051"          # optional: default, its own address in the book
+
+    # federation.toml
+    [parties]                    # party id -> address
+    bank = "127.0.0.1:50051"
+    hospital = "127.0.0.1:50052"
+    [dealers]                    # optional
+    dealer = "127.0.0.1:50054"
+
+Its peers are then the book's parties, its dealers the book's dealers, each
+but itself (so a dealer's peers are all the parties); its id must be in the
+book. A file gives either ``federation`` or ``[peers]``/``[dealers]``, not both.
 """
 
 from __future__ import annotations
@@ -105,14 +124,14 @@ class PartyConfig:
     metrics_listen: str | None = None
 
 
-def load_toml(path: Path) -> dict[str, Any]:
+def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"{what} not found: {path}") from None
     except OSError as exc:
-        raise ConfigError(f"config file unreadable: {path} ({exc.strerror})") from None
+        raise ConfigError(f"{what} unreadable: {path} ({exc.strerror})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
 
@@ -163,6 +182,49 @@ class TomlReader:
         return out
 
 
+@dataclass(frozen=True)
+class AddressBook:
+    """A federation's addresses, in one file that every node and coordinator names."""
+
+    source: Path
+    parties: dict[str, str]
+    dealers: dict[str, str]
+
+    def address(self, node_id: str) -> str | None:
+        return self.parties.get(node_id) or self.dealers.get(node_id)
+
+
+def read_address_book(root: TomlReader, table: TomlReader,
+                      replaced: tuple[str, ...]) -> AddressBook | None:
+    """The book named by `federation` in `table` of `root`, or None if it names none.
+
+    `replaced` are the tables of `root` the book stands for; giving both is refused.
+    """
+    if "federation" not in table.table:
+        return None
+    path = table.path("federation")
+    both = [name for name in replaced if name in root.table]
+    if both:
+        raise table.fail("federation", f"and [{'], ['.join(both)}] both name the federation's "
+                         "nodes; keep one of them")
+    try:
+        document = load_toml(path, "address book")
+    except ConfigError as exc:
+        raise table.fail("federation", f"names no usable address book ({exc})") from None
+    book = TomlReader(path, document, "")
+    unknown = sorted(set(document) - {"parties", "dealers"})
+    if unknown:
+        raise book.fail(unknown[0], "is not a table of an address book ([parties], [dealers])")
+    parties = book.table_at("parties").addresses()
+    dealers = book.table_at("dealers", required=False).addresses()
+    if not parties:
+        raise book.fail("parties", "must name at least one party")
+    both_roles = sorted(set(parties) & set(dealers))
+    if both_roles:
+        raise book.fail("dealers", f"names '{both_roles[0]}', which is also a party")
+    return AddressBook(path, parties, dealers)
+
+
 def read_tls(reader: TomlReader) -> TlsFiles:
     tls = reader.table_at("tls")
     return TlsFiles(ca=tls.path("ca"), cert=tls.path("cert"), key=tls.path("key"))
@@ -211,18 +273,33 @@ def _ledger(root: TomlReader, party_id: str, tls: TlsFiles) -> LedgerConfig:
     return LedgerConfig(path, key, store)
 
 
+def _nodes(root: TomlReader, party: TomlReader,
+           party_id: str) -> tuple[dict[str, str], dict[str, str], str]:
+    """Peers, dealers and listen address: from the address book, or from the file itself."""
+    book = read_address_book(root, party, ("peers", "dealers"))
+    if book is None:
+        peers = root.table_at("peers", required=False).addresses()
+        dealers = root.table_at("dealers", required=False).addresses()
+        if party_id in peers or party_id in dealers:
+            raise ConfigError(f"{root.source}: peers names the party itself ('{party_id}')")
+        if set(peers) & set(dealers):
+            raise ConfigError(f"{root.source}: an id is both a peer and a dealer")
+        return peers, dealers, party.string("listen")
+    own = book.address(party_id)
+    if own is None:
+        raise party.fail("id", f"'{party_id}' is in neither [parties] nor [dealers] of the "
+                         f"address book {book.source}")
+    peers = {p: a for p, a in book.parties.items() if p != party_id}
+    dealers = {d: a for d, a in book.dealers.items() if d != party_id}
+    return peers, dealers, party.string("listen") if "listen" in party.table else own
+
+
 def load_party_config(path: Path | str) -> PartyConfig:
     source = Path(path).resolve()
     root = TomlReader(source, load_toml(source), "")
     party = root.table_at("party")
     party_id = check_party_id(party.string("id"))
-    peers = root.table_at("peers", required=False).addresses()
-    dealers = root.table_at("dealers", required=False).addresses()
-    if party_id in peers or party_id in dealers:
-        raise ConfigError(f"{source}: peers names the party itself ('{party_id}')")
-    if set(peers) & set(dealers):
-        raise ConfigError(f"{source}: an id is both a peer and a dealer")
-    listen = party.string("listen")
+    peers, dealers, listen = _nodes(root, party, party_id)
     tls = read_tls(root)
     metrics = root.table_at("metrics", required=False)
     return PartyConfig(

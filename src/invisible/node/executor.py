@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,13 +40,13 @@ from invisible.errors import (
     PolicyError,
     ProtocolError,
 )
+from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
+from invisible.kinds.base import JobContext, JobOutcome
+from invisible.kinds.registry import AnyKind, find_kind
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import UseRequest
-from invisible.net import wire
-from invisible.net.jobs_api import JobRecord, JobSpec, JobState, JobStatus
 from invisible.net.pki import Identity
 from invisible.node.datasets import DatasetRegistry
-from invisible.node.jobkind import JobContext, JobKind, JobOutcome
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,9 @@ class _Phase(Enum):
 class _JobRun:
     spec: JobSpec
     requester: Identity
-    kind: JobKind
+    kind: AnyKind
+    #: The job's parameters, parsed and checked by its kind when it was prepared.
+    params: Any
     meta: JobMeta
     channel: Channel
     status: JobStatus
@@ -81,7 +84,7 @@ class JobExecutor:
     def __init__(
         self,
         party_id: str,
-        kinds: dict[str, JobKind],
+        kinds: dict[str, AnyKind],
         datasets: DatasetRegistry,
         open_channel: Callable[[JobSpec], Channel],
         results_dir: Path,
@@ -105,19 +108,16 @@ class JobExecutor:
 
     # -- 1. prepare ---------------------------------------------------------------------------
 
-    def _plan(self, spec: JobSpec, requester: Identity) -> tuple[JobKind, JobMeta]:
-        kind = self._kinds.get(spec.kind)
-        if kind is None:
-            raise ConfigError(
-                f"unknown job kind '{spec.kind}' (this node runs: {', '.join(sorted(self._kinds))})"
-            )
+    def _plan(self, spec: JobSpec, requester: Identity) -> tuple[AnyKind, Any, JobMeta]:
+        kind = find_kind(spec.kind, spec.version, self._kinds)
         if self.party_id not in spec.parties:
             raise ConfigError(f"job '{spec.job_id}' does not list this party ('{self.party_id}')")
-        use = kind.plan(spec, self.party_id, self._datasets)
+        params = kind.parse(spec)
+        use = kind.plan(params, self.party_id, self._datasets)
         request = None if use is None else UseRequest(
             spec.job_id, requester.party_id, spec.kind, use.dataset, use.columns, use.rows,
             use.smallest_cell, use.recipient)
-        return kind, JobMeta(spec.job_id, requester.party_id, spec.kind, request)
+        return kind, params, JobMeta(spec.job_id, requester.party_id, spec.kind, request)
 
     def start_job(self, spec: JobSpec, requester: Identity) -> None:
         if not _JOB_ID.match(spec.job_id):
@@ -127,14 +127,15 @@ class JobExecutor:
             if spec.job_id in self._jobs:
                 raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
         try:
-            kind, meta = self._plan(spec, requester)
+            kind, params, meta = self._plan(spec, requester)
             channel = self._open_channel(spec)  # refuses a party that is not a configured peer
         except (ConfigError, ProtocolError) as exc:
             self.meter.refuse(JobMeta(spec.job_id, requester.party_id, spec.kind),
                               "invalid-request", str(exc))
             raise
         self.meter.admit(meta)  # raises a recorded Refusal
-        run = _JobRun(spec, requester, kind, meta, channel, JobStatus(spec.job_id, JobState.RUNNING))
+        run = _JobRun(spec, requester, kind, params, meta, channel,
+                      JobStatus(spec.job_id, JobState.RUNNING))
         with self._lock:
             if spec.job_id in self._jobs:  # a concurrent duplicate won the race
                 self.meter.close(meta, "cancelled", {}, released=True, reason="duplicate job id")
@@ -158,9 +159,9 @@ class JobExecutor:
             run.timer.cancel()
         entry = self.meter.close(run.meta, "cancelled", {}, released=True, reason=reason)
         run.channel.close()
-        run.status = JobStatus(run.spec.job_id, JobState.FAILED,
-                               error=f"job '{run.spec.job_id}' was cancelled: {reason}",
-                               receipts=[entry.to_json()], aborted_by=by)
+        run.status = JobStatus.failed(run.spec.job_id,
+                                      f"job '{run.spec.job_id}' was cancelled: {reason}",
+                                      receipts=[entry.to_json()], aborted_by=by)
         run.done.set()
         log.info("job %s cancelled before it ran: %s", run.spec.job_id, reason)
         return True
@@ -175,8 +176,8 @@ class JobExecutor:
             run.phase = _Phase.RUNNING
         if run.timer is not None:
             run.timer.cancel()
-        context = JobContext(run.spec, requester, run.channel, self._datasets, Prg.from_os(),
-                             self.results_dir)
+        context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
+                             Prg.from_os(), self.results_dir)
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()
 
@@ -185,7 +186,7 @@ class JobExecutor:
         outcome: JobOutcome | None = None
         error, aborted_by = "", ""
         try:
-            outcome = run.kind.run(context)
+            outcome = run.kind.run(run.params, context)
         except InvisibleError as exc:
             error = str(exc)
             if isinstance(exc, JobAbortedError) and exc.by != self.party_id:
@@ -206,9 +207,9 @@ class JobExecutor:
         except Exception as exc:  # the ledger is gone (the node stopped under the job)
             log.warning("job %s: its end could not be recorded (%s); it shows as interrupted "
                         "at the node's next start", run.spec.job_id, type(exc).__name__)
-            status = JobStatus(run.spec.job_id, JobState.FAILED, record=record,
-                               error=f"job '{run.spec.job_id}' ended while party "
-                                     f"'{self.party_id}' was stopping; nothing was released")
+            status = JobStatus.failed(run.spec.job_id, f"job '{run.spec.job_id}' ended while "
+                                      f"party '{self.party_id}' was stopping; nothing was "
+                                      "released", record=record)
         with self._lock:
             run.status = status
             run.phase = _Phase.DONE
@@ -237,8 +238,8 @@ class JobExecutor:
             error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"
             aborted_by = run.cancelled_by
         entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False)
-        return JobStatus(run.spec.job_id, JobState.FAILED, error=error, record=record,
-                         receipts=[entry.to_json()], aborted_by=aborted_by)
+        return JobStatus.failed(run.spec.job_id, error, record=record,
+                                receipts=[entry.to_json()], aborted_by=aborted_by)
 
     def stop(self, grace_s: float) -> None:
         """Cancel the jobs that have not run, interrupt those running, and wait up to
@@ -255,7 +256,7 @@ class JobExecutor:
 
     @staticmethod
     def _released(run: _JobRun, outcome: JobOutcome) -> dict[str, object]:
-        recipient = outcome.output.get("recipient", run.requester.party_id)
+        recipient = outcome.recipient or run.requester.party_id
         return {"to": recipient, "arrays": {n: int(a.size) for n, a in outcome.arrays.items()},
                 "values_opened": outcome.values_opened}
 
@@ -303,9 +304,8 @@ class JobExecutor:
             for run in self._jobs.values():
                 if run.phase is _Phase.DONE and run.status.arrays and not run.outputs_dropped \
                         and run.finished_at <= cutoff:
-                    run.status = replace(run.status, arrays={}, array_headers={
-                        name: wire.make_header(run.spec.job_id, name, array)
-                        for name, array in run.status.arrays.items()})
+                    run.status = replace(run.status, arrays={}, array_infos={
+                        name: ArrayInfo.of(array) for name, array in run.status.arrays.items()})
                     run.outputs_dropped = True
                     dropped += 1
         if dropped:
@@ -321,11 +321,10 @@ class JobExecutor:
         with self._lock:
             if run.cancelled_by or run.phase is _Phase.DONE:
                 if run.phase is _Phase.DONE and run.status.state is JobState.FINISHED:
-                    run.status = JobStatus(job_id, JobState.FAILED, record=run.status.record,
-                                           error=f"job '{job_id}' was cancelled by "
-                                                 f"'{requester.party_id}'",
-                                           receipts=run.status.receipts,
-                                           aborted_by=requester.party_id)
+                    run.status = JobStatus.failed(
+                        job_id, f"job '{job_id}' was cancelled by '{requester.party_id}'",
+                        record=run.status.record, receipts=run.status.receipts,
+                        aborted_by=requester.party_id)
                 return
             run.cancelled_by = requester.party_id
         log.info("job %s cancelled by %s: %s", job_id, requester, reason)

@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from invisible.errors import ConfigError
+from invisible.jobspec import JobSpec
+from invisible.kinds.registry import AnyKind, kinds_by_name
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import LedgerStore, Meter, NullLedgerStore
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.signing import load_signing_key
 from invisible.net.client import NodeClient
 from invisible.net.grpc_channel import GrpcChannel
-from invisible.net.jobs_api import JobSpec
 from invisible.net.mailbox import Mailbox
 from invisible.net.pki import Role
 from invisible.net.server import ExchangeServicer, HealthServicer, JobsServicer, build_server
@@ -26,8 +27,6 @@ from invisible.net.tls import TlsMaterial
 from invisible.node.config import PartyConfig
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
-from invisible.node.jobkind import JobKind
-from invisible.node.kinds import default_kinds
 from invisible.node.witness import HEAD_STEP, HeadAnnouncer, record_peer_head
 from invisible.protocols.channel import Channel
 
@@ -37,7 +36,7 @@ log = logging.getLogger(__name__)
 class PartyNode:
     """Load everything first (so a bad config fails before binding), then serve."""
 
-    def __init__(self, config: PartyConfig, kinds: dict[str, JobKind] | None = None,
+    def __init__(self, config: PartyConfig, kinds: dict[str, AnyKind] | None = None,
                  role: Role = Role.PARTY) -> None:
         if role not in (Role.PARTY, Role.DEALER):
             raise ConfigError(f"a node serves as a party or a dealer, not as a {role.value}")
@@ -74,7 +73,7 @@ class PartyNode:
         policies = {d: c.policy for d, c in config.datasets.items()}
         self.meter = Meter(config.party_id, store, policies, self.metrics)
         self.executor = JobExecutor(
-            config.party_id, kinds or default_kinds(), self.datasets, self._open_channel,
+            config.party_id, kinds or kinds_by_name(), self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
             announce_head=self._announce_head,
             output_retention_s=config.limits.output_retention_s,

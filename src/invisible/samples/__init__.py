@@ -1,4 +1,4 @@
-"""Synthetic sample data shipped with the package, for the demo and parties/.
+"""Synthetic sample data shipped with the package, for the demo (parties/ holds a copy).
 
 Three institutions of one city (a bank, a hospital, a telco), each with its
 own customers; every table has a ``district`` (0-7) and a ``monthly_spend``

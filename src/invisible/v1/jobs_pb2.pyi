@@ -20,16 +20,18 @@ JOB_STATE_FINISHED: JobState
 JOB_STATE_FAILED: JobState
 
 class JobSpec(_message.Message):
-    __slots__ = ("job_id", "kind", "parties", "params_json")
+    __slots__ = ("job_id", "kind", "parties", "params_json", "kind_version")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     PARTIES_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    KIND_VERSION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     kind: str
     parties: _containers.RepeatedScalarFieldContainer[str]
     params_json: str
-    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., parties: _Optional[_Iterable[str]] = ..., params_json: _Optional[str] = ...) -> None: ...
+    kind_version: int
+    def __init__(self, job_id: _Optional[str] = ..., kind: _Optional[str] = ..., parties: _Optional[_Iterable[str]] = ..., params_json: _Optional[str] = ..., kind_version: _Optional[int] = ...) -> None: ...
 
 class StartJobRequest(_message.Message):
     __slots__ = ("spec",)

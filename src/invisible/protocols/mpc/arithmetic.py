@@ -45,7 +45,7 @@ from invisible.crypto.ring import ring_matmul
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import TupleProvider, TupleShares
+from invisible.protocols.mpc.provider import TupleProvider, TupleShares
 from invisible.protocols.mpc.shared import SharedArray, check_range
 
 

@@ -39,8 +39,9 @@ from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.arithmetic import mul, mul_public, mul_ring, open_all
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import CMP_BITS, TupleProvider
+from invisible.protocols.mpc.provider import TupleProvider
 from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray
+from invisible.protocols.mpc.tuples import CMP_BITS
 
 _ONE = np.uint64(1)
 _LOW62 = np.uint64((1 << CMP_BITS) - 1)

@@ -13,6 +13,10 @@ clear on its own data, n_i (rows), s_i (sum) and q_i (sum of squares). Then:
    lose at f = 16.
 3. 1/u by Newton on [1, 2]; mean = S' / u; E[x^2] = Q' / u;
    variance = E[x^2] - mean^2 (population variance, as numpy's default).
+   With ddof = 1 the sample variance: variance x N / (N - 1), the factor
+   computed as u / (u - d) with d = 2^-e selected by the same one-hot bits
+   (d = 0 for e = 0, so a single row gives 0, not a division by zero), and
+   1/(u - d) by Newton on [1/2, 2].
    Error: count and sum are exact up to encoding (2^-(f+1) per party);
    1/u carries about 4 ulp, so |mean error| <= 2^-f (3 |mean| + 4) and
    |variance error| <= 2^-f (3 E[x^2] + 2 |mean| + 8) (tested on public data).
@@ -38,7 +42,7 @@ from invisible.errors import ProtocolError
 from invisible.protocols.mpc.arithmetic import input_from, mul, mul_ring, truncate
 from invisible.protocols.mpc.comparison import bracket, reciprocal
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import TupleProvider
+from invisible.protocols.mpc.provider import TupleProvider
 from invisible.protocols.mpc.shared import SharedArray
 
 OUTPUTS = ("count", "sum", "mean", "variance", "std")
@@ -58,8 +62,13 @@ def shared_totals(ctx: MpcContext, local: tuple[float, float, float] | None, bou
 
 
 def statistics(ctx: MpcContext, provider: TupleProvider, totals: SharedArray, bound: float,
-               max_rows: int) -> SharedArray:
-    """Steps 2-3: shares of (count, sum, mean, variance) from shares of (N, S, Q)."""
+               max_rows: int, ddof: int = 0) -> SharedArray:
+    """Steps 2-3: shares of (count, sum, mean, variance) from shares of (N, S, Q).
+
+    The variance divides by N - ddof: ddof = 0 is the population variance, 1 the sample's.
+    """
+    if ddof not in (0, 1):
+        raise ProtocolError("ddof must be 0 (population variance) or 1 (sample variance)")
     f = totals.fractional_bits
     max_count = max_rows * len(ctx.parties)
     count = SharedArray(totals.share[:1].copy(), float(max_count), f, ctx.is_leader)
@@ -80,9 +89,25 @@ def statistics(ctx: MpcContext, provider: TupleProvider, totals: SharedArray, bo
     square_mean = mul(ctx, provider, q_norm, inverse)
     variance = SharedArray(square_mean.share, bound * bound, f, ctx.is_leader) - mul(
         ctx, provider, mean, mean)
+    if ddof:
+        variance = mul(ctx, provider, variance,
+                       _sample_factor(ctx, provider, u, one_hot, exponents))
     result = np.concatenate([totals.share[:2], mean.share, variance.share])
     return SharedArray(result, max(float(max_count), max_count * bound, 2 * bound * bound), f,
                        ctx.is_leader)
+
+
+def _sample_factor(ctx: MpcContext, provider: TupleProvider, u: SharedArray,
+                   one_hot: np.ndarray, exponents: list[int]) -> SharedArray:
+    """N / (N - 1) = u / (u - 2^-e) for 2^e <= N < 2^(e+1); 1 for N = 1 (e = 0)."""
+    f = u.fractional_bits
+    weights = np.array([0 if e == 0 else round(2.0 ** (f - e)) for e in exponents],
+                       dtype=np.uint64)
+    below = (one_hot * weights.reshape(-1, 1)).sum(axis=0, dtype=RING_DTYPE)
+    inverse = reciprocal(ctx, provider, SharedArray(u.share - below, 2.0, f, ctx.is_leader),
+                         0.5, 2.0)
+    factor = mul(ctx, provider, u, inverse)  # in [1, 2]
+    return SharedArray(factor.share, 2.0, f, ctx.is_leader)
 
 
 def select_outputs(declared: Sequence[str]) -> list[int]:

@@ -1,0 +1,109 @@
+"""What a job kind is: declared parameters, a plan, a run at each node, a finish.
+
+A kind lives in one module of this package and holds everything specific
+to it:
+
+- its parameters (:class:`invisible.kinds.params.Params`, declared once);
+- ``plan``: at each node, before anything runs, what data the job will use
+  there (for the policy), raising if the job cannot run;
+- ``run``: at each node, the protocol over the job's channel, returning what
+  the node releases (:class:`JobOutcome`);
+- ``finish``: at the coordinator, the parties' released outputs decoded into
+  the kind's typed result (a :class:`invisible.kinds.results.Result`).
+
+Kinds import no transport, node or coordinator: a node's datasets are seen
+through the small :class:`Datasets` protocol, the channel through
+:class:`invisible.protocols.channel.Channel`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from invisible.crypto.prg import Prg
+from invisible.jobspec import JobResult, JobSpec
+from invisible.kinds.params import Params
+from invisible.protocols.channel import Channel
+
+P = TypeVar("P", bound=Params[Any])
+R = TypeVar("R")
+
+
+class Dataset(Protocol):
+    def column(self, name: str) -> np.ndarray: ...
+
+
+class Datasets(Protocol):
+    """A node's datasets, by id (raises ConfigError naming an unknown one)."""
+
+    def get(self, dataset_id: str) -> Dataset: ...
+
+
+@dataclass(frozen=True)
+class DataUse:
+    """What a job will do with this party's data, known before it runs (for the policy)."""
+
+    dataset: str
+    columns: tuple[str, ...]
+    rows: int
+    smallest_cell: int | None
+    #: Who receives what this party releases: a party id, or None for the requester.
+    recipient: str | None
+
+
+@dataclass
+class JobContext:
+    spec: JobSpec
+    #: The party id of the coordinator identity that requested the job.
+    requester: str
+    channel: Channel
+    datasets: Datasets
+    rng: Prg
+    #: Where outputs addressed to this party itself are written (never released).
+    results_dir: Path
+
+
+@dataclass
+class JobOutcome:
+    """What a node's run of a job ends with: its use of data and what it releases."""
+
+    rows_used: int = 0
+    values_opened: int = 0
+    #: Public facts about the run, released with the status (never data).
+    output: dict[str, Any] = field(default_factory=dict)
+    #: Arrays released to the requester.
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Who learns this party's released outputs: a party id, or None for the requester.
+    recipient: str | None = None
+    #: Every explicit opening the party took part in: {"what", "to", "values"} each.
+    openings: list[dict[str, Any]] = field(default_factory=list)
+
+
+class JobKind(ABC, Generic[P, R]):
+    """One kind of joint job; see the module docstring."""
+
+    name: ClassVar[str]
+    version: ClassVar[int] = 1
+    params_type: type[P]
+    #: One line: what the job computes and who learns what.
+    summary: ClassVar[str]
+
+    def parse(self, spec: JobSpec) -> P:
+        return self.params_type.parse(spec.params, spec.parties)
+
+    @abstractmethod
+    def plan(self, params: P, party_id: str, datasets: Datasets) -> DataUse | None:
+        """Say what data the job uses here (None: none); raise if it cannot run here."""
+
+    @abstractmethod
+    def run(self, params: P, context: JobContext) -> JobOutcome:
+        """This party's part of the job."""
+
+    @abstractmethod
+    def finish(self, params: P, job: JobResult) -> R:
+        """At the coordinator: the released outputs as this kind's result."""

@@ -1,0 +1,189 @@
+"""The `statistics` job kind: count, sum, mean, variance, std of a column split by rows.
+
+The computing parties (the input parties) run
+:mod:`invisible.protocols.mpc.statistics` with correlated randomness from a
+dealer node of the job, which holds no data and never computes. Only the
+declared outputs are opened, to the requester (each party releases a
+uniformly random share of them) or to a recipient party (which releases the
+opened values to the requester too). Every opening (what, to whom, how
+many) is in each party's job output and signed ledger entry.
+
+The variance is the population variance (``ddof = 0``, numpy's default) or
+the sample variance (``ddof = 1``); ``std`` is its square root.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from invisible.crypto.fixedpoint import decode
+from invisible.crypto.sharing import RING_DTYPE
+from invisible.errors import ConfigError, PolicyError, ProtocolError
+from invisible.jobspec import JobResult
+from invisible.kinds.base import Datasets, DataUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.params import Inputs, Params, param
+from invisible.kinds.results import Result, Table, decimals_for
+from invisible.protocols.mpc.arithmetic import reveal
+from invisible.protocols.mpc.context import MpcContext
+from invisible.protocols.mpc.dealer import run_dealer
+from invisible.protocols.mpc.provider import DealerProvider
+from invisible.protocols.mpc.shared import SharedArray
+from invisible.protocols.mpc.statistics import (
+    OUTPUTS,
+    finish,
+    select_outputs,
+    shared_totals,
+    statistics,
+)
+
+SHARES_ARRAY = "output_shares"
+FRACTIONAL_BITS = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatisticsParams(Params["StatisticsResult"]):
+    KIND: ClassVar[str] = "statistics"
+
+    inputs: Inputs = param("per computing party, the dataset and numeric column it holds rows of",
+                           example={"bank": {"dataset": "customers", "column": "monthly_spend"}})
+    bound: float = param("public bound on every |value| (squares must stay in fixed-point range)",
+                         gt=0, lt=2**14, example=5000.0)
+    max_rows: int = param("public bound on each party's rows", default=1 << 20, ge=1)
+    outputs: tuple[str, ...] = param("the statistics to open", choices=OUTPUTS,
+                                     example=["count", "mean", "std"])
+    dealer: str = param("a dealer node of the job (serves correlated randomness, holds no data)",
+                        example="dealer")
+    recipient: str | None = param("a computing party that receives the values (and releases "
+                                  "them to the requester)", default=None, example="bank")
+    ddof: int = param("variance divisor: count - ddof (0: population, 1: sample)", default=0,
+                      choices=(0, 1))
+
+    def job_parties(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        return (*self.inputs, self.dealer)
+
+    def check(self, parties: tuple[str, ...]) -> None:
+        kind = self.KIND
+        if len(self.inputs) < 2:
+            raise ConfigError(f"{kind}: 'inputs' must name a dataset and column for at least two "
+                              "parties")
+        if self.dealer in self.inputs:
+            raise ConfigError(f"{kind}: 'dealer' must name a dealer that is not an input party")
+        if set(parties) != {*self.inputs, self.dealer} or len(parties) != len(self.inputs) + 1:
+            raise ConfigError(f"{kind}: the job's parties must be the input parties and the "
+                              "dealer")
+        if self.recipient is not None and self.recipient not in self.inputs:
+            raise ConfigError(f"{kind}: 'recipient' must be an input party or none")
+
+    def computing(self, parties: tuple[str, ...]) -> tuple[str, ...]:
+        """The computing parties in the job's order (the dealer is not one)."""
+        return tuple(p for p in parties if p != self.dealer)
+
+
+@dataclass(repr=False, eq=False)
+class StatisticsResult(Result, Mapping[str, float]):
+    """The declared statistics by name; reads like a dict (``result["mean"]``)."""
+
+    by_name: dict[str, float]
+    ddof: int = 0
+    recipient: str | None = None
+
+    def __getitem__(self, name: str) -> float:
+        return self.by_name[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.by_name)
+
+    def __len__(self) -> int:
+        return len(self.by_name)
+
+    def table(self) -> Table:
+        return Table(("statistic", "value"), list(self.by_name.items()),
+                     decimals_for(FRACTIONAL_BITS))
+
+    def facts(self) -> dict[str, Any]:
+        return {"values": dict(self.by_name), "ddof": self.ddof, "recipient": self.recipient}
+
+    def notes(self) -> list[str]:
+        notes = [f"shown to the job's fixed-point resolution, 2^-{FRACTIONAL_BITS}"]
+        if {"variance", "std"} & set(self.by_name):
+            notes.append("variance and std are the " + (
+                "sample variance (divisor count - 1)" if self.ddof else
+                "population variance (divisor count)"))
+        if self.recipient:
+            notes.append(f"opened to party '{self.recipient}', which released them to the "
+                         "requester")
+        return notes
+
+
+class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
+    name = "statistics"
+    params_type = StatisticsParams
+    summary = ("count, sum, mean, variance, std of a column split by rows, on secret shares "
+               "with a dealer; only the declared outputs are opened")
+
+    def plan(self, params: StatisticsParams, party_id: str, datasets: Datasets) -> DataUse | None:
+        if party_id == params.dealer:
+            return None  # the dealer touches no data
+        ref = params.inputs[party_id]
+        rows = int(datasets.get(ref.dataset).column(ref.column).shape[0])
+        if rows > params.max_rows:
+            raise PolicyError(f"statistics: dataset '{ref.dataset}' has more rows than the "
+                              "job's max_rows")
+        return DataUse(ref.dataset, (ref.column,), rows, rows, params.recipient)
+
+    def run(self, params: StatisticsParams, context: JobContext) -> JobOutcome:
+        channel = context.channel
+        parties = params.computing(context.spec.parties)
+        if channel.party_id == params.dealer:
+            served = run_dealer(channel, parties, context.rng)
+            return JobOutcome(output={"tuples_served": served})
+        ref = params.inputs[channel.party_id]
+        column = context.datasets.get(ref.dataset).column(ref.column).astype(np.float64)
+        if column.size and float(np.abs(column).max()) > params.bound:
+            raise PolicyError(f"statistics: column '{ref.column}' of dataset '{ref.dataset}' "
+                              f"holds values outside the declared bound {params.bound:g}")
+        local = (float(column.size), float(column.sum()), float(np.square(column).sum()))
+        ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
+        provider = DealerProvider(channel, parties, params.dealer)
+        try:
+            totals = shared_totals(ctx, local, params.bound, params.max_rows, context.rng)
+            result = statistics(ctx, provider, totals, params.bound, params.max_rows, params.ddof)
+        finally:
+            provider.close()
+        chosen = select_outputs(params.outputs)
+        selected = SharedArray(np.ascontiguousarray(result.share[chosen]), result.bound,
+                               result.fractional_bits, ctx.is_leader)
+        outcome = JobOutcome(rows_used=int(column.size), recipient=params.recipient)
+        if params.recipient is None:  # each party releases a uniformly random share
+            ctx.record.add("declared-outputs (shares)", (context.requester,), len(chosen))
+            outcome.arrays[SHARES_ARRAY] = selected.share
+        else:
+            opened = reveal(ctx, selected, params.recipient, "declared-outputs")
+            if opened is not None:
+                outcome.arrays[SHARES_ARRAY] = opened  # the recipient releases the values
+        outcome.values_opened = len(chosen)
+        outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
+                            for o in ctx.record.openings]
+        outcome.output = {"opened_indices": chosen, "openings": outcome.openings}
+        return outcome
+
+    def finish(self, params: StatisticsParams, job: JobResult) -> StatisticsResult:
+        parties = params.computing(job.parties)
+        released = {p: job.arrays[p][SHARES_ARRAY] for p in parties
+                    if SHARES_ARRAY in job.arrays.get(p, {})}
+        chosen = select_outputs(params.outputs)
+        if params.recipient is not None:
+            opened = released.get(params.recipient)
+        elif set(released) == set(parties):
+            opened = np.asarray(np.sum(list(released.values()), axis=0, dtype=RING_DTYPE))
+        else:
+            opened = None
+        if opened is None or opened.dtype != RING_DTYPE or opened.shape != (len(chosen),):
+            raise ProtocolError("a party released no shares of the declared outputs")
+        values = decode(np.asarray(opened), FRACTIONAL_BITS).tolist()
+        return StatisticsResult(job, finish(dict(zip(chosen, values, strict=True)),
+                                            params.outputs), params.ddof, params.recipient)

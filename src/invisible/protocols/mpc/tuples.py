@@ -1,0 +1,150 @@
+"""The dealer's tuple catalogue: every kind of correlated randomness, in one table.
+
+A tuple is a list of components, arrays over Z_2^64. Its leading components
+are uniformly random on their own (a and b of a triple, the mask of a
+truncation or comparison), so every party's shares of them can be expanded
+from a seed; the others depend on them and are computed by the dealer
+(:mod:`.dealer`). Each entry of `CATALOGUE` says which shapes its components
+have, how many of them are random, how the dealer fills in the rest, and
+what the components hold.
+
+Adding a tuple kind is one edit: its entry, with its fill function beside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from invisible.crypto.prg import Prg
+from invisible.crypto.ring import ring_matmul
+from invisible.errors import ProtocolError
+from invisible.protocols.mpc.shared import RANGE_BITS
+
+#: Comparison tuples share the low 62 bits of r one by one (values live below 2^62).
+CMP_BITS = 62
+_LOW_MASK = np.uint64((1 << 63) - 1)
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TupleKind:
+    """One kind of tuple, as the dealer makes it and the parties consume it."""
+
+    name: str
+    #: The shapes of the components, from the requested shapes; None if those don't fit.
+    shapes: Callable[[Sequence[Shape]], list[Shape] | None]
+    #: How many leading components are uniformly random on their own.
+    random: int
+    #: Computes the dependent components in place: (components, fractional bits, the
+    #: dealer's generator for any further randomness it draws).
+    fill: Callable[[Sequence[np.ndarray], int, Prg], None]
+    #: What the components hold.
+    doc: str
+
+
+def _elementwise(count: int) -> Callable[[Sequence[Shape]], list[Shape] | None]:
+    """`count` components of the one requested shape."""
+    return lambda shapes: [shapes[0]] * count if len(shapes) == 1 else None
+
+
+def _matrix(extra: int) -> Callable[[Sequence[Shape]], list[Shape] | None]:
+    """A (m, k), B (k, n), then 1 + `extra` components of shape (m, n)."""
+    def shapes_of(shapes: Sequence[Shape]) -> list[Shape] | None:
+        if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 2 \
+                or shapes[0][1] != shapes[1][0]:
+            return None
+        out: Shape = (shapes[0][0], shapes[1][1])
+        return [shapes[0], shapes[1]] + [out] * (1 + extra)
+    return shapes_of
+
+
+def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int) -> None:
+    """From r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f)."""
+    np.right_shift(r, np.uint64(63), out=high)
+    high <<= np.uint64(63 - f)
+    np.bitwise_and(r, _LOW_MASK, out=low)
+    low >>= np.uint64(f)
+    low += np.uint64(1 << (RANGE_BITS - f))
+
+
+def _mask_product(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    """c (values[2]) becomes c + r + 2^62 for a fresh r; values[3:5] r's truncation parts."""
+    c = values[2]
+    r = rng.random_uint64(c.shape)
+    _truncation_values(r, values[3], values[4], f)
+    c += r
+    c += np.uint64(1 << RANGE_BITS)
+
+
+def _fill_triple(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    np.multiply(values[0], values[1], out=values[2])
+
+
+def _fill_matrix(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    values[2][...] = ring_matmul(values[0], values[1])
+
+
+def _fill_triple_trunc(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    _fill_triple(values, f, rng)
+    _mask_product(values, f, rng)
+
+
+def _fill_matrix_trunc(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    _fill_matrix(values, f, rng)
+    _mask_product(values, f, rng)
+
+
+def _fill_trunc(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    _truncation_values(values[0] - np.uint64(1 << RANGE_BITS), values[1], values[2], f)
+
+
+def _fill_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    r = values[0]
+    np.right_shift(r, np.uint64(63), out=values[1])
+    np.right_shift(r & _LOW_MASK, np.uint64(CMP_BITS), out=values[2])
+    for i in range(CMP_BITS):
+        np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=values[3 + i])
+
+
+CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
+    TupleKind("triple", _elementwise(3), 2, _fill_triple,
+              "a, b uniform; c = a b (elementwise)."),
+    TupleKind("matrix", _matrix(0), 2, _fill_matrix,
+              "A (m, k), B (k, n) uniform; C = A @ B."),
+    TupleKind("trunc", _elementwise(3), 1, _fill_trunc,
+              "r + 2^62 for a uniform r; msb(r) 2^(63-f), ((r mod 2^63) >> f) + 2^(62-f) for "
+              "f fractional bits: what exact truncation consumes (arithmetic.truncate), the "
+              "constants folded in so the parties don't add them."),
+    TupleKind("triple-trunc", _elementwise(5), 2, _fill_triple_trunc,
+              "A triple and a truncation tuple for its product in one: a, b uniform; "
+              "c + r + 2^62 (c = a b, r drawn by the dealer) in place of c and of the mask, "
+              "as the parties only ever use the product's share masked by r; then r's "
+              "truncation components, as in trunc."),
+    TupleKind("matrix-trunc", _matrix(2), 2, _fill_matrix_trunc,
+              "A matrix triple and a truncation tuple for its product in one: A, B uniform; "
+              "C + r + 2^62 (C = A @ B, r drawn by the dealer) in place of C and of the mask, "
+              "as the parties only ever use the product's share masked by r; then r's "
+              "truncation components, as in trunc."),
+    TupleKind("cmp", _elementwise(3 + CMP_BITS), 1, _fill_cmp,
+              "r uniform; msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one."),
+)}
+
+
+def component_shapes(kind: str, shapes: Sequence[Shape]) -> list[Shape]:
+    """The shapes of a tuple's components, checked (see `CATALOGUE` for what they hold)."""
+    entry = CATALOGUE.get(kind)
+    parts = entry.shapes(shapes) if entry is not None else None
+    if parts is None:
+        raise ProtocolError(f"unknown tuple kind or shapes: {kind} {list(shapes)}")
+    return parts
+
+
+def random_components(kind: str) -> int:
+    """How many leading components of a tuple of `kind` are uniformly random on their own."""
+    entry = CATALOGUE.get(kind)
+    if entry is None:
+        raise ProtocolError(f"unknown tuple kind: {kind}")
+    return entry.random

@@ -1,0 +1,175 @@
+"""The README's walkthrough runs as written, in a copy of parties/.
+
+The commands are read from the README's "Running the example federation by
+hand" block and run in order from the folder holding the copy. Only two
+things change: `.venv/bin/invisible` becomes this Python's `-m invisible`,
+and the copy's federation.toml (the one file with ports) gets free ones, so
+the test runs beside anything else on the machine. `node serve` lines run in
+the background, as they would in their own terminals, and are always stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from invisible.coordinator.local import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+SECTION = "### Running the example federation by hand"
+EXECUTABLE = ".venv/bin/invisible"
+#: What `pki init`, the nodes and the jobs leave in parties/; never copied.
+GENERATED = shutil.ignore_patterns("pki", "*-ledger.sqlite*", "receipts", "*-results")
+COMMAND_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 60.0
+
+#: What a command must print besides exiting 0, by its label: a job file's
+#: name for `job run`, else the subcommand.
+EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
+    "health": ("serving",),
+    "secure_sum.job.toml": ("total",),
+}
+
+
+def walkthrough_commands(readme: Path) -> list[list[str]]:
+    """The commands of the README's walkthrough block, each an argv for this Python."""
+    text = readme.read_text()
+    assert SECTION in text, f"{readme} has no section '{SECTION}'"
+    block = text[text.index(SECTION):].split("```")[1]
+    commands = []
+    for line in block.splitlines():
+        words = shlex.split(line, comments=True)
+        if not words:
+            continue
+        assert words[0] == EXECUTABLE, f"walkthrough line does not run {EXECUTABLE}: {line}"
+        commands.append([sys.executable, "-m", "invisible", *words[1:]])
+    return commands
+
+
+def label(command: list[str]) -> str:
+    words = command[3:]
+    return Path(words[-1]).name if words[:2] == ["job", "run"] else words[0]
+
+
+def copy_parties(directory: Path) -> dict[str, str]:
+    """Copy parties/ into `directory`, give every node a free port; returns the new addresses."""
+    copy = directory / "parties"
+    shutil.copytree(ROOT / "parties", copy, ignore=GENERATED)
+    book = copy / "federation.toml"
+    text = book.read_text()
+    entries = tomllib.loads(text)
+    addresses = {}
+    for node, address in {**entries["parties"], **entries.get("dealers", {})}.items():
+        host = address.rsplit(":", 1)[0]
+        addresses[node] = f"{host}:{free_port()}"
+        assert text.count(f'"{address}"') == 1, f"{book}: {address} is not written once"
+        text = text.replace(f'"{address}"', f'"{addresses[node]}"')
+    book.write_text(text)
+    return addresses
+
+
+class BackgroundNodes:
+    """The walkthrough's `node serve` lines, each a process logging to its own file."""
+
+    def __init__(self, cwd: Path, log_dir: Path) -> None:
+        self.cwd, self.log_dir = cwd, log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.ready = False
+        log_dir.mkdir()
+
+    def start(self, command: list[str]) -> None:
+        name = Path(command[command.index("--config") + 1]).parent.name
+        with (self.log_dir / f"{name}.log").open("wb") as log:
+            self.processes[name] = subprocess.Popen(
+                command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            )
+        self.ready = False
+
+    def log(self, name: str) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def tails(self, lines: int = 15) -> str:
+        return "\n".join(f"--- {name} (exit {process.poll()}):\n"
+                         + "\n".join(self.log(name).splitlines()[-lines:])
+                         for name, process in self.processes.items())
+
+    def wait_serving(self) -> None:
+        """Until every node printed that it serves; fails if one exits or the time runs out."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.ready:
+            for name, process in self.processes.items():
+                if process.poll() is not None:
+                    pytest.fail(f"node '{name}' exited with {process.returncode}\n{self.tails()}")
+            self.ready = all("serving on" in self.log(name) for name in self.processes)
+            if time.monotonic() > deadline:
+                pytest.fail(f"nodes not serving after {START_TIMEOUT_S} s\n{self.tails()}")
+            time.sleep(0.2)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every node, then kill any still running after the timeout."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for process in self.processes.values():
+            try:
+                process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def run_command(command: list[str], cwd: Path, nodes: BackgroundNodes) -> str:
+    """Run one foreground command; `health` is retried while nodes finish starting."""
+    attempts = 10 if label(command) == "health" else 1
+    for attempt in range(attempts):
+        try:
+            done = subprocess.run(command, cwd=cwd, capture_output=True, text=True,
+                                  timeout=COMMAND_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            pytest.fail(f"{shlex.join(command[3:])} took over {COMMAND_TIMEOUT_S} s\n"
+                        f"output:\n{exc.stdout}\n{exc.stderr}\nnode logs:\n{nodes.tails()}")
+        if done.returncode == 0:
+            break
+        if attempt + 1 < attempts:
+            time.sleep(1.0)
+    report = (f"{shlex.join(command[3:])} exited with {done.returncode}\n"
+              f"stdout:\n{done.stdout}\nstderr:\n{done.stderr}\nnode logs:\n{nodes.tails()}")
+    assert done.returncode == 0, report
+    for expected in EXPECTED_OUTPUT.get(label(command), ()):
+        assert expected in done.stdout, f"{expected!r} not printed by\n{report}"
+    return done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_the_readme_walkthrough_runs_in_a_copy_of_parties(tmp_path):
+    commands = walkthrough_commands(README)
+    addresses = copy_parties(tmp_path)
+    labels = [label(command) for command in commands]
+    assert labels[0] == "pki"
+    assert {f.name for f in (ROOT / "parties").glob("*.job.toml")} <= set(labels), \
+        "the walkthrough runs every example job file"
+    nodes = BackgroundNodes(tmp_path, tmp_path / "logs")
+    try:
+        for command in commands:
+            if command[3:5] == ["node", "serve"]:
+                nodes.start(command)
+                continue
+            nodes.wait_serving()
+            run_command(command, tmp_path, nodes)
+        for name in nodes.processes:
+            assert f"serving on {addresses[name]}" in nodes.log(name)
+    finally:
+        nodes.stop()
