@@ -496,3 +496,29 @@ def test_less_than_and_select(engine):
     x_hat, y_hat = decode(encode(x, 50, F)), decode(encode(y, 50, F))
     assert np.array_equal(bits, (x_hat < y_hat).astype(np.uint64))
     assert np.array_equal(chosen, np.where(x_hat < y_hat, x_hat, 0.0))
+
+
+@pytest.mark.parametrize("rows", [(1, 0), (1, 1), (2, 1), (3, 2), (4, 4), (9, 7)])
+def test_sample_variance_divides_by_count_minus_one(rows):
+    """ddof = 1 for small counts, where N/(N-1) matters; a single row gives 0."""
+    from invisible.protocols.mpc.statistics import shared_totals, statistics
+
+    engine = inprocess_engine(2)
+    rng = np.random.default_rng(sum(rows))  # test data, not protected
+    columns = [rng.uniform(-50, 50, n) for n in rows]
+    values = np.concatenate(columns)
+
+    def program(ctx, provider):
+        mine = columns[ctx.index]
+        local = (float(mine.size), float(mine.sum()), float(np.square(mine).sum()))
+        totals = shared_totals(ctx, local, 50.0, 16, Prg.from_os())
+        population = statistics(ctx, provider, totals, 50.0, 16)
+        sample = statistics(ctx, provider, totals, 50.0, 16, ddof=1)
+        return np.stack([population.share, sample.share])
+
+    opened = decode(open_result(engine.run(program), engine.parties), F)
+    tolerance = 2.0**-F * (3 * np.mean(values**2) + 2 * abs(values.mean()) + 8) * 2
+    assert opened[0, 3] == pytest.approx(values.var(), abs=tolerance)
+    expected = values.var(ddof=1) if values.size > 1 else 0.0
+    assert opened[1, 3] == pytest.approx(expected, abs=tolerance)
+    assert opened[1, 2] == pytest.approx(values.mean(), abs=tolerance)  # the rest unchanged

@@ -20,13 +20,15 @@ import time
 import tomllib
 from pathlib import Path
 
+import numpy as np
+import pandas
 import pytest
 
 from invisible.coordinator.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-SECTION = "### Running the example federation by hand"
+SECTION = "## Running the example federation by hand"
 EXECUTABLE = ".venv/bin/invisible"
 #: What `pki init`, the nodes and the jobs leave in parties/; never copied.
 GENERATED = shutil.ignore_patterns("pki", "*-ledger.sqlite*", "receipts", "*-results")
@@ -37,8 +39,28 @@ START_TIMEOUT_S = 60.0
 #: name for `job run`, else the subcommand.
 EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     "health": ("serving",),
-    "secure_sum.job.toml": ("total",),
+    "connectivity.job.toml": ("every pair agreed on a fresh X25519 secret",),
+    "secure_sum.job.toml": ("total", "2^-16", "per party:"),
+    "paillier_sum.job.toml": ("total", "2^-16"),
+    "statistics.job.toml": ("count", "mean", "std", "population variance"),
+    "bandwidth.job.toml": ("MB/s",),
+    "mul_benchmark.job.toml": ("products", "tuples"),
 }
+
+
+def sample_column(copy: Path, column: str) -> np.ndarray:
+    """Every institution's column, read from the copy's CSV files (only a test may)."""
+    return np.concatenate([pandas.read_csv(path)[column].to_numpy()
+                           for path in sorted(copy.glob("*/customers.csv"))])
+
+
+def printed_value(stdout: str, name: str) -> float:
+    """The number printed on the line that starts with `name` (a result table's row)."""
+    for line in stdout.splitlines():
+        words = line.split()
+        if words and words[0] == name:
+            return float(words[-1].replace(",", ""))
+    raise AssertionError(f"no line for {name!r} in\n{stdout}")
 
 
 def walkthrough_commands(readme: Path) -> list[list[str]]:
@@ -162,14 +184,51 @@ def test_the_readme_walkthrough_runs_in_a_copy_of_parties(tmp_path):
     assert {f.name for f in (ROOT / "parties").glob("*.job.toml")} <= set(labels), \
         "the walkthrough runs every example job file"
     nodes = BackgroundNodes(tmp_path, tmp_path / "logs")
+    printed = {}
     try:
         for command in commands:
             if command[3:5] == ["node", "serve"]:
                 nodes.start(command)
                 continue
             nodes.wait_serving()
-            run_command(command, tmp_path, nodes)
+            printed[label(command)] = run_command(command, tmp_path, nodes)
         for name in nodes.processes:
             assert f"serving on {addresses[name]}" in nodes.log(name)
+        check_decoded_results(printed, tmp_path / "parties")
+        run_every_template(tmp_path, nodes)
     finally:
         nodes.stop()
+
+
+def check_decoded_results(printed: dict[str, str], copy: Path) -> None:
+    """`job run` prints the decoded values, and they are the plaintext answers."""
+    spend = sample_column(copy, "monthly_spend")
+    rounding = spend.size * 2.0**-17  # fixed-point rounding, half an ulp per value
+    for job in ("secure_sum.job.toml", "paillier_sum.job.toml"):
+        lines = printed[job].splitlines()
+        total = float(lines[lines.index(next(x for x in lines if x.split() == ["total"])) + 1]
+                      .replace(",", ""))
+        assert abs(total - spend.sum()) <= rounding, job
+    stats = printed["statistics.job.toml"]
+    assert printed_value(stats, "count") == spend.size
+    stated = 2.0**-16 * (3 * abs(spend.mean()) + 4)  # the protocol's stated error bound
+    assert abs(printed_value(stats, "mean") - spend.mean()) <= stated
+    assert abs(printed_value(stats, "std") - spend.std()) <= 10 * stated
+
+
+def run_every_template(cwd: Path, nodes: BackgroundNodes) -> None:
+    """`invisible job template KIND` runs against the example federation as printed: as the
+    default (saved beside coordinator.toml) and with --coordinator (saved anywhere)."""
+    kinds = run_command([sys.executable, "-m", "invisible", "job", "kinds"], cwd, nodes)
+    names = [line.split()[0] for line in kinds.splitlines() if "(version" in line]
+    assert len(names) >= 6, kinds
+    for name in names:
+        for where, extra in ((cwd / "parties", []), (cwd, ["--coordinator",
+                                                          "parties/coordinator.toml"])):
+            if where == cwd / "parties" and name != "secure_sum":
+                continue  # once is enough for the default names
+            template = run_command([sys.executable, "-m", "invisible", "job", "template", name,
+                                    *extra], cwd, nodes)
+            path = where / f"{name}.template.toml"
+            path.write_text(template)
+            run_command([sys.executable, "-m", "invisible", "job", "run", str(path)], cwd, nodes)

@@ -244,7 +244,7 @@ class Federation:
             aggregator=aggregator, key_bits=key_bits), job_id=job_id, timeout_s=timeout_s)
 
     def statistics(self, inputs: Columns, bound: float, *, outputs: Sequence[str], dealer: str,
-                   max_rows: int = 1 << 20, recipient: str | None = None, ddof: int = 0,
+                   max_rows: int = 100_000, recipient: str | None = None, ddof: int = 0,
                    job_id: str | None = None, timeout_s: float | None = None,
                    ) -> StatisticsResult:
         """Declared statistics (count, sum, mean, variance, std; variance with divisor

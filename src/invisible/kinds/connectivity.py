@@ -7,7 +7,7 @@ confirms it (see :mod:`invisible.protocols.connectivity`). Uses no data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
@@ -43,6 +43,9 @@ class ConnectivityResult(Result):
         return Table(("party", "peers confirmed", "ms"),
                      [(p, sorted(peers), round(self.party_seconds[p] * 1000, 1))
                       for p, peers in self.peers_confirmed.items()], decimals=1)
+
+    def facts(self) -> dict[str, Any]:
+        return {"ok": self.ok}
 
     def notes(self) -> list[str]:
         return ["every pair agreed on a fresh X25519 secret" if self.ok

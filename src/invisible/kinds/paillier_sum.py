@@ -97,4 +97,4 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
                                 "length")
         return SecureSumResult(job, np.asarray(total, dtype=np.float64),
                                job.requester or "requester", params.fractional_bits,
-                               params.group_by, params.elementwise)
+                               params.group_by, params.elementwise, params.key_holder)

@@ -158,8 +158,9 @@ class Params(Generic[R]):
             value = getattr(self, spec.name)
             if isinstance(value, tuple):
                 value = list(value)
-            elif isinstance(value, dict):
-                value = {p: {"dataset": r.dataset, "column": r.column} for p, r in value.items()}
+            elif isinstance(value, dict):  # Inputs: InputRefs, or (dataset, column) pairs
+                value = {p: {"dataset": r.dataset, "column": r.column}
+                         for p, r in input_refs(value).items()}
             out[spec.name] = value
         return out
 

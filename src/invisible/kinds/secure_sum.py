@@ -171,6 +171,8 @@ class SecureSumResult(Result):
     fractional_bits: int = DEFAULT_FRACTIONAL_BITS
     group_by: str | None = None
     elementwise: bool = False
+    #: For a sum by Paillier: the party that decrypted the total (and so learned it too).
+    key_holder: str | None = None
 
     @property
     def value(self) -> float:
@@ -205,13 +207,18 @@ class SecureSumResult(Result):
 
     def facts(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "fractional_bits": self.fractional_bits,
+                "key_holder": self.key_holder,
                 "total": None if self.total is None else self.total.tolist()}
 
     def notes(self) -> list[str]:
         if self.total is None:
             return [f"the total went to party '{self.recipient}', which keeps it on its own "
                     "disk; the requester received nothing"]
-        return [f"shown to the job's fixed-point resolution, 2^-{self.fractional_bits}"]
+        notes = [f"shown to the job's fixed-point resolution, 2^-{self.fractional_bits}"]
+        if self.key_holder:
+            notes.append(f"decrypted by the key holder '{self.key_holder}', which learned the "
+                         "total too")
+        return notes
 
 
 class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):

@@ -34,6 +34,7 @@ from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray
 from invisible.protocols.mpc.statistics import (
     OUTPUTS,
+    check_capacity,
     finish,
     select_outputs,
     shared_totals,
@@ -52,7 +53,7 @@ class StatisticsParams(Params["StatisticsResult"]):
                            example={"bank": {"dataset": "customers", "column": "monthly_spend"}})
     bound: float = param("public bound on every |value| (squares must stay in fixed-point range)",
                          gt=0, lt=2**14, example=5000.0)
-    max_rows: int = param("public bound on each party's rows", default=1 << 20, ge=1)
+    max_rows: int = param("public bound on each party's rows", default=100_000, ge=1)
     outputs: tuple[str, ...] = param("the statistics to open", choices=OUTPUTS,
                                      example=["count", "mean", "std"])
     dealer: str = param("a dealer node of the job (serves correlated randomness, holds no data)",
@@ -77,6 +78,10 @@ class StatisticsParams(Params["StatisticsResult"]):
                               "dealer")
         if self.recipient is not None and self.recipient not in self.inputs:
             raise ConfigError(f"{kind}: 'recipient' must be an input party or none")
+        try:
+            check_capacity(len(self.inputs), self.bound, self.max_rows, FRACTIONAL_BITS)
+        except ProtocolError as exc:
+            raise ConfigError(f"{exc}: lower 'max_rows' or 'bound'") from None
 
     def computing(self, parties: tuple[str, ...]) -> tuple[str, ...]:
         """The computing parties in the job's order (the dealer is not one)."""

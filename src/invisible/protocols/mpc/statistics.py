@@ -43,9 +43,16 @@ from invisible.protocols.mpc.arithmetic import input_from, mul, mul_ring, trunca
 from invisible.protocols.mpc.comparison import bracket, reciprocal
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import TupleProvider
-from invisible.protocols.mpc.shared import SharedArray
+from invisible.protocols.mpc.shared import SharedArray, check_range
 
 OUTPUTS = ("count", "sum", "mean", "variance", "std")
+
+
+def check_capacity(parties: int, bound: float, max_rows: int, fractional_bits: int) -> None:
+    """Refuse, before anything runs, sizes whose sum of squares could leave the exact range
+    (the largest value the protocol holds is the parties' summed Q <= parties x max_rows x
+    bound^2)."""
+    check_range(parties * max_rows * max(1.0, bound) ** 2, fractional_bits, "statistics")
 
 
 def shared_totals(ctx: MpcContext, local: tuple[float, float, float] | None, bound: float,
