@@ -93,11 +93,18 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
             "bank": 240, "hospital": 180, "telco": 300}
 
         job.write_text(job.read_text().replace("bound = 1e5", "bound = 10.0"))
+        clipped = invisible("job", "run", str(job), "--json")
+        assert clipped.returncode == 0, clipped.stderr  # values beyond the bound are clipped
+        expected = sum(np.clip(np.loadtxt(sample_path(p), delimiter=",", skiprows=1, usecols=2),
+                               -10, 10).sum() for p in PARTIES)
+        assert json.loads(clipped.stdout)["total"][0] == pytest.approx(expected, abs=0.01)
+
+        job.write_text(job.read_text().replace("max_rows = 1000", "max_rows = 100"))
         refused = invisible("job", "run", str(job))
         assert refused.returncode == 2
-        assert "outside the declared bound 10" in refused.stderr
-        assert "no result was released" in refused.stderr
-        assert '"total"' not in refused.stdout
+        assert "rule 'data': dataset 'customers' has more rows than the job's max_rows" \
+            in refused.stderr
+        assert "total" not in refused.stdout
     finally:
         codes = nodes.stop()
     assert codes == {p: 0 for p in PARTIES}  # SIGTERM is a clean stop

@@ -187,3 +187,19 @@ def test_a_missing_or_invalid_book_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"c.toml: coordinator.federation must be a non-empty"):
         load_coordinator_config(write(tmp_path / "c.toml",
                                       f'[coordinator]\nid = "c"\nfederation = 3\n{TLS}'))
+
+
+def test_missing_or_non_finite_numbers_refuse_the_dataset_or_are_dropped(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_text("id,amount,count\n1,2.5,3\n2,,4\n3,nan,5\n4,inf,\n5,1.0,6\n")
+    columns = {"id": "int", "amount": "float", "count": "int"}
+    with pytest.raises(ConfigError, match="column 'amount' of .* has missing or non-finite "
+                                          "values; set missing = \"drop\""):
+        load_dataset(DatasetConfig("t", path, columns))
+    dropped = load_dataset(DatasetConfig("t", path, columns, missing="drop"))
+    assert dropped.column("id").tolist() == [1, 5]
+    assert dropped.column("amount").tolist() == [2.5, 1.0]
+    assert dropped.column("count").dtype == np.int64
+    path.write_text("id,amount,count\n1,2.5,x\n")
+    with pytest.raises(ConfigError, match="column 'count' .* holds a value that is not int"):
+        load_dataset(DatasetConfig("t", path, columns, missing="drop"))

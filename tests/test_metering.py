@@ -17,7 +17,13 @@ from invisible.metering.entries import LedgerEntry, PendingEntry
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.metrics import NodeMetrics
-from invisible.metering.policy import Refusal, UseRequest, authorise, parse_policy
+from invisible.metering.policy import (
+    Refusal,
+    UseRequest,
+    authorise,
+    parse_policy,
+    threshold_problem,
+)
 from invisible.metering.report import report_rows
 from invisible.metering.signing import generate_signing_key, load_public_key, load_signing_key
 from invisible.metering.verify import verify_against_receipts, verify_chain
@@ -75,13 +81,27 @@ def use(**changes):
     ({"kind": "logistic_regression"}, "not-allowed"),
     ({"columns": ("amount", "age")}, "columns"),
     ({"recipient": "telco"}, "recipients"),
-    ({"smallest_cell": 9}, "k-threshold"),
+    ({"recipient": "bank", "requester_too": True, "requester": "analyst"}, None),
 ])
-def test_each_rule_refuses_and_names_itself(change, rule):
+def test_each_rule_on_the_request_refuses_and_names_itself(change, rule):
+    policy = parse_policy(POLICY, "test")
+    if rule is None:  # the requester and the bank may both receive: allowed
+        assert authorise("bank", policy, use(**change)).jobs_per_day == 3
+        only_bank = parse_policy({**POLICY, "recipients": ["bank"]}, "test")
+        with pytest.raises(Refusal, match="may not go to 'requester'"):
+            authorise("bank", only_bank, use(**change))  # the requester receives them too
+        return
     with pytest.raises(Refusal, match=f"rule '{rule}'") as refused:
-        authorise("bank", parse_policy(POLICY, "test"), use(**change))
+        authorise("bank", policy, use(**change))
     assert refused.value.rule == rule
-    assert "9" not in str(refused.value)  # the k-threshold refusal never tells the count
+
+
+def test_the_k_threshold_is_a_data_check_and_never_tells_the_count():
+    policy = parse_policy(POLICY, "test")
+    assert authorise("bank", policy, use(smallest_cell=9)).jobs_per_day == 3  # not on the request
+    assert threshold_problem(policy, use(smallest_cell=10)) is None  # exactly k is enough
+    rule, detail = threshold_problem(policy, use(smallest_cell=9))
+    assert rule == "k-threshold" and "9" not in detail
 
 
 def test_a_dataset_without_policy_allows_nothing():

@@ -71,7 +71,8 @@ def test_a_k_threshold_refusal_stops_the_job_everywhere_and_reveals_no_count(tmp
         "rule")[1])  # no row count of any district appears
     receipts = list((tmp_path / "coordinator-receipts").glob("*.json"))
     assert receipts == []  # nothing was released, not even receipts of a result
-    assert events(layout.party_configs["telco"]) == ["requested", "refused"]
+    # a data check: only for an allowed job, after its reservation, which it keeps (charged)
+    assert events(layout.party_configs["telco"]) == ["requested", "accepted", "refused"]
     for party in ("bank", "hospital"):  # accepted, then cancelled before touching data
         assert events(layout.party_configs[party]) in (
             ["requested", "accepted", "cancelled"], [])  # [] if the refusal came first

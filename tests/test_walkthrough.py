@@ -223,8 +223,10 @@ def run_every_template(cwd: Path, nodes: BackgroundNodes) -> None:
     names = [line.split()[0] for line in kinds.splitlines() if "(version" in line]
     assert len(names) >= 6, kinds
     for name in names:
-        for where, extra in ((cwd / "parties", []), (cwd, ["--coordinator",
-                                                          "parties/coordinator.toml"])):
+        elsewhere = cwd / "elsewhere"
+        elsewhere.mkdir(exist_ok=True)
+        for where, extra in ((cwd / "parties", []), (elsewhere, ["--coordinator",
+                                                                "parties/coordinator.toml"])):
             if where == cwd / "parties" and name != "secure_sum":
                 continue  # once is enough for the default names
             template = run_command([sys.executable, "-m", "invisible", "job", "template", name,

@@ -128,7 +128,7 @@ def _job_template(args: argparse.Namespace) -> int:
         config = load_coordinator_config(args.coordinator)
         parties = tuple(config.parties)
         dealer = next(iter(config.dealers), EXAMPLE_DEALER)
-        coordinator = args.coordinator
+        coordinator = str(Path(args.coordinator).resolve())  # the job file may go anywhere
     print(job_template(args.kind, parties, dealer, coordinator), end="")
     return 0
 

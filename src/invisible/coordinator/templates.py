@@ -53,8 +53,9 @@ def kinds_markdown() -> str:
             continue
         out += ["| parameter | type | default | rule | meaning |", "| --- | --- | --- | --- | --- |"]
         for spec in fields:
-            out.append(f"| `{spec.name}` | {spec.type_name} | {_default_text(spec)} | "
-                       f"{spec.rule or '-'} | {spec.declaration.doc} |")
+            cells = (f"`{spec.name}`", spec.type_name, _default_text(spec), spec.rule or "-",
+                     spec.declaration.doc)
+            out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -86,8 +87,8 @@ def job_template(name: str, parties: Sequence[str] = EXAMPLE_PARTIES,
              "", "[job]", f'kind = "{kind.name}"',
              f"coordinator = {toml_value(coordinator)}    # the coordinator's config, relative "
              "to this file",
-             "# parties = [...]    # optional: default, the parties the parameters name "
-             "(else all)"]
+             f"# parties = {toml_value(list(parties))}    # optional: default, the parties the "
+             "parameters name (else all)"]
     inputs: dict[str, Any] | None = None
     for spec in kind.params_type.fields():
         if spec.is_inputs:

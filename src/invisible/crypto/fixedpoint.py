@@ -8,8 +8,10 @@ signed integer and divides by 2^f. The encoding error of one value is at most
 Inputs carry a declared bound B (|x| <= B). Additions stay exact while the
 true sum stays below 2^63 / 2^f in magnitude; :func:`check_sum_capacity`
 refuses a computation whose worst case (`terms` values of magnitude B) could
-leave that range, before anything is encoded. Values outside the bound are
-refused, never wrapped or clipped.
+leave that range, before anything is encoded. :func:`encode` refuses values
+outside the bound; :func:`encode_clipped` clips them to it (what jobs do, so
+that the bound is not an oracle) and says how many it clipped. Nothing is
+ever wrapped.
 """
 
 from __future__ import annotations
@@ -59,6 +61,27 @@ def encode(values: np.ndarray, bound: float, fractional_bits: int = DEFAULT_FRAC
     if not inside.all():
         outside = int(reals.size - np.count_nonzero(inside))
         raise BoundError(f"{outside} value(s) are not finite or exceed the declared bound {bound:g}")
+    return _scale(reals, fractional_bits)
+
+
+def encode_clipped(values: np.ndarray, bound: float,
+                   fractional_bits: int = DEFAULT_FRACTIONAL_BITS) -> tuple[np.ndarray, int]:
+    """Encode reals clipped to [-bound, bound]; the ring elements and how many were clipped.
+
+    NaN cannot be clipped and is refused (datasets drop or refuse it when they load).
+    """
+    check_sum_capacity(bound, 1, fractional_bits)
+    reals = np.asarray(values, dtype=np.float64)
+    inside = np.abs(reals) <= bound
+    clipped = int(reals.size - np.count_nonzero(inside))
+    if clipped:
+        if np.isnan(reals).any():
+            raise BoundError("a value that is not a number cannot be clipped to a bound")
+        reals = np.clip(reals, -bound, bound)
+    return _scale(reals, fractional_bits), clipped
+
+
+def _scale(reals: np.ndarray, fractional_bits: int) -> np.ndarray:
     scaled = np.asarray(reals * float(2**fractional_bits))  # exact: a power of two; 0-d too
     np.rint(scaled, out=scaled)
     return scaled.astype(np.int64).view(RING_DTYPE)

@@ -15,7 +15,7 @@ import numpy as np
 
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
 from invisible.kinds.params import Params, param
 from invisible.kinds.results import Result, Table
 
@@ -62,6 +62,9 @@ class BandwidthKind(JobKind[BandwidthParams, BandwidthResult]):
     params_type = BandwidthParams
     summary = ("diagnostic: one party sends random ring elements to another and reports the "
                "time; uses no data")
+
+    def declare(self, params: BandwidthParams, party_id: str) -> DeclaredUse | None:
+        return None
 
     def plan(self, params: BandwidthParams, party_id: str, datasets: Datasets) -> DataUse | None:
         return None

@@ -4,8 +4,11 @@ A kind lives in one module of this package and holds everything specific
 to it:
 
 - its parameters (:class:`invisible.kinds.params.Params`, declared once);
-- ``plan``: at each node, before anything runs, what data the job will use
-  there (for the policy), raising if the job cannot run;
+- ``declare``: at each node, from the parameters alone, which dataset,
+  columns and recipient the job uses there: the policy is checked against
+  this before anything reads data;
+- ``plan``: for an allowed job, what the data says (rows, the smallest
+  released cell, a data-dependent problem), charged like a job;
 - ``run``: at each node, the protocol over the job's channel, returning what
   the node releases (:class:`JobOutcome`);
 - ``finish``: at the coordinator, the parties' released outputs decoded into
@@ -45,15 +48,35 @@ class Datasets(Protocol):
 
 
 @dataclass(frozen=True)
-class DataUse:
-    """What a job will do with this party's data, known before it runs (for the policy)."""
+class DeclaredUse:
+    """What a job says it will use at this party, read from its parameters alone.
+
+    The node's policy (requester, kind, columns, recipient) is checked against
+    this before anything reads data, so a refusal can depend on nothing but
+    the request and the policy.
+    """
 
     dataset: str
     columns: tuple[str, ...]
-    rows: int
-    smallest_cell: int | None
     #: Who receives what this party releases: a party id, or None for the requester.
     recipient: str | None
+    #: With a recipient party: whether the requester receives the outputs too.
+    requester_too: bool = False
+
+
+@dataclass(frozen=True)
+class DataUse:
+    """What the data says about an allowed job, measured after the policy allowed it.
+
+    `problem` is a data-dependent reason the job cannot run here (rows over
+    the declared maximum, a group column out of range): it is charged like a
+    job and says nothing about values or counts.
+    """
+
+    rows: int
+    #: Rows in the smallest cell the job would release (None: releases no aggregate).
+    smallest_cell: int | None
+    problem: str | None = None
 
 
 @dataclass
@@ -82,6 +105,9 @@ class JobOutcome:
     recipient: str | None = None
     #: Every explicit opening the party took part in: {"what", "to", "values"} each.
     openings: list[dict[str, Any]] = field(default_factory=list)
+    #: How many of this party's values were clipped to the declared bound: recorded in
+    #: this party's own ledger only, never released.
+    clipped: int = 0
 
 
 class JobKind(ABC, Generic[P, R]):
@@ -97,8 +123,14 @@ class JobKind(ABC, Generic[P, R]):
         return self.params_type.parse(spec.params, spec.parties)
 
     @abstractmethod
+    def declare(self, params: P, party_id: str) -> DeclaredUse | None:
+        """What the job uses here, from its parameters alone (None: no data); no data is read."""
+
+    @abstractmethod
     def plan(self, params: P, party_id: str, datasets: Datasets) -> DataUse | None:
-        """Say what data the job uses here (None: none); raise if it cannot run here."""
+        """For a job the policy allowed: rows and the smallest released cell here, and any
+        data-dependent problem (None: no data). Raises ConfigError only for what the
+        dataset's declaration shows (a missing or non-numeric column), never for values."""
 
     @abstractmethod
     def run(self, params: P, context: JobContext) -> JobOutcome:

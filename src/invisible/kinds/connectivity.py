@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
 from invisible.kinds.params import Params
 from invisible.kinds.results import Result, Table
 from invisible.protocols.connectivity import run_connectivity_check
@@ -57,6 +57,9 @@ class ConnectivityKind(JobKind[ConnectivityParams, ConnectivityResult]):
     params_type = ConnectivityParams
     summary = ("every pair of parties proves mutual-TLS reachability and agrees on a fresh "
                "X25519 secret; uses no data")
+
+    def declare(self, params: ConnectivityParams, party_id: str) -> DeclaredUse | None:
+        return None
 
     def plan(self, params: ConnectivityParams, party_id: str, datasets: Datasets) -> DataUse | None:
         return None

@@ -22,12 +22,20 @@ from invisible.crypto.paillier.keys import MIN_KEY_BITS
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
 from invisible.kinds.params import param
-from invisible.kinds.secure_sum import SecureSumResult, SumParams, local_vector, plan_sum
+from invisible.kinds.secure_sum import (
+    SecureSumResult,
+    SumParams,
+    declare_sum,
+    local_vector,
+    plan_sum,
+)
 from invisible.protocols.paillier_sum import paillier_sum
 
 TOTAL_ARRAY = "total"
+#: Key sizes a key holder makes for one job (a larger one would tie its node up for hours).
+MAX_KEY_BITS = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -36,9 +44,10 @@ class PaillierSumParams(SumParams[SecureSumResult]):
 
     key_holder: str = param("the party that makes the job's key pair, decrypts the total and "
                             "releases it", example="telco")
-    aggregator: str | None = param("the party that adds the ciphertexts (default: the first "
-                                   "other party)", default=None, example="hospital")
-    key_bits: int = param("Paillier modulus size", default=MIN_KEY_BITS, ge=MIN_KEY_BITS)
+    aggregator: str | None = param("the party that adds the ciphertexts; none: the first "
+                                   "other party", default=None, example="hospital")
+    key_bits: int = param("Paillier modulus size", default=MIN_KEY_BITS, ge=MIN_KEY_BITS,
+                          le=MAX_KEY_BITS)
 
     def aggregator_of(self, parties: tuple[str, ...]) -> str:
         """The aggregator, declared or by default (the first party in the job's order that
@@ -71,17 +80,20 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
     summary = ("the sums of secure_sum by Paillier encryption: a key holder decrypts the "
                "total for the requester")
 
+    def declare(self, params: PaillierSumParams, party_id: str) -> DeclaredUse:
+        return declare_sum(params, party_id, None)
+
     def plan(self, params: PaillierSumParams, party_id: str, datasets: Datasets) -> DataUse:
-        return plan_sum(params, party_id, datasets, None)
+        return plan_sum(params, party_id, datasets)
 
     def run(self, params: PaillierSumParams, context: JobContext) -> JobOutcome:
-        vector, rows = local_vector(params, context.channel.party_id, context.datasets)
+        vector, rows, clipped = local_vector(params, context.channel.party_id, context.datasets)
         result = paillier_sum(
             context.channel, vector.view("int64"), key_holder=params.key_holder,
             aggregator=params.aggregator_of(context.spec.parties), bias=params.bias, rng=context.rng,
             workers=os.cpu_count() or 1, key_bits=params.key_bits,
         )
-        outcome = JobOutcome(rows_used=rows, output={
+        outcome = JobOutcome(rows_used=rows, clipped=clipped, output={
             "vector_length": params.vector_length, "key_holder": params.key_holder,
             "aggregator": params.aggregator_of(context.spec.parties)})
         if result.total is not None:

@@ -139,7 +139,7 @@ class Params(Generic[R]):
         specs = {f.name: f for f in cls.fields()}
         unknown = sorted(set(raw) - set(specs))
         if unknown:
-            raise ConfigError(f"{cls.KIND}: unknown parameter(s) {', '.join(unknown)} "
+            raise ConfigError(f"{cls.KIND}: unknown parameter(s) {', '.join(map(_name, unknown))} "
                               f"(it takes: {', '.join(specs) or 'none'})")
         values = {}
         for name, spec in specs.items():
@@ -213,11 +213,18 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _name(value: Any) -> str:
+    """A key or party name from a request, quoted and cut short: never a forged log line."""
+    text = repr(str(value))
+    return text if len(text) <= 42 else text[:39] + "...'"
+
+
 def _describe(value: Any) -> str:
     """What was given, for an error message (parameters are public, never data)."""
     names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
-             list: "a list", dict: "a table"}
-    text = _show(value) if isinstance(value, bool | int | float | str) else ""
+             list: "a list", dict: "a table", type(None): "nothing"}
+    text = repr(value) if isinstance(value, str) else (
+        _show(value) if isinstance(value, bool | int | float) else "")
     if len(text) > 40:
         text = text[:37] + "..."
     return f"{names.get(type(value), type(value).__name__)}{' ' + text if text else ''}"
@@ -237,10 +244,14 @@ def _read(kind_name: str, spec: FieldSpec, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float) or (
                 kind is int and not isinstance(value, int)):
             raise fail("an integer" if kind is int else "a number")
-        if not math.isfinite(value):
+        try:
+            number = kind(value)
+        except OverflowError:
+            raise fail("a finite number") from None
+        if kind is float and not math.isfinite(number):
             raise fail("a finite number")
-        _check_bounds(spec, value, fail, "an integer" if kind is int else "a number")
-        return kind(value)
+        _check_bounds(spec, number, fail, "an integer" if kind is int else "a number")
+        return number
     if kind is str:
         if not isinstance(value, str) or not value:
             raise fail("a non-empty string")
@@ -281,7 +292,7 @@ def _read_inputs(kind_name: str, key: str, value: Any,
         if not (isinstance(ref, Mapping) and set(ref) == {"dataset", "column"}
                 and isinstance(ref["dataset"], str) and ref["dataset"]
                 and isinstance(ref["column"], str) and ref["column"]):
-            raise ConfigError(f"{kind_name}: '{key}' of party '{party}' must be "
+            raise ConfigError(f"{kind_name}: '{key}' of party {_name(party)} must be "
                               "{ dataset = \"...\", column = \"...\" }")
         inputs[str(party)] = InputRef(ref["dataset"], ref["column"])
     return inputs

@@ -5,7 +5,8 @@ A kind's result derives from :class:`Result`: it keeps the gathered job
 :class:`Table`. From that come ``repr`` (the CLI prints it), ``_repr_html_``
 (notebooks), ``to_frame`` (a pandas DataFrame) and ``to_json``. Fixed-point
 values are shown with as many decimals as the job's resolution carries
-(2^-16 is about 1.5e-5: five decimals); the arrays keep every bit.
+(2^-16 is about 1.5e-5: five decimals); the values themselves keep full
+float64 precision.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ class Table:
         return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class Result(ABC):
     """Base of every kind's result; `job` is what the coordinator gathered."""
 

@@ -4,10 +4,10 @@ What is summed, per party: the column's total (a vector of 1), per-category
 totals (a vector of `categories`, by an integer column in [0, categories)),
 or the column itself as a vector of `length` (e.g. model weights).
 
-At each node (``plan`` and ``run``): before anything is encoded, parties x
-max_rows x B x 2^f < 2^63 (parties x B x 2^f elementwise) is checked from
-the declared parameters alone, so no sum can wrap; a value outside the
-bound refuses the job, never wraps. The node then runs
+At each node (``declare``, ``plan`` and ``run``): parties x max_rows x B x
+2^f < 2^63 (parties x B x 2^f elementwise) is checked from the declared
+parameters alone, so no sum can wrap; a value outside the bound is clipped
+to it (never wrapped, never refused: a refusal would be an oracle). The node then runs
 :func:`invisible.protocols.secure_sum.secure_sum` and releases one masked
 vector to the requester, or, when a party is the recipient, keeps the total
 on that party's disk. Errors name the dataset, column and rule, never a value.
@@ -30,12 +30,20 @@ from invisible.crypto.fixedpoint import (
     BoundError,
     check_sum_capacity,
     decode,
-    encode,
+    encode_clipped,
 )
 from invisible.crypto.sharing import RING_DTYPE, reconstruct
-from invisible.errors import ConfigError, PolicyError, ProtocolError
+from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import (
+    Dataset,
+    Datasets,
+    DataUse,
+    DeclaredUse,
+    JobContext,
+    JobKind,
+    JobOutcome,
+)
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
 from invisible.protocols.secure_sum import secure_sum
@@ -43,6 +51,10 @@ from invisible.protocols.secure_sum import secure_sum
 RELEASED_ARRAY = "masked_input"
 R = TypeVar("R")
 DEFAULT_MAX_ROWS = 1 << 20
+#: Declared limits on sizes, so no parameter can make a node allocate without bound.
+MAX_ROWS = 1 << 40
+MAX_CATEGORIES = 1 << 20
+MAX_LENGTH = 1 << 27
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,19 +63,20 @@ class SumParams(Params[R]):
 
     inputs: Inputs = param("per party, the dataset and numeric column it adds",
                            example={"bank": {"dataset": "customers", "column": "monthly_spend"}})
-    bound: float = param("public bound B on every |value| (a value beyond it refuses the job)",
+    bound: float = param("public bound B on every |value| (values beyond it are clipped to it)",
                          gt=0, example=100000.0)
-    max_rows: int = param("public bound on each party's rows", default=DEFAULT_MAX_ROWS, ge=1)
+    max_rows: int = param("public bound on each party's rows", default=DEFAULT_MAX_ROWS, ge=1,
+                          le=MAX_ROWS)
     fractional_bits: int = param("fixed-point resolution: values are rounded to 2^-f",
                                  default=DEFAULT_FRACTIONAL_BITS, ge=0, le=40)
     group_by: str | None = param("an integer column in [0, categories): one total per category",
                                  default=None, example="district")
     categories: int | None = param("how many categories 'group_by' has", default=None, ge=1,
-                                    example=8)
+                                    le=MAX_CATEGORIES, example=8)
     elementwise: bool = param("add the column itself as a vector of 'length' (e.g. weights)",
                               default=False)
     length: int | None = param("the vector's length, with 'elementwise'", default=None, ge=1,
-                                example=10)
+                                le=MAX_LENGTH, example=10)
 
     @property
     def vector_length(self) -> int:
@@ -110,59 +123,80 @@ class SecureSumParams(SumParams["SecureSumResult"]):
 
 
 def local_vector(params: SumParams[Any], party: str, datasets: Datasets,
-                 ) -> tuple[np.ndarray, int]:
-    """This party's input vector in the ring, and the rows it used."""
+                 ) -> tuple[np.ndarray, int, int]:
+    """This party's input vector in the ring, the rows it used and how many values were
+    clipped to the declared bound (`plan_sum` checked the rows and groups beforehand)."""
     ref = params.inputs[party]
     dataset = datasets.get(ref.dataset)
-    where = f"column '{ref.column}' of dataset '{ref.dataset}'"
-    column = dataset.column(ref.column)
-    if column.dtype.kind not in "if":
-        raise ConfigError(f"{params.KIND}: {where} is not numeric")
+    column = numeric_column(params.KIND, dataset, ref.dataset, ref.column)
+    encoded, clipped = encode_clipped(column, params.bound, params.fractional_bits)
     rows = int(column.shape[0])
     if params.elementwise:
-        if rows != params.length:
-            raise ConfigError(f"{params.KIND}: {where} has {rows} rows, the job declares "
-                              f"length {params.length}")
-    elif rows > params.max_rows:
-        raise PolicyError(f"{params.KIND}: {where} has more rows than the job's max_rows")
-    try:
-        encoded = encode(column, params.bound, params.fractional_bits)
-    except BoundError:
-        raise PolicyError(f"{params.KIND}: {where} holds values outside the declared bound "
-                          f"{params.bound:g}") from None
-    if params.elementwise:
-        return encoded, rows
+        return encoded, rows, clipped
     if params.group_by is None:
-        return np.array([encoded.sum(dtype=RING_DTYPE)], dtype=RING_DTYPE), rows
-    groups = dataset.column(params.group_by)  # checked by plan_sum
+        return np.array([encoded.sum(dtype=RING_DTYPE)], dtype=RING_DTYPE), rows, clipped
     totals = np.zeros(int(params.categories or 0), dtype=RING_DTYPE)
-    np.add.at(totals, groups, encoded)
-    return totals, rows
+    np.add.at(totals, dataset.column(params.group_by), encoded)
+    return totals, rows, clipped
 
 
-def plan_sum(params: SumParams[Any], party_id: str, datasets: Datasets,
-             recipient: str | None) -> DataUse:
-    """The data a sum of these parameters uses at `party_id` (shared with paillier_sum)."""
+def numeric_column(kind: str, dataset: Dataset, dataset_id: str, name: str) -> np.ndarray:
+    """A column that the dataset's declaration says is numeric (a schema check, not data)."""
+    column = dataset.column(name)
+    if column.dtype.kind not in "if":
+        raise ConfigError(f"{kind}: column '{name}' of dataset '{dataset_id}' is not numeric")
+    return column
+
+
+def clip_to_bound(column: np.ndarray, bound: float) -> tuple[np.ndarray, int]:
+    """The values clipped to [-bound, bound], and how many were clipped.
+
+    Clipping, not refusing, is what keeps the bound from being an oracle: a
+    refusal for a value beyond the bound would let a requester binary-search
+    one person's value. The count is recorded in this party's own ledger only.
+    (Sums clip while they encode: :func:`invisible.crypto.fixedpoint.encode_clipped`.)
+    """
+    values = np.asarray(column, dtype=np.float64)
+    outside = np.abs(values) > bound
+    clipped = int(np.count_nonzero(outside))
+    return (np.clip(values, -bound, bound) if clipped else values), clipped
+
+
+def declare_sum(params: SumParams[Any], party_id: str, recipient: str | None) -> DeclaredUse:
+    """The dataset and columns a sum of these parameters uses at `party_id`, from the
+    parameters alone (shared with paillier_sum)."""
+    ref = params.inputs[party_id]
+    columns = (ref.column,) + ((params.group_by,) if params.group_by else ())
+    return DeclaredUse(ref.dataset, columns, recipient)
+
+
+def plan_sum(params: SumParams[Any], party_id: str, datasets: Datasets) -> DataUse:
+    """Rows and the smallest released cell of an allowed sum here, and any data-dependent
+    problem, in words that give no value or count (shared with paillier_sum)."""
     ref = params.inputs[party_id]
     dataset = datasets.get(ref.dataset)
-    rows = int(dataset.column(ref.column).shape[0])
-    columns: tuple[str, ...] = (ref.column,)
+    rows = int(numeric_column(params.KIND, dataset, ref.dataset, ref.column).shape[0])
     if params.elementwise:
-        smallest = 1  # every element is one row's value
-    elif params.group_by:
-        groups = dataset.column(params.group_by)
-        columns += (params.group_by,)
-        categories = int(params.categories or 0)
-        if groups.dtype.kind != "i" or (rows and (groups.min() < 0 or groups.max() >= categories)):
-            raise ConfigError(f"{params.KIND}: group column '{params.group_by}' must hold "
-                              f"integers in [0, {categories})")
-        smallest = int(np.bincount(groups, minlength=categories).min()) if rows else 0
-    else:
-        smallest = rows
-    return DataUse(ref.dataset, columns, rows, smallest, recipient)
+        problem = None if rows == params.length else (
+            f"column '{ref.column}' does not have the declared length")
+        return DataUse(rows, 1, problem)  # every element is one row's value
+    if rows > params.max_rows:
+        return DataUse(rows, rows, f"dataset '{ref.dataset}' has more rows than the job's "
+                                   "max_rows")
+    if not params.group_by:
+        return DataUse(rows, rows)
+    groups = dataset.column(params.group_by)
+    categories = int(params.categories or 0)
+    if groups.dtype.kind != "i":
+        raise ConfigError(f"{params.KIND}: group column '{params.group_by}' of dataset "
+                          f"'{ref.dataset}' is not an integer column")
+    if rows and (groups.min() < 0 or groups.max() >= categories):
+        return DataUse(rows, None, f"group column '{params.group_by}' does not hold integers "
+                                   "in [0, categories)")
+    return DataUse(rows, int(np.bincount(groups, minlength=categories).min()) if rows else 0)
 
 
-@dataclass(repr=False)
+@dataclass(repr=False, eq=False)
 class SecureSumResult(Result):
     #: The decoded totals (length 1 for a column total), or None if a party received them.
     total: np.ndarray | None
@@ -180,10 +214,12 @@ class SecureSumResult(Result):
         if self.total is None:
             raise ProtocolError(f"the total went to party '{self.recipient}', not to the "
                                 "requester")
-        if self.group_by or self.elementwise:
-            raise ProtocolError(f"this sum has {self.total.size} totals "
-                                f"({'per ' + repr(self.group_by) if self.group_by else 'a vector'})"
-                                "; use .by_category, .total or .to_frame()")
+        if self.group_by:
+            raise ProtocolError(f"this sum has {self.total.size} totals (per "
+                                f"{self.group_by!r}); use .by_category, .total or .to_frame()")
+        if self.total.shape != (1,):
+            raise ProtocolError(f"this sum is a vector of {self.total.size}; use .total or "
+                                ".to_frame()")
         return float(self.total[0])
 
     @property
@@ -227,15 +263,18 @@ class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):
     summary = ("adds a numeric column across parties (a total, per-category totals, or a "
                "vector); only the recipient learns the sum")
 
+    def declare(self, params: SecureSumParams, party_id: str) -> DeclaredUse:
+        return declare_sum(params, party_id, params.recipient)
+
     def plan(self, params: SecureSumParams, party_id: str, datasets: Datasets) -> DataUse:
-        return plan_sum(params, party_id, datasets, params.recipient)
+        return plan_sum(params, party_id, datasets)
 
     def run(self, params: SecureSumParams, context: JobContext) -> JobOutcome:
         me = context.channel.party_id
-        vector, rows = local_vector(params, me, context.datasets)
+        vector, rows, clipped = local_vector(params, me, context.datasets)
         result = secure_sum(context.channel, vector, params.recipient)
         outcome = JobOutcome(rows_used=rows, values_opened=result.values_opened,
-                             recipient=params.recipient)
+                             recipient=params.recipient, clipped=clipped)
         if result.released is not None:
             outcome.arrays[RELEASED_ARRAY] = result.released
         outcome.output = {"vector_length": params.vector_length,

@@ -22,11 +22,12 @@ import numpy as np
 
 from invisible.crypto.fixedpoint import decode
 from invisible.crypto.sharing import RING_DTYPE
-from invisible.errors import ConfigError, PolicyError, ProtocolError
+from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
+from invisible.kinds.secure_sum import MAX_ROWS, clip_to_bound, numeric_column
 from invisible.protocols.mpc.arithmetic import reveal
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.dealer import run_dealer
@@ -35,10 +36,12 @@ from invisible.protocols.mpc.shared import SharedArray
 from invisible.protocols.mpc.statistics import (
     OUTPUTS,
     check_capacity,
-    finish,
     select_outputs,
     shared_totals,
     statistics,
+)
+from invisible.protocols.mpc.statistics import (
+    finish as decoded_outputs,
 )
 
 SHARES_ARRAY = "output_shares"
@@ -51,9 +54,10 @@ class StatisticsParams(Params["StatisticsResult"]):
 
     inputs: Inputs = param("per computing party, the dataset and numeric column it holds rows of",
                            example={"bank": {"dataset": "customers", "column": "monthly_spend"}})
-    bound: float = param("public bound on every |value| (squares must stay in fixed-point range)",
+    bound: float = param("public bound on every |value| (values beyond it are clipped to it)",
                          gt=0, lt=2**14, example=5000.0)
-    max_rows: int = param("public bound on each party's rows", default=100_000, ge=1)
+    max_rows: int = param("public bound on each party's rows", default=100_000, ge=1,
+                          le=MAX_ROWS)
     outputs: tuple[str, ...] = param("the statistics to open", choices=OUTPUTS,
                                      example=["count", "mean", "std"])
     dealer: str = param("a dealer node of the job (serves correlated randomness, holds no data)",
@@ -116,7 +120,7 @@ class StatisticsResult(Result, Mapping[str, float]):
         notes = [f"shown to the job's fixed-point resolution, 2^-{FRACTIONAL_BITS}"]
         if {"variance", "std"} & set(self.by_name):
             notes.append("variance and std are the " + (
-                "sample variance (divisor count - 1)" if self.ddof else
+                "sample variance (divisor count - 1; a single row gives 0)" if self.ddof else
                 "population variance (divisor count)"))
         if self.recipient:
             notes.append(f"opened to party '{self.recipient}', which released them to the "
@@ -130,15 +134,25 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
     summary = ("count, sum, mean, variance, std of a column split by rows, on secret shares "
                "with a dealer; only the declared outputs are opened")
 
-    def plan(self, params: StatisticsParams, party_id: str, datasets: Datasets) -> DataUse | None:
+    def declare(self, params: StatisticsParams, party_id: str) -> DeclaredUse | None:
         if party_id == params.dealer:
             return None  # the dealer touches no data
         ref = params.inputs[party_id]
-        rows = int(datasets.get(ref.dataset).column(ref.column).shape[0])
+        # With a recipient party, the values are opened to it and it releases them to the
+        # requester too: both receive them, so the policy must allow both.
+        return DeclaredUse(ref.dataset, (ref.column,), params.recipient,
+                           requester_too=params.recipient is not None)
+
+    def plan(self, params: StatisticsParams, party_id: str, datasets: Datasets) -> DataUse | None:
+        if party_id == params.dealer:
+            return None
+        ref = params.inputs[party_id]
+        column = numeric_column(params.KIND, datasets.get(ref.dataset), ref.dataset, ref.column)
+        rows = int(column.shape[0])
         if rows > params.max_rows:
-            raise PolicyError(f"statistics: dataset '{ref.dataset}' has more rows than the "
-                              "job's max_rows")
-        return DataUse(ref.dataset, (ref.column,), rows, rows, params.recipient)
+            return DataUse(rows, rows, f"dataset '{ref.dataset}' has more rows than the job's "
+                                       "max_rows")
+        return DataUse(rows, rows)
 
     def run(self, params: StatisticsParams, context: JobContext) -> JobOutcome:
         channel = context.channel
@@ -147,10 +161,8 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
             served = run_dealer(channel, parties, context.rng)
             return JobOutcome(output={"tuples_served": served})
         ref = params.inputs[channel.party_id]
-        column = context.datasets.get(ref.dataset).column(ref.column).astype(np.float64)
-        if column.size and float(np.abs(column).max()) > params.bound:
-            raise PolicyError(f"statistics: column '{ref.column}' of dataset '{ref.dataset}' "
-                              f"holds values outside the declared bound {params.bound:g}")
+        column, clipped = clip_to_bound(context.datasets.get(ref.dataset).column(ref.column),
+                                        params.bound)
         local = (float(column.size), float(column.sum()), float(np.square(column).sum()))
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)
@@ -162,7 +174,9 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         chosen = select_outputs(params.outputs)
         selected = SharedArray(np.ascontiguousarray(result.share[chosen]), result.bound,
                                result.fractional_bits, ctx.is_leader)
-        outcome = JobOutcome(rows_used=int(column.size), recipient=params.recipient)
+        # What this party releases goes to the requester (the opening to a recipient
+        # party is listed in `openings`).
+        outcome = JobOutcome(rows_used=int(column.size), clipped=clipped)
         if params.recipient is None:  # each party releases a uniformly random share
             ctx.record.add("declared-outputs (shares)", (context.requester,), len(chosen))
             outcome.arrays[SHARES_ARRAY] = selected.share
@@ -190,5 +204,7 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         if opened is None or opened.dtype != RING_DTYPE or opened.shape != (len(chosen),):
             raise ProtocolError("a party released no shares of the declared outputs")
         values = decode(np.asarray(opened), FRACTIONAL_BITS).tolist()
-        return StatisticsResult(job, finish(dict(zip(chosen, values, strict=True)),
-                                            params.outputs), params.ddof, params.recipient)
+        named = decoded_outputs(dict(zip(chosen, values, strict=True)), params.outputs)
+        if "count" in named:
+            named["count"] = int(named["count"])
+        return StatisticsResult(job, named, params.ddof, params.recipient)

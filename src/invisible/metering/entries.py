@@ -20,7 +20,9 @@ from invisible.metering.signing import signature_valid
 
 GENESIS_HASH = "0" * 64
 #: Job state changes, in the order they may happen: requested, accepted or refused,
-#: then finished, failed, cancelled or interrupted; witnessed entries countersign peers.
+#: then finished, failed, cancelled, refused (a charged data check) or interrupted;
+#: `clipped` notes how many values a job clipped to its bound (this node's record only);
+#: witnessed entries countersign peers.
 TERMINAL_EVENTS = frozenset({"refused", "finished", "failed", "cancelled", "interrupted"})
 
 

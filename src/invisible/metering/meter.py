@@ -26,6 +26,7 @@ from invisible.metering.policy import (
     UseRequest,
     authorise,
     quota_problem,
+    threshold_problem,
 )
 
 log = logging.getLogger(__name__)
@@ -95,17 +96,31 @@ class Meter:
         self.metrics.jobs(job.kind, "refused").inc()
         return entries[-1]
 
-    def admit(self, job: JobMeta) -> LedgerEntry:
-        """Authorise and reserve, atomically; raises Refusal (recorded) if not allowed."""
+    def authorise(self, job: JobMeta) -> None:
+        """The policy on the request alone (requester, kind, columns, recipient), before
+        anything reads data; raises a recorded Refusal."""
+        use = job.use
+        if use is None:
+            return
+        try:
+            authorise(self.party_id, self.policies.get(use.dataset), use)
+        except Refusal as refusal:
+            self.refuse(job, refusal.rule, str(refusal))
+            raise
+
+    def admit(self, job: JobMeta, problem: str | None = None) -> LedgerEntry:
+        """Reserve an authorised job, atomically; raises a recorded Refusal.
+
+        Over a quota: refused, nothing reserved. Within it, the data checks
+        (the k threshold, and `problem`, a data-dependent reason the kind found)
+        refuse the job *charged*: its reservation stays, so probing the data
+        with refusals costs the quota that running jobs would.
+        """
         use = job.use
         if use is None:  # touches no data: recorded, no policy applies
             return self.store.append(job.pending("requested"), job.pending("accepted"))[-1]
         policy = self.policies.get(use.dataset)
-        try:
-            rule = authorise(self.party_id, policy, use)
-        except Refusal as refusal:
-            self.refuse(job, refusal.rule, str(refusal))
-            raise
+        rule = authorise(self.party_id, policy, use)  # checked by `authorise` already
         assert policy is not None  # authorise refuses a dataset without policy
         day = utc_now()[:10]
         verdict: dict[str, Any] = {}
@@ -113,22 +128,32 @@ class Meter:
         def decide(store: LedgerStore) -> list[PendingEntry]:
             mine = store.usage(use.dataset, day, use.requester)
             overall = store.usage(use.dataset, day)
-            problem = quota_problem(policy, rule, use, (mine.jobs, mine.rows),
-                                    (overall.jobs, overall.rows))
-            verdict.update(problem=problem, mine=mine, overall=overall)
-            if problem is not None:
+            quota = quota_problem(policy, rule, use, (mine.jobs, mine.rows),
+                                  (overall.jobs, overall.rows))
+            data = threshold_problem(policy, use) or (("data", problem) if problem else None)
+            verdict.update(quota=quota, data=data, mine=mine, overall=overall)
+            if quota is not None:
                 return [job.pending("requested"),
-                        job.pending("refused", rule=problem[0], detail=problem[1])]
-            return [job.pending("requested"), job.pending("accepted", rows=use.rows)]
+                        job.pending("refused", rule=quota[0], detail=quota[1])]
+            accepted = [job.pending("requested"), job.pending("accepted", rows=use.rows)]
+            if data is not None:
+                return [*accepted, job.pending("refused", rule=data[0], detail=data[1],
+                                               charged=True)]
+            return accepted
 
         entries = self.store.transaction(decide)
-        if verdict["problem"] is not None:
-            rule_name, detail = verdict["problem"]
-            self.metrics.refusals.labels(rule_name).inc()
+        refused = verdict["quota"] or verdict["data"]
+        if refused is not None:
+            self.metrics.refusals.labels(refused[0]).inc()
             self.metrics.jobs(job.kind, "refused").inc()
-            raise Refusal(self.party_id, rule_name, detail)
+            raise Refusal(self.party_id, *refused)
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
         return entries[-1]
+
+    def note(self, job: JobMeta, event: str, **body: Any) -> LedgerEntry:
+        """A fact of a job for this node's own ledger only (never a receipt), e.g. how many
+        values were clipped."""
+        return self.store.append(job.pending(event, **body))[-1]
 
     def _export_remaining(self, policy: DatasetPolicy, rule: Any, use: UseRequest,
                           mine: Usage, overall: Usage) -> None:

@@ -17,7 +17,10 @@ In a party's TOML, under each dataset::
 
 A dataset without a policy table refuses every job: nothing is allowed by
 default. A refusal names the party's rule, never the data: in particular
-not how many rows a cell has.
+not how many rows a cell has. The rules on the request (requester, kind,
+columns, recipient) are checked before anything reads data; the rules on
+the data (the k threshold) only for an allowed job whose quota is reserved,
+so such a refusal is charged like a job.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class UseRequest:
     #: Rows in the smallest cell the job would release (None: releases no aggregate).
     smallest_cell: int | None = None
     recipient: str | None = None  # None: the requester itself
+    #: With a recipient party: whether the requester receives the outputs too.
+    requester_too: bool = False
 
 
 def _strings(value: Any, where: str) -> frozenset[str]:
@@ -127,7 +132,8 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
 
 
 def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:
-    """The rule that allows the request, checked without the ledger; or a Refusal."""
+    """The rule that allows the request, from the request and the policy alone (no data,
+    no ledger); or a Refusal."""
     if policy is None:
         raise Refusal(party, "no-policy", f"dataset '{request.dataset}' has no policy; "
                       "nothing is allowed on it")
@@ -139,14 +145,23 @@ def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> 
     if not rules:
         raise Refusal(party, "columns", f"'{request.requester}' may not use column(s) "
                       f"{', '.join(sorted(request.columns))} of dataset '{request.dataset}'")
-    recipient = REQUESTER if request.recipient is None else request.recipient
-    if recipient not in policy.recipients and ANY not in policy.recipients:
-        raise Refusal(party, "recipients", f"outputs from dataset '{request.dataset}' may not "
-                      f"go to '{recipient}'")
-    if request.smallest_cell is not None and request.smallest_cell < policy.min_rows:
-        raise Refusal(party, "k-threshold", f"a released cell would aggregate fewer than "
-                      f"{policy.min_rows} rows of dataset '{request.dataset}'")
+    receivers = [REQUESTER if request.recipient is None else request.recipient]
+    if request.requester_too and request.recipient is not None:
+        receivers.append(REQUESTER)
+    for recipient in receivers:
+        if recipient not in policy.recipients and ANY not in policy.recipients:
+            raise Refusal(party, "recipients", f"outputs from dataset '{request.dataset}' may "
+                          f"not go to '{recipient}'")
     return rules[0]
+
+
+def threshold_problem(policy: DatasetPolicy, request: UseRequest) -> tuple[str, str] | None:
+    """(rule, detail) if a released cell would aggregate fewer than k rows (a data check:
+    only for an allowed, reserved job, and the detail gives no count)."""
+    if request.smallest_cell is not None and request.smallest_cell < policy.min_rows:
+        return "k-threshold", (f"a released cell would aggregate fewer than {policy.min_rows} "
+                               f"rows of dataset '{request.dataset}'")
+    return None
 
 
 def quota_problem(policy: DatasetPolicy, rule: AllowRule, request: UseRequest,

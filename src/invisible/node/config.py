@@ -29,6 +29,7 @@ A party's file::
     [datasets.customers]
     path = "customers.csv"
     columns = { balance = "float", age = "int", segment = "str" }
+    missing = "refuse"           # or "drop": rows with an empty or non-finite number
 
     [datasets.customers.policy]  # see invisible.metering.policy; without it, all is refused
     min_rows = 10
@@ -79,6 +80,7 @@ from invisible.net.pki import check_party_id
 from invisible.net.tls import TlsFiles
 
 COLUMN_TYPES = ("float", "int", "str")
+MISSING_CHOICES = ("refuse", "drop")
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ class DatasetConfig:
     columns: dict[str, str]
     #: None: no policy table, so every job on the dataset is refused.
     policy: DatasetPolicy | None = None
+    #: Rows with a missing or non-finite number: "refuse" the dataset at load (naming the
+    #: column), or "drop" them (the count goes to the node's log).
+    missing: str = "refuse"
 
 
 @dataclass(frozen=True)
@@ -257,7 +262,11 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
         policy = None
         if "policy" in entry.table:
             policy = parse_policy(entry.table["policy"], f"{reader.source}: datasets.{dataset_id}.policy")
-        out[dataset_id] = DatasetConfig(dataset_id, entry.path("path"), dict(columns.table), policy)
+        missing = entry.table.get("missing", "refuse")
+        if missing not in MISSING_CHOICES:
+            raise entry.fail("missing", f"must be one of {', '.join(MISSING_CHOICES)}")
+        out[dataset_id] = DatasetConfig(dataset_id, entry.path("path"), dict(columns.table), policy,
+                                        missing)
     return out
 
 

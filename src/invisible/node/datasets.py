@@ -9,6 +9,7 @@ arrays; the values themselves never appear in an error message.
 from __future__ import annotations
 
 import csv
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import numpy as np
 from invisible.errors import ConfigError
 from invisible.node.config import DatasetConfig
 
+log = logging.getLogger(__name__)
 _NUMPY_TYPES = {"float": np.float64, "int": np.int64, "str": np.str_}
 
 
@@ -33,10 +35,9 @@ class Dataset:
     def column(self, name: str) -> np.ndarray:
         found = self.columns.get(name)
         if found is None:
-            raise ConfigError(
-                f"dataset '{self.dataset_id}' has no column '{name}' "
-                f"(it has: {', '.join(sorted(self.columns))})"
-            )
+            # The dataset's other columns are not listed: a requester learns nothing of
+            # columns it may not use (the policy allowed this name before it was looked up).
+            raise ConfigError(f"dataset '{self.dataset_id}' has no column '{name}'")
         return found
 
 
@@ -72,16 +73,43 @@ def load_dataset(config: DatasetConfig) -> Dataset:
                 )
             for name, index in indices.items():
                 raw[name].append(row[index])
-    columns: dict[str, np.ndarray] = {}
-    for name, kind in config.columns.items():
-        try:
-            columns[name] = np.array(raw[name], dtype=_NUMPY_TYPES[kind])
-        except ValueError:
+    columns = {name: _parse_column(config, name, kind, raw[name])
+               for name, kind in config.columns.items()}
+    usable = np.ones(len(next(iter(raw.values()), [])), dtype=bool)
+    for name, (_, present) in columns.items():
+        if not present.all() and config.missing == "refuse":
             raise ConfigError(
-                f"dataset '{config.dataset_id}': column '{name}' of {config.path} "
-                f"holds a value that is not {kind}"
-            ) from None
-    return Dataset(config.dataset_id, config.path, columns)
+                f"dataset '{config.dataset_id}': column '{name}' of {config.path} has missing "
+                "or non-finite values; set missing = \"drop\" to drop those rows")
+        usable &= present
+    dropped = int(usable.size - np.count_nonzero(usable))
+    if dropped:
+        log.warning("dataset '%s': %d row(s) with missing or non-finite values dropped",
+                    config.dataset_id, dropped)
+    return Dataset(config.dataset_id, config.path,
+                   {name: values[usable] if dropped else values
+                    for name, (values, _) in columns.items()})
+
+
+def _parse_column(config: DatasetConfig, name: str, kind: str, texts: list[str],
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """A column's values, and which rows hold one (numbers: not empty and finite)."""
+    if kind == "str":
+        return np.array(texts, dtype=np.str_), np.ones(len(texts), dtype=bool)
+    present = np.array([t.strip() != "" for t in texts], dtype=bool)
+    filler = "0" if kind == "int" else "nan"
+    try:
+        values: np.ndarray = np.array(
+            [t if ok else filler for t, ok in zip(texts, present, strict=True)],
+            dtype=_NUMPY_TYPES[kind])
+    except ValueError:
+        raise ConfigError(
+            f"dataset '{config.dataset_id}': column '{name}' of {config.path} "
+            f"holds a value that is not {kind}"
+        ) from None
+    if kind == "float":
+        present &= np.isfinite(values)
+    return values, present
 
 
 class DatasetRegistry:

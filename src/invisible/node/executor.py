@@ -41,7 +41,7 @@ from invisible.errors import (
     ProtocolError,
 )
 from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
-from invisible.kinds.base import JobContext, JobOutcome
+from invisible.kinds.base import DeclaredUse, JobContext, JobOutcome
 from invisible.kinds.registry import AnyKind, find_kind
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import UseRequest
@@ -108,32 +108,46 @@ class JobExecutor:
 
     # -- 1. prepare ---------------------------------------------------------------------------
 
-    def _plan(self, spec: JobSpec, requester: Identity) -> tuple[AnyKind, Any, JobMeta]:
+    def _declare(self, spec: JobSpec) -> tuple[AnyKind, Any, DeclaredUse | None]:
+        """The kind, the checked parameters and the declared use: nothing reads data."""
         kind = find_kind(spec.kind, spec.version, self._kinds)
         if self.party_id not in spec.parties:
             raise ConfigError(f"job '{spec.job_id}' does not list this party ('{self.party_id}')")
         params = kind.parse(spec)
-        use = kind.plan(params, self.party_id, self._datasets)
-        request = None if use is None else UseRequest(
-            spec.job_id, requester.party_id, spec.kind, use.dataset, use.columns, use.rows,
-            use.smallest_cell, use.recipient)
-        return kind, params, JobMeta(spec.job_id, requester.party_id, spec.kind, request)
+        return kind, params, kind.declare(params, self.party_id)
 
     def start_job(self, spec: JobSpec, requester: Identity) -> None:
+        """Prepare a job: policy first, then the data, then the reservation.
+
+        1. The request itself: job id, kind and version, parameters, parties
+           (an invalid request is refused and recorded; nothing is read).
+        2. The policy against the declared use (requester, kind, columns,
+           recipient): a refusal here depends on the request and the policy only.
+        3. Only for an allowed job, the data: rows, the smallest released cell,
+           data-dependent problems.
+        4. In one ledger transaction, the quota; then the k threshold and any
+           data problem, which refuse the job charged like a job, saying
+           nothing about values or counts.
+        """
+        who = requester.party_id
         if not _JOB_ID.match(spec.job_id):
+            self.meter.refuse(JobMeta("-", who, spec.kind[:64]), "invalid-request", "bad job id")
             raise ProtocolError("job id must be 1-128 letters, digits, '.', '_' or '-'")
         self.drop_expired_outputs()
         with self._lock:
             if spec.job_id in self._jobs:
                 raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
         try:
-            kind, params, meta = self._plan(spec, requester)
+            kind, params, declared = self._declare(spec)
             channel = self._open_channel(spec)  # refuses a party that is not a configured peer
         except (ConfigError, ProtocolError) as exc:
-            self.meter.refuse(JobMeta(spec.job_id, requester.party_id, spec.kind),
-                              "invalid-request", str(exc))
+            self.meter.refuse(JobMeta(spec.job_id, who, spec.kind), "invalid-request", str(exc))
             raise
-        self.meter.admit(meta)  # raises a recorded Refusal
+        try:
+            meta = self._admit(spec, who, kind, params, declared)
+        except InvisibleError:
+            channel.close()
+            raise
         run = _JobRun(spec, requester, kind, params, meta, channel,
                       JobStatus(spec.job_id, JobState.RUNNING))
         with self._lock:
@@ -145,6 +159,28 @@ class JobExecutor:
             run.timer.daemon = True
             run.timer.start()
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
+
+    def _admit(self, spec: JobSpec, who: str, kind: AnyKind, params: Any,
+               declared: DeclaredUse | None) -> JobMeta:
+        """Steps 2-4 of :meth:`start_job`; the job's ledger view once reserved."""
+        if declared is None:
+            meta = JobMeta(spec.job_id, who, spec.kind)
+            self.meter.admit(meta)
+            return meta
+        meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
+            spec.job_id, who, spec.kind, declared.dataset, declared.columns, 0, None,
+            declared.recipient, declared.requester_too))
+        self.meter.authorise(meta)  # raises a recorded Refusal
+        try:
+            measured = kind.plan(params, self.party_id, self._datasets)
+        except ConfigError as exc:  # the dataset's declaration, never its values
+            self.meter.refuse(meta, "invalid-request", str(exc))
+            raise
+        assert meta.use is not None and measured is not None
+        meta = replace(meta, use=replace(meta.use, rows=measured.rows,
+                                         smallest_cell=measured.smallest_cell))
+        self.meter.admit(meta, problem=measured.problem)  # raises a recorded Refusal
+        return meta
 
     def _expire(self, run: _JobRun) -> None:
         self._cancel_prepared(run, "the deadline to run it passed")
@@ -224,6 +260,8 @@ class JobExecutor:
                aborted_by: str) -> JobStatus:
         """Record how the job ended in the ledger; the status that says so."""
         if outcome is not None and not run.cancelled_by:
+            if outcome.clipped:  # this node's own record; the receipt is the entry below
+                self.meter.note(run.meta, "clipped", values=outcome.clipped)
             record.rows_used = outcome.rows_used
             record.values_opened = outcome.values_opened
             record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())

@@ -16,7 +16,10 @@ clear on its own data, n_i (rows), s_i (sum) and q_i (sum of squares). Then:
    With ddof = 1 the sample variance: variance x N / (N - 1), the factor
    computed as u / (u - d) with d = 2^-e selected by the same one-hot bits
    (d = 0 for e = 0, so a single row gives 0, not a division by zero), and
-   1/(u - d) by Newton on [1/2, 2].
+   1/(u - d) by Newton on [1/2, 2]. d is rounded to the fixed-point grid,
+   so from N >= 2^(f+1) it is 0 and the factor 1: the correction is then
+   below 2^-f relative, inside the error bound. The factor is at most 2
+   (N = 2), so the variance error bound below doubles with ddof = 1.
    Error: count and sum are exact up to encoding (2^-(f+1) per party);
    1/u carries about 4 ulp, so |mean error| <= 2^-f (3 |mean| + 4) and
    |variance error| <= 2^-f (3 E[x^2] + 2 |mean| + 8) (tested on public data).

@@ -1,0 +1,162 @@
+"""Nothing learned from a refusal: each test is an attack that worked on an earlier main.
+
+A requester probes a party's data through the errors of ordinary jobs: a
+bound below the largest value, a group range on a column it may not use, a
+row-count check, a column it may not see. The node now clips to the bound,
+checks its policy before it reads anything, answers every forbidden probe
+alike, charges data-dependent refusals like jobs, and records every refusal.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import InProcessNodes, write_local_federation
+from invisible.errors import ConfigError, PolicyError
+from invisible.node.config import DatasetConfig
+from invisible.node.datasets import load_dataset
+from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets, sample_path
+
+PARTIES = tuple(SAMPLE_COLUMNS)
+#: The analyst may do anything; the prober only secure sums of monthly_spend, three a day.
+POLICY = {
+    "min_rows": 10, "recipients": ["requester"],
+    "allow": [
+        {"requesters": ["analyst"], "kinds": ["*"], "columns": ["*"], "jobs_per_day": 1000},
+        {"requesters": ["prober"], "kinds": ["secure_sum"], "columns": ["monthly_spend"],
+         "jobs_per_day": 3},
+    ],
+}
+
+
+@pytest.fixture
+def federation(tmp_path):
+    layout = write_local_federation(tmp_path, list(PARTIES), sample_datasets(POLICY),
+                                    coordinators=("analyst", "prober"), dealers=("dealer",),
+                                    limits={"rpc_timeout_s": 20.0})
+    with InProcessNodes(layout) as nodes, \
+            Federation.from_config(layout.coordinator_configs["analyst"]) as analyst, \
+            Federation.from_config(layout.coordinator_configs["prober"]) as prober:
+        yield analyst, prober, nodes
+
+
+def column(party: str, name: str) -> np.ndarray:
+    config = DatasetConfig(SAMPLE_DATASET, sample_path(party), SAMPLE_COLUMNS[party])
+    return load_dataset(config).column(name)
+
+
+def spend_inputs(column_name: str = "monthly_spend") -> dict[str, tuple[str, str]]:
+    return {p: (SAMPLE_DATASET, column_name) for p in PARTIES}
+
+
+def ledger_events(nodes, party: str) -> list[tuple[str, str, dict]]:
+    return [(e.job_id, e.event, e.body) for e in nodes.nodes[party].ledger.entries()]
+
+
+# --- 1. the bound is not an oracle --------------------------------------------------------------
+
+def test_a_bound_below_the_largest_value_clips_instead_of_refusing(federation):
+    analyst, _, nodes = federation
+    largest = float(column("hospital", "monthly_spend").max())
+    results = {}
+    for bound in (largest - 0.01, largest, largest + 0.01):  # a binary search's last steps
+        results[bound] = analyst.secure_sum(spend_inputs(), bound, max_rows=1000)
+    expected = {b: sum(np.clip(column(p, "monthly_spend"), -b, b).sum() for p in PARTIES)
+                for b in results}
+    for bound, result in results.items():
+        assert result.value == pytest.approx(expected[bound], abs=720 * 2.0**-17)
+    # How many values each party clipped is in its own ledger, never in the receipt.
+    job = results[largest - 0.01].job_id
+    notes = [body for job_id, event, body in ledger_events(nodes, "hospital")
+             if job_id == job and event == "clipped"]
+    assert notes == [{"columns": ["monthly_spend"], "values": 1}]
+    receipt = results[largest - 0.01].receipts["hospital"][0]
+    assert receipt["event"] == "finished" and "clipped" not in str(receipt)
+
+
+def test_statistics_and_paillier_clip_too(federation):
+    analyst, _, _ = federation
+    values = np.concatenate([column(p, "monthly_spend") for p in PARTIES])
+    stats = analyst.statistics(spend_inputs(), 100.0, outputs=["mean"], dealer="dealer",
+                               max_rows=1000)
+    clipped = np.clip(values, -100, 100)
+    assert stats["mean"] == pytest.approx(clipped.mean(), abs=2.0**-16 * (3 * 100 + 4))
+    by_paillier = analyst.paillier_sum(spend_inputs(), 100.0, max_rows=1000, key_holder="telco")
+    assert by_paillier.value == pytest.approx(clipped.sum(), abs=720 * 2.0**-17)
+
+
+# --- 2. the policy first: forbidden probes all look alike and are all recorded --------------------
+
+def refusal(call) -> str:
+    with pytest.raises(PolicyError) as caught:
+        call()
+    return str(caught.value).split(": ", 1)[1]  # without the job id
+
+
+def test_probes_of_a_forbidden_column_all_get_the_same_refusal(federation):
+    _, prober, nodes = federation
+    before = len(ledger_events(nodes, "hospital"))
+    answers = {refusal(lambda c=c: prober.secure_sum(
+        spend_inputs(), 1000.0, max_rows=1000, group_by="visits", categories=c))
+        for c in (5, 9, 10, 94, 95)}  # max(visits) = 9 leaked through [0, 10) once
+    assert len(answers) == 1
+    (answer,) = answers
+    assert "rule 'columns'" in answer and "visits" in answer
+    answers = {refusal(lambda n=n: prober.secure_sum(
+        spend_inputs("patient_id"), 1000.0, max_rows=n)) for n in (100, 180, 181, 1000)}
+    assert len(answers) == 1 and "rule 'columns'" in answers.pop()
+    # a column that does not exist is refused by the policy too, and lists no other column
+    missing = refusal(lambda: prober.secure_sum(spend_inputs("no_such"), 1000.0, max_rows=1000))
+    assert "rule 'columns'" in missing and "district" not in missing and "visits" not in missing
+    # every one of those refusals is in the ledger (the first party to refuse is "bank",
+    # the others are cancelled: each records its own refusal or cancellation)
+    recorded = [e for e in ledger_events(nodes, "bank")[before:] if e[1] == "refused"]
+    assert len(recorded) == 5 + 4 + 1
+
+
+def test_a_kind_the_requester_may_not_run_says_nothing_of_rows(federation):
+    _, prober, _ = federation
+    answers = {refusal(lambda n=n: prober.statistics(
+        spend_inputs(), 1000.0, outputs=["count"], dealer="dealer", max_rows=n))
+        for n in (100, 239, 240, 241)}  # the bank has 240 rows
+    assert len(answers) == 1 and "rule 'not-allowed'" in answers.pop()
+
+
+# --- 3. data-dependent checks only for allowed jobs, charged like jobs ----------------------------
+
+def test_data_checks_are_charged_so_probing_costs_the_quota(federation):
+    _, prober, _ = federation
+    refusals = [refusal(lambda n=n: prober.secure_sum(spend_inputs(), 1000.0, max_rows=n))
+                for n in (100, 200, 239)]
+    assert all("rule 'data'" in r and "more rows than the job's max_rows" in r for r in refusals)
+    assert not any(str(n) in r for r in refusals for n in (180, 240, 300))
+    # three charged refusals used the day's three jobs: the probe has run out
+    quota = refusal(lambda: prober.secure_sum(spend_inputs(), 1000.0, max_rows=1000))
+    assert "rule 'quota'" in quota
+
+
+def test_a_group_range_problem_is_charged_and_gives_no_value(federation):
+    analyst, _, nodes = federation
+    before = len(ledger_events(nodes, "bank"))
+    answer = refusal(lambda: analyst.secure_sum(spend_inputs(), 1000.0, max_rows=1000,
+                                                group_by="district", categories=5))
+    assert answer.endswith("group column 'district' does not hold integers in [0, categories)")
+    events = [(event, body.get("charged")) for _, event, body in ledger_events(nodes, "bank")
+              [before:]]
+    assert events == [("requested", None), ("accepted", None), ("refused", True)]
+
+
+# --- sizes are bounded by declared limits ---------------------------------------------------------
+
+def test_a_huge_size_is_refused_by_its_declared_limit_everywhere(federation):
+    analyst, _, nodes = federation
+    with pytest.raises(ConfigError, match="'categories' must be an integer >= 1, <= 1048576"):
+        analyst.secure_sum(spend_inputs(), 1000.0, group_by="district", categories=10**12)
+    raw = {"inputs": {p: {"dataset": SAMPLE_DATASET, "column": "monthly_spend"} for p in PARTIES},
+           "bound": 1000.0, "group_by": "district", "categories": 10**12}
+    with pytest.raises(ConfigError, match="'categories' must be an integer"):
+        analyst._run_checked("secure_sum", 1, raw, PARTIES, None, None)  # past the coordinator
+    last = ledger_events(nodes, "telco")[-1]
+    assert last[1] == "refused" and last[2]["rule"] == "invalid-request"
