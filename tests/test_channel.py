@@ -9,7 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from invisible.errors import MessageTooLargeError, PartyUnavailableError, ProtocolError
+from invisible.errors import (
+    JobAbortedError,
+    MessageTooLargeError,
+    PartyUnavailableError,
+    ProtocolError,
+)
 from invisible.protocols.connectivity import run_connectivity_check
 from invisible.protocols.seeds import agree_pairwise_secrets
 
@@ -103,15 +108,25 @@ def test_non_contiguous_and_big_endian_arrays_arrive_as_values(transport):
     np.testing.assert_array_equal(received, source)
 
 
-def test_order_is_kept_per_job_step_and_sender(transport):
+def test_each_step_carries_one_message_per_sender(transport):
     channels = new_job(transport)
     for i in range(20):
-        channels["alpha"].send("gamma", "seq", np.array([i], dtype=np.int64))
-        channels["beta"].send("gamma", "seq", np.array([100 + i], dtype=np.int64))
-    from_alpha = [int(channels["gamma"].recv_array("alpha", "seq")[0]) for _ in range(20)]
-    from_beta = [int(channels["gamma"].recv_array("beta", "seq")[0]) for _ in range(20)]
+        channels["alpha"].send("gamma", f"seq/{i}", np.array([i], dtype=np.int64))
+        channels["beta"].send("gamma", f"seq/{i}", np.array([100 + i], dtype=np.int64))
+    from_alpha = [int(channels["gamma"].recv_array("alpha", f"seq/{i}")[0]) for i in range(20)]
+    from_beta = [int(channels["gamma"].recv_array("beta", f"seq/{i}")[0]) for i in range(20)]
     assert from_alpha == list(range(20))
     assert from_beta == list(range(100, 120))
+
+
+def test_a_second_message_on_a_step_aborts_the_job_and_is_never_preferred(transport):
+    channels = new_job(transport)
+    channels["alpha"].send("gamma", "key", np.array([1], dtype=np.int64))  # the first
+    with pytest.raises(ProtocolError, match="sent step 'key' .* twice; the job is aborted"):
+        channels["alpha"].send("gamma", "key", np.array([2], dtype=np.int64))
+    with pytest.raises(JobAbortedError, match="aborted by 'alpha': party 'alpha' sent step "
+                                              "'key' twice"):
+        channels["gamma"].recv_array("alpha", "key")
 
 
 def test_concurrent_jobs_on_one_node_do_not_mix(transport):
@@ -120,7 +135,8 @@ def test_concurrent_jobs_on_one_node_do_not_mix(transport):
     def exchange(index):
         channels = jobs[index]
         for step in range(5):
-            channels["alpha"].send("beta", "s", np.full(1000, index * 10 + step, np.int64))
+            channels["alpha"].send("beta", f"s{step}", np.full(1000, index * 10 + step,
+                                                               np.int64))
 
     threads = [threading.Thread(target=exchange, args=(i,)) for i in range(len(jobs))]
     for thread in threads:
@@ -129,7 +145,7 @@ def test_concurrent_jobs_on_one_node_do_not_mix(transport):
         thread.join(60)
     for index, channels in enumerate(jobs):
         for step in range(5):
-            received = channels["beta"].recv_array("alpha", "s")
+            received = channels["beta"].recv_array("alpha", f"s{step}")
             assert np.all(received == index * 10 + step)
 
 

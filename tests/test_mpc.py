@@ -24,7 +24,7 @@ from invisible.jobspec import JobSpec
 from invisible.net.inprocess import InProcessHub
 from invisible.protocols.mpc import arithmetic
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import run_dealer
+from invisible.protocols.mpc.dealer import request_step, run_dealer
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray
 from invisible.protocols.mpc.tuples import CATALOGUE, CMP_BITS, component_shapes
@@ -310,14 +310,16 @@ def test_the_dealer_is_never_a_computing_party_and_tuples_are_never_reused():
     # A request for a tuple id the dealer already issued is refused.
     import json
 
-    def replay():
-        for message in ({"kind": "triple", "id": 0, "shapes": [[2]]},
-                        {"kind": "triple", "id": 0, "shapes": [[2]]}):
-            channels["p0"].send("dealer", "dealer/request", json.dumps(message).encode())
+    def replay():  # request 1 asks for tuple 0 again
+        for index, message in enumerate(({"kind": "triple", "id": 0, "shapes": [[2]]},
+                                         {"kind": "triple", "id": 0, "shapes": [[2]]})):
+            channels["p0"].send("dealer", request_step(index), json.dumps(message).encode())
 
-    threading.Thread(target=replay).start()
-    with pytest.raises(ProtocolError, match="already issued; tuples are never reused"):
+    thread = threading.Thread(target=replay)
+    thread.start()
+    with pytest.raises(ProtocolError, match="tuple 0 as request 1; tuples are issued once each"):
         run_dealer(channels["dealer"], ("p0", "p1"), Prg.from_os())
+    thread.join(5)
 
 
 # --- comparison, reciprocal, inverse square root -------------------------------------------------

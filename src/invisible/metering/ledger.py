@@ -191,6 +191,12 @@ class Ledger:
                 "SELECT node, seq, ts, job_id, event, requester, kind, dataset, rows, body, "
                 "prev_hash, hash, signature FROM entries ORDER BY seq")]
 
+    def knows_job(self, job_id: str) -> bool:
+        """Whether any entry names this job id (ids are unique for the life of a ledger)."""
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM entries WHERE job_id = ? LIMIT 1",
+                                    (job_id,)).fetchone() is not None
+
     def open_jobs(self) -> list[LedgerEntry]:
         """The `accepted` entries of jobs that never reached a terminal state."""
         with self._lock:

@@ -41,6 +41,8 @@ class LedgerStore(Protocol):
 
     def head(self) -> tuple[int, str]: ...
 
+    def knows_job(self, job_id: str) -> bool: ...
+
 
 class NullLedgerStore:
     """Records nothing (benchmarks only: what metering costs is measured against this)."""
@@ -60,6 +62,9 @@ class NullLedgerStore:
 
     def head(self) -> tuple[int, str]:
         return 0, ""
+
+    def knows_job(self, job_id: str) -> bool:
+        return False
 
 
 @dataclass(frozen=True)

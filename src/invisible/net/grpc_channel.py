@@ -37,6 +37,7 @@ class GrpcChannel(Channel):
         self._mailbox = mailbox
         self._clients = clients
         self.timeout_s = timeout_s
+        mailbox.open_job(job_id, self.parties)  # only this job's parties may deliver to it
 
     def _send(self, to: str, step: str, payload: Payload, handover: bool = False) -> None:
         self._clients[to].deliver(self.job_id, step, payload, timeout_s=self.timeout_s,

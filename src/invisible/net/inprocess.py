@@ -47,6 +47,7 @@ class InProcessChannel(Channel):
     ) -> None:
         super().__init__(party_id, job_id, parties)
         self._hub = hub
+        hub.mailboxes[party_id].open_job(job_id, self.parties)
 
     def _send(self, to: str, step: str, payload: Payload, handover: bool) -> None:
         mailbox = self._hub.mailboxes[to]
@@ -64,7 +65,7 @@ class InProcessChannel(Channel):
 
     def abort(self, spare: str = "") -> None:
         for peer in self.peers:
-            if peer != spare:
+            if peer != spare and self._hub.mailboxes[peer].may_abort(self.job_id, self.party_id):
                 self._hub.mailboxes[peer].abort_job(self.job_id, self.party_id)
 
     def interrupt(self, by: str) -> None:

@@ -1,12 +1,18 @@
 """Where a party's incoming protocol messages wait until a protocol asks for them.
 
-Keyed by (job id, step, sender): messages from one sender for one step stay
-in arrival order, and jobs never mix. Both transports deliver into a mailbox;
-the gRPC servicer does so only after the sender's certificate was verified.
+Keyed by (job id, step, sender), and bound to jobs: a message is accepted
+only for a job this node has prepared (its channel is open here), only
+from one of that job's parties, and at most once per (job, step, sender).
+Anything else is refused to its sender; a second message on the same step
+is an error for the job (it is aborted), never silently dropped or
+preferred to the first. What one peer may have waiting here is bounded in
+bytes, and a job's messages go when its channel closes. Both transports
+deliver into a mailbox; the gRPC servicer does so only after the sender's
+certificate was verified.
 
-A job can be aborted (a peer or the coordinator gave up on it): every
-receiver waiting for that job wakes at once with a :class:`ProtocolError`
-naming who aborted, instead of waiting for its deadline.
+A job can be aborted (one of its parties or the coordinator gave up on
+it): every receiver waiting for that job wakes at once with a
+:class:`ProtocolError` naming who aborted, instead of waiting for its deadline.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from invisible.errors import (
     JobAbortedError,
     MessageTooLargeError,
     PartyUnavailableError,
+    ProtocolError,
 )
 from invisible.protocols.channel import Payload, payload_nbytes
 
@@ -38,13 +45,20 @@ _ABORT = _Abort()
 class Mailbox:
     """Thread-safe queues of received messages, one per (job, step, sender)."""
 
-    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_waiting_bytes: int | None = None) -> None:
         if max_message_bytes <= 0:
             raise ValueError("max_message_bytes must be positive")
         self.max_message_bytes = max_message_bytes
+        #: What one sender may have waiting here, over all its jobs.
+        self.max_waiting_bytes = max_waiting_bytes or 2 * max_message_bytes
         self._queues: dict[tuple[str, str, str], queue.Queue[Payload | _Abort]] = {}
+        self._open: dict[str, frozenset[str]] = {}
+        self._delivered: dict[str, set[tuple[str, str]]] = {}
+        self._waiting: dict[str, int] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()
         self._aborted: OrderedDict[str, str] = OrderedDict()
+        self._reasons: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def check_size(self, sender: str, nbytes: int) -> None:
@@ -54,20 +68,51 @@ class Mailbox:
                 f"message from party '{sender}' declares {nbytes} bytes, "
                 f"over the cap of {self.max_message_bytes} bytes"
             )
+        if self._waiting.get(sender, 0) + nbytes > self.max_waiting_bytes:
+            raise MessageTooLargeError(
+                f"party '{sender}' already has messages waiting here; with {nbytes} more bytes "
+                f"they would pass the cap of {self.max_waiting_bytes} bytes")
+
+    def open_job(self, job_id: str, parties: frozenset[str] | set[str] | tuple[str, ...]) -> None:
+        """Accept messages for a prepared job from its parties (its channel opens)."""
+        with self._lock:
+            self._open[job_id] = frozenset(parties)
+            self._delivered.setdefault(job_id, set())
 
     def _aborted_error(self, job_id: str) -> JobAbortedError:
         by = self._aborted[job_id]
-        return JobAbortedError(f"job '{job_id}' was aborted by '{by}'", by)
+        reason = self._reasons.get(job_id)
+        return JobAbortedError(f"job '{job_id}' was aborted by '{by}'"
+                               + (f": {reason}" if reason else ""), by)
 
     def put(self, job_id: str, step: str, sender: str, payload: Payload) -> None:
-        self.check_size(sender, payload_nbytes(payload))
+        nbytes = payload_nbytes(payload)
+        self.check_size(sender, nbytes)
         key = (job_id, step, sender)
         with self._lock:
             if job_id in self._closed or job_id in self._aborted:
                 return  # a late message for a finished job is dropped, never kept
-            found = self._queues.get(key)
-            if found is None:
-                found = self._queues[key] = queue.Queue()
+            parties = self._open.get(job_id)
+            if parties is None:
+                raise ProtocolError(f"no job {job_id!r} is prepared on this node; a message "
+                                    f"from party '{sender}' for it is refused")
+            if sender not in parties:
+                raise ProtocolError(f"party '{sender}' is not a party of job {job_id!r}")
+            delivered = self._delivered[job_id]
+            found: queue.Queue[Payload | _Abort] | None = None
+            if (step, sender) in delivered:
+                duplicate = True
+            else:
+                duplicate = False
+                delivered.add((step, sender))
+                found = self._queues.get(key)
+                if found is None:
+                    found = self._queues[key] = queue.Queue()
+                self._waiting[sender] = self._waiting.get(sender, 0) + nbytes
+        if duplicate or found is None:
+            self.abort_job(job_id, sender, f"party '{sender}' sent step {step!r} twice")
+            raise ProtocolError(f"party '{sender}' sent step {step!r} of job {job_id!r} twice; "
+                                "the job is aborted")
         found.put(payload)
 
     def get(self, job_id: str, step: str, sender: str, timeout_s: float) -> Payload:
@@ -88,24 +133,58 @@ class Mailbox:
             found.put(item)  # wake any other receiver of the same queue too
             with self._lock:
                 raise self._aborted_error(job_id)
+        with self._lock:
+            self._queues.pop(key, None)  # one message per (job, step, sender): done with it
+            self._release(sender, payload_nbytes(item))
         return item
 
-    def abort_job(self, job_id: str, by: str) -> None:
+    def _release(self, sender: str, nbytes: int) -> None:
+        left = self._waiting.get(sender, 0) - nbytes
+        if left > 0:
+            self._waiting[sender] = left
+        else:
+            self._waiting.pop(sender, None)
+
+    def _drop_queues(self, job_id: str) -> list[queue.Queue[Payload | _Abort]]:
+        """Remove a job's queues, giving back what they held; the queues removed."""
+        dropped = []
+        for key in [k for k in self._queues if k[0] == job_id]:
+            found = self._queues.pop(key)
+            while True:
+                try:
+                    item = found.get_nowait()
+                except queue.Empty:
+                    break
+                if not isinstance(item, _Abort):
+                    self._release(key[2], payload_nbytes(item))
+            dropped.append(found)
+        return dropped
+
+    def may_abort(self, job_id: str, sender: str) -> bool:
+        """Only a party of a job prepared here may abort it."""
+        with self._lock:
+            parties = self._open.get(job_id)
+        return parties is not None and sender in parties
+
+    def abort_job(self, job_id: str, by: str, reason: str = "") -> None:
         """Wake every receiver of the job with an error naming `by`; drop its messages."""
         with self._lock:
             if job_id in self._aborted:
                 return
             self._aborted[job_id] = by
+            if reason:
+                self._reasons[job_id] = reason
             while len(self._aborted) > _REMEMBERED_JOBS:
-                self._aborted.popitem(last=False)
-            for key in [k for k in self._queues if k[0] == job_id]:
-                self._queues.pop(key).put(_ABORT)
+                self._reasons.pop(self._aborted.popitem(last=False)[0], None)
+            for found in self._drop_queues(job_id):
+                found.put(_ABORT)
 
     def close_job(self, job_id: str) -> None:
         """Drop every queued message of a job and ignore later ones."""
         with self._lock:
-            for key in [k for k in self._queues if k[0] == job_id]:
-                del self._queues[key]
+            self._drop_queues(job_id)
+            self._open.pop(job_id, None)
+            self._delivered.pop(job_id, None)
             self._closed[job_id] = None
             while len(self._closed) > _REMEMBERED_JOBS:
                 self._closed.popitem(last=False)

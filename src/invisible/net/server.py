@@ -93,6 +93,9 @@ class ExchangeServicer:
         header, payload = wire.decode_raw_message(
             request_iterator, lambda n: self._mailbox.check_size(sender, n))
         if header.step == ABORT_STEP:
+            if not self._mailbox.may_abort(header.job_id, sender):
+                raise ProtocolError(f"party '{sender}' may not abort job {header.job_id!r}: it "
+                                    "is not a party of a job prepared here")
             self._mailbox.abort_job(header.job_id, sender)
         elif header.step in self._notices:
             if not isinstance(payload, bytes):

@@ -137,6 +137,9 @@ class JobExecutor:
         with self._lock:
             if spec.job_id in self._jobs:
                 raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
+        if self.meter.store.knows_job(spec.job_id):  # before a restart, say: ids are never reused
+            raise ProtocolError(f"job id '{spec.job_id}' was used before on this node; a job id "
+                                "is used once for the life of a ledger")
         try:
             kind, params, declared = self._declare(spec)
             channel = self._open_channel(spec)  # refuses a party that is not a configured peer

@@ -92,6 +92,12 @@ def decode_request(data: bytes, sender: str) -> TupleRequest:
     return TupleRequest(kind, tuple_id, shapes, f)
 
 
+def request_step(index: int) -> str:
+    """The step of the leader's `index`-th request (tuple `index`, or done after the last):
+    every message of a job has a step of its own."""
+    return f"{REQUEST_STEP}/{index}"
+
+
 def tuple_step(tuple_id: int) -> str:
     """The step of the message carrying tuple `tuple_id`'s dependent shares."""
     return f"dealer/tuple/{tuple_id}"
@@ -132,12 +138,14 @@ def run_dealer(channel: Channel, parties: Sequence[str], rng: Prg) -> int:
     leader = parties[0]
     served: set[int] = set()
     while True:
-        request = decode_request(channel.recv_bytes(leader, REQUEST_STEP), leader)
+        index = len(served)
+        request = decode_request(channel.recv_bytes(leader, request_step(index)), leader)
         if request.kind == DONE:
             return len(served)
         tuple_id, f = request.tuple_id, request.fractional_bits
-        if tuple_id in served:
-            raise ProtocolError(f"tuple {tuple_id} was already issued; tuples are never reused")
+        if tuple_id in served or tuple_id != index:
+            raise ProtocolError(f"party '{leader}' asked for tuple {tuple_id} as request "
+                                f"{index}; tuples are issued once each, in order")
         parts = component_shapes(request.kind, request.shapes)
         if sum(prod(p) for p in parts) > MAX_TUPLE_ELEMENTS:
             raise ProtocolError("a tuple request is larger than the dealer serves")

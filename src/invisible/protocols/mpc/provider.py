@@ -32,12 +32,12 @@ from invisible.errors import ProtocolError
 from invisible.protocols.channel import Channel
 from invisible.protocols.mpc.dealer import (
     DONE,
-    REQUEST_STEP,
     SEED_STEP,
     TupleRequest,
     encode_request,
     expand_shares,
     explicit_party,
+    request_step,
     split_components,
     tuple_step,
 )
@@ -125,7 +125,7 @@ class DealerProvider(TupleProvider):
         requested = tuple(tuple(s) for s in shapes)
         parts = tuple(component_shapes(kind, requested))
         if self._leader:
-            self.channel.send(self.dealer, REQUEST_STEP, encode_request(
+            self.channel.send(self.dealer, request_step(tuple_id), encode_request(
                 TupleRequest(kind, tuple_id, requested, fractional_bits)))
         return Ticket(tuple_id, kind, parts)
 
@@ -149,4 +149,5 @@ class DealerProvider(TupleProvider):
 
     def close(self) -> None:
         if self._leader:
-            self.channel.send(self.dealer, REQUEST_STEP, encode_request(TupleRequest(DONE, -1)))
+            self.channel.send(self.dealer, request_step(self._next_id),
+                              encode_request(TupleRequest(DONE, -1)))
