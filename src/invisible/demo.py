@@ -56,6 +56,8 @@ DEMO_POLICY = {
          "jobs_per_day": 1},
     ],
 }
+#: Every node's rule for jobs that use none of its data (connectivity, the dealer's service).
+DEMO_NODE_POLICY = {"requesters": ["coordinator"], "kinds": ["*"], "jobs_per_day": 100}
 BOUND = 100_000.0
 DISTRICTS = 8
 FRACTIONAL_BITS = 16
@@ -168,7 +170,7 @@ def run_demo() -> int:
     with tempfile.TemporaryDirectory(prefix="invisible-demo-") as folder:
         layout = write_local_federation(Path(folder), parties, sample_datasets(DEMO_POLICY),
                                         coordinators=("coordinator", "marketing"),
-                                        dealers=("dealer",))
+                                        dealers=("dealer",), node_policy=DEMO_NODE_POLICY)
         print(f"[1/{STEPS}] certificates and configs for {', '.join(parties)} in {folder}")
         nodes = NodeProcesses(layout).start()
         try:

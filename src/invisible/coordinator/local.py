@@ -36,6 +36,10 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+#: Any coordinator may run any job that uses none of a node's data (diagnostics, a dealer's
+#: service), of any size.
+OPEN_NODE_POLICY: dict[str, Any] = {"requesters": ["*"], "kinds": ["*"]}
+
 #: Any coordinator may run any kind on any column, and outputs may go anywhere; k = 10.
 OPEN_POLICY: dict[str, Any] = {
     "min_rows": 10, "recipients": ["*"],
@@ -73,6 +77,7 @@ def write_local_federation(
     coordinators: Sequence[str] = ("coordinator",),
     dealers: Sequence[str] = (),
     limits: Mapping[str, float | int] | None = None,
+    node_policy: Mapping[str, Any] | None = OPEN_NODE_POLICY,
 ) -> LocalLayout:
     """Certificates and TOML configs for `parties`, dealers and coordinators on loopback."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -81,6 +86,8 @@ def write_local_federation(
     addresses = {p: f"{LOOPBACK}:{free_port()}" for p in [*parties, *dealers]}
     dealer_lines = ["[dealers]", *[f"{d} = {toml_string(addresses[d])}" for d in dealers], ""]
     limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
+    policy_lines = ([] if node_policy is None else
+                    ["[policy]", *[f"{k} = {toml_value(v)}" for k, v in node_policy.items()], ""])
     party_configs, dealer_configs = {}, {}
     for dealer in dealers:  # a dealer's peers are the parties; it holds no data
         path = directory / f"{dealer}.toml"
@@ -90,7 +97,7 @@ def write_local_federation(
             f"cert = {toml_string(str(pki / f'{dealer}.pem'))}",
             f"key = {toml_string(str(pki / f'{dealer}.key'))}", "", "[peers]",
             *[f"{p} = {toml_string(addresses[p])}" for p in parties],
-            "", "[limits]", *limit_lines, "",
+            "", "[limits]", *limit_lines, "", *policy_lines,
         ]))
         dealer_configs[dealer] = path
     for party in parties:
@@ -100,7 +107,7 @@ def write_local_federation(
             f"cert = {toml_string(str(pki / f'{party}.pem'))}",
             f"key = {toml_string(str(pki / f'{party}.key'))}", "", "[peers]",
             *[f"{p} = {toml_string(addresses[p])}" for p in parties if p != party],
-            "", *dealer_lines, "[limits]", *limit_lines, "",
+            "", *dealer_lines, "[limits]", *limit_lines, "", *policy_lines,
         ]
         for dataset_id, dataset in (datasets or {}).get(party, {}).items():
             columns = ", ".join(f"{c} = {toml_string(t)}" for c, t in dataset.columns.items())

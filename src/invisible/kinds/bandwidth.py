@@ -69,6 +69,9 @@ class BandwidthKind(JobKind[BandwidthParams, BandwidthResult]):
     def plan(self, params: BandwidthParams, party_id: str, datasets: Datasets) -> DataUse | None:
         return None
 
+    def traffic(self, params: BandwidthParams, party_id: str) -> int:
+        return params.elements * 8
+
     def run(self, params: BandwidthParams, context: JobContext) -> JobOutcome:
         channel = context.channel
         if channel.party_id == params.sender:

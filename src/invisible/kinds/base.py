@@ -132,6 +132,11 @@ class JobKind(ABC, Generic[P, R]):
         data-dependent problem (None: no data). Raises ConfigError only for what the
         dataset's declaration shows (a missing or non-numeric column), never for values."""
 
+    def traffic(self, params: P, party_id: str) -> int:
+        """For a job that uses no data here: the bytes it may make this node move, which
+        the node's policy caps (0: nothing worth a cap)."""
+        return 0
+
     @abstractmethod
     def run(self, params: P, context: JobContext) -> JobOutcome:
         """This party's part of the job."""

@@ -29,6 +29,8 @@ from invisible.protocols.mpc.provider import DealerProvider, TupleProvider
 
 #: Inputs of the ss_mul benchmark lie in [-BENCHMARK_BOUND, BENCHMARK_BOUND].
 BENCHMARK_BOUND = 100.0
+#: A generous bound on what one product makes a node move (inputs, openings, tuples).
+BYTES_PER_PRODUCT = 128
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +104,9 @@ class MulBenchmarkKind(JobKind[MulBenchmarkParams, MulBenchmarkResult]):
 
     def plan(self, params: MulBenchmarkParams, party_id: str, datasets: Datasets) -> DataUse | None:
         return None
+
+    def traffic(self, params: MulBenchmarkParams, party_id: str) -> int:
+        return params.elements * BYTES_PER_PRODUCT
 
     def run(self, params: MulBenchmarkParams, context: JobContext) -> JobOutcome:
         channel, dealer = context.channel, params.dealer

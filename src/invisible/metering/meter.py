@@ -22,9 +22,11 @@ from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
     DatasetPolicy,
+    NodePolicy,
     Refusal,
     UseRequest,
     authorise,
+    authorise_without_data,
     quota_problem,
     threshold_problem,
 )
@@ -85,10 +87,13 @@ class JobMeta:
 
 class Meter:
     def __init__(self, party_id: str, store: LedgerStore,
-                 policies: dict[str, DatasetPolicy | None], metrics: NodeMetrics) -> None:
+                 policies: dict[str, DatasetPolicy | None], metrics: NodeMetrics,
+                 node_policy: NodePolicy | None = None) -> None:
         self.party_id = party_id
         self.store = store
         self.policies = policies
+        #: The rule for jobs that use none of this node's data (None: they are refused).
+        self.node_policy = node_policy
         self.metrics = metrics
         #: False for the benchmarks' no-op store: nothing to countersign.
         self.records = not isinstance(store, NullLedgerStore)
@@ -113,7 +118,7 @@ class Meter:
             self.refuse(job, refusal.rule, str(refusal))
             raise
 
-    def admit(self, job: JobMeta, problem: str | None = None) -> LedgerEntry:
+    def admit(self, job: JobMeta, problem: str | None = None, traffic: int = 0) -> LedgerEntry:
         """Reserve an authorised job, atomically; raises a recorded Refusal.
 
         Over a quota: refused, nothing reserved. Within it, the data checks
@@ -122,8 +127,8 @@ class Meter:
         with refusals costs the quota that running jobs would.
         """
         use = job.use
-        if use is None:  # touches no data: recorded, no policy applies
-            return self.store.append(job.pending("requested"), job.pending("accepted"))[-1]
+        if use is None:
+            return self._admit_without_data(job, traffic)
         policy = self.policies.get(use.dataset)
         rule = authorise(self.party_id, policy, use)  # checked by `authorise` already
         assert policy is not None  # authorise refuses a dataset without policy
@@ -153,6 +158,35 @@ class Meter:
             self.metrics.jobs(job.kind, "refused").inc()
             raise Refusal(self.party_id, *refused)
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
+        return entries[-1]
+
+    def _admit_without_data(self, job: JobMeta, traffic: int) -> LedgerEntry:
+        """A job that uses none of this node's data: the node's own policy and quota."""
+        policy = self.node_policy
+        try:
+            authorise_without_data(self.party_id, policy, job.requester, job.kind, traffic)
+        except Refusal as refusal:
+            self.refuse(job, refusal.rule, str(refusal))
+            raise
+        assert policy is not None
+        day = utc_now()[:10]
+        verdict: dict[str, Any] = {}
+
+        def decide(store: LedgerStore) -> list[PendingEntry]:
+            used = store.usage("", day, job.requester).jobs
+            over = policy.jobs_per_day is not None and used + 1 > policy.jobs_per_day
+            verdict["over"] = over
+            if over:
+                return [job.pending("requested"), job.pending(
+                    "refused", rule="quota", detail=f"jobs per day without data for "
+                    f"'{job.requester}' (limit {policy.jobs_per_day}) would be exceeded")]
+            return [job.pending("requested"), job.pending("accepted", traffic=traffic)]
+
+        entries = self.store.transaction(decide)
+        if verdict["over"]:
+            self.metrics.refusals.labels("quota").inc()
+            self.metrics.jobs(job.kind, "refused").inc()
+            raise Refusal(self.party_id, "quota", entries[-1].body["detail"])
         return entries[-1]
 
     def note(self, job: JobMeta, event: str, **body: Any) -> LedgerEntry:

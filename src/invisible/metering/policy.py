@@ -84,6 +84,52 @@ class UseRequest:
     requester_too: bool = False
 
 
+@dataclass(frozen=True)
+class NodePolicy:
+    """A node's rule for jobs that use none of its data (diagnostics, a dealer's service).
+
+    In a party's (or dealer's) TOML::
+
+        [policy]
+        requesters = ["analyst"]     # "*" for any coordinator
+        kinds = ["connectivity", "statistics"]   # "*" for any kind
+        jobs_per_day = 100           # per requester, every such job counted
+        max_bytes = 268435456        # the largest transfer one job may declare
+
+    Without it, such jobs are refused: nothing is allowed by default.
+    """
+
+    requesters: frozenset[str]
+    kinds: frozenset[str]
+    jobs_per_day: int | None = None
+    max_bytes: int | None = None
+
+
+def parse_node_policy(table: Any, where: str) -> NodePolicy:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    unknown = sorted(set(table) - {"requesters", "kinds", "jobs_per_day", "max_bytes"})
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
+    return NodePolicy(_strings(table.get("requesters"), f"{where}.requesters"),
+                      _strings(table.get("kinds"), f"{where}.kinds"),
+                      _limit(table, "jobs_per_day", where), _limit(table, "max_bytes", where))
+
+
+def authorise_without_data(party: str, policy: NodePolicy | None, requester: str, kind: str,
+                           traffic: int) -> None:
+    """A job that uses no data here, against the node's own policy; or a Refusal."""
+    if policy is None:
+        raise Refusal(party, "no-policy", "this node has no [policy] for jobs that use none of "
+                      "its data; they are refused")
+    if not ((ANY in policy.requesters or requester in policy.requesters)
+            and (ANY in policy.kinds or kind in policy.kinds)):
+        raise Refusal(party, "not-allowed", f"'{requester}' may not run {kind} on this node")
+    if policy.max_bytes is not None and traffic > policy.max_bytes:
+        raise Refusal(party, "size", f"a {kind} job may move at most {policy.max_bytes} bytes "
+                      "here")
+
+
 def _strings(value: Any, where: str) -> frozenset[str]:
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where} must be a non-empty list of strings")

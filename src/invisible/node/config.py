@@ -43,6 +43,12 @@ A party's file::
     path = "ledger.sqlite"       # default: <id>-ledger.sqlite beside this file
     signing_key = "../pki/bank-ledger.key"   # default: <id>-ledger.key beside the TLS key
 
+    [policy]                     # jobs that use none of this node's data (diagnostics, a
+    requesters = ["analyst"]     # dealer's service); without it they are refused
+    kinds = ["*"]
+    jobs_per_day = 100
+    max_bytes = 268435456
+
     [metrics]                    # optional: Prometheus endpoint
     listen = "127.0.0.1:9101"
 
@@ -74,7 +80,7 @@ from pathlib import Path
 from typing import Any
 
 from invisible.errors import ConfigError
-from invisible.metering.policy import DatasetPolicy, parse_policy
+from invisible.metering.policy import DatasetPolicy, NodePolicy, parse_node_policy, parse_policy
 from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import check_party_id
 from invisible.net.tls import TlsFiles
@@ -127,6 +133,8 @@ class PartyConfig:
     ledger: LedgerConfig = LedgerConfig(Path("ledger.sqlite"), Path("ledger.key"))
     #: host:port for the Prometheus endpoint, or None for none.
     metrics_listen: str | None = None
+    #: The node's rule for jobs that use none of its data; None: they are refused.
+    node_policy: NodePolicy | None = None
 
 
 def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
@@ -318,4 +326,6 @@ def load_party_config(path: Path | str) -> PartyConfig:
         else source.parent / f"{party_id}-results",
         ledger=_ledger(root, party_id, tls),
         metrics_listen=metrics.string("listen") if "listen" in metrics.table else None,
+        node_policy=parse_node_policy(root.table["policy"], f"{source}: policy")
+        if "policy" in root.table else None,
     )

@@ -50,7 +50,16 @@ from invisible.node.datasets import DatasetRegistry
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from a requester or peer, safe for a log line or a ledger entry: control
+    characters escaped (no forged lines), cut to `limit` characters."""
+    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return safe if len(safe) <= limit else safe[:limit - 3] + "..."
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: Ended jobs whose status a node keeps answering for (the oldest are forgotten).
+MAX_FINISHED_JOBS = 1000
 
 
 class _Phase(Enum):
@@ -91,9 +100,12 @@ class JobExecutor:
         meter: Meter,
         run_deadline_s: float = 60.0,
         announce_head: Callable[[Sequence[str]], None] = lambda peers: None,
+        expect_heads: Callable[[Sequence[str]], None] = lambda peers: None,
         output_retention_s: float = 600.0,
     ) -> None:
         self._announce_head = announce_head
+        #: Told the peers of every prepared job: each may announce its chain head once.
+        self._expect_heads = expect_heads
         #: Released arrays are dropped this long after their job ends, fetched or not.
         self._output_retention_s = output_retention_s
         self.party_id = party_id
@@ -161,14 +173,15 @@ class JobExecutor:
             run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
             run.timer.daemon = True
             run.timer.start()
+        self._expect_heads(channel.peers)
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
 
     def _admit(self, spec: JobSpec, who: str, kind: AnyKind, params: Any,
                declared: DeclaredUse | None) -> JobMeta:
         """Steps 2-4 of :meth:`start_job`; the job's ledger view once reserved."""
-        if declared is None:
+        if declared is None:  # the node's own policy for jobs that use no data
             meta = JobMeta(spec.job_id, who, spec.kind)
-            self.meter.admit(meta)
+            self.meter.admit(meta, traffic=kind.traffic(params, self.party_id))
             return meta
         meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
             spec.job_id, who, spec.kind, declared.dataset, declared.columns, 0, None,
@@ -349,13 +362,22 @@ class JobExecutor:
                         name: ArrayInfo.of(array) for name, array in run.status.arrays.items()})
                     run.outputs_dropped = True
                     dropped += 1
+            self._forget_oldest_finished()
         if dropped:
             log.info("dropped the outputs of %d job(s) older than %g s", dropped,
                      self._output_retention_s)
         return dropped
 
+    def _forget_oldest_finished(self) -> None:
+        """Keep the status of at most MAX_FINISHED_JOBS ended jobs (call under the lock): a
+        node's memory stays bounded over months; the ledger keeps every job for ever."""
+        done = [job_id for job_id, run in self._jobs.items() if run.phase is _Phase.DONE]
+        for job_id in done[:max(0, len(done) - MAX_FINISHED_JOBS)]:  # dicts keep start order
+            del self._jobs[job_id]
+
     def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None:
         run = self._run_for(job_id, requester)
+        reason = printable(reason)
         if self._cancel_prepared(run, f"cancelled by '{requester.party_id}': {reason}",
                                  requester.party_id):
             return

@@ -27,7 +27,7 @@ from invisible.net.tls import TlsMaterial
 from invisible.node.config import PartyConfig
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
-from invisible.node.witness import HEAD_STEP, HeadAnnouncer, record_peer_head
+from invisible.node.witness import HEAD_STEP, HeadAnnouncer, HeadWitness
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,12 @@ class PartyNode:
                 log.warning("%d job(s) open when the node last stopped are marked interrupted",
                             len(interrupted))
         policies = {d: c.policy for d, c in config.datasets.items()}
-        self.meter = Meter(config.party_id, store, policies, self.metrics)
+        self.meter = Meter(config.party_id, store, policies, self.metrics, config.node_policy)
+        self.witness = HeadWitness(self.meter)
         self.executor = JobExecutor(
             config.party_id, kinds or kinds_by_name(), self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
-            announce_head=self._announce_head,
+            announce_head=self._announce_head, expect_heads=self.witness.expect,
             output_retention_s=config.limits.output_retention_s,
         )
         self.announcer: HeadAnnouncer | None = None
@@ -87,7 +88,7 @@ class PartyNode:
             self.tls, config.listen, health=self._health,
             exchange=ExchangeServicer(
                 self.mailbox, lambda: set(self.clients),
-                {HEAD_STEP: lambda sender, payload: record_peer_head(self.meter, sender, payload)},
+                {HEAD_STEP: self.witness.record},
             ),
             jobs=JobsServicer(self.executor),
         )

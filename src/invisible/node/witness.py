@@ -11,6 +11,15 @@ Announcements travel one way, as a message on the reserved step ``!head``
 of the peer exchange (the sender is the verified certificate). They leave a
 short moment after the job, off the path of its result, and announcements
 due to the same peer coalesce into one: the latest head covers the earlier.
+
+A node countersigns a peer's head only if (:class:`HeadWitness`):
+
+- a job it prepared with that peer entitles the peer to one announcement
+  (so a peer cannot make it write entries at will: at most one per job the
+  two share, and a few saved up);
+- the head does not go back on what it witnessed from that peer before: a
+  lower sequence number, or the same number with another hash, is refused
+  and logged as a contradiction; the same head again is not written twice.
 """
 
 from __future__ import annotations
@@ -99,6 +108,42 @@ class HeadAnnouncer:
                     log.warning("chain head not announced to '%s': %s", peer, exc)
 
 
-def record_peer_head(meter: Meter, sender: str, payload: bytes) -> None:
-    """What a node does with a peer's announced head: countersign it in its own ledger."""
-    meter.witness_heads({sender: decode_head(sender, payload)})
+#: How many announcements a peer may have saved up from jobs shared with this node.
+MAX_SAVED_ANNOUNCEMENTS = 8
+
+
+class HeadWitness:
+    """Which peer heads this node countersigns (see the module docstring)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self._meter = meter
+        self._allowed: dict[str, int] = {}
+        self._witnessed: dict[str, tuple[int, str]] = {}
+        self._lock = threading.Lock()
+
+    def expect(self, peers: Sequence[str]) -> None:
+        """A job with `peers` was prepared here: each may announce its head once more."""
+        with self._lock:
+            for peer in peers:
+                self._allowed[peer] = min(self._allowed.get(peer, 0) + 1,
+                                          MAX_SAVED_ANNOUNCEMENTS)
+
+    def record(self, sender: str, payload: bytes) -> None:
+        """Countersign a peer's announced head in this node's ledger, or refuse it."""
+        seq, digest = decode_head(sender, payload)
+        with self._lock:
+            if self._allowed.get(sender, 0) <= 0:
+                raise ProtocolError(f"party '{sender}' announced a chain head that no job "
+                                    "prepared here entitles it to; refused")
+            self._allowed[sender] -= 1
+            before = self._witnessed.get(sender)
+            if before is not None and (seq < before[0] or (seq == before[0]
+                                                           and digest != before[1])):
+                log.warning("party '%s' announced head %d, which contradicts head %d it "
+                            "announced before; refused", sender, seq, before[0])
+                raise ProtocolError(f"party '{sender}' announced a chain head that goes back "
+                                    "on one it announced before; refused")
+            if before == (seq, digest):
+                return  # nothing new to countersign
+            self._witnessed[sender] = (seq, digest)
+        self._meter.witness_heads({sender: (seq, digest)})
