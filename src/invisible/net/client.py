@@ -24,7 +24,7 @@ from invisible.errors import (
 )
 from invisible.jobspec import JobSpec, JobStatus
 from invisible.net import wire
-from invisible.net.errors_grpc import domain_error, is_connect_failure, is_handshake_failure
+from invisible.net.errors_grpc import domain_error, is_transient_failure
 from invisible.net.jobs_api import spec_to_proto, status_from_proto
 from invisible.net.mailbox import ABORT_STEP, DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import Role, target_name
@@ -123,8 +123,7 @@ class NodeClient:
             try:
                 return attempt(remaining)
             except grpc.RpcError as error:
-                if (not is_handshake_failure(error) and is_connect_failure(error)
-                        and deadline - time.monotonic() > _RETRY_PAUSE_S):
+                if is_transient_failure(error) and deadline - time.monotonic() > _RETRY_PAUSE_S:
                     time.sleep(_RETRY_PAUSE_S)
                     continue
                 raise domain_error(error, self.peer_id, what) from None
