@@ -524,3 +524,59 @@ def test_sample_variance_divides_by_count_minus_one(rows):
     expected = values.var(ddof=1) if values.size > 1 else 0.0
     assert opened[1, 3] == pytest.approx(expected, abs=tolerance)
     assert opened[1, 2] == pytest.approx(values.mean(), abs=tolerance)  # the rest unchanged
+
+
+class CountingProvider:
+    """Counts the tuples a program asks for, then passes the requests on."""
+
+    def __init__(self, provider, counts, party):
+        self.provider, self.counts, self.party = provider, counts, party
+
+    def request(self, kind, shapes, fractional_bits=0):
+        self.counts[self.party] = self.counts.get(self.party, 0) + 1
+        return self.provider.request(kind, shapes, fractional_bits)
+
+    def collect(self, ticket):
+        return self.provider.collect(ticket)
+
+    def take(self, kind, shapes, fractional_bits=0):
+        return self.collect(self.request(kind, shapes, fractional_bits))
+
+
+@pytest.mark.parametrize(("function", "bound", "lo", "hi"), [
+    ("reciprocal", 2.0**40, 2.0**-14, 2.0**40),  # hi y0 = 1.5 hi / lo leaves the exact range
+    ("rsqrt", 2.0**40, 2.0**-14, 2.0**40),       # x y^2 leaves it
+    ("reciprocal", 2.0**16, 2.0**-14, 2.0**16),  # just past the edge: 1.5 x 2^30 >= 2^30
+    ("reciprocal", 10.0, 1.0, float("inf")),
+    ("rsqrt", 10.0, float("nan"), 20.0),
+])
+def test_a_domain_the_functions_cannot_handle_is_refused_before_any_tuple(function, bound, lo, hi):
+    engine = inprocess_engine(2)
+    sx = shares_of(np.ones(3), bound, engine.parties)
+    counts = {}
+
+    def program(ctx, prov):
+        counting = CountingProvider(prov, counts, ctx.me)
+        value = SharedArray(sx[ctx.index], bound, F, ctx.is_leader)
+        return getattr(comparison, function)(ctx, counting, value, lo, hi).share
+
+    with pytest.raises(ProtocolError, match="declared domain|refused before it runs"):
+        engine.run(program)
+    assert counts == {}
+
+
+@pytest.mark.parametrize("function", ["reciprocal", "rsqrt"])
+def test_a_domain_at_the_edge_of_the_exact_range_still_runs(function):
+    """lo = 2^-14, hi = 2^15: 1.5 hi / lo (reciprocal) and 1.69 hi / lo (rsqrt) stay below
+    2^30, so every product's 2f-bit intermediate fits 2^62."""
+    engine = inprocess_engine(2)
+    x = np.array([2.0**-14, 1.0, 2.0**15])
+    sx = shares_of(x, 2.0**15, engine.parties)
+
+    def program(ctx, prov):
+        value = SharedArray(sx[ctx.index], 2.0**15, F, ctx.is_leader)
+        return getattr(comparison, function)(ctx, prov, value, 2.0**-14, 2.0**15).share
+
+    result = decode(open_result(engine.run(program), engine.parties))
+    expected = 1 / x if function == "reciprocal" else 1 / np.sqrt(x)
+    assert np.all(np.abs(result - expected) <= ULP * (4 + 2 / x))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import gmpy2
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from phe import paillier
 from test_channel import run_parties
 
+from invisible.crypto.fixedpoint import encode_clipped
 from invisible.crypto.paillier import vector as cipher
 from invisible.crypto.paillier.djn import FixedBaseTable, ObfuscatorPool
 from invisible.crypto.paillier.interop import (
@@ -20,10 +22,11 @@ from invisible.crypto.paillier.interop import (
     from_phe_json,
     to_phe_json,
 )
-from invisible.crypto.paillier.keys import PublicKey, generate_keypair
-from invisible.crypto.paillier.packing import Packing
+from invisible.crypto.paillier.keys import PublicKey, generate_keypair, obfuscation_base
+from invisible.crypto.paillier.packing import Packing, fixed_point_bias
 from invisible.crypto.prg import Prg
 from invisible.errors import ProtocolError
+from invisible.kinds.paillier_sum import PaillierSumParams
 from invisible.protocols.paillier_sum import paillier_sum
 
 _jobs = itertools.count()
@@ -190,3 +193,130 @@ def test_a_bad_aggregator_choice_is_refused(transport):
     with pytest.raises(ProtocolError, match="aggregator must be a party other than"):
         paillier_sum(channels["alpha"], np.zeros(3, np.int64), key_holder="alpha",
                      aggregator="alpha", bias=10, rng=Prg.from_os())
+
+
+# --- review findings (issue 11, section 5) ----------------------------------------------------
+
+INT64_MIN = np.iinfo(np.int64).min
+
+
+def _key_message(n: int, hs: int) -> bytes:
+    """A public key message in the wire layout, with an obfuscation base of the sender's choice."""
+    width = (2 * n.bit_length() + 7) // 8
+    return width.to_bytes(4, "big") + n.to_bytes(width, "big") + hs.to_bytes(width, "big")
+
+
+@pytest.mark.parametrize("weak", ["one", "minus one", "another n-th residue"])
+def test_an_obfuscation_base_off_the_public_rule_is_refused(keys, weak):
+    public = keys[0]
+    n, nsquare = public.n, public.nsquare
+    hs = {"one": 1, "minus one": nsquare - 1, "another n-th residue": pow(4, n, nsquare)}[weak]
+    with pytest.raises(ValueError, match="does not follow the public rule"):
+        PublicKey.from_bytes(_key_message(n, hs))
+
+
+def test_the_obfuscation_base_is_the_public_rule_of_the_key_and_the_job(keys):
+    public, job = keys[0], b"job-7/key holder gamma"
+    assert public.hs == obfuscation_base(public.n)
+    assert keys[1].decrypt_raw(public.hs) == 0
+    assert PublicKey.from_bytes(public.to_bytes()) == public
+    bound, _ = generate_keypair(Prg.from_os(), 1024, context=job, allow_insecure=True)
+    assert bound.hs == obfuscation_base(bound.n, job)
+    assert PublicKey.from_bytes(bound.to_bytes(), context=job, allow_insecure=True) == bound
+    with pytest.raises(ValueError, match="does not follow the public rule"):
+        PublicKey.from_bytes(bound.to_bytes(), context=b"another job", allow_insecure=True)
+
+
+def test_encrypting_parties_refuse_a_key_holder_that_sends_a_weak_obfuscation_base(keys, transport):
+    """With hs = 1 every ciphertext is 1 + m n: the aggregator would read the others' values."""
+    channels = transport.channels(f"paillier-weak-{transport.name}-{next(_jobs)}")
+    honest = keys[0]
+
+    def party(channel):
+        if channel.party_id == "gamma":  # the key holder hands out hs = 1
+            channel.send_to_each("paillier/public-key", {
+                p: _key_message(honest.n, 1) for p in channel.peers})
+            return None
+        try:
+            return paillier_sum(channel, np.array([-5, 123456, 7], np.int64), key_holder="gamma",
+                                aggregator="alpha", bias=10**6, rng=Prg.from_os())
+        except ProtocolError as exc:
+            return exc
+
+    outcome = run_parties(channels, party)
+    for name in ("alpha", "beta"):
+        assert isinstance(outcome[name], ProtocolError)
+        assert "public key that is refused" in str(outcome[name])
+        assert "does not follow the public rule" in str(outcome[name])
+
+
+@pytest.mark.parametrize("with_pool", [True, False])
+def test_phe_json_re_randomises_the_results_of_arithmetic(keys, pool, with_pool):
+    (x,) = encrypt_numbers(keys[0], [7], pool)
+    plain_sum = x + 5  # phe: c_x (1 + 5 n), not re-randomised
+    c_plain = plain_sum.ciphertext(be_secure=False)
+    text = to_phe_json(keys[0], [plain_sum], pool) if with_pool else to_phe_json(keys[0], [plain_sum])
+    _, (sent,) = from_phe_json(text)
+    n, nsquare = keys[0].n, keys[0].nsquare
+    c_sent = sent.ciphertext(be_secure=False)
+    assert c_sent != c_plain
+    assert plain_sum.ciphertext(be_secure=False) == c_plain  # the caller's number is unchanged
+    # Whoever holds c_x divides it out: without fresh randomness, 1 + 5 n is left (it reads 5).
+    quotient = c_sent * pow(x.ciphertext(be_secure=False), -1, nsquare) % nsquare
+    assert quotient % n != 1
+    assert keys[1].phe_key.decrypt(sent) == 12
+
+
+@pytest.mark.parametrize(("ciphertext", "rule"), [
+    ("zero", "outside \\(0, n\\^2\\)"), ("minus three", "outside \\(0, n\\^2\\)"),
+    ("n squared", "outside \\(0, n\\^2\\)"), ("n", "shares a factor with n"),
+])
+def test_phe_json_with_an_invalid_ciphertext_is_refused(keys, pool, ciphertext, rule):
+    n = keys[0].n
+    value = {"zero": 0, "minus three": -3, "n squared": n * n, "n": n}[ciphertext]
+    text = to_phe_json(keys[0], encrypt_numbers(keys[0], [1, 2], pool))
+    data = json.loads(text)
+    data["values"][1][0] = str(value)
+    with pytest.raises(ValueError, match=rule):
+        from_phe_json(json.dumps(data))
+
+
+@pytest.mark.parametrize("rows", [1, 1000])
+def test_values_exactly_at_a_bound_off_the_fixed_point_grid_fit_the_packing(rows):
+    """1.3 x 2^16 = 85196.8 encodes as 85197 (rounded): the bias follows the encoding's rule."""
+    bound, f = 1.3, 16
+    column = np.array([1.3, -1.3, 1.3, 0.0] * (rows // 4 + 1))[: max(rows, 2)]
+    encoded, clipped = encode_clipped(column, bound, f)
+    assert clipped == 0
+    signed = encoded.view(np.int64)
+    vector = signed if rows == 1 else np.array([signed[:rows].sum(), -signed[:rows].sum()],
+                                               dtype=np.int64)
+    bias = fixed_point_bias(bound, f, rows)
+    assert bias == rows * 85197
+    packing = Packing.plan(2048, bias, 3)
+    plaintexts = packing.pack(vector)
+    assert np.array_equal(packing.unpack(plaintexts, vector.size, 1), vector)
+
+
+def test_int64_min_is_refused_by_the_packing_not_wrapped(keys, pool):
+    packing = Packing.plan(keys[0].bits, 10**6, 3)
+    values = np.array([INT64_MIN, 5, -7], dtype=np.int64)
+    with pytest.raises(ValueError, match="exceeds the packing's declared bound"):
+        packing.pack(values)
+    with pytest.raises(ValueError, match="exceeds the packing's declared bound"):
+        cipher.encrypt(keys[0], packing, values, pool)
+    with pytest.raises(ValueError, match="exceeds the packing's declared bound"):
+        packing.pack(np.array([-(10**6) - 1], dtype=np.int64))
+    assert packing.unpack(packing.pack(np.array([-(10**6), 10**6], np.int64)), 2, 1).tolist() == [
+        -(10**6), 10**6]
+
+
+@pytest.mark.parametrize("max_rows", [1, 1000])
+def test_a_paillier_sum_job_packs_its_values_exactly_at_the_bound(max_rows):
+    params = PaillierSumParams.parse({
+        "inputs": {p: {"dataset": "d", "column": "c"} for p in ("alpha", "beta", "gamma")},
+        "bound": 1.3, "max_rows": max_rows, "key_holder": "gamma"}, ("alpha", "beta", "gamma"))
+    encoded, _ = encode_clipped(np.array([1.3] * max_rows), 1.3, params.fractional_bits)
+    total = np.array([encoded.view(np.int64).sum()], dtype=np.int64)  # as local_vector adds rows
+    Packing.plan(2048, params.bias, 2).pack(total)
+    Packing.plan(2048, params.bias, 2).pack(-total)

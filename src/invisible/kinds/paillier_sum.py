@@ -19,6 +19,7 @@ import numpy as np
 
 from invisible.crypto.fixedpoint import decode
 from invisible.crypto.paillier.keys import MIN_KEY_BITS
+from invisible.crypto.paillier.packing import fixed_point_bias
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
@@ -59,8 +60,8 @@ class PaillierSumParams(SumParams[SecureSumResult]):
     @property
     def bias(self) -> int:
         """The largest |entry| of a party's vector, in fixed-point units."""
-        rows = 1 if self.elementwise else self.max_rows
-        return int(rows * self.bound * 2**self.fractional_bits)
+        return fixed_point_bias(self.bound, self.fractional_bits,
+                                1 if self.elementwise else self.max_rows)
 
     def check(self, parties: tuple[str, ...]) -> None:
         # The capacity check of SumParams (parties x bias < 2^63) already keeps

@@ -6,11 +6,14 @@ vector x_i of fixed-point int64 values of one agreed length.
 
 Steps:
 
-1. K makes a fresh key pair for this job (2048 bits or more; DJN base hs)
-   and sends the public key (n, hs) to every other party.
-2. Every party but K packs x_i (bias, headroom for as many additions as
-   there are encrypting parties) and encrypts each plaintext with a fresh
-   obfuscator hs^a, a of |n|/2 random bits.
+1. K makes a fresh key pair for this job (2048 bits or more) whose DJN base
+   hs is the public rule's for n, the job and K (:mod:`invisible.crypto.
+   paillier.keys`), and sends the public key (n, hs) to every other party.
+2. Every party but K recomputes hs from n, the job and K and refuses the key
+   unless it is that (a weak base such as 1 would let A read the others'
+   inputs); it packs x_i (bias, headroom for as many additions as there are
+   encrypting parties) and encrypts each plaintext with a fresh obfuscator
+   hs^a, a of |n|/2 random bits.
 3. Each E_i sends its ciphertext vector to A. A checks every ciphertext
    (0 < c < n^2, gcd(c, n) = 1, K's key, the job's packing), multiplies them
    with its own, re-randomises the product with fresh obfuscators, and sends
@@ -61,6 +64,12 @@ def _receive_vector(channel: Channel, sender: str, step: str, key: PublicKey, pa
     return received
 
 
+def key_context(channel: Channel, key_holder: str) -> bytes:
+    """What the job's obfuscation base is bound to: the job and its key holder."""
+    job, holder = channel.job_id.encode(), key_holder.encode()
+    return len(job).to_bytes(4, "big") + job + len(holder).to_bytes(4, "big") + holder
+
+
 def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggregator: str,
                  bias: int, rng: Prg, workers: int = 1,
                  key_bits: int = MIN_KEY_BITS) -> PaillierSumOutput:
@@ -73,7 +82,8 @@ def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggre
     encrypting = [p for p in channel.parties if p != key_holder]
     count = int(values.shape[0])
     if me == key_holder:
-        public, private = generate_keypair(rng, key_bits)
+        public, private = generate_keypair(rng, key_bits,
+                                           context=key_context(channel, key_holder))
         channel.send_to_each(KEY_STEP, {p: public.to_bytes() for p in channel.peers})
         packing = Packing.plan(public.bits, bias, len(encrypting))
         with cipher.decryption_pool(private, workers) as decryptors:  # starts while others work
@@ -84,7 +94,8 @@ def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggre
             total = cipher.decrypt(private, summed, decryptors, workers) + values
         return PaillierSumOutput(total=total)
     try:
-        public = PublicKey.from_bytes(channel.recv_bytes(key_holder, KEY_STEP))
+        public = PublicKey.from_bytes(channel.recv_bytes(key_holder, KEY_STEP),
+                                      context=key_context(channel, key_holder))
     except ValueError as exc:
         raise ProtocolError(f"party '{key_holder}' sent a public key that is refused: {exc}") \
             from None

@@ -1,9 +1,24 @@
 """Paillier keys: `phe` keys plus the Damgård-Jurik-Nielsen obfuscation base.
 
 A public key here is phe's `PaillierPublicKey` (n, g = n + 1) together with
-hs = h^n mod n^2, where h = -x^2 mod n for a random x. Any hs^a is an n-th
-residue, so (1 + m n) hs^a mod n^2 is an ordinary Paillier ciphertext that
-phe decrypts; hs is public and reveals nothing about the factors of n.
+an obfuscation base hs. Any hs^a is an n-th residue, so (1 + m n) hs^a mod
+n^2 is an ordinary Paillier ciphertext that phe decrypts; hs is public and
+reveals nothing about the factors of n.
+
+The base follows a public rule, so that a key holder cannot hand out a weak
+one (with hs = 1 every ciphertext is 1 + m n, readable by anyone):
+
+    x_k = SHAKE-256("invisible/paillier/djn-base/v1" | u32 len(n) | n |
+                    u32 len(context) | context | u32 k), |n| + 128 bits, mod n
+    x   = x_k for the least k = 0, 1, ... with gcd(x_k, n) = 1 and x_k^2 != +-1 mod n
+    h   = -x^2 mod n,   hs = h^n mod n^2
+
+where n is big-endian in ceil(|n| / 8) bytes and `context` names the job and
+the key holder. The key holder computes hs by this rule and every party that
+receives the key recomputes it and refuses any other (a key message is
+refused, never corrected). The base is still a random square (the hash is
+out of the key holder's control), as DJN's argument needs, and the
+fixed-base table of :mod:`.djn` is built from it as before.
 
 The key owner encrypts and decrypts with the Chinese remainder theorem,
 working modulo p^2 and q^2 (about four times less work than modulo n^2).
@@ -21,6 +36,7 @@ from phe import paillier
 from invisible.crypto.prg import Prg
 
 MIN_KEY_BITS = 2048
+_BASE_DOMAIN = b"invisible/paillier/djn-base/v1"
 #: Obfuscator exponents have |n|/2 bits: DJN's security argument at this length.
 EXPONENT_BITS_FRACTION = 2
 
@@ -70,7 +86,9 @@ class PublicKey:
                 + self.hs.to_bytes(width, "big"))
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, allow_insecure: bool = False) -> PublicKey:
+    def from_bytes(cls, data: bytes, *, context: bytes = b"",
+                   allow_insecure: bool = False) -> PublicKey:
+        """Parse a public key; its obfuscation base must be the public rule's for `context`."""
         if len(data) < 4:
             raise ValueError("a Paillier public key message is too short")
         width = int.from_bytes(data[:4], "big")
@@ -79,8 +97,9 @@ class PublicKey:
         n = int.from_bytes(data[4:4 + width], "big")
         hs = int.from_bytes(data[4 + width:], "big")
         check_key_bits(n.bit_length(), allow_insecure)
-        if not 0 < hs < n * n or gmpy2.gcd(hs, n) != 1:
-            raise ValueError("a Paillier public key's obfuscation base is out of range")
+        if hs != obfuscation_base(n, context):
+            raise ValueError("a Paillier public key's obfuscation base does not follow the "
+                             "public rule")
         return cls(paillier.PaillierPublicKey(n), hs)
 
 
@@ -112,17 +131,31 @@ def check_key_bits(bits: int, allow_insecure: bool) -> None:
         raise ValueError(f"Paillier keys under {MIN_KEY_BITS} bits are refused (got {bits})")
 
 
-def generate_keypair(rng: Prg, bits: int = MIN_KEY_BITS, *,
+def obfuscation_base(n: int, context: bytes = b"") -> int:
+    """hs for the modulus n and `context`, by the public rule of the module docstring."""
+    if n < 3 or n % 2 == 0:
+        raise ValueError("a Paillier modulus must be odd and greater than 2")
+    width = (n.bit_length() + 7) // 8
+    prefix = (_BASE_DOMAIN + width.to_bytes(4, "big") + n.to_bytes(width, "big")
+              + len(context).to_bytes(4, "big") + context)
+    for counter in range(64):  # for a genuine key the first candidate is taken
+        digest = hashlib.shake_256(prefix + counter.to_bytes(4, "big")).digest(width + 16)
+        x = gmpy2.mpz(int.from_bytes(digest, "big")) % n
+        square = x * x % n
+        if gmpy2.gcd(x, n) == 1 and square not in (1, n - 1):
+            return int(gmpy2.powmod(n - square, n, gmpy2.mpz(n) * n))
+    raise ValueError("a Paillier modulus yields no obfuscation base (it is not a valid key)")
+
+
+def generate_keypair(rng: Prg, bits: int = MIN_KEY_BITS, *, context: bytes = b"",
                      allow_insecure: bool = False) -> tuple[PublicKey, PrivateKey]:
-    """A fresh key pair; `allow_insecure` permits short keys (tests only)."""
+    """A fresh key pair whose obfuscation base is the public rule's for `context`;
+    `allow_insecure` permits short keys (tests only).
+
+    phe draws the primes from the operating system's generator; `rng` is not
+    used since the base became public (kept so that callers need not change).
+    """
     check_key_bits(bits, allow_insecure)
     phe_public, phe_private = paillier.generate_paillier_keypair(n_length=bits)
-    n = int(phe_public.n)
-    nsquare = n * n
-    while True:
-        x = random_below(rng, n)
-        if x > 1 and gmpy2.gcd(x, n) == 1:
-            break
-    h = (-x * x) % n
-    public = PublicKey(phe_public, int(gmpy2.powmod(h, n, nsquare)))
+    public = PublicKey(phe_public, obfuscation_base(int(phe_public.n), context))
     return public, PrivateKey(public, phe_private)

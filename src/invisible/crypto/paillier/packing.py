@@ -9,6 +9,13 @@ chosen to hold — overflow is impossible by construction, and anything that
 would break these bounds is refused before encrypting. After decrypting a
 sum of m vectors, subtracting m x bias gives the sum of the values.
 
+The bias is a bound on encoded values, so it follows the encoding's own
+rule: a real |x| <= B becomes round(x 2^f) (:mod:`invisible.crypto.fixedpoint`),
+at most round(B 2^f) in magnitude, which is not B 2^f truncated (B = 1.3,
+f = 16: 85197, not 85196). :func:`fixed_point_bias` gives rows x round(B 2^f),
+the bias of a sum of `rows` such values, so every value the encoding accepts
+(or clips to the bound) is packed.
+
 Packing and unpacking act on whole arrays (numpy); the only Python loop is
 one `int.from_bytes` / `int.to_bytes` per plaintext.
 """
@@ -19,7 +26,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from invisible.crypto.fixedpoint import encode
+
 MAX_SLOT_BYTES = 8
+
+
+def fixed_point_bias(bound: float, fractional_bits: int, rows: int = 1) -> int:
+    """The largest |v| of a sum of `rows` values with |x| <= bound, each encoded with
+    `fractional_bits` by :func:`invisible.crypto.fixedpoint.encode`: rows x (the bound's own
+    encoding), exact in integers; at least 1 (a bound under 2^-(f+1) encodes to 0)."""
+    if rows < 1:
+        raise ValueError("a bias needs at least one row")
+    one_value = int(encode(np.array([bound]), bound, fractional_bits).view(np.int64)[0])
+    return max(1, rows * one_value)
 
 
 @dataclass(frozen=True)
@@ -56,7 +75,8 @@ class Packing:
         array = np.asarray(values)
         if array.dtype != np.int64 or array.ndim != 1:
             raise TypeError("packing takes a 1-D int64 array of fixed-point values")
-        if array.size and int(np.abs(array).max()) > self.bias:
+        # min and max, not np.abs: |INT64_MIN| overflows to INT64_MIN and would pass.
+        if array.size and (int(array.min()) < -self.bias or int(array.max()) > self.bias):
             raise ValueError("a value exceeds the packing's declared bound")
         shifted = (array + np.int64(self.bias)).view(np.uint64)
         total = self.ciphertexts_for(array.size) * self.slots

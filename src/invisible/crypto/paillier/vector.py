@@ -76,12 +76,13 @@ class CiphertextVector:
         body = data[_HEADER.size:]
         ciphertexts = tuple(int.from_bytes(body[i * width:(i + 1) * width], "big")
                             for i in range(total))
-        check_ciphertexts(key, ciphertexts)
+        check_ciphertexts(key.n, ciphertexts)
         return cls(key, packing, count, summed, ciphertexts)
 
 
-def check_ciphertexts(key: PublicKey, ciphertexts: Sequence[int]) -> None:
-    n, nsquare = key.n, key.nsquare
+def check_ciphertexts(n: int, ciphertexts: Sequence[int]) -> None:
+    """Refuse any received ciphertext c outside 0 < c < n^2 or sharing a factor with n."""
+    nsquare = n * n
     for c in ciphertexts:
         if not 0 < c < nsquare:
             raise ValueError("a ciphertext is outside (0, n^2)")

@@ -26,6 +26,13 @@ Inverse square root 1/sqrt(x) on [lo, hi] likewise: y0 = 0.8 / 2^(e/2)
 (x y0^2 in [0.64, 1.28)), Newton y <- y (3 - (x y) y) / 2 (3 products), 6
 iterations; |y - 1/sqrt(x^)| <= 2^-f (4 + 2 / x^) (tested).
 
+Both check their whole plan before they ask for a tuple: a finite domain
+0 < lo < hi holding x's bound, lo >= 2^-(f-2), and every worst case of the
+bracket and of the Newton products within the exact range (a product's
+2f-bit intermediate below 2^62, as :func:`.arithmetic.mul` checks it: at
+f = 16, 1.5 hi / lo < 2^30 for the reciprocal, 1.69 hi / lo < 2^30 for rsqrt),
+so a domain they cannot handle costs no tuple and no round.
+
 What each party learns: masked openings only (uniform c, Beaver differences).
 """
 
@@ -40,7 +47,7 @@ from invisible.errors import ProtocolError
 from invisible.protocols.mpc.arithmetic import mul, mul_public, mul_ring, open_all
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import TupleProvider
-from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray
+from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray, check_range
 from invisible.protocols.mpc.tuples import CMP_BITS
 
 _ONE = np.uint64(1)
@@ -134,27 +141,40 @@ def _exponent_guess(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo
 
 
 def _check_domain(x: SharedArray, lo: float, hi: float) -> None:
-    if not 0 < lo < hi or x.bound > hi:
-        raise ProtocolError("a declared domain 0 < lo < hi containing the value is required")
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo < hi) or x.bound > hi:
+        raise ProtocolError("a declared domain 0 < lo < hi, finite, containing the value is "
+                            "required")
     if lo < 2.0 ** -(x.fractional_bits - 2):
         raise ProtocolError(f"lo must be at least 2^-{x.fractional_bits - 2} at "
                             f"{x.fractional_bits} fractional bits")
+
+
+def _check_worst_cases(x: SharedArray, hi: float, products: list[tuple[float, float]]) -> None:
+    """Refuse, before any tuple is requested, a plan whose bracket (|x - 2^e| <= 2 hi) or
+    any product of bounds (a, b) could leave the exact range; products are checked as
+    :func:`.arithmetic.mul` checks them (a b 2^f: the ring product carries 2f bits)."""
+    f = x.fractional_bits
+    check_range(2 * hi, f, "bracket")
+    for a, b in products:
+        check_range(a * b * 2.0**f, f, "product")
 
 
 def reciprocal(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo: float,
                hi: float, iterations: int = 5) -> SharedArray:
     """1/x for x in [lo, hi] (see the module docstring for the error bound)."""
     _check_domain(x, lo, hi)
+    y_cap = 1.5 / lo  # every iterate: y0 <= 1.5 / lo and |1 - x y| <= 1/2 from the start
+    _check_worst_cases(x, hi, [(hi, y_cap), (y_cap, 1.5)])
     e_min, e_max = math.floor(math.log2(lo)), math.floor(math.log2(hi))
     y = _exponent_guess(ctx, provider, x, lo, hi,
                         {e: 0.75 / 2.0**e for e in range(e_min, e_max + 1)})
     for _ in range(iterations):
         xy = mul(ctx, provider, SharedArray(x.share, hi, x.fractional_bits, x.leader),
-                 SharedArray(y.share, 1.5 / lo, y.fractional_bits, y.leader))
+                 SharedArray(y.share, y_cap, y.fractional_bits, y.leader))
         two_minus = (-SharedArray(xy.share, 1.5, xy.fractional_bits, xy.leader)) + 2.0
-        y = mul(ctx, provider, SharedArray(y.share, 1.5 / lo, y.fractional_bits, y.leader),
+        y = mul(ctx, provider, SharedArray(y.share, y_cap, y.fractional_bits, y.leader),
                 SharedArray(two_minus.share, 1.5, two_minus.fractional_bits, y.leader))
-        y = SharedArray(y.share, 1.5 / lo, y.fractional_bits, y.leader)
+        y = SharedArray(y.share, y_cap, y.fractional_bits, y.leader)
     return SharedArray(y.share, 1.0 / lo, y.fractional_bits, y.leader)
 
 
@@ -162,10 +182,11 @@ def rsqrt(ctx: MpcContext, provider: TupleProvider, x: SharedArray, lo: float, h
           iterations: int = 6) -> SharedArray:
     """1/sqrt(x) for x in [lo, hi] (see the module docstring for the error bound)."""
     _check_domain(x, lo, hi)
+    cap = 1.3 / math.sqrt(lo)  # every iterate: x y^2 in [0.64, 1.28) from the start
+    _check_worst_cases(x, hi, [(hi, cap), (cap * hi, cap), (cap, 3.0)])
     e_min, e_max = math.floor(math.log2(lo)), math.floor(math.log2(hi))
     y = _exponent_guess(ctx, provider, x, lo, hi,
                         {e: 0.8 / 2.0 ** (e / 2) for e in range(e_min, e_max + 1)})
-    cap = 1.3 / math.sqrt(lo)
     f, leader = x.fractional_bits, x.leader
     for _ in range(iterations):
         y = SharedArray(y.share, cap, f, leader)
