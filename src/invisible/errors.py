@@ -43,6 +43,14 @@ class PartyUnavailableError(InvisibleError):
         self.party_id = party_id
 
 
+class NodeBusyError(PartyUnavailableError):
+    """A node refused a call because the caller holds as many such calls as it may."""
+
+    def __init__(self, detail: str) -> None:
+        InvisibleError.__init__(self, detail)
+        self.party_id = ""
+
+
 class PeerAuthenticationError(PartyUnavailableError):
     """The TLS handshake with a party failed: untrusted CA, wrong identity or role."""
 

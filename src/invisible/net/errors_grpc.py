@@ -31,7 +31,7 @@ _VERIFICATION_MARKERS = ("certificate_verify_failed", "verification check failed
 _TRANSIENT_MARKERS = ("connection refused", "failed to connect", "connect failed",
                       "socket closed", "connection reset", "name resolution",
                       "handshake read failed", "handshake write failed", "endpoint closing",
-                      "broken pipe", "end of file")
+                      "broken pipe", "end of file", "this node is busy")
 
 
 def status_code_for(exc: InvisibleError) -> grpc.StatusCode:

@@ -5,12 +5,21 @@ and checks its role: only parties deliver protocol messages, only
 coordinators start jobs and read their status. Domain errors become gRPC
 status codes (see :mod:`invisible.net.errors_grpc`); their messages name
 what was wrong and never carry data.
+
+A node stays available to every caller: deliveries in progress and status
+long-polls are capped per identity and in all (:class:`Slots`), so the
+worker pool keeps threads for Health and job control; a delivery that
+stalls is cancelled at the node's RPC deadline. A delivery over its cap is
+refused as busy (the sender retries within its deadline); a long-poll over
+its cap is answered at once instead of waiting.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from typing import Any, TypeVar
@@ -18,7 +27,7 @@ from typing import Any, TypeVar
 import grpc
 
 from invisible import __version__
-from invisible.errors import InvisibleError, ProtocolError
+from invisible.errors import InvisibleError, NodeBusyError, ProtocolError
 from invisible.net import wire
 from invisible.net.errors_grpc import status_code_for
 from invisible.net.jobs_api import JobService, spec_from_proto, status_to_proto
@@ -35,6 +44,36 @@ from invisible.v1 import (
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 _MAX_STATUS_WAIT_S = 60.0
+#: The server's worker threads, and how many of them each kind of long call may hold.
+WORKERS = 32
+DELIVERIES_IN_ALL, DELIVERIES_PER_PEER = 20, 8
+LONG_POLLS_IN_ALL, LONG_POLLS_PER_CALLER = 6, 2
+
+
+class Slots:
+    """At most `in_all` calls at once, and `per_identity` for any one identity."""
+
+    def __init__(self, in_all: int, per_identity: int) -> None:
+        self.in_all, self.per_identity = in_all, per_identity
+        self._held: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def hold(self, who: str) -> Iterator[bool]:
+        """Yields whether a slot was free (never waits); gives it back on exit."""
+        with self._lock:
+            free = (sum(self._held.values()) < self.in_all
+                    and self._held.get(who, 0) < self.per_identity)
+            if free:
+                self._held[who] = self._held.get(who, 0) + 1
+        try:
+            yield free
+        finally:
+            if free:
+                with self._lock:
+                    self._held[who] -= 1
+                    if not self._held[who]:
+                        del self._held[who]
 
 
 def _domain_errors_to_status(method: F) -> F:
@@ -71,9 +110,13 @@ class ExchangeServicer:
     """PeerExchange.Deliver, taking serialised frames (see `wire.parse_raw_frame`)."""
 
     def __init__(self, mailbox: Mailbox, known_peers: Callable[[], set[str]],
-                 notices: Mapping[str, Callable[[str, bytes], None]] | None = None) -> None:
+                 notices: Mapping[str, Callable[[str, bytes], None]] | None = None,
+                 stream_timeout_s: float = 30.0) -> None:
         self._mailbox = mailbox
         self._known_peers = known_peers
+        self._slots = Slots(DELIVERIES_IN_ALL, DELIVERIES_PER_PEER)
+        #: A delivery still streaming after this long is cancelled (a stalled peer).
+        self._stream_timeout_s = stream_timeout_s
         #: Handlers of one-way notices by reserved step (e.g. "!head"), called with the sender.
         self._notices = dict(notices or {})
 
@@ -90,6 +133,20 @@ class ExchangeServicer:
         sender = require_role(context, Role.PARTY, Role.DEALER).party_id
         if sender not in self._known_peers():
             raise ProtocolError(f"party '{sender}' is not a configured peer of this node")
+        with self._slots.hold(sender) as free:
+            if not free:
+                raise NodeBusyError(f"this node is busy: party '{sender}' has "
+                                    f"{DELIVERIES_PER_PEER} deliveries under way, or all peers "
+                                    f"{DELIVERIES_IN_ALL}")
+            watchdog = threading.Timer(self._stream_timeout_s, context.cancel)
+            watchdog.daemon = True
+            watchdog.start()
+            try:
+                return self._deliver(sender, request_iterator)
+            finally:
+                watchdog.cancel()
+
+    def _deliver(self, sender: str, request_iterator: Iterator[bytes]) -> exchange_pb2.DeliverAck:
         header, payload = wire.decode_raw_message(
             request_iterator, lambda n: self._mailbox.check_size(sender, n))
         if header.step == ABORT_STEP:
@@ -113,6 +170,7 @@ class JobsServicer:
 
     def __init__(self, jobs: JobService) -> None:
         self._jobs = jobs
+        self._long_polls = Slots(LONG_POLLS_IN_ALL, LONG_POLLS_PER_CALLER)
 
     def add_to(self, server: grpc.Server) -> None:
         def unary(method: Callable[..., Any], request: Any, response: Any,
@@ -154,7 +212,9 @@ class JobsServicer:
         remaining = context.time_remaining()
         if remaining is not None:
             wait_s = max(0.0, min(wait_s, remaining - 0.5))
-        return status_to_proto(self._jobs.job_status(request.job_id, requester, wait_s))
+        with self._long_polls.hold(requester.party_id) as free:  # over the cap: answer now
+            status = self._jobs.job_status(request.job_id, requester, wait_s if free else 0.0)
+        return status_to_proto(status)
 
     def FetchOutput(self, request: jobs_pb2.FetchOutputRequest,
                     context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -181,7 +241,7 @@ def build_server(
     health: HealthServicer,
     exchange: ExchangeServicer | None,
     jobs: JobsServicer | None,
-    max_workers: int = 32,
+    max_workers: int = WORKERS,
 ) -> tuple[grpc.Server, int]:
     """A started-but-not-yet-serving server bound to `address`; returns (server, port)."""
     server = grpc.server(
