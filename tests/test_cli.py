@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -38,6 +39,50 @@ def test_pki_init_writes_a_ca_and_one_certificate_per_identity(tmp_path):
     assert again.returncode == 2
     assert again.stderr.strip().count("\n") == 0
     assert "already holds a CA" in again.stderr
+
+
+def test_pki_init_force_keeps_the_ledger_keys_and_says_so(tmp_path):
+    assert invisible("pki", "init", str(tmp_path), "--parties", "bank,telco").returncode == 0
+    ledger_keys = {p.name: p.read_bytes() for p in tmp_path.glob("*-ledger.*")}
+    ca = (tmp_path / "ca.pem").read_bytes()
+    again = invisible("pki", "init", str(tmp_path), "--parties", "bank,telco", "--force")
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "ca.pem").read_bytes() != ca
+    assert {name: (tmp_path / name).read_bytes() for name in ledger_keys} == ledger_keys
+    assert "ledger signing keys kept (never replaced by a PKI command): bank, telco" \
+        in again.stdout
+
+
+def test_node_serve_refuses_a_broken_ledger_unless_told_and_records_the_choice(tmp_path):
+    layout = write_local_federation(tmp_path, ["bank", "telco"])
+    config = str(layout.party_configs["bank"])
+    serve = [sys.executable, "-m", "invisible", "node", "serve", "--config", config]
+
+    def serve_once(*extra: str) -> None:
+        serve_then_stop([*serve, *extra], signal.SIGTERM)
+
+    serve_once()
+    ledger_path = tmp_path / "bank-ledger.sqlite"
+    from invisible.metering.entries import PendingEntry
+    from invisible.metering.ledger import Ledger
+    from invisible.metering.signing import load_signing_key
+
+    ledger = Ledger(ledger_path, "bank", load_signing_key(tmp_path / "pki" / "bank-ledger.key"))
+    ledger.append(*[PendingEntry(f"j{i}", "requested", "analyst") for i in range(3)])
+    ledger.close()
+    with sqlite3.connect(ledger_path) as db:
+        db.execute("UPDATE entries SET requester = 'nobody' WHERE seq = 2")
+    db.close()
+    refused = invisible("node", "serve", "--config", config)
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert str(ledger_path) in line and "entry 2" in line and "--accept-broken-ledger" in line
+    serve_once("--accept-broken-ledger")
+    with sqlite3.connect(ledger_path) as db:
+        events = [row[0] for row in db.execute("SELECT event FROM entries ORDER BY seq")]
+    db.close()
+    assert events == ["requested"] * 3 + ["ledger-accepted-broken"]
+    serve_once()  # the recorded choice stands; no flag needed again
 
 
 def test_node_startup_errors_print_one_line_and_exit_non_zero(tmp_path):
@@ -112,14 +157,17 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
 
 def test_sigint_stops_a_node_cleanly(tmp_path):
     layout = write_local_federation(tmp_path, ["bank", "telco"])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "invisible", "node", "serve", "--config",
-         str(layout.party_configs["bank"])], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True,
-    )
+    serve_then_stop([sys.executable, "-m", "invisible", "node", "serve", "--config",
+                     str(layout.party_configs["bank"])], signal.SIGINT)
+
+
+def serve_then_stop(command: list[str], stop: signal.Signals) -> None:
+    """Start `invisible node serve`, wait until it serves, stop it with `stop`: exit 0."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
     try:
         assert "serving on 127.0.0.1:" in process.stdout.readline()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(stop)
         assert process.wait(timeout=15) == 0
     finally:
         if process.poll() is None:

@@ -24,7 +24,7 @@ from invisible.metering.policy import (
     parse_policy,
     threshold_problem,
 )
-from invisible.metering.report import report_rows
+from invisible.metering.report import report_rows, to_table
 from invisible.metering.signing import generate_signing_key, load_public_key, load_signing_key
 from invisible.metering.verify import verify_against_receipts, verify_chain
 
@@ -275,6 +275,17 @@ def test_report_counts_per_requester_dataset_and_kind(ledger):
     rows = report_rows(ledger.entries())
     assert [(r["requester"], r["jobs"], r["refused"], r["rows_touched"], r["bytes_sent"])
             for r in rows] == [("analyst", 2, 0, 200, 128), ("marketing", 0, 1, 0, 0)]
+
+
+def test_the_report_table_shows_interrupted_jobs(ledger):
+    fill(ledger, 1)
+    make_meter(ledger).admit(JobMeta("j1", "analyst", "secure_sum", use(job_id="j1")))
+    ledger.mark_interrupted()
+    header, row = to_table(report_rows(ledger.entries())).splitlines()
+    columns = header.split()
+    assert "interrupted" in columns
+    assert row.split()[columns.index("interrupted")] == "1"
+    assert row.split()[columns.index("jobs")] == "1"
 
 
 def test_verify_ledger_uses_only_evidence_that_verifies(tmp_path, ledger, keys):

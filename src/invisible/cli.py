@@ -1,14 +1,14 @@
 """The `invisible` command.
 
     invisible pki init DIR --parties bank,hospital,telco [--coordinators c] [--dealers d]
-    invisible node serve --config parties/bank/party.toml [--role dealer]
+    invisible node serve --config parties/bank/party.toml [--role dealer] [--accept-broken-ledger]
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml [--json]
     invisible job kinds [--markdown]
     invisible job template KIND [--coordinator coordinator.toml]
     invisible meter report --config party.toml [--json|--csv] [--since DATE]
     invisible meter verify --config party.toml [--receipts DIR]
-    invisible meter verify-receipt RECEIPT --public-key bank-ledger.pub
+    invisible meter verify-receipt RECEIPT --public-key bank-ledger.pub [--public-key ...]
     invisible meter export --config party.toml --out FILE [--event witnessed]
     invisible bench NAME... [--quick] [--json PATH]
     invisible demo
@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 
 from invisible import __version__
-from invisible.errors import ConfigError, InvisibleError
+from invisible.errors import InvisibleError
 
 EXIT_USAGE = 2
 
@@ -41,13 +41,16 @@ def _split_ids(text: str) -> list[str]:
 def _pki_init(args: argparse.Namespace) -> int:
     from invisible.net.pki import init_pki
 
-    identities = init_pki(
+    issued = init_pki(
         Path(args.directory), _split_ids(args.parties), _split_ids(args.coordinators),
         _split_ids(args.dealers), overwrite=args.force,
     )
-    print(f"CA and {len(identities)} certificates written to {args.directory}:")
-    for identity in identities:
+    print(f"CA and {len(issued.identities)} certificates written to {args.directory}:")
+    for identity in issued.identities:
         print(f"  {identity.party_id:<16} {identity.role.value}")
+    if issued.kept_ledger_keys:
+        print("ledger signing keys kept (never replaced by a PKI command): "
+              + ", ".join(issued.kept_ledger_keys))
     return 0
 
 
@@ -73,7 +76,8 @@ def _node_serve(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     role = Role(args.role)
-    node = PartyNode(load_party_config(args.config), role=role)
+    node = PartyNode(load_party_config(args.config), role=role,
+                     accept_broken_ledger=args.accept_broken_ledger)
     node.start()
     print(f"invisible node '{node.party_id}' ({role.value}) serving on {node.address}", flush=True)
     while not stop.wait(0.5):
@@ -174,36 +178,31 @@ def _meter_verify(args: argparse.Namespace) -> int:
 
 
 def _meter_verify_receipt(args: argparse.Namespace) -> int:
-    from invisible.metering.audit import check_receipts, load_evidence
-    from invisible.metering.signing import load_public_key
+    from invisible.metering.audit import audit_file
 
-    entries = list(load_evidence(Path(args.receipt)))
-    if args.party:
-        entries = [e for e in entries if e.node == args.party]
-    if not entries:
-        raise ConfigError(f"{args.receipt} holds no receipt" +
-                          (f" of party '{args.party}'" if args.party else ""))
-    problems = check_receipts(entries, load_public_key(Path(args.public_key)), None)
-    for entry in entries:
-        if not any(f"#{entry.seq} " in p and entry.node in p for p in problems):
-            print(f"receipt {entry.node}#{entry.seq} ({entry.event}, job '{entry.job_id}'): valid")
-    for problem in problems:
-        print(problem)
-    return 1 if problems else 0
+    lines, ok = audit_file(Path(args.receipt), [Path(p) for p in args.public_key], args.party)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
 
 
 def _meter_export(args: argparse.Namespace) -> int:
+    from invisible.metering.audit import export_document
     from invisible.metering.ledger import Ledger
+    from invisible.metering.report import check_events, parse_since
     from invisible.node.config import load_party_config
 
     config = load_party_config(args.config)
+    since = parse_since(args.since) if args.since else None
     ledger = Ledger(config.ledger.path, config.party_id, None)
     try:
-        entries = [e.to_json() for e in ledger.entries(since=args.since)
-                   if not args.event or e.event in args.event]
+        if args.event:
+            check_events(args.event, ledger.events())
+        entries = [e for e in ledger.entries(since=since) if not args.event or e.event in args.event]
     finally:
         ledger.close()
-    Path(args.out).write_text(json.dumps(entries, indent=1, sort_keys=True))
+    document = export_document(config.party_id, entries, since, args.event)
+    Path(args.out).write_text(json.dumps(document, indent=1, sort_keys=True))
     print(f"{len(entries)} entries of '{config.party_id}' written to {args.out}")
     return 0
 
@@ -238,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--parties", required=True, help="comma-separated party ids")
     init.add_argument("--coordinators", default="coordinator", help="comma-separated ids")
     init.add_argument("--dealers", default="", help="comma-separated ids")
-    init.add_argument("--force", action="store_true", help="replace an existing CA")
+    init.add_argument("--force", action="store_true", help="replace an existing CA and TLS "
+                      "certificates (ledger signing keys are always kept)")
     init.set_defaults(handler=_pki_init)
 
     node = commands.add_parser("node", help="run a party node").add_subparsers(
@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", required=True, help="the party's TOML file")
     serve.add_argument("--role", choices=["party", "dealer"], default="party",
                        help="dealer: serves correlated randomness, never computes, holds no data")
+    serve.add_argument("--accept-broken-ledger", action="store_true",
+                       help="start even if the node's ledger fails its check at start (edited, "
+                       "cut or missing); the choice and what was wrong are signed into it")
     serve.set_defaults(handler=_node_serve)
 
     health = commands.add_parser("health", help="ask every party of a federation if it serves")
@@ -286,16 +289,19 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--receipts", metavar="DIR", help="receipts and exported entries")
     verify.add_argument("--keys", metavar="DIR", help="folder of <id>-ledger.pub files")
     verify.set_defaults(handler=_meter_verify)
-    receipt = meters.add_parser("verify-receipt", help="check a receipt against a node's key")
-    receipt.add_argument("receipt", help="a receipts file or one entry (JSON)")
-    receipt.add_argument("--public-key", required=True)
+    receipt = meters.add_parser("verify-receipt", help="check receipts or an export against "
+                                "the signing nodes' keys; an export's sequence for gaps")
+    receipt.add_argument("receipt", help="a receipts file, an export or one entry (JSON)")
+    receipt.add_argument("--public-key", required=True, action="append",
+                         help="<id>-ledger.pub (repeatable); other nodes' keys are looked up "
+                         "beside it")
     receipt.add_argument("--party", help="only this party's receipts in the file")
     receipt.set_defaults(handler=_meter_verify_receipt)
     export = meters.add_parser("export", help="write a node's entries as JSON evidence")
     export.add_argument("--config", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--event", action="append", help="only these events (repeatable)")
-    export.add_argument("--since")
+    export.add_argument("--since", help="an ISO date or time (UTC), e.g. 2026-11-01")
     export.set_defaults(handler=_meter_export)
 
     bench = commands.add_parser("bench", help="run benchmarks from benchmarks/")

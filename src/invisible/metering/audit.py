@@ -1,16 +1,22 @@
-"""What `invisible meter verify` and `verify-receipt` do, for the CLI and for scripts.
+"""What `invisible meter verify`, `verify-receipt` and `export` do, for the CLI and scripts.
 
 Evidence files are JSON: a coordinator's receipts file (``{party: [entry,
 ...]}``, one per job, kept by `Federation`), an export of a node's entries
-(``[entry, ...]``), or one entry. Every piece of evidence is checked against
-its signer's public key (``<id>-ledger.pub`` in the keys folder) before it is
-used; evidence that does not verify is reported, not trusted.
+(``{"export_of": node, "since": ..., "events": ..., "entries": [...]}``; a
+bare list of entries from older exports), or one entry. Every piece of
+evidence is checked against its signer's public key (``<id>-ledger.pub``)
+before it is used; evidence that does not verify is reported, not trusted.
+An export of every event is one unbroken run of the node's chain, so an
+entry deleted from it shows as a gap; an export of some events only cannot
+show one, and says so.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,34 +26,160 @@ from invisible.errors import ConfigError
 from invisible.metering.entries import LedgerEntry
 from invisible.metering.ledger import Ledger
 from invisible.metering.signing import load_public_key
+from invisible.metering.startup import ACCEPTED_BROKEN
 from invisible.metering.verify import (
     VerifyReport,
+    sequence_problems,
     verify_against_receipts,
     verify_receipt,
     verify_rows,
 )
 
+#: The key that marks an export (never a party id: those have no underscore).
+_EXPORT = "export_of"
+_NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
-def load_evidence(path: Path) -> Iterator[LedgerEntry]:
-    """Entries in one JSON evidence file, whatever its shape."""
+
+@dataclass(frozen=True)
+class EvidenceFile:
+    entries: list[LedgerEntry]
+    #: Whether the file claims an unbroken run of each node's entries (an export of every event).
+    unbroken: bool = False
+    #: Where that run must start: 1 for an export of a whole ledger; None for anywhere.
+    first_seq: int | None = None
+    #: The events an export was limited to (entries missing from it cannot be detected).
+    events: tuple[str, ...] = ()
+
+
+def export_document(node: str, entries: Sequence[LedgerEntry], since: str | None,
+                    events: Sequence[str] | None) -> dict[str, Any]:
+    """What `meter export` writes: the entries, and what they were selected by."""
+    return {_EXPORT: node, "since": since, "events": sorted(events) if events else None,
+            "entries": [entry.to_json() for entry in entries]}
+
+
+def read_evidence(path: Path) -> EvidenceFile:
+    """One JSON evidence file, whatever its shape."""
     try:
         data: Any = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path} is not a readable JSON file ({exc})") from None
+    if isinstance(data, dict) and _EXPORT in data:
+        events = data.get("events") or ()
+        return EvidenceFile(_entries(path, data.get("entries")), unbroken=not events,
+                            first_seq=None if data.get("since") else 1,
+                            events=tuple(str(e) for e in events))
+    if isinstance(data, list):  # an export written before exports said what they hold
+        return EvidenceFile(_entries(path, data), unbroken=True)
     if isinstance(data, dict) and "seq" in data:
-        data = [data]
-    if isinstance(data, dict):
-        data = [entry for entries in data.values() for entry in entries]
-    if not isinstance(data, list):
-        raise ConfigError(f"{path} holds no ledger entries")
-    for item in data:
-        if not isinstance(item, dict):
-            raise ConfigError(f"{path} holds something that is not a ledger entry")
-        yield LedgerEntry.from_json(item)
+        return EvidenceFile(_entries(path, [data]))
+    if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
+        return EvidenceFile(_entries(path, [e for entries in data.values() for e in entries]))
+    raise ConfigError(f"{path} holds no ledger entries")
+
+
+def _entries(path: Path, items: Any) -> list[LedgerEntry]:
+    if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+        raise ConfigError(f"{path} holds something that is not a ledger entry")
+    return [LedgerEntry.from_json(item) for item in items]
+
+
+def load_evidence(path: Path) -> Iterator[LedgerEntry]:
+    """Entries in one JSON evidence file, whatever its shape."""
+    yield from read_evidence(path).entries
 
 
 def public_key_for(keys_dir: Path, node: str) -> Ed25519PublicKey:
+    """``<node>-ledger.pub`` in `keys_dir`; the node id comes from evidence, so it must be a
+    plain id (no path)."""
+    if not _NODE_ID.match(node):
+        raise ConfigError(f"{node!r} is not a node id")
     return load_public_key(keys_dir / f"{node}-ledger.pub")
+
+
+class PublicKeys:
+    """Ledger public keys by node: a key file named ``<id>-ledger.pub`` is `id`'s key, and
+    a node with none given is looked up as ``<id>-ledger.pub`` beside the keys given.
+
+    With one key and a `party`, that key is the party's whatever its file name.
+    Other keys, named for no node, are tried on receipts no key is named for.
+    """
+
+    def __init__(self, paths: Sequence[Path], party: str | None = None) -> None:
+        self._named: dict[str, Ed25519PublicKey] = {}
+        self.unnamed: list[Ed25519PublicKey] = []
+        self._folders = list(dict.fromkeys(path.parent for path in paths))
+        for path in paths:
+            key = load_public_key(path)
+            if party is not None and len(paths) == 1:
+                self._named[party] = key
+            elif path.name.endswith("-ledger.pub"):
+                self._named[path.name.removesuffix("-ledger.pub")] = key
+            else:
+                self.unnamed.append(key)
+
+    def named(self, node: str) -> Ed25519PublicKey | None:
+        if node not in self._named:
+            for folder in self._folders:
+                if _NODE_ID.match(node) and (folder / f"{node}-ledger.pub").exists():
+                    self._named[node] = public_key_for(folder, node)
+                    break
+        return self._named.get(node)
+
+
+def receipt_problem(entry: LedgerEntry, keys: PublicKeys, sole_node: bool) -> str | None:
+    """Why a receipt is not genuine, or None; a missing key is said as such, never as a bad
+    signature. `sole_node`: the file holds receipts of this node only, so a single key named
+    for no node is taken to be its key."""
+    if entry.compute_hash() != entry.hash:
+        return "its content does not match its hash (altered)"
+    key = keys.named(entry.node)
+    if key is None and len(keys.unnamed) == 1 and sole_node:
+        key = keys.unnamed[0]
+    if key is not None:
+        return verify_receipt(entry, key)
+    if any(verify_receipt(entry, candidate) is None for candidate in keys.unnamed):
+        return None
+    return (f"cannot be checked: no public key for '{entry.node}' (give --public-key "
+            f"{entry.node}-ledger.pub, or put it beside the keys given)")
+
+
+def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
+               ) -> tuple[list[str], bool]:
+    """`meter verify-receipt`: each receipt against its own node's key, and an export's
+    sequence for gaps; returns the lines to print and whether all is well."""
+    evidence = read_evidence(path)
+    entries = [e for e in evidence.entries if party is None or e.node == party]
+    if not entries:
+        raise ConfigError(f"{path} holds no receipt" + (f" of party '{party}'" if party else ""))
+    keys = PublicKeys(key_paths, party)
+    nodes = {entry.node for entry in entries}
+    lines, bad = [], []
+    for entry in entries:
+        problem = receipt_problem(entry, keys, len(nodes) == 1)
+        name = f"receipt {_shown(entry.node)}#{entry.seq}"
+        if problem is None:
+            lines.append(f"{name} ({_shown(entry.event)}, job '{_shown(entry.job_id)}'): valid")
+        else:
+            bad.append(f"{name} (job '{_shown(entry.job_id)}'): {problem}")
+    if evidence.events:
+        lines.append(f"an export of only events {_shown(', '.join(evidence.events))}: entries "
+                     "missing from it cannot be detected")
+    elif evidence.unbroken:
+        gaps = sequence_problems(entries, evidence.first_seq)
+        bad += [_shown(gap) for gap in gaps]
+        for node in sorted(nodes):
+            if not any(f"of '{node}'" in gap for gap in gaps):
+                seqs = [e.seq for e in entries if e.node == node]
+                lines.append(f"entries {min(seqs)} to {max(seqs)} of '{_shown(node)}' complete "
+                             "(a tail cut off shows only against a later receipt or "
+                             "countersigned head)")
+    return lines + bad, not bad
+
+
+def _shown(text: str) -> str:
+    """Text from a file as one printable line (a newline in a job id forges no line)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str | None,
@@ -73,9 +205,14 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
     finally:
         ledger.close()
     report = verify_rows(rows, key)
-    if evidence_dir is None:
-        return report, []
     problems: list[str] = []
+    if not report.ok:
+        problems += [f"the node's operator started on this broken chain anyway, recorded at "
+                     f"entry {row[1]} ({row[2]})" for row in rows
+                     if row[4] == ACCEPTED_BROKEN and json.loads(row[9]).get("broken_at")
+                     == report.seq]
+    if evidence_dir is None:
+        return report, problems
     trusted: list[LedgerEntry] = []
     keys: dict[str, Ed25519PublicKey] = {node: key}
     for path in sorted(evidence_dir.rglob("*.json")):

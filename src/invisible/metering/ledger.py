@@ -5,7 +5,9 @@ data is one entry. Appends happen in `BEGIN IMMEDIATE` transactions, so a
 quota check and the reservation it allows are one atomic step, across
 threads and processes. Quotas are computed from the ledger itself, so they
 survive restarts; a job that was running when the node stopped is marked
-`interrupted` at the next start and still counts.
+`interrupted` at the next start and still counts. A node opens its own
+ledger through :func:`invisible.metering.startup.open_node_ledger`, which
+checks the chain before anything is appended to it.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ class Ledger:
         self._key = signing_key
         self._clock = clock
         self._lock = threading.Lock()
+        self._record_head: Callable[[int, str], None] | None = None
         if signing_key is None and not path.exists():
             raise ConfigError(f"no ledger at {path}")
         try:
@@ -106,7 +109,19 @@ class Ledger:
 
     def close(self) -> None:
         with self._lock:
-            self._db.close()
+            record, self._record_head = self._record_head, None  # once, even if closed twice
+            try:
+                if record is not None and self._key is not None:
+                    seq, digest = self._head()
+                    if seq:
+                        record(seq, digest)
+            finally:
+                self._db.close()
+
+    def record_heads(self, record: Callable[[int, str], None]) -> None:
+        """Call `record(seq, hash)` with the head when the first entry is written and at close
+        (how a node keeps its head marker: :mod:`invisible.metering.startup`)."""
+        self._record_head = record
 
     def _head(self) -> tuple[int, str]:
         row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
@@ -152,6 +167,8 @@ class Ledger:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if self._record_head is not None and written and written[0].seq == 1:
+                self._record_head(written[-1].seq, written[-1].hash)
             return written
 
     def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
@@ -190,6 +207,11 @@ class Ledger:
             return [tuple(row) for row in self._db.execute(
                 "SELECT node, seq, ts, job_id, event, requester, kind, dataset, rows, body, "
                 "prev_hash, hash, signature FROM entries ORDER BY seq")]
+
+    def events(self) -> set[str]:
+        """Every event that occurs in this ledger."""
+        with self._lock:
+            return {row["event"] for row in self._db.execute("SELECT DISTINCT event FROM entries")}
 
     def knows_job(self, job_id: str) -> bool:
         """Whether any entry names this job id (ids are unique for the life of a ledger)."""

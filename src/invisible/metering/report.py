@@ -4,6 +4,10 @@ One row per (requester, dataset, job kind): jobs finished, failed, refused
 and interrupted, rows touched, payload bytes sent and received, values
 opened. As a list of dicts, CSV, JSON, a printable table, or a pandas
 DataFrame for notebooks.
+
+Filters are checked, not guessed: :func:`parse_since` refuses what is not an
+ISO date or time (``2026-11-31`` is not), and :func:`check_events` refuses an
+event no node writes, instead of answering with nothing.
 """
 
 from __future__ import annotations
@@ -12,11 +16,14 @@ import csv
 import io
 import json
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from invisible.metering.entries import LedgerEntry
+from invisible.errors import ConfigError
+from invisible.metering.entries import TERMINAL_EVENTS, LedgerEntry
 from invisible.metering.ledger import Ledger
+from invisible.metering.startup import ACCEPTED_BROKEN
 
 if TYPE_CHECKING:
     import pandas
@@ -25,6 +32,30 @@ COLUMNS = ("requester", "dataset", "kind", "jobs", "failed", "refused", "interru
            "rows_touched", "bytes_sent", "bytes_received", "bytes_released", "values_opened")
 _COUNTED = {"finished": "jobs", "failed": "failed", "refused": "refused",
             "interrupted": "interrupted"}
+#: Every event a node writes (see invisible.metering.entries).
+KNOWN_EVENTS = frozenset({"requested", "accepted", *TERMINAL_EVENTS, "clipped", "witnessed",
+                          ACCEPTED_BROKEN})
+
+
+def parse_since(text: str) -> str:
+    """An ISO date or time as the ledger's UTC timestamps compare with it (naive means UTC)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"since {text!r} is not a date or time: give an ISO date such as "
+                          "2026-11-01 or a time such as 2026-11-01T09:30Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def check_events(events: Iterable[str], present: Iterable[str] = ()) -> None:
+    """Refuse an event that no node writes and that does not occur in the ledger."""
+    known = KNOWN_EVENTS | set(present)
+    unknown = sorted(set(events) - known)
+    if unknown:
+        raise ConfigError(f"no such event {', '.join(repr(e) for e in unknown)}; a ledger "
+                          f"records {', '.join(sorted(known))}")
 
 
 def report_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
@@ -48,9 +79,11 @@ def report_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
 
 
 def ledger_report(ledger_path: Path, since: str | None = None) -> list[dict[str, Any]]:
+    """The report of one ledger, of the entries since an ISO date or time (UTC if naive)."""
+    start = parse_since(since) if since else None
     ledger = Ledger(ledger_path, "", None)
     try:
-        return report_rows(ledger.entries(since=since))
+        return report_rows(ledger.entries(since=start))
     finally:
         ledger.close()
 
@@ -74,10 +107,10 @@ def to_json(rows: list[dict[str, Any]]) -> str:
 
 
 def to_table(rows: list[dict[str, Any]]) -> str:
-    headers = ("requester", "dataset", "kind", "jobs", "failed", "refused", "rows", "bytes out",
-               "bytes in", "released", "opened")
-    keys = ("requester", "dataset", "kind", "jobs", "failed", "refused", "rows_touched",
-            "bytes_sent", "bytes_received", "bytes_released", "values_opened")
+    headers = ("requester", "dataset", "kind", "jobs", "failed", "refused", "interrupted",
+               "rows", "bytes out", "bytes in", "released", "opened")
+    keys = ("requester", "dataset", "kind", "jobs", "failed", "refused", "interrupted",
+            "rows_touched", "bytes_sent", "bytes_received", "bytes_released", "values_opened")
     cells = [headers] + [tuple(str(r[k]) for k in keys) for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in

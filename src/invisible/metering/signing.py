@@ -3,6 +3,11 @@
 Each party has a ledger signing key beside its TLS key (``<id>-ledger.key``,
 made by ``invisible pki init``) and publishes ``<id>-ledger.pub``; anyone
 with the public key can verify the node's receipts and whole chain.
+
+A ledger key outlives any PKI: every receipt and countersigned head ever
+issued verifies only with it, so nothing here overwrites one
+(:func:`ensure_signing_key` keeps an existing key; rotating a key is a step
+of its own, recorded in the ledger).
 """
 
 from __future__ import annotations
@@ -17,15 +22,50 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from invisible.errors import ConfigError
 
 
+def _public_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def generate_signing_key(private_path: Path, public_path: Path) -> None:
+    """A new key pair; refuses to overwrite either file."""
+    for path in (private_path, public_path):
+        if path.exists():
+            raise ConfigError(f"ledger key file {path} already exists; it is never replaced")
     key = Ed25519PrivateKey.generate()
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"ledger key file {private_path} already exists; it is never "
+                          "replaced") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,
                                        serialization.NoEncryption()))
-    public_path.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    public_path.write_bytes(_public_pem(key))
+
+
+def ensure_signing_key(private_path: Path, public_path: Path) -> bool:
+    """Make a key pair unless one exists; True if made, False if the existing one was kept.
+
+    A missing public key is written again from the private key; a public key
+    without its private key, or one that does not match it, is an error (a
+    new key would orphan every receipt signed before).
+    """
+    if not private_path.exists():
+        if public_path.exists():
+            raise ConfigError(f"{public_path} exists without its private key "
+                              f"{private_path.name}; restore that key (a PKI command never "
+                              "replaces a ledger key)")
+        generate_signing_key(private_path, public_path)
+        return True
+    key = load_signing_key(private_path)
+    if not public_path.exists():
+        public_path.write_bytes(_public_pem(key))
+    elif public_raw(load_public_key(public_path)) != public_raw(key.public_key()):
+        raise ConfigError(f"{public_path} is not the public half of {private_path.name}; "
+                          "restore the published key (a PKI command never replaces a ledger key)")
+    return False
 
 
 def load_signing_key(path: Path) -> Ed25519PrivateKey:

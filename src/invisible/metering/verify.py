@@ -4,7 +4,8 @@
   that was altered (hash or signature), removed (a gap in the sequence) or
   reordered or replaced (its previous-hash link does not match).
 - :func:`verify_receipt` checks one receipt (a signed entry) against the
-  node's public key.
+  node's public key; :func:`sequence_problems` finds entries missing from,
+  or replaced in, what should be an unbroken run (an export).
 - :func:`verify_against_receipts` finds what a node signing its own chain
   could still hide — a cut-off tail, or a chain re-signed whole — using
   receipts that requesters hold and chain heads that peers countersigned
@@ -87,9 +88,14 @@ def _own_problems(key: Ed25519PublicKey, rows: list[Row]) -> list[tuple[int, str
         return sorted(problem for found in results for problem in found)
 
 
-def verify_rows(rows: Iterable[Row], key: Ed25519PublicKey) -> VerifyReport:
-    """Links (sequence, previous hash) here; each row's hash and signature in parallel."""
-    expected_seq, prev_hash = 1, GENESIS_HASH
+def verify_rows(rows: Iterable[Row], key: Ed25519PublicKey,
+                start: tuple[int, str] = (1, GENESIS_HASH)) -> VerifyReport:
+    """Links (sequence, previous hash) here; each row's hash and signature in parallel.
+
+    `start` is the sequence number and previous hash the first row must have:
+    the genesis for a whole chain, or a row's own for a chain checked from there.
+    """
+    expected_seq, prev_hash = start
     checked: list[Row] = []
     link_problem: tuple[int, str] | None = None
     count = 0
@@ -118,6 +124,36 @@ def verify_rows(rows: Iterable[Row], key: Ed25519PublicKey) -> VerifyReport:
 
 def verify_chain(entries: Iterable[LedgerEntry], key: Ed25519PublicKey) -> VerifyReport:
     return verify_rows((entry_row(e) for e in entries), key)
+
+
+def sequence_problems(entries: Iterable[LedgerEntry], first_seq: int | None = None) -> list[str]:
+    """Gaps, repeats and broken links in what should be one unbroken run of each node's entries.
+
+    `first_seq` is where every run must start (1 for a whole ledger), or None
+    if it may start anywhere. A run cut short at its end shows only against a
+    head the node signed later (:func:`verify_against_receipts`).
+    """
+    runs: dict[str, list[LedgerEntry]] = {}
+    for entry in entries:
+        runs.setdefault(entry.node, []).append(entry)
+    problems = []
+    for node, run in runs.items():
+        run.sort(key=lambda e: e.seq)
+        expected = run[0].seq if first_seq is None else first_seq
+        previous = GENESIS_HASH if expected == 1 else None
+        for entry in run:
+            if entry.seq < expected:
+                problems.append(f"entry {entry.seq} of '{node}' appears more than once")
+                continue
+            if entry.seq > expected:
+                problems.append(
+                    f"entry {expected} of '{node}' is missing" if entry.seq == expected + 1 else
+                    f"entries {expected} to {entry.seq - 1} of '{node}' are missing")
+            elif previous is not None and entry.prev_hash != previous:
+                problems.append(f"entry {entry.seq} of '{node}' does not link to the entry "
+                                "before it (replaced or re-chained)")
+            expected, previous = entry.seq + 1, entry.hash
+    return problems
 
 
 def verify_receipt(receipt: LedgerEntry, key: Ed25519PublicKey) -> str | None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from invisible.errors import ConfigError
-from invisible.metering.signing import generate_signing_key
+from invisible.metering.signing import ensure_signing_key
 
 _ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SUFFIX = "invisible"
@@ -199,6 +199,14 @@ class CertificateAuthority:
         return key_path, cert_path
 
 
+@dataclass(frozen=True)
+class PkiInit:
+    """What :func:`init_pki` issued, and which nodes' existing ledger keys it kept."""
+
+    identities: list[Identity]
+    kept_ledger_keys: tuple[str, ...]
+
+
 def init_pki(
     directory: Path,
     parties: list[str],
@@ -206,8 +214,13 @@ def init_pki(
     dealers: list[str] | None = None,
     *,
     overwrite: bool = False,
-) -> list[Identity]:
-    """Create a CA, a key + certificate per identity, and a ledger key pair per node."""
+) -> PkiInit:
+    """Create a CA, a key + certificate per identity, and a ledger key pair per node.
+
+    `overwrite` replaces the CA and the TLS keys and certificates, never a
+    ledger key: a node's existing ``<id>-ledger.key`` is kept (every receipt
+    it signed verifies only with it), and reported in `kept_ledger_keys`.
+    """
     coordinators = ["coordinator"] if coordinators is None else coordinators
     identities = (
         [Identity(check_party_id(p), Role.PARTY) for p in parties]
@@ -221,11 +234,17 @@ def init_pki(
         raise ConfigError("every identity needs its own id (a party, coordinator or dealer twice)")
     if (directory / "ca.key").exists() and not overwrite:
         raise ConfigError(f"{directory} already holds a CA; pass --force to replace it")
+    nodes = [i.party_id for i in identities if i.role in (Role.PARTY, Role.DEALER)]
+    for node in nodes:  # a ledger key that cannot be kept stops everything, before any change
+        public, private = directory / f"{node}-ledger.pub", directory / f"{node}-ledger.key"
+        if public.exists() and not private.exists():
+            raise ConfigError(f"{public} exists without its private key {private.name}; restore "
+                              "that key (a PKI command never replaces a ledger key)")
     ca = CertificateAuthority.create()
     ca.save(directory)
     for identity in identities:
         ca.issue_to(directory, identity)
-        if identity.role in (Role.PARTY, Role.DEALER):  # every node keeps a signed ledger
-            generate_signing_key(directory / f"{identity.party_id}-ledger.key",
-                                 directory / f"{identity.party_id}-ledger.pub")
-    return identities
+    kept = tuple(node for node in nodes  # every node keeps a signed ledger
+                 if not ensure_signing_key(directory / f"{node}-ledger.key",
+                                           directory / f"{node}-ledger.pub"))
+    return PkiInit(identities, kept)

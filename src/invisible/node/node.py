@@ -17,7 +17,7 @@ from invisible.kinds.registry import AnyKind, kinds_by_name
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import LedgerStore, Meter, NullLedgerStore
 from invisible.metering.metrics import NodeMetrics
-from invisible.metering.signing import load_signing_key
+from invisible.metering.startup import open_node_ledger
 from invisible.net.client import NodeClient
 from invisible.net.grpc_channel import GrpcChannel
 from invisible.net.mailbox import Mailbox
@@ -37,7 +37,9 @@ class PartyNode:
     """Load everything first (so a bad config fails before binding), then serve."""
 
     def __init__(self, config: PartyConfig, kinds: dict[str, AnyKind] | None = None,
-                 role: Role = Role.PARTY) -> None:
+                 role: Role = Role.PARTY, *, accept_broken_ledger: bool = False) -> None:
+        """`accept_broken_ledger`: start even on a damaged ledger, recording that choice in
+        it (see :mod:`invisible.metering.startup`); by default a ConfigError refuses to."""
         if role not in (Role.PARTY, Role.DEALER):
             raise ConfigError(f"a node serves as a party or a dealer, not as a {role.value}")
         if role is Role.DEALER and config.datasets:
@@ -52,24 +54,26 @@ class PartyNode:
             )
         self.datasets = DatasetRegistry.load(config.datasets)
         self.mailbox = Mailbox(config.limits.max_message_bytes)
-        self.clients = {
-            peer: NodeClient(self.tls, peer, address, role=peer_role,
-                             timeout_s=config.limits.rpc_timeout_s)
-            for peers, peer_role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
-            for peer, address in peers.items()
-        }
         self.metrics = NodeMetrics()
         self.ledger: Ledger | None = None
         store: LedgerStore
         if config.ledger.store == "none":
             store = NullLedgerStore(config.party_id)
         else:
-            self.ledger = store = Ledger(config.ledger.path, config.party_id,
-                                         load_signing_key(config.ledger.signing_key))
+            self.ledger = store = open_node_ledger(config.ledger.path, config.party_id,
+                                                   config.ledger.signing_key,
+                                                   accept_broken=accept_broken_ledger)
             interrupted = self.ledger.mark_interrupted()
             if interrupted:
                 log.warning("%d job(s) open when the node last stopped are marked interrupted",
                             len(interrupted))
+        # Connections last: a node refused at start (a broken ledger) leaves none open.
+        self.clients = {
+            peer: NodeClient(self.tls, peer, address, role=peer_role,
+                             timeout_s=config.limits.rpc_timeout_s)
+            for peers, peer_role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
+            for peer, address in peers.items()
+        }
         policies = {d: c.policy for d, c in config.datasets.items()}
         self.meter = Meter(config.party_id, store, policies, self.metrics, config.node_policy)
         self.witness = HeadWitness(self.meter)
@@ -88,7 +92,7 @@ class PartyNode:
             self.tls, config.listen, health=self._health,
             exchange=ExchangeServicer(
                 self.mailbox, lambda: set(self.clients),
-                {HEAD_STEP: self.witness.record},
+                {HEAD_STEP: self.witness.record}, stream_timeout_s=config.limits.rpc_timeout_s,
             ),
             jobs=JobsServicer(self.executor),
         )
