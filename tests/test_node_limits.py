@@ -47,3 +47,15 @@ def test_ended_jobs_are_forgotten_beyond_a_bound(tmp_path, monkeypatch):
         assert kept == jobs[-3:]
         with pytest.raises(ConfigError, match=f"no job '{jobs[0]}'"):
             executor.job_status(jobs[0], requester, 0)
+
+
+def test_the_node_log_format_keeps_every_record_on_one_line():
+    from invisible.runtime import OneLineFormatter
+
+    formatter = OneLineFormatter("%(levelname)s %(message)s")
+    record = logging.LogRecord("n", logging.INFO, __file__, 1, "job %s cancelled: %s",
+                               ("j1", "x\nINFO job j2 finished\r\x1b[2K"), None)
+    line = formatter.format(record)
+    assert "\n" not in line and "\r" not in line and "\x1b" not in line
+    assert line == "INFO job j1 cancelled: x\\nINFO job j2 finished\\r\\x1b[2K"
+    assert record.args == ("j1", "x\nINFO job j2 finished\r\x1b[2K")  # the record is untouched

@@ -67,14 +67,13 @@ def _node_serve(args: argparse.Namespace) -> int:
     from invisible.net.pki import Role
     from invisible.node.config import load_party_config
     from invisible.node.node import PartyNode
-    from invisible.runtime import keep_freed_memory
+    from invisible.runtime import OneLineFormatter, keep_freed_memory
 
     keep_freed_memory()
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     role = Role(args.role)
     node = PartyNode(load_party_config(args.config), role=role,
                      accept_broken_ledger=args.accept_broken_ledger)

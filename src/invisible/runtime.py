@@ -35,3 +35,19 @@ def keep_freed_memory() -> bool:
         mallopt(_M_TRIM_THRESHOLD, _THRESHOLD_BYTES))
     log.debug("glibc keeps freed memory: %s", applied)
     return applied
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log records as single lines: control characters in a message (where a peer's or a
+    requester's text may appear) are escaped, so no one can forge a line of a node's log.
+    A traceback the logger adds stays as it is: it is the node's own."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        saved = record.msg, record.args
+        record.msg = "".join(c if c.isprintable() else repr(c)[1:-1]
+                             for c in record.getMessage())
+        record.args = None
+        try:
+            return super().format(record)
+        finally:
+            record.msg, record.args = saved
