@@ -69,8 +69,11 @@ def test_a_k_threshold_refusal_stops_the_job_everywhere_and_reveals_no_count(tmp
     assert "fewer than 50 rows" in message
     assert not any(char.isdigit() for char in message.split("fewer than 50")[0].split(
         "rule")[1])  # no row count of any district appears
-    receipts = list((tmp_path / "coordinator-receipts").glob("*.json"))
-    assert receipts == []  # nothing was released, not even receipts of a result
+    (kept,) = (tmp_path / "coordinator-receipts").glob("*.json")  # the refusal's evidence
+    receipts = json.loads(kept.read_text())
+    assert [r["event"] for r in receipts["telco"]] == ["refused"]
+    assert receipts["telco"][0]["body"]["rule"] == "k-threshold"
+    assert all(r["event"] != "finished" for rs in receipts.values() for r in rs)
     # a data check: only for an allowed job, after its reservation, which it keeps (charged)
     assert events(layout.party_configs["telco"]) == ["requested", "accepted", "refused"]
     for party in ("bank", "hospital"):  # accepted, then cancelled before touching data

@@ -160,3 +160,25 @@ def test_a_huge_size_is_refused_by_its_declared_limit_everywhere(federation):
         analyst._run_checked("secure_sum", 1, raw, PARTIES, None, None)  # past the coordinator
     last = ledger_events(nodes, "telco")[-1]
     assert last[1] == "refused" and last[2]["rule"] == "invalid-request"
+
+
+def test_a_refused_or_failed_job_still_gives_the_requester_signed_receipts(federation, tmp_path):
+    import json
+
+    from invisible.metering.audit import verify_ledger
+    from invisible.metering.signing import load_public_key
+
+    analyst, _, nodes = federation
+    with pytest.raises(PolicyError) as refused:
+        analyst.secure_sum(spend_inputs(), 1000.0, max_rows=100)  # a charged data refusal
+    job_id = str(refused.value).split("job '")[1].split("'")[0]
+    receipts = json.loads((analyst.config.receipts_dir / f"{job_id}.json").read_text())
+    refusers = [p for p, rs in receipts.items() if rs and rs[-1]["event"] == "refused"]
+    assert refusers and all(rs[-1]["event"] in ("refused", "cancelled")
+                            for rs in receipts.values())
+    node = nodes.nodes[refusers[0]]
+    key = load_public_key(node.config.ledger.signing_key.with_suffix(".pub"))
+    chain, problems = verify_ledger(node.config.ledger.path, refusers[0], key,
+                                    analyst.config.receipts_dir,
+                                    node.config.ledger.signing_key.parent)
+    assert chain.ok and problems == []

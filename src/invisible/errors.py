@@ -8,7 +8,13 @@ from __future__ import annotations
 
 
 class InvisibleError(Exception):
-    """Base of every error this toolkit raises on purpose."""
+    """Base of every error this toolkit raises on purpose.
+
+    `receipts`: the signed ledger entries that record this error at a node (a
+    refusal's), which travel with it to the requester.
+    """
+
+    receipts: tuple[dict[str, object], ...] = ()
 
 
 class ConfigError(InvisibleError):

@@ -151,7 +151,11 @@ class Federation:
         failed.update({p: (str(e), e.by if isinstance(e, JobAbortedError) else "")
                        for p, e in errors.items()})
         if failed:
-            self._cancel(spec.job_id, [p for p in chosen if p not in failed], "failed elsewhere")
+            receipts = self._cancel(spec.job_id, [p for p in chosen if p not in failed],
+                                    "failed elsewhere")
+            receipts.update({p: s.receipts for p, s in statuses.items() if p in failed})
+            receipts.update({p: list(e.receipts) for p, e in errors.items()})
+            self._write_receipts(spec.job_id, receipts)
             party, error = _root_cause(failed)
             raise ProtocolError(
                 f"job '{spec.job_id}' failed on party '{party}': {error}; no result was released"
@@ -162,10 +166,19 @@ class Federation:
         return result
 
     def _keep_receipts(self, result: JobResult) -> None:
+        self._write_receipts(result.job_id, result.receipts)
+
+    def _write_receipts(self, job_id: str, receipts: Mapping[str, Sequence[Any]]) -> None:
+        """Keep every party's signed entries of a job, whatever its end (one file a job)."""
+        kept = {p: list(r) for p, r in receipts.items() if r}
+        if not kept:
+            return
         folder = self.config.receipts_dir
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{result.job_id}.json"
-        path.write_text(json.dumps(result.receipts, indent=1, sort_keys=True))
+        path, copy = folder / f"{job_id}.json", 1
+        while path.exists():  # a job id reused by hand: never overwrite earlier evidence
+            path, copy = folder / f"{job_id}.{copy}.json", copy + 1
+        path.write_text(json.dumps(kept, indent=1, sort_keys=True))
 
     def _on_every_party(self, clients: Mapping[str, NodeClient], job_id: str,
                         call: Callable[[NodeClient], None], what: str) -> None:
@@ -178,18 +191,28 @@ class Federation:
             except InvisibleError as exc:
                 errors[party] = exc
         if errors:
-            self._cancel(job_id, [p for p in clients if p not in errors],
-                         f"{what} at {', '.join(errors)}")
+            receipts = self._cancel(job_id, [p for p in clients if p not in errors],
+                                    f"{what} at {', '.join(errors)}")
+            receipts.update({p: list(e.receipts) for p, e in errors.items()})
+            self._write_receipts(job_id, receipts)
             raise next(iter(errors.values()))
 
-    def _cancel(self, job_id: str, parties: Sequence[str], reason: str) -> None:
-        futures = [self._pool.submit(self.clients[p].cancel_job, job_id, reason, 5.0)
-                   for p in parties]
-        for future in futures:
+    def _cancel(self, job_id: str, parties: Sequence[str], reason: str,
+                ) -> dict[str, list[dict[str, Any]]]:
+        """Cancel the job at `parties`; the receipts of its end there (best effort)."""
+        def cancel(party: str) -> list[dict[str, Any]]:
+            client = self.clients[party]
+            client.cancel_job(job_id, reason, 5.0)
+            return client.job_status(job_id, wait_s=2.0).receipts
+
+        futures = {p: self._pool.submit(cancel, p) for p in parties}
+        receipts = {}
+        for party, future in futures.items():
             try:
-                future.result()
+                receipts[party] = future.result()
             except InvisibleError:
-                pass  # best effort: a party that cannot be told fails at its own deadline
+                pass  # a party that cannot be told fails at its own deadline
+        return receipts
 
     @staticmethod
     def _await_and_fetch(client: NodeClient, job_id: str, deadline: float,

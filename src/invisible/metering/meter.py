@@ -115,7 +115,7 @@ class Meter:
         try:
             authorise(self.party_id, self.policies.get(use.dataset), use)
         except Refusal as refusal:
-            self.refuse(job, refusal.rule, str(refusal))
+            refusal.receipts = (self.refuse(job, refusal.rule, str(refusal)).to_json(),)
             raise
 
     def admit(self, job: JobMeta, problem: str | None = None, traffic: int = 0) -> LedgerEntry:
@@ -156,7 +156,9 @@ class Meter:
         if refused is not None:
             self.metrics.refusals.labels(refused[0]).inc()
             self.metrics.jobs(job.kind, "refused").inc()
-            raise Refusal(self.party_id, *refused)
+            refusal = Refusal(self.party_id, *refused)
+            refusal.receipts = (entries[-1].to_json(),)
+            raise refusal
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
         return entries[-1]
 
@@ -166,7 +168,7 @@ class Meter:
         try:
             authorise_without_data(self.party_id, policy, job.requester, job.kind, traffic)
         except Refusal as refusal:
-            self.refuse(job, refusal.rule, str(refusal))
+            refusal.receipts = (self.refuse(job, refusal.rule, str(refusal)).to_json(),)
             raise
         assert policy is not None
         day = utc_now()[:10]
@@ -186,7 +188,9 @@ class Meter:
         if verdict["over"]:
             self.metrics.refusals.labels("quota").inc()
             self.metrics.jobs(job.kind, "refused").inc()
-            raise Refusal(self.party_id, "quota", entries[-1].body["detail"])
+            over_quota = Refusal(self.party_id, "quota", entries[-1].body["detail"])
+            over_quota.receipts = (entries[-1].to_json(),)
+            raise over_quota
         return entries[-1]
 
     def note(self, job: JobMeta, event: str, **body: Any) -> LedgerEntry:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 
 from invisible.errors import (
@@ -34,6 +36,10 @@ _TRANSIENT_MARKERS = ("connection refused", "failed to connect", "connect failed
                       "broken pipe", "end of file", "this node is busy")
 
 
+#: Trailing metadata of a refused call: the node's signed entries recording the refusal.
+RECEIPTS_METADATA = "invisible-receipts-bin"
+
+
 def status_code_for(exc: InvisibleError) -> grpc.StatusCode:
     for kind, code in _TO_CODE:
         if isinstance(exc, kind):
@@ -58,7 +64,27 @@ def is_transient_failure(error: grpc.RpcError) -> bool:
 
 
 def domain_error(error: grpc.RpcError, party_id: str, what: str) -> InvisibleError:
-    """The domain error for a failed call to a party, naming the party."""
+    """The domain error for a failed call to a party, naming the party, with the signed
+    entries the party recorded for it (its receipts), if it sent any."""
+    found = _domain_error(error, party_id, what)
+    found.receipts = _receipts(error)
+    return found
+
+
+def _receipts(error: grpc.RpcError) -> tuple[dict[str, object], ...]:
+    trailing = getattr(error, "trailing_metadata", lambda: None)() or ()
+    for key, value in trailing:
+        if key == RECEIPTS_METADATA:
+            try:
+                receipts = json.loads(value)
+            except (ValueError, TypeError):
+                return ()
+            if isinstance(receipts, list) and all(isinstance(r, dict) for r in receipts):
+                return tuple(receipts)
+    return ()
+
+
+def _domain_error(error: grpc.RpcError, party_id: str, what: str) -> InvisibleError:
     code = error.code()  # type: ignore[attr-defined]
     details = error.details() or code.name  # type: ignore[attr-defined]
     if is_verification_failure(error):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -29,7 +30,7 @@ import grpc
 from invisible import __version__
 from invisible.errors import InvisibleError, NodeBusyError, ProtocolError
 from invisible.net import wire
-from invisible.net.errors_grpc import status_code_for
+from invisible.net.errors_grpc import RECEIPTS_METADATA, status_code_for
 from invisible.net.jobs_api import JobService, spec_from_proto, status_to_proto
 from invisible.net.mailbox import ABORT_STEP, Mailbox
 from invisible.net.pki import Identity, Role
@@ -83,6 +84,9 @@ def _domain_errors_to_status(method: F) -> F:
             return method(self, request, context)
         except InvisibleError as exc:
             log.info("%s refused: %s", method.__name__, exc)
+            if exc.receipts:  # the signed entry recording the refusal, for the requester
+                context.set_trailing_metadata(((RECEIPTS_METADATA, json.dumps(
+                    list(exc.receipts), sort_keys=True).encode()),))
             context.abort(status_code_for(exc), str(exc))
 
     return wrapper  # type: ignore[return-value]

@@ -156,7 +156,8 @@ class JobExecutor:
             kind, params, declared = self._declare(spec)
             channel = self._open_channel(spec)  # refuses a party that is not a configured peer
         except (ConfigError, ProtocolError) as exc:
-            self.meter.refuse(JobMeta(spec.job_id, who, spec.kind), "invalid-request", str(exc))
+            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind),
+                                              "invalid-request", str(exc)).to_json(),)
             raise
         try:
             meta = self._admit(spec, who, kind, params, declared)
@@ -190,7 +191,7 @@ class JobExecutor:
         try:
             measured = kind.plan(params, self.party_id, self._datasets)
         except ConfigError as exc:  # the dataset's declaration, never its values
-            self.meter.refuse(meta, "invalid-request", str(exc))
+            exc.receipts = (self.meter.refuse(meta, "invalid-request", str(exc)).to_json(),)
             raise
         assert meta.use is not None and measured is not None
         meta = replace(meta, use=replace(meta.use, rows=measured.rows,
@@ -269,8 +270,7 @@ class JobExecutor:
         run.done.set()
         log.info("job %s %s in %.3f s", run.spec.job_id, status.state.value, record.duration_s)
         run.channel.close()
-        if status.state is JobState.FINISHED:
-            self._announce_head(run.channel.peers)
+        self._announce_head(run.channel.peers)  # after failed jobs too: their entries count
 
     def _close(self, run: _JobRun, outcome: JobOutcome | None, record: JobRecord, error: str,
                aborted_by: str) -> JobStatus:
