@@ -7,12 +7,14 @@ deadline, and pytest-timeout bounds each test.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from invisible.coordinator.local import InProcessNodes, LocalLayout, write_local_federation
+from invisible.errors import InvisibleError
 from invisible.jobspec import JobSpec
 from invisible.net.inprocess import InProcessHub
 from invisible.protocols.channel import Channel
@@ -80,3 +82,52 @@ def transport(make_transport: Callable[..., Transport]) -> Transport:
 @pytest.fixture
 def layout(tmp_path: Path) -> LocalLayout:
     return write_local_federation(tmp_path / "federation", PARTIES)
+
+
+# --- canaries: values planted in every dataset the suite uses must never leak -------------------
+
+#: One value in each dataset (tests/data/README.md, src/invisible/samples): a job may compute
+#: with them, but no log line, error message, ledger entry or receipt may ever show one.
+CANARIES = ("1357.91", "1468.02", "1579.13", "2.468013", "1.357913", "1.975319")
+#: Where the datasets themselves live; every other file a test leaves is scanned.
+_DATA_SUFFIXES = (".csv", ".gz")
+
+
+def _leaked(text: str) -> list[str]:
+    return [canary for canary in CANARIES if canary in text]
+
+
+@pytest.fixture(autouse=True)
+def no_canary_in_logs_or_errors(caplog: pytest.LogCaptureFixture,
+                                monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every log record and every error the toolkit raises during a test, checked."""
+    messages: list[str] = []
+    original = InvisibleError.__init__
+
+    def recording_init(self: InvisibleError, *args: object) -> None:
+        messages.extend(str(a) for a in args)
+        original(self, *args)
+
+    monkeypatch.setattr(InvisibleError, "__init__", recording_init)
+    caplog.set_level(logging.DEBUG, logger="invisible")
+    yield
+    leaks = [m for m in messages if _leaked(m)]
+    records = [r for phase in ("setup", "call") for r in caplog.get_records(phase)]
+    leaks += [r.getMessage() for r in records if _leaked(r.getMessage())]
+    assert leaks == [], f"a dataset's canary value appeared in: {leaks[:3]}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every file the tests left (ledgers, receipts, node logs, configs), checked at the end."""
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or exitstatus != 0:
+        return
+    base = factory.getbasetemp()
+    leaks = []
+    for path in base.rglob("*"):
+        if path.is_file() and not path.name.endswith(_DATA_SUFFIXES):
+            text = path.read_bytes().decode("latin-1")
+            leaks += [f"{path.relative_to(base)}: {c}" for c in _leaked(text)]
+    if leaks:
+        session.exitstatus = 1
+        raise pytest.UsageError(f"a dataset's canary value was written to: {leaks[:5]}")

@@ -2,7 +2,10 @@
 
 Three institutions of one city (a bank, a hospital, a telco), each with its
 own customers; every table has a ``district`` (0-7) and a ``monthly_spend``
-column. Made once with a fixed seed; no real person is in them.
+column. Made once with a fixed seed; no real person is in them. The second
+row's `monthly_spend` in each table is a canary (1357.91, 1468.02,
+1579.13) that the test suite checks never appears in a log line, an error,
+a ledger entry or a receipt.
 """
 
 from __future__ import annotations
