@@ -20,6 +20,10 @@ from invisible.node.witness import MAX_SAVED_ANNOUNCEMENTS, HeadWitness, encode_
 class Recorder:
     def __init__(self) -> None:
         self.heads: list[dict] = []
+        self.store = self
+
+    def witnessed_heads(self):
+        return {}
 
     def witness_heads(self, heads):
         self.heads.append(heads)
@@ -74,3 +78,18 @@ def test_forged_heads_from_a_peer_write_no_entries(tmp_path):
                 refused += 1
         time.sleep(0.3)  # b's honest announcement, if still under way
         assert heads_of_b() <= 1 and refused >= 299  # at most the one the shared job allows
+
+
+def test_what_a_node_witnessed_holds_across_its_restart(tmp_path):
+    layout = write_local_federation(tmp_path, ["a", "b"])
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        fed.connectivity()
+        deadline = time.monotonic() + 5
+        while "b" not in nodes.nodes["a"].ledger.witnessed_heads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        seq, _ = nodes.nodes["a"].ledger.witnessed_heads()["b"]
+    with InProcessNodes(layout) as nodes:
+        witness = nodes.nodes["a"].witness
+        witness.expect(["b"])
+        with pytest.raises(ProtocolError, match="goes back on one it announced before"):
+            witness.record("b", encode_head(seq - 1, "e" * 64))

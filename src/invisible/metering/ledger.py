@@ -219,6 +219,17 @@ class Ledger:
             return self._db.execute("SELECT 1 FROM entries WHERE job_id = ? LIMIT 1",
                                     (job_id,)).fetchone() is not None
 
+    def witnessed_heads(self) -> dict[str, tuple[int, str]]:
+        """The latest head countersigned for each peer (from the `witnessed` entries)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT body FROM entries WHERE event = 'witnessed' ORDER BY seq").fetchall()
+        latest: dict[str, tuple[int, str]] = {}
+        for row in rows:
+            for peer, (seq, digest) in json.loads(row["body"]).get("heads", {}).items():
+                latest[peer] = (int(seq), str(digest))
+        return latest
+
     def open_jobs(self) -> list[LedgerEntry]:
         """The `accepted` entries of jobs that never reached a terminal state."""
         with self._lock:

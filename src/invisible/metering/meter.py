@@ -45,6 +45,8 @@ class LedgerStore(Protocol):
 
     def knows_job(self, job_id: str) -> bool: ...
 
+    def witnessed_heads(self) -> dict[str, tuple[int, str]]: ...
+
 
 class NullLedgerStore:
     """Records nothing (benchmarks only: what metering costs is measured against this)."""
@@ -67,6 +69,9 @@ class NullLedgerStore:
 
     def knows_job(self, job_id: str) -> bool:
         return False
+
+    def witnessed_heads(self) -> dict[str, tuple[int, str]]:
+        return {}
 
 
 @dataclass(frozen=True)

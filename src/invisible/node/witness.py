@@ -118,7 +118,8 @@ class HeadWitness:
     def __init__(self, meter: Meter) -> None:
         self._meter = meter
         self._allowed: dict[str, int] = {}
-        self._witnessed: dict[str, tuple[int, str]] = {}
+        #: What this node countersigned before, from its own ledger: it survives restarts.
+        self._witnessed: dict[str, tuple[int, str]] = meter.store.witnessed_heads()
         self._lock = threading.Lock()
 
     def expect(self, peers: Sequence[str]) -> None:
