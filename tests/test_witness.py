@@ -32,8 +32,9 @@ class Recorder:
 def test_a_head_needs_a_shared_job_and_never_goes_back():
     meter = Recorder()
     witness = HeadWitness(meter)  # type: ignore[arg-type]
-    with pytest.raises(ProtocolError, match="no job prepared here entitles it"):
-        witness.record("bank", encode_head(1_000_000_299, "a" * 64))
+    witness.record("bank", encode_head(1_000_000_299, "a" * 64))  # compared, not written
+    assert meter.heads == []
+    witness = HeadWitness(meter)  # type: ignore[arg-type]
     witness.expect(["bank", "telco"])
     witness.expect(["bank"])
     witness.record("bank", encode_head(10, "a" * 64))
@@ -55,8 +56,8 @@ def test_allowances_do_not_pile_up():
         witness.expect(["bank"])
     for seq in range(1, MAX_SAVED_ANNOUNCEMENTS + 1):
         witness.record("bank", encode_head(seq, "a" * 64))
-    with pytest.raises(ProtocolError, match="entitles"):
-        witness.record("bank", encode_head(99, "a" * 64))
+    witness.record("bank", encode_head(99, "a" * 64))
+    assert len(meter.heads) == MAX_SAVED_ANNOUNCEMENTS  # the 9th was not written
 
 
 def test_forged_heads_from_a_peer_write_no_entries(tmp_path):
@@ -70,14 +71,10 @@ def test_forged_heads_from_a_peer_write_no_entries(tmp_path):
                        and "b" in e.body["heads"])
 
         b_to_a = nodes.nodes["b"].clients["a"]
-        refused = 0
         for seq in range(300):
-            try:
-                b_to_a.deliver("meter-heads", "!head", encode_head(10**9 + seq, "f" * 64))
-            except ProtocolError:
-                refused += 1
+            b_to_a.deliver("meter-heads", "!head", encode_head(10**9 + seq, "f" * 64))
         time.sleep(0.3)  # b's honest announcement, if still under way
-        assert heads_of_b() <= 1 and refused >= 299  # at most the one the shared job allows
+        assert heads_of_b() <= 1  # at most the one the shared job allows
 
 
 def test_what_a_node_witnessed_holds_across_its_restart(tmp_path):
@@ -93,3 +90,34 @@ def test_what_a_node_witnessed_holds_across_its_restart(tmp_path):
         witness.expect(["b"])
         with pytest.raises(ProtocolError, match="goes back on one it announced before"):
             witness.record("b", encode_head(seq - 1, "e" * 64))
+
+
+def test_a_node_restarted_on_a_cut_chain_is_refused_by_its_peers(tmp_path):
+    from invisible.errors import PolicyError
+
+    layout = write_local_federation(tmp_path, ["a", "b"])
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        for _ in range(3):
+            fed.connectivity()
+        deadline = time.monotonic() + 5
+        while nodes.nodes["b"].ledger.witnessed_heads().get("a", (0, ""))[0] < 3 \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # a's operator loses the ledger and starts anew (the node would refuse without the flag)
+    ledger = nodes.nodes["a"].config.ledger.path
+    for leftover in ledger.parent.glob(ledger.name + "*"):
+        leftover.unlink()
+    from invisible.node.config import load_party_config
+    from invisible.node.node import PartyNode
+
+    nodes = InProcessNodes.__new__(InProcessNodes)  # a restarted with the flag, b as it was
+    nodes.nodes = {"a": PartyNode(load_party_config(layout.party_configs["a"]),
+                                  accept_broken_ledger=True),
+                   "b": PartyNode(load_party_config(layout.party_configs["b"]))}
+    with nodes, Federation.from_config(layout.coordinator_config) as fed:
+        deadline = time.monotonic() + 10  # a announces its new, shorter head when it starts
+        while "a" not in nodes.nodes["b"].witness._contradicted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with pytest.raises(PolicyError, match="party 'b' refused .*party 'a' announced a chain "
+                                              "head that goes back on head"):
+            fed.connectivity()

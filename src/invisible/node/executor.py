@@ -101,11 +101,14 @@ class JobExecutor:
         run_deadline_s: float = 60.0,
         announce_head: Callable[[Sequence[str]], None] = lambda peers: None,
         expect_heads: Callable[[Sequence[str]], None] = lambda peers: None,
+        check_peers: Callable[[Sequence[str]], None] = lambda peers: None,
         output_retention_s: float = 600.0,
     ) -> None:
         self._announce_head = announce_head
         #: Told the peers of every prepared job: each may announce its chain head once.
         self._expect_heads = expect_heads
+        #: Raises for a job with a peer this node must not run jobs with.
+        self._check_peers = check_peers
         #: Released arrays are dropped this long after their job ends, fetched or not.
         self._output_retention_s = output_retention_s
         self.party_id = party_id
@@ -152,6 +155,12 @@ class JobExecutor:
         if self.meter.store.knows_job(spec.job_id):  # before a restart, say: ids are never reused
             raise ProtocolError(f"job id '{spec.job_id}' was used before on this node; a job id "
                                 "is used once for the life of a ledger")
+        try:
+            self._check_peers([p for p in spec.parties if p != self.party_id])
+        except PolicyError as exc:
+            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind), "peer-chain",
+                                              str(exc)).to_json(),)
+            raise
         try:
             kind, params, declared = self._declare(spec)
             channel = self._open_channel(spec)  # refuses a party that is not a configured peer

@@ -81,6 +81,7 @@ class PartyNode:
             config.party_id, kinds or kinds_by_name(), self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
             announce_head=self._announce_head, expect_heads=self.witness.expect,
+            check_peers=self.witness.check_peers,
             output_retention_s=config.limits.output_retention_s,
         )
         self.announcer: HeadAnnouncer | None = None
@@ -130,6 +131,8 @@ class PartyNode:
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         log.info("node %s serving on %s", self.tls.identity, self.address)
+        # Peers compare it with what they countersigned: a cut or rewritten chain shows now.
+        self._announce_head([p for p in self.clients if p in self.config.peers])
         return self
 
     def stop(self, grace_s: float = 2.0) -> None:

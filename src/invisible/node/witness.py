@@ -16,10 +16,14 @@ A node countersigns a peer's head only if (:class:`HeadWitness`):
 
 - a job it prepared with that peer entitles the peer to one announcement
   (so a peer cannot make it write entries at will: at most one per job the
-  two share, and a few saved up);
+  two share, and a few saved up; other announcements are compared with what
+  was witnessed, and not written);
 - the head does not go back on what it witnessed from that peer before: a
   lower sequence number, or the same number with another hash, is refused
-  and logged as a contradiction; the same head again is not written twice.
+  and logged as a contradiction, and from then on the node runs no job with
+  that peer (until it announces a head that extends the witnessed one); the
+  same head again is not written twice. Nodes announce their head when they
+  start, so a node restarted on a cut or rewritten chain is caught at once.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-from invisible.errors import InvisibleError, ProtocolError
+from invisible.errors import InvisibleError, PolicyError, ProtocolError
 from invisible.metering.meter import Meter
 from invisible.net.client import NodeClient
 
@@ -120,7 +124,18 @@ class HeadWitness:
         self._allowed: dict[str, int] = {}
         #: What this node countersigned before, from its own ledger: it survives restarts.
         self._witnessed: dict[str, tuple[int, str]] = meter.store.witnessed_heads()
+        #: Peers whose announced head went back on one countersigned here (-> that head).
+        self._contradicted: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def check_peers(self, peers: Sequence[str]) -> None:
+        """Refuse a job with a peer whose chain went back on a head countersigned here."""
+        with self._lock:
+            bad = {p: self._contradicted[p] for p in peers if p in self._contradicted}
+        for peer, seq in bad.items():
+            raise PolicyError(f"party '{peer}' announced a chain head that goes back on head "
+                              f"{seq} countersigned here (a cut or rewritten ledger); this node "
+                              "runs no job with it until its chain extends that head again")
 
     def expect(self, peers: Sequence[str]) -> None:
         """A job with `peers` was prepared here: each may announce its head once more."""
@@ -130,20 +145,26 @@ class HeadWitness:
                                           MAX_SAVED_ANNOUNCEMENTS)
 
     def record(self, sender: str, payload: bytes) -> None:
-        """Countersign a peer's announced head in this node's ledger, or refuse it."""
+        """Countersign a peer's announced head in this node's ledger, or refuse it.
+
+        A head that goes back on one countersigned here is noted whether or not the
+        peer was entitled to announce: this node then runs no job with it.
+        """
         seq, digest = decode_head(sender, payload)
         with self._lock:
-            if self._allowed.get(sender, 0) <= 0:
-                raise ProtocolError(f"party '{sender}' announced a chain head that no job "
-                                    "prepared here entitles it to; refused")
-            self._allowed[sender] -= 1
             before = self._witnessed.get(sender)
             if before is not None and (seq < before[0] or (seq == before[0]
                                                            and digest != before[1])):
-                log.warning("party '%s' announced head %d, which contradicts head %d it "
-                            "announced before; refused", sender, seq, before[0])
+                self._contradicted[sender] = before[0]
+                log.warning("party '%s' announced head %d, which goes back on head %d "
+                            "countersigned here; jobs with it are refused", sender, seq,
+                            before[0])
                 raise ProtocolError(f"party '{sender}' announced a chain head that goes back "
                                     "on one it announced before; refused")
+            self._contradicted.pop(sender, None)  # it extends what was witnessed again
+            if self._allowed.get(sender, 0) <= 0:
+                return  # compared, not countersigned: no job prepared here entitles it
+            self._allowed[sender] -= 1
             if before == (seq, digest):
                 return  # nothing new to countersign
             self._witnessed[sender] = (seq, digest)
