@@ -9,6 +9,8 @@ protos lives in :mod:`invisible.net.jobs_api`; nothing here knows gRPC.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,6 +32,13 @@ class JobSpec:
     params: dict[str, Any] = field(default_factory=dict)
     #: The version of the kind's parameters and protocol the coordinator expects.
     version: int = 1
+
+
+def spec_digest(spec: JobSpec) -> str:
+    """SHA-256 of the job's canonical form: kind, version, parties in order, parameters."""
+    canonical = json.dumps([spec.job_id, spec.kind, spec.version, list(spec.parties),
+                            spec.params], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass

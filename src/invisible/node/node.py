@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from invisible.errors import ConfigError
-from invisible.jobspec import JobSpec
+from invisible.jobspec import JobSpec, spec_digest
 from invisible.kinds.registry import AnyKind, kinds_by_name
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import LedgerStore, Meter, NullLedgerStore
@@ -121,10 +121,12 @@ class PartyNode:
                 f"job '{spec.job_id}' names {', '.join(repr(p) for p in unknown)}, "
                 f"not a configured peer of '{self.party_id}'"
             )
-        return GrpcChannel(
+        channel = GrpcChannel(
             self.party_id, spec.job_id, spec.parties, mailbox=self.mailbox,
             clients=self.clients, timeout_s=self.config.limits.rpc_timeout_s, pool=self._send_pool,
         )
+        channel.binding = spec_digest(spec)
+        return channel
 
     def start(self) -> PartyNode:
         self._server.start()

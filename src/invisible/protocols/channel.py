@@ -83,6 +83,10 @@ class Channel(ABC):
         self._stats_lock = threading.Lock()
         #: Who interrupted the job (the coordinator or a peer), once someone has.
         self.interrupted_by: str | None = None
+        #: A digest of the job as this party was given it (kind, version, parties in order,
+        #: parameters), bound into every pairwise seed: parties given different versions of
+        #: one job derive unrelated masks, so a requester gains nothing by telling them apart.
+        self.binding = ""
 
     @property
     def peers(self) -> tuple[str, ...]:

@@ -71,4 +71,6 @@ def agree_pairwise_secrets(channel: Channel, step: str = "pairwise") -> Pairwise
             secrets[peer] = key_pair.shared_secret(peer_public)
         except ValueError:
             raise ProtocolError(f"party '{peer}' sent an invalid X25519 public key") from None
-    return PairwiseSecrets(channel.party_id, channel.job_id, secrets)
+    # The job as this party was given it is bound into every seed (see Channel.binding).
+    bound_id = f"{channel.job_id}#{channel.binding}" if channel.binding else channel.job_id
+    return PairwiseSecrets(channel.party_id, bound_id, secrets)
