@@ -14,6 +14,7 @@ import pytest
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, write_local_federation
 from invisible.errors import JobAbortedError, MessageTooLargeError, ProtocolError
+from invisible.jobspec import JobSpec
 from invisible.net.mailbox import Mailbox
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets
 
@@ -55,8 +56,8 @@ def test_a_party_outside_a_job_can_neither_deliver_to_it_nor_abort_it(nodes):
     with pytest.raises(ProtocolError, match="'outsider' may not abort job 'no-such-job'"):
         outsider_to_bank.abort_peer_job("no-such-job")
     bank = running.nodes["bank"]
-    channel = bank._open_channel(type("Spec", (), {"job_id": "j-1", "parties": tuple(
-        SAMPLE_COLUMNS)})())  # a job of bank, hospital and telco, prepared at bank
+    channel = bank._open_channel(JobSpec("j-1", "connectivity", tuple(SAMPLE_COLUMNS))
+                                 )  # a job of bank, hospital and telco, prepared at bank
     try:
         with pytest.raises(ProtocolError, match="'outsider' is not a party of job 'j-1'"):
             outsider_to_bank.deliver("j-1", "step", b"forged")
