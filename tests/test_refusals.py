@@ -22,7 +22,7 @@ from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets, s
 PARTIES = tuple(SAMPLE_COLUMNS)
 #: The analyst may do anything; the prober only secure sums of monthly_spend, three a day.
 POLICY = {
-    "min_rows": 10, "recipients": ["requester"],
+    "min_rows": 10, "recipients": ["requester", "telco"],  # telco: as a Paillier key holder
     "allow": [
         {"requesters": ["analyst"], "kinds": ["*"], "columns": ["*"], "jobs_per_day": 1000},
         {"requesters": ["prober"], "kinds": ["secure_sum"], "columns": ["monthly_spend"],
@@ -182,3 +182,14 @@ def test_a_refused_or_failed_job_still_gives_the_requester_signed_receipts(feder
                                     analyst.config.receipts_dir,
                                     node.config.ledger.signing_key.parent)
     assert chain.ok and problems == []
+
+
+def test_a_paillier_key_holder_is_a_recipient_the_policy_must_allow(tmp_path):
+    only_requester = {**POLICY, "recipients": ["requester"]}
+    layout = write_local_federation(tmp_path, list(PARTIES), sample_datasets(only_requester),
+                                    coordinators=("analyst",))
+    with InProcessNodes(layout), \
+            Federation.from_config(layout.coordinator_configs["analyst"]) as analyst:
+        answer = refusal(lambda: analyst.paillier_sum(spend_inputs(), 1000.0, max_rows=1000,
+                                                      key_holder="bank"))
+        assert "rule 'recipients'" in answer and "may not go to 'bank'" in answer

@@ -82,7 +82,10 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
                "total for the requester")
 
     def declare(self, params: PaillierSumParams, party_id: str) -> DeclaredUse:
-        return declare_sum(params, party_id, None)
+        # The key holder decrypts the total, then releases it to the requester: both learn
+        # it, so the policy must allow both as recipients.
+        use = declare_sum(params, party_id, params.key_holder)
+        return DeclaredUse(use.dataset, use.columns, params.key_holder, requester_too=True)
 
     def plan(self, params: PaillierSumParams, party_id: str, datasets: Datasets) -> DataUse:
         return plan_sum(params, party_id, datasets)

@@ -41,7 +41,8 @@ def find_kind(name: str, version: int | None = None,
     table = kinds if kinds is not None else kinds_by_name()
     kind = table.get(name)
     if kind is None:
-        raise ConfigError(f"unknown job kind '{name}' (known: {', '.join(sorted(table))})")
+        shown = name if len(name) <= 64 and name.isprintable() else repr(name[:64]) + "..."
+        raise ConfigError(f"unknown job kind '{shown}' (known: {', '.join(sorted(table))})")
     if version is not None and version != kind.version:
         raise ConfigError(f"job kind '{name}' version {version} is not run here (this build "
                           f"runs version {kind.version})")

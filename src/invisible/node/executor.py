@@ -158,15 +158,15 @@ class JobExecutor:
         try:
             self._check_peers([p for p in spec.parties if p != self.party_id])
         except PolicyError as exc:
-            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind), "peer-chain",
-                                              str(exc)).to_json(),)
+            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, printable(spec.kind, 64)),
+                                              "peer-chain", str(exc)).to_json(),)
             raise
         try:
             kind, params, declared = self._declare(spec)
             channel = self._open_channel(spec)  # refuses a party that is not a configured peer
         except (ConfigError, ProtocolError) as exc:
-            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind),
-                                              "invalid-request", str(exc)).to_json(),)
+            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, printable(spec.kind, 64)),
+                                              "invalid-request", printable(str(exc), 500)).to_json(),)
             raise
         try:
             meta = self._admit(spec, who, kind, params, declared)
