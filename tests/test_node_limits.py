@@ -12,13 +12,13 @@ from invisible.errors import ConfigError
 from invisible.jobspec import JobSpec
 from invisible.net.pki import Identity, Role
 from invisible.node import executor as executor_module
-from invisible.node.executor import printable
+from invisible.text import printable
 
 
 def test_text_from_a_requester_cannot_forge_a_log_line():
     assert printable("done\n2026-11-30 INFO forged") == "done\\n2026-11-30 INFO forged"
     assert printable("\x1b[31mred\x00") == "\\x1b[31mred\\x00"
-    assert len(printable("x" * 10_000)) == 200
+    assert len(printable("x" * 10_000, 200)) == 200
 
 
 def test_a_cancel_reason_is_logged_on_one_line(tmp_path, caplog):

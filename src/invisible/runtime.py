@@ -15,6 +15,8 @@ import ctypes
 import ctypes.util
 import logging
 
+from invisible.text import printable
+
 log = logging.getLogger(__name__)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -44,8 +46,7 @@ class OneLineFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         saved = record.msg, record.args
-        record.msg = "".join(c if c.isprintable() else repr(c)[1:-1]
-                             for c in record.getMessage())
+        record.msg = printable(record.getMessage())
         record.args = None
         try:
             return super().format(record)

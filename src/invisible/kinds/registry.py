@@ -18,6 +18,7 @@ from invisible.kinds.paillier_sum import PaillierSumKind
 from invisible.kinds.params import Params
 from invisible.kinds.secure_sum import SecureSumKind
 from invisible.kinds.statistics import StatisticsKind
+from invisible.text import printable
 
 AnyKind = JobKind[Any, Any]
 
@@ -41,8 +42,8 @@ def find_kind(name: str, version: int | None = None,
     table = kinds if kinds is not None else kinds_by_name()
     kind = table.get(name)
     if kind is None:
-        shown = name if len(name) <= 64 and name.isprintable() else repr(name[:64]) + "..."
-        raise ConfigError(f"unknown job kind '{shown}' (known: {', '.join(sorted(table))})")
+        raise ConfigError(f"unknown job kind '{printable(name, 64)}' (known: "
+                          f"{', '.join(sorted(table))})")
     if version is not None and version != kind.version:
         raise ConfigError(f"job kind '{name}' version {version} is not run here (this build "
                           f"runs version {kind.version})")

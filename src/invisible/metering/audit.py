@@ -34,6 +34,7 @@ from invisible.metering.verify import (
     verify_receipt,
     verify_rows,
 )
+from invisible.text import printable
 
 #: The key that marks an export (never a party id: those have no underscore).
 _EXPORT = "export_of"
@@ -157,29 +158,25 @@ def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
     lines, bad = [], []
     for entry in entries:
         problem = receipt_problem(entry, keys, len(nodes) == 1)
-        name = f"receipt {_shown(entry.node)}#{entry.seq}"
+        name = f"receipt {printable(entry.node)}#{entry.seq}"
         if problem is None:
-            lines.append(f"{name} ({_shown(entry.event)}, job '{_shown(entry.job_id)}'): valid")
+            lines.append(f"{name} ({printable(entry.event)}, job '{printable(entry.job_id)}'): valid")
         else:
-            bad.append(f"{name} (job '{_shown(entry.job_id)}'): {problem}")
+            bad.append(f"{name} (job '{printable(entry.job_id)}'): {problem}")
     if evidence.events:
-        lines.append(f"an export of only events {_shown(', '.join(evidence.events))}: entries "
+        lines.append(f"an export of only events {printable(', '.join(evidence.events))}: entries "
                      "missing from it cannot be detected")
     elif evidence.unbroken:
         gaps = sequence_problems(entries, evidence.first_seq)
-        bad += [_shown(gap) for gap in gaps]
+        bad += [printable(gap) for gap in gaps]
         for node in sorted(nodes):
             if not any(f"of '{node}'" in gap for gap in gaps):
                 seqs = [e.seq for e in entries if e.node == node]
-                lines.append(f"entries {min(seqs)} to {max(seqs)} of '{_shown(node)}' complete "
+                lines.append(f"entries {min(seqs)} to {max(seqs)} of '{printable(node)}' complete "
                              "(a tail cut off shows only against a later receipt or "
                              "countersigned head)")
     return lines + bad, not bad
 
-
-def _shown(text: str) -> str:
-    """Text from a file as one printable line (a newline in a job id forges no line)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str | None,

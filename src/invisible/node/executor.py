@@ -48,15 +48,10 @@ from invisible.metering.policy import UseRequest
 from invisible.net.pki import Identity
 from invisible.node.datasets import DatasetRegistry
 from invisible.protocols.channel import Channel
+from invisible.text import printable
 
 log = logging.getLogger(__name__)
 
-
-def printable(text: str, limit: int = 200) -> str:
-    """Text from a requester or peer, safe for a log line or a ledger entry: control
-    characters escaped (no forged lines), cut to `limit` characters."""
-    safe = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-    return safe if len(safe) <= limit else safe[:limit - 3] + "..."
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Ended jobs whose status a node keeps answering for (the oldest are forgotten).
 MAX_FINISHED_JOBS = 1000
@@ -386,7 +381,7 @@ class JobExecutor:
 
     def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None:
         run = self._run_for(job_id, requester)
-        reason = printable(reason)
+        reason = printable(reason, 200)
         if self._cancel_prepared(run, f"cancelled by '{requester.party_id}': {reason}",
                                  requester.party_id):
             return
