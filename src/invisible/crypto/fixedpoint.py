@@ -71,6 +71,16 @@ def encode_clipped(values: np.ndarray, bound: float,
     NaN cannot be clipped and is refused (datasets drop or refuse it when they load).
     """
     check_sum_capacity(bound, 1, fractional_bits)
+    reals, clipped = clip_to_bound(values, bound)
+    return _scale(reals, fractional_bits), clipped
+
+
+def clip_to_bound(values: np.ndarray, bound: float) -> tuple[np.ndarray, int]:
+    """The values as float64 clipped to [-bound, bound], and how many were clipped.
+
+    Clipping, not refusing, keeps a refusal from being an oracle for one
+    person's value. NaN cannot be clipped and is refused.
+    """
     reals = np.asarray(values, dtype=np.float64)
     inside = np.abs(reals) <= bound
     clipped = int(reals.size - np.count_nonzero(inside))
@@ -78,7 +88,7 @@ def encode_clipped(values: np.ndarray, bound: float,
         if np.isnan(reals).any():
             raise BoundError("a value that is not a number cannot be clipped to a bound")
         reals = np.clip(reals, -bound, bound)
-    return _scale(reals, fractional_bits), clipped
+    return reals, clipped
 
 
 def _scale(reals: np.ndarray, fractional_bits: int) -> np.ndarray:

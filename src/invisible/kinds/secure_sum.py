@@ -148,20 +148,6 @@ def numeric_column(kind: str, dataset: Dataset, dataset_id: str, name: str) -> n
     return column
 
 
-def clip_to_bound(column: np.ndarray, bound: float) -> tuple[np.ndarray, int]:
-    """The values clipped to [-bound, bound], and how many were clipped.
-
-    Clipping, not refusing, is what keeps the bound from being an oracle: a
-    refusal for a value beyond the bound would let a requester binary-search
-    one person's value. The count is recorded in this party's own ledger only.
-    (Sums clip while they encode: :func:`invisible.crypto.fixedpoint.encode_clipped`.)
-    """
-    values = np.asarray(column, dtype=np.float64)
-    outside = np.abs(values) > bound
-    clipped = int(np.count_nonzero(outside))
-    return (np.clip(values, -bound, bound) if clipped else values), clipped
-
-
 def declare_sum(params: SumParams[Any], party_id: str, recipient: str | None) -> DeclaredUse:
     """The dataset and columns a sum of these parameters uses at `party_id`, from the
     parameters alone (shared with paillier_sum)."""

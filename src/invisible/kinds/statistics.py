@@ -20,14 +20,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from invisible.crypto.fixedpoint import decode
+from invisible.crypto.fixedpoint import clip_to_bound, decode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
-from invisible.kinds.secure_sum import MAX_ROWS, clip_to_bound, numeric_column
+from invisible.kinds.secure_sum import MAX_ROWS, numeric_column
 from invisible.protocols.mpc.arithmetic import reveal
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.dealer import run_dealer
