@@ -84,8 +84,7 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
     def declare(self, params: PaillierSumParams, party_id: str) -> DeclaredUse:
         # The key holder decrypts the total, then releases it to the requester: both learn
         # it, so the policy must allow both as recipients.
-        use = declare_sum(params, party_id, params.key_holder)
-        return DeclaredUse(use.dataset, use.columns, params.key_holder, requester_too=True)
+        return declare_sum(params, party_id, params.key_holder, requester_too=True)
 
     def plan(self, params: PaillierSumParams, party_id: str, datasets: Datasets) -> DataUse:
         return plan_sum(params, party_id, datasets)

@@ -148,12 +148,13 @@ def numeric_column(kind: str, dataset: Dataset, dataset_id: str, name: str) -> n
     return column
 
 
-def declare_sum(params: SumParams[Any], party_id: str, recipient: str | None) -> DeclaredUse:
+def declare_sum(params: SumParams[Any], party_id: str, recipient: str | None,
+                requester_too: bool = False) -> DeclaredUse:
     """The dataset and columns a sum of these parameters uses at `party_id`, from the
     parameters alone (shared with paillier_sum)."""
     ref = params.inputs[party_id]
     columns = (ref.column,) + ((params.group_by,) if params.group_by else ())
-    return DeclaredUse(ref.dataset, columns, recipient)
+    return DeclaredUse(ref.dataset, columns, recipient, requester_too)
 
 
 def plan_sum(params: SumParams[Any], party_id: str, datasets: Datasets) -> DataUse:
