@@ -276,3 +276,25 @@ def test_inputs_accept_refs_and_pairs():
     assert SecureSumParams.parse(params.to_json(), ("a", "b")) == params
     pairs = SecureSumParams(inputs={"a": ("d", "c"), "b": ("d", "c")}, bound=1.0)  # type: ignore[dict-item]
     assert SecureSumParams.parse(pairs.to_json(), ("a", "b")) == params
+
+
+def test_a_kind_that_reads_data_cannot_skip_declaring_it():
+    from invisible.kinds.base import UsesNoData
+
+    class Forgetful(JobKind):  # run and finish, but no declare/plan: the policy would be skipped
+        name = "forgetful"
+
+        def run(self, params, context):
+            raise AssertionError
+
+        def finish(self, params, job):
+            raise AssertionError
+
+    with pytest.raises(TypeError, match="abstract"):
+        Forgetful()
+
+    class Diagnostic(UsesNoData, Forgetful):  # opting in to "no data" is explicit
+        pass
+
+    kind = Diagnostic()
+    assert kind.declare(None, "a") is None and kind.plan(None, "a", None) is None

@@ -15,7 +15,7 @@ import numpy as np
 
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import JobContext, JobKind, JobOutcome, UsesNoData
 from invisible.kinds.params import Params, param
 from invisible.kinds.results import Result, Table
 
@@ -57,17 +57,11 @@ class BandwidthResult(Result):
                      decimals=2)
 
 
-class BandwidthKind(JobKind[BandwidthParams, BandwidthResult]):
+class BandwidthKind(UsesNoData, JobKind[BandwidthParams, BandwidthResult]):
     name = "bandwidth"
     params_type = BandwidthParams
     summary = ("diagnostic: one party sends random ring elements to another and reports the "
                "time; uses no data")
-
-    def declare(self, params: BandwidthParams, party_id: str) -> DeclaredUse | None:
-        return None
-
-    def plan(self, params: BandwidthParams, party_id: str, datasets: Datasets) -> DataUse | None:
-        return None
 
     def traffic(self, params: BandwidthParams, party_id: str) -> int:
         return params.elements * 8

@@ -144,3 +144,15 @@ class JobKind(ABC, Generic[P, R]):
     @abstractmethod
     def finish(self, params: P, job: JobResult) -> R:
         """At the coordinator: the released outputs as this kind's result."""
+
+
+class UsesNoData:
+    """Mixed into a kind that reads no data at any party (diagnostics): its jobs follow each
+    node's own `[policy]`. Opting in is explicit; a kind that reads data must write its
+    own `declare` and `plan`, or it cannot be instantiated."""
+
+    def declare(self, params: Any, party_id: str) -> DeclaredUse | None:
+        return None
+
+    def plan(self, params: Any, party_id: str, datasets: Datasets) -> DataUse | None:
+        return None

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import JobContext, JobKind, JobOutcome, UsesNoData
 from invisible.kinds.params import Params
 from invisible.kinds.results import Result, Table
 from invisible.protocols.connectivity import run_connectivity_check
@@ -52,17 +52,11 @@ class ConnectivityResult(Result):
                 else "some pairs did not confirm each other"]
 
 
-class ConnectivityKind(JobKind[ConnectivityParams, ConnectivityResult]):
+class ConnectivityKind(UsesNoData, JobKind[ConnectivityParams, ConnectivityResult]):
     name = "connectivity"
     params_type = ConnectivityParams
     summary = ("every pair of parties proves mutual-TLS reachability and agrees on a fresh "
                "X25519 secret; uses no data")
-
-    def declare(self, params: ConnectivityParams, party_id: str) -> DeclaredUse | None:
-        return None
-
-    def plan(self, params: ConnectivityParams, party_id: str, datasets: Datasets) -> DataUse | None:
-        return None
 
     def run(self, params: ConnectivityParams, context: JobContext) -> JobOutcome:
         result = run_connectivity_check(context.channel)

@@ -19,7 +19,7 @@ import numpy as np
 from invisible.crypto.prg import Prg
 from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import JobContext, JobKind, JobOutcome, UsesNoData
 from invisible.kinds.params import Params, param
 from invisible.kinds.results import Result, Table
 from invisible.protocols.mpc.arithmetic import input_from, mul, open_all
@@ -93,17 +93,11 @@ def product_program(ctx: MpcContext, provider: TupleProvider, x: np.ndarray | No
     return opened, seconds, sent
 
 
-class MulBenchmarkKind(JobKind[MulBenchmarkParams, MulBenchmarkResult]):
+class MulBenchmarkKind(UsesNoData, JobKind[MulBenchmarkParams, MulBenchmarkResult]):
     name = "mul_benchmark"
     params_type = MulBenchmarkParams
     summary = ("diagnostic: fixed-point products of two shared random vectors with a dealer, "
                "timed; uses no data")
-
-    def declare(self, params: MulBenchmarkParams, party_id: str) -> DeclaredUse | None:
-        return None
-
-    def plan(self, params: MulBenchmarkParams, party_id: str, datasets: Datasets) -> DataUse | None:
-        return None
 
     def traffic(self, params: MulBenchmarkParams, party_id: str) -> int:
         return params.elements * BYTES_PER_PRODUCT
