@@ -18,16 +18,18 @@ import pytest
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, write_local_federation
 from invisible.errors import PartyUnavailableError
+from invisible.jobspec import JobSpec
 from invisible.net import wire
 from invisible.net.server import DELIVERIES_PER_PEER, Slots
 
 STALLS = 40
 
 
-def stalled_frames(release: threading.Event):
+def stalled_frames(release: threading.Event, step: str = "s", job_id: str = "j"):
     """A delivery that sends its header and one chunk, then stalls until released."""
-    frames = wire.encode_raw_frames("j", "s", np.zeros(1 << 18, np.uint64), 1 << 20)
-    yield next(iter(frames))
+    frames = iter(wire.encode_raw_frames(job_id, step, np.zeros(1 << 18, np.uint64), 1 << 20))
+    yield next(frames)
+    yield next(frames)
     release.wait(30)
 
 
@@ -38,9 +40,10 @@ def test_stalled_deliveries_from_a_peer_leave_the_node_serving(tmp_path):
     calls = []
     with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         b_to_a = nodes.nodes["b"].clients["a"]
-        try:
-            for _ in range(STALLS):
-                calls.append(b_to_a._deliver.future(stalled_frames(release), timeout=60))
+        channel = nodes.nodes["a"]._open_channel(JobSpec("j", "connectivity", ("a", "b")))
+        try:  # b is a party of job j, prepared at a: each stalled step is admitted
+            for i in range(STALLS):
+                calls.append(b_to_a._deliver.future(stalled_frames(release, f"s{i}"), timeout=60))
             time.sleep(0.5)
             started = time.monotonic()
             assert fed.health(timeout_s=5)["a"].serving
@@ -51,6 +54,7 @@ def test_stalled_deliveries_from_a_peer_leave_the_node_serving(tmp_path):
             assert len(busy) >= STALLS - DELIVERIES_PER_PEER  # over the cap: refused at once
         finally:
             release.set()
+            channel.close()
         # the stalled ones are cancelled at the node's RPC deadline (3 s), not held for ever
         deadline = time.monotonic() + 10
         while not all(c.done() for c in calls) and time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, write_local_federation
 from invisible.errors import JobAbortedError, MessageTooLargeError, ProtocolError
 from invisible.jobspec import JobSpec
+from invisible.net import wire
 from invisible.net.mailbox import Mailbox
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets
 
@@ -110,3 +111,88 @@ def test_a_job_id_is_used_once_for_the_life_of_a_ledger_even_across_restarts(tmp
             federation.secure_sum(spend(), 100_000.0, max_rows=1000, job_id="once")
     assert (tmp_path / "coordinator-receipts" / "once.json").read_text() == receipt
     assert first.value > 0
+
+
+class _Recorded:
+    """Frames of a delivery, counting how many the receiver pulled."""
+
+    def __init__(self, frames):
+        self._frames = iter(frames)
+        self.pulled = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        frame = next(self._frames)
+        self.pulled += 1
+        return frame
+
+
+def _servicer(mailbox):
+    from invisible.net.server import ExchangeServicer
+    return ExchangeServicer(mailbox, lambda: {"a", "b", "outsider"})
+
+
+@pytest.mark.parametrize(("job", "sender", "step", "why"), [
+    ("no-such-job", "a", "s", "no job 'no-such-job' is prepared"),
+    ("j", "outsider", "s", "'outsider' is not a party of job 'j'"),
+    ("j", "a", "taken", "sent step 'taken' of job 'j' twice"),
+])
+def test_a_delivery_is_refused_from_its_header_before_its_body_is_read(job, sender, step, why):
+    """On an earlier main, the body was read whole into memory before any of these checks."""
+    mailbox = Mailbox(max_message_bytes=1 << 30)
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.put("j", "taken", "a", b"x")
+    frames = _Recorded(wire.encode_raw_frames(job, step, np.zeros(1 << 17, np.uint64), 1 << 16))
+    with pytest.raises(ProtocolError, match=why):
+        _servicer(mailbox)._deliver(sender, frames)
+    assert frames.pulled == 1  # the header only
+
+
+def test_bytes_are_counted_when_a_delivery_is_admitted_not_when_it_has_arrived():
+    """Eight concurrent deliveries of 200 MiB each passed a 400 MiB cap: each was checked
+    against what had already arrived, unlocked, while all of them were still reading."""
+    mailbox = Mailbox(max_message_bytes=1000, max_waiting_bytes=1000)
+    mailbox.open_job("j", ("a",))
+    admitted = [mailbox.reserve("j", f"s{i}", "a", 200) for i in range(5)]  # none filled yet
+    with pytest.raises(MessageTooLargeError, match="already has messages waiting"):
+        mailbox.reserve("j", "s5", "a", 200)
+    mailbox.cancel(admitted[0])  # its body broke off: the bytes and the step are free again
+    mailbox.reserve("j", "s0", "a", 200)
+    mailbox.fill(admitted[1], np.zeros(25, np.uint64))
+    assert mailbox.get("j", "s1", "a", 1.0).nbytes == 200
+    mailbox.reserve("j", "s6", "a", 200)  # taken messages no longer count
+
+
+def test_a_body_that_differs_from_its_header_is_refused_and_frees_the_step():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a",))
+    reservation = mailbox.reserve("j", "s", "a", 16)
+    with pytest.raises(ProtocolError, match="does not match the size its header declared"):
+        mailbox.fill(reservation, b"short")
+    mailbox.put("j", "s", "a", b"0123456789abcdef")  # not a duplicate: the first never arrived
+    assert mailbox.get("j", "s", "a", 1.0) == b"0123456789abcdef"
+
+
+def test_what_a_peer_may_leave_waiting_is_bounded_in_messages_too():
+    """200,000 empty messages on distinct steps cost a node 858 MB on an earlier main."""
+    mailbox = Mailbox(max_waiting_messages=3)
+    mailbox.open_job("j", ("a", "b"))
+    for step in ("s1", "s2", "s3"):
+        mailbox.put("j", step, "a", b"")
+    with pytest.raises(MessageTooLargeError, match="already has 3 messages waiting"):
+        mailbox.put("j", "s4", "a", b"")
+    mailbox.put("j", "s1", "b", b"")  # another peer has its own allowance
+    mailbox.get("j", "s1", "a", 1.0)
+    mailbox.put("j", "s4", "a", b"")
+    mailbox.close_job("j")
+    mailbox.open_job("k", ("a",))
+    for step in ("s1", "s2", "s3"):  # a closed job's messages no longer count
+        mailbox.put("k", step, "a", b"")
+
+
+@pytest.mark.parametrize(("job", "step"), [("j" * 129, "s"), ("j", "s" * 129)])
+def test_a_header_naming_an_overlong_job_or_step_is_refused(job, step):
+    with pytest.raises(ProtocolError, match="longer than 128 characters"):
+        wire.check_header(wire.make_header(job, step, b""))

@@ -50,6 +50,8 @@ _MAX_STATUS_WAIT_S = 60.0
 WORKERS = 32
 DELIVERIES_IN_ALL, DELIVERIES_PER_PEER = 20, 8
 LONG_POLLS_IN_ALL, LONG_POLLS_PER_CALLER = 6, 2
+#: A notice (a chain head) is a few hundred bytes.
+MAX_NOTICE_BYTES = 64 << 10
 
 
 class Watchdog:
@@ -187,22 +189,45 @@ class ExchangeServicer:
                 self._watchdog.forget(ticket)
 
     def _deliver(self, sender: str, request_iterator: Iterator[bytes]) -> exchange_pb2.DeliverAck:
-        header, payload = wire.decode_raw_message(
-            request_iterator, lambda n: self._mailbox.check_size(sender, n))
+        """Admit the message from its header, then read its body (see `Mailbox.reserve`)."""
+        header, chunks = wire.read_raw_header(request_iterator)
+        if header.step.startswith("!"):
+            self._control(sender, header, chunks)
+            return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
+        reservation = self._mailbox.reserve(header.job_id, header.step, sender,
+                                            header.total_bytes)
+        try:
+            payload = wire.decode_payload(header, chunks)
+        except BaseException:
+            if reservation is not None:
+                self._mailbox.cancel(reservation)
+            raise
+        if reservation is not None:
+            self._mailbox.fill(reservation, payload)
+        return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
+
+    def _control(self, sender: str, header: exchange_pb2.MessageHeader,
+                 chunks: Iterator[memoryview]) -> None:
+        """An abort or a notice (a reserved step): small, and never kept in the mailbox."""
         if header.step == ABORT_STEP:
             if not self._mailbox.may_abort(header.job_id, sender):
                 raise ProtocolError(f"party '{sender}' may not abort job {header.job_id!r}: it "
                                     "is not a party of a job prepared here")
             self._mailbox.abort_job(header.job_id, sender)
-        elif header.step in self._notices:
-            if not isinstance(payload, bytes):
-                raise ProtocolError(f"a notice on step '{header.step}' must be bytes")
-            self._notices[header.step](sender, payload)
-        elif header.step.startswith("!"):
-            raise ProtocolError(f"unknown reserved step '{header.step}'")
-        else:
-            self._mailbox.put(header.job_id, header.step, sender, payload)
-        return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
+            return
+        handle = self._notices.get(header.step)
+        if handle is None:
+            raise ProtocolError(f"unknown reserved step {header.step!r}")
+        payload = wire.decode_payload(header, chunks, functools.partial(_check_notice, sender))
+        if not isinstance(payload, bytes):
+            raise ProtocolError(f"a notice on step {header.step!r} must be bytes")
+        handle(sender, payload)
+
+
+def _check_notice(sender: str, nbytes: int) -> None:
+    if nbytes > MAX_NOTICE_BYTES:
+        raise ProtocolError(f"a notice from party '{sender}' declares {nbytes} bytes, over "
+                            f"the cap of {MAX_NOTICE_BYTES}")
 
 
 class JobsServicer:

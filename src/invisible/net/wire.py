@@ -32,6 +32,9 @@ DELIVER_METHOD = f"/{EXCHANGE_SERVICE}/Deliver"
 JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
 FETCH_OUTPUT_METHOD = f"/{JOBS_SERVICE}/FetchOutput"
 MAX_DIMS = 32
+#: The longest job id (as a node accepts it) and step a header may name.
+MAX_JOB_ID_CHARS = 128
+MAX_STEP_CHARS = 128
 
 
 def make_header(job_id: str, step: str, payload: Payload) -> exchange_pb2.MessageHeader:
@@ -105,6 +108,9 @@ def check_header(header: exchange_pb2.MessageHeader) -> None:
     """Refuse a header whose fields contradict each other or name a forbidden dtype."""
     if not header.job_id or not header.step:
         raise ProtocolError("message header lacks a job id or step")
+    if len(header.job_id) > MAX_JOB_ID_CHARS or len(header.step) > MAX_STEP_CHARS:
+        raise ProtocolError(f"message header names a job id or step longer than "
+                            f"{MAX_JOB_ID_CHARS} characters")
     if header.kind == exchange_pb2.PAYLOAD_KIND_BYTES:
         if header.dtype or header.shape:
             raise ProtocolError("a bytes message cannot carry a dtype or shape")
@@ -125,7 +131,7 @@ def check_header(header: exchange_pb2.MessageHeader) -> None:
 def decode_payload(
     header: exchange_pb2.MessageHeader,
     chunks: Iterable[bytes | memoryview],
-    check_size: Callable[[int], None],
+    check_size: Callable[[int], None] = lambda nbytes: None,
 ) -> Payload:
     """Assemble a payload from its chunks; `check_size` refuses a byte count over the cap."""
     check_header(header)
@@ -147,14 +153,16 @@ def decode_payload(
     return buffer.view(np.dtype(header.dtype)).reshape(tuple(header.shape))
 
 
-def decode_raw_message(
-    raw_frames: Iterable[bytes], check_size: Callable[[int], None]
-) -> tuple[exchange_pb2.MessageHeader, Payload]:
-    """A message from its serialised frames: one header, then chunks (see `decode_payload`)."""
+def read_raw_header(
+    raw_frames: Iterable[bytes],
+) -> tuple[exchange_pb2.MessageHeader, Iterator[memoryview]]:
+    """A message's header, checked, and its chunks still unread: the receiver can admit or
+    refuse the message before a byte of its body arrives."""
     frames = (parse_raw_frame(raw) for raw in raw_frames)
     header = next(frames, None)
     if not isinstance(header, exchange_pb2.MessageHeader):
         raise ProtocolError("a message must start with its header")
+    check_header(header)
 
     def chunks() -> Iterator[memoryview]:
         for frame in frames:
@@ -162,4 +170,12 @@ def decode_raw_message(
                 raise ProtocolError("a message carries one header only")
             yield frame
 
-    return header, decode_payload(header, chunks(), check_size)
+    return header, chunks()
+
+
+def decode_raw_message(
+    raw_frames: Iterable[bytes], check_size: Callable[[int], None]
+) -> tuple[exchange_pb2.MessageHeader, Payload]:
+    """A message from its serialised frames: one header, then chunks (see `decode_payload`)."""
+    header, chunks = read_raw_header(raw_frames)
+    return header, decode_payload(header, chunks, check_size)
