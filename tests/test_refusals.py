@@ -9,14 +9,20 @@ alike, charges data-dependent refusals like jobs, and records every refusal.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, write_local_federation
-from invisible.errors import ConfigError, PolicyError
+from invisible.errors import ConfigError, NodeBusyError, PolicyError, ProtocolError
+from invisible.jobspec import JobSpec
+from invisible.kinds.secure_sum import SecureSumParams
+from invisible.net.pki import Identity, Role
 from invisible.node.config import DatasetConfig
 from invisible.node.datasets import load_dataset
+from invisible.node.executor import Allowance
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets, sample_path
 
 PARTIES = tuple(SAMPLE_COLUMNS)
@@ -142,9 +148,10 @@ def test_a_group_range_problem_is_charged_and_gives_no_value(federation):
     before = len(ledger_events(nodes, "bank"))
     answer = refusal(lambda: analyst.secure_sum(spend_inputs(), 1000.0, max_rows=1000,
                                                 group_by="district", categories=5))
-    assert answer.endswith("group column 'district' does not hold integers in [0, categories)")
+    assert answer.endswith("group column 'district' does not hold integers in [0, categories); "
+                           "no result was released")
     events = [(event, body.get("charged")) for _, event, body in ledger_events(nodes, "bank")
-              [before:]]
+              [before:] if event != "witnessed"]  # peers' heads, countersigned meanwhile
     assert events == [("requested", None), ("accepted", None), ("refused", True)]
 
 
@@ -193,3 +200,95 @@ def test_a_paillier_key_holder_is_a_recipient_the_policy_must_allow(tmp_path):
         answer = refusal(lambda: analyst.paillier_sum(spend_inputs(), 1000.0, max_rows=1000,
                                                       key_holder="bank"))
         assert "rule 'recipients'" in answer and "may not go to 'bank'" in answer
+
+
+# --- the answer to Start does not depend on the data ---------------------------------------------
+
+def sum_spec(job_id: str, **extra) -> JobSpec:
+    params = SecureSumParams.parse({"inputs": {p: {"dataset": SAMPLE_DATASET,
+                                                   "column": "monthly_spend"} for p in PARTIES},
+                                    "bound": 1000.0, "max_rows": 1000, **extra}, PARTIES)
+    return JobSpec(job_id, "secure_sum", PARTIES, params.to_json())
+
+
+def test_a_job_accepted_and_cancelled_before_it_runs_reveals_nothing_and_costs_nothing(federation):
+    """On an earlier main, the k threshold was decided at Start: a requester learned from
+    an acceptance that every group held k rows, cancelled, and got its reservation back."""
+    analyst, _, nodes = federation
+    bank = analyst.clients["bank"]
+    too_small = {"group_by": "district", "categories": 1000}  # most groups empty: below k
+    for job_id, extra in (("k-met", {}), ("k-missed", too_small)):
+        bank.start_job(sum_spec(job_id, **extra))  # accepted alike
+        bank.cancel_job(job_id, "probe", 5.0)
+    ends = {job_id: (event, body.get("released")) for job_id, event, body in
+            ledger_events(nodes, "bank") if event == "cancelled"}
+    assert ends == {"k-met": ("cancelled", True), "k-missed": ("cancelled", True)}
+    with pytest.raises(PolicyError, match="rule 'k-threshold'"):  # run, it is refused, charged
+        analyst.secure_sum(spend_inputs(), 1000.0, max_rows=1000, **too_small)
+
+
+def test_a_duplicate_start_while_the_first_is_being_prepared_leaves_the_first_alone(federation,
+                                                                                    monkeypatch):
+    """On an earlier main, a concurrent duplicate could close the winning job's inbox."""
+    _, _, nodes = federation
+    bank = nodes.nodes["bank"]
+    opening, release = threading.Event(), threading.Event()
+    real_open = bank.executor._open_channel
+
+    def slow_open(spec):
+        opening.set()
+        release.wait(10)
+        return real_open(spec)
+
+    monkeypatch.setattr(bank.executor, "_open_channel", slow_open)
+    requester = Identity("analyst", Role.COORDINATOR)
+    first = threading.Thread(target=bank.executor.start_job, args=(sum_spec("twice"), requester))
+    first.start()
+    assert opening.wait(10)
+    before = len(ledger_events(nodes, "bank"))
+    with pytest.raises(ProtocolError, match="job id 'twice' was used before") as duplicate:
+        bank.executor.start_job(sum_spec("twice"), requester)
+    release.set()
+    first.join(10)
+    assert bank.executor.running() == ["twice"]  # the first is prepared, its inbox open
+    assert bank.mailbox.may_abort("twice", "hospital")
+    refused = ledger_events(nodes, "bank")[before:before + 2]
+    assert [(job_id, event) for job_id, event, _ in refused] == [("-", "requested"),
+                                                                ("-", "refused")]
+    assert duplicate.value.receipts and duplicate.value.receipts[0]["job_id"] == "-"
+    bank.executor.cancel_job("twice", requester, "done")
+
+
+def test_a_requester_refused_too_often_is_told_to_wait_without_a_ledger_entry(tmp_path):
+    """On an earlier main, refused Starts wrote about 7,000 signed entries in 5 s."""
+    layout = write_local_federation(tmp_path, list(PARTIES), sample_datasets(POLICY),
+                                    coordinators=("analyst", "prober"),
+                                    limits={"refused_burst": 5, "refused_per_s": 0.01})
+    with InProcessNodes(layout) as nodes:
+        bank = nodes.nodes["bank"].executor
+        prober = Identity("prober", Role.COORDINATOR)
+        for i in range(5):  # prober may not use 'age': each is refused and recorded
+            with pytest.raises(PolicyError, match="rule 'columns'"):
+                bank.start_job(sum_spec(f"probe-{i}", group_by="age", categories=100), prober)
+        entries = len(ledger_events(nodes, "bank"))
+        with pytest.raises(NodeBusyError, match="requester 'prober' had 5 requests refused"):
+            bank.start_job(sum_spec("probe-5"), prober)  # even a valid one, until it refills
+        assert len(ledger_events(nodes, "bank")) == entries
+        bank.start_job(sum_spec("analyst-1"), Identity("analyst", Role.COORDINATOR))
+
+
+def test_the_refused_allowance_refills_over_time():
+    now = [0.0]
+    allowance = Allowance(2, 0.5, clock=lambda: now[0])
+    allowance.spend("x")
+    allowance.spend("x")
+    assert not allowance.allows("x") and allowance.allows("y")
+    now[0] = 1.9
+    assert not allowance.allows("x")
+    now[0] = 2.0
+    assert allowance.allows("x")
+    now[0] = 100.0
+    allowance.spend("x")
+    assert allowance.allows("x")  # refilled to the burst, not beyond
+    allowance.spend("x")
+    assert not allowance.allows("x")

@@ -24,6 +24,7 @@ from invisible.errors import (
     InvisibleError,
     JobAbortedError,
     PartyUnavailableError,
+    PolicyError,
     ProtocolError,
 )
 from invisible.jobspec import JobResult, JobSpec, JobState, JobStatus
@@ -157,9 +158,11 @@ class Federation:
             receipts.update({p: list(e.receipts) for p, e in errors.items()})
             self._write_receipts(spec.job_id, receipts)
             party, error = _root_cause(failed)
-            raise ProtocolError(
-                f"job '{spec.job_id}' failed on party '{party}': {error}; no result was released"
-            )
+            refused = party in statuses and any(
+                r.get("event") == "refused" for r in statuses[party].receipts)
+            raise (PolicyError if refused else ProtocolError)(
+                f"job '{spec.job_id}' {'was refused' if refused else 'failed'} on party "
+                f"'{party}': {error}; no result was released")
         result = JobResult(spec.job_id, kind, chosen, statuses, self.config.coordinator_id,
                            arrays, time.perf_counter() - started)
         self._keep_receipts(result)

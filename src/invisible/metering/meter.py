@@ -2,10 +2,16 @@
 
 The executor calls it at each state change of a job:
 
-- :meth:`Meter.admit` before anything touches data: the static policy check,
-  then — in one ledger transaction — today's usage, the quota check, and the
-  `requested` + `accepted` (or `requested` + `refused`) entries. Twenty
-  concurrent requests at the edge of a quota cannot overspend it.
+- :meth:`Meter.authorise` on the request alone, before anything reads data.
+- :meth:`Meter.admit` before anything touches data values: in one ledger
+  transaction, today's usage, the quota check, and the `requested` +
+  `accepted` (or `requested` + `refused`) entries. Twenty concurrent
+  requests at the edge of a quota cannot overspend it.
+- :meth:`Meter.data_refusal` and :meth:`Meter.refuse_run` when an admitted job
+  is to run: the data checks (k threshold, the kind's own), which end the
+  job `refused` and charged. Deciding them only then keeps the answer to
+  Start independent of the data: a job accepted and cancelled before it
+  runs gives its reservation back and has revealed nothing.
 - :meth:`Meter.close` at the end: `finished` (with rows, bytes, values
   opened, outputs released and to whom, duration), `failed` or `cancelled`.
 - :meth:`Meter.witness`: the chain heads of the job's peers, countersigned.
@@ -123,13 +129,12 @@ class Meter:
             refusal.receipts = (self.refuse(job, refusal.rule, str(refusal)).to_json(),)
             raise
 
-    def admit(self, job: JobMeta, problem: str | None = None, traffic: int = 0) -> LedgerEntry:
-        """Reserve an authorised job, atomically; raises a recorded Refusal.
+    def admit(self, job: JobMeta, traffic: int = 0) -> LedgerEntry:
+        """Reserve an authorised job, atomically, or refuse it over quota (nothing reserved);
+        raises a recorded Refusal.
 
-        Over a quota: refused, nothing reserved. Within it, the data checks
-        (the k threshold, and `problem`, a data-dependent reason the kind found)
-        refuse the job *charged*: its reservation stays, so probing the data
-        with refusals costs the quota that running jobs would.
+        Nothing decided here depends on the data's values: the data checks
+        (:meth:`data_refusal`) refuse the job only when it is run, charged.
         """
         use = job.use
         if use is None:
@@ -145,27 +150,39 @@ class Meter:
             overall = store.usage(use.dataset, day)
             quota = quota_problem(policy, rule, use, (mine.jobs, mine.rows),
                                   (overall.jobs, overall.rows))
-            data = threshold_problem(policy, use) or (("data", problem) if problem else None)
-            verdict.update(quota=quota, data=data, mine=mine, overall=overall)
+            verdict.update(quota=quota, mine=mine, overall=overall)
             if quota is not None:
                 return [job.pending("requested"),
                         job.pending("refused", rule=quota[0], detail=quota[1])]
-            accepted = [job.pending("requested"), job.pending("accepted", rows=use.rows)]
-            if data is not None:
-                return [*accepted, job.pending("refused", rule=data[0], detail=data[1],
-                                               charged=True)]
-            return accepted
+            return [job.pending("requested"), job.pending("accepted", rows=use.rows)]
 
         entries = self.store.transaction(decide)
-        refused = verdict["quota"] or verdict["data"]
-        if refused is not None:
-            self.metrics.refusals.labels(refused[0]).inc()
+        if verdict["quota"] is not None:
+            self.metrics.refusals.labels(verdict["quota"][0]).inc()
             self.metrics.jobs(job.kind, "refused").inc()
-            refusal = Refusal(self.party_id, *refused)
+            refusal = Refusal(self.party_id, *verdict["quota"])
             refusal.receipts = (entries[-1].to_json(),)
             raise refusal
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
         return entries[-1]
+
+    def data_refusal(self, job: JobMeta, problem: str | None = None) -> Refusal | None:
+        """The data checks of an admitted job: the k threshold, and `problem` (a
+        data-dependent reason the kind found). Records nothing: see :meth:`refuse_run`."""
+        use = job.use
+        if use is None:
+            return None
+        policy = self.policies.get(use.dataset)
+        assert policy is not None  # the job was authorised
+        found = threshold_problem(policy, use) or (("data", problem) if problem else None)
+        return Refusal(self.party_id, *found) if found is not None else None
+
+    def refuse_run(self, job: JobMeta, refusal: Refusal, record: dict[str, Any]) -> LedgerEntry:
+        """End an admitted job refused by its data checks as it was to run: *charged*, its
+        reservation kept, so probing the data with refusals costs what running jobs would."""
+        self.metrics.refusals.labels(refusal.rule).inc()
+        return self.close(job, "refused", record, rule=refusal.rule,
+                          detail=refusal.detail, charged=True)
 
     def _admit_without_data(self, job: JobMeta, traffic: int) -> LedgerEntry:
         """A job that uses none of this node's data: the node's own policy and quota."""

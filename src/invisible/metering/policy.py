@@ -43,6 +43,7 @@ class Refusal(PolicyError):
         super().__init__(f"rule '{rule}': {detail}")
         self.party = party
         self.rule = rule
+        self.detail = detail
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ A party's file::
     max_message_bytes = 1073741824
     rpc_timeout_s = 30.0
     output_retention_s = 600.0   # released arrays are dropped this long after their job
+    refused_burst = 60           # refused requests a requester may make before it is told
+    refused_per_s = 1.0          #   to wait (no ledger entry), refilled at this rate
 
     [datasets.customers]
     path = "customers.csv"
@@ -115,6 +117,10 @@ class Limits:
     rpc_timeout_s: float = 30.0
     job_timeout_s: float = 600.0
     output_retention_s: float = 600.0
+    #: Refused requests a requester may make in a burst, and how fast that refills: past
+    #: it the node answers busy without writing to its ledger.
+    refused_burst: int = 60
+    refused_per_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -253,6 +259,8 @@ def read_limits(reader: TomlReader) -> Limits:
         job_timeout_s=float(limits.number("job_timeout_s", defaults.job_timeout_s)),
         output_retention_s=float(limits.number("output_retention_s",
                                                 defaults.output_retention_s)),
+        refused_burst=limits.number("refused_burst", defaults.refused_burst, integer=True),
+        refused_per_s=float(limits.number("refused_per_s", defaults.refused_per_s)),
     )
 
 

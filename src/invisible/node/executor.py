@@ -3,9 +3,12 @@
 1. ``start_job`` prepares: the job is validated completely (id, kind,
    parties, parameters, datasets), its use of data is checked against the
    dataset's policy, and quota is reserved in the ledger — one atomic step.
-   Nothing touches data. A refusal is recorded and raised, naming the rule.
+   Nothing reads data values before the policy allowed the job, and the
+   answer never depends on them. A refusal is recorded and raised, naming
+   the rule.
 2. ``run_job`` starts the prepared job in a worker thread, once the
-   coordinator saw every party accept. A prepared job that is not run within
+   coordinator saw every party accept; a job its data checks refused ends
+   there, ``refused`` and charged. A prepared job that is not run within
    the deadline is cancelled and gives its reservation back.
 3. The job ends ``finished`` (rows, bytes, values opened, outputs released
    and to whom, duration), ``failed`` or ``cancelled``; that signed entry is
@@ -37,6 +40,7 @@ from invisible.errors import (
     ConfigError,
     InvisibleError,
     JobAbortedError,
+    NodeBusyError,
     PolicyError,
     ProtocolError,
 )
@@ -44,7 +48,7 @@ from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
 from invisible.kinds.base import DeclaredUse, JobContext, JobOutcome
 from invisible.kinds.registry import AnyKind, find_kind
 from invisible.metering.meter import JobMeta, Meter
-from invisible.metering.policy import UseRequest
+from invisible.metering.policy import Refusal, UseRequest
 from invisible.net.pki import Identity
 from invisible.node.datasets import DatasetRegistry
 from invisible.protocols.channel import Channel
@@ -73,6 +77,8 @@ class _JobRun:
     meta: JobMeta
     channel: Channel
     status: JobStatus
+    #: The data checks' verdict, decided at prepare and told only when the job is run.
+    refusal: Refusal | None = None
     phase: _Phase = _Phase.PREPARED
     cancelled_by: str = ""
     timer: threading.Timer | None = None
@@ -80,6 +86,31 @@ class _JobRun:
     finished_at: float = 0.0  # time.monotonic() when the job ended
     outputs_dropped: bool = False
 
+
+
+class Allowance:
+    """A token bucket per caller: `burst` at most, refilled at `per_s` a second."""
+
+    def __init__(self, burst: int, per_s: float, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.burst, self.per_s, self._clock = burst, per_s, clock
+        self._left: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def _tokens(self, who: str) -> float:
+        tokens, when = self._left.get(who, (float(self.burst), self._clock()))
+        return min(float(self.burst), tokens + (self._clock() - when) * self.per_s)
+
+    def allows(self, who: str) -> bool:
+        with self._lock:
+            return self._tokens(who) >= 1.0
+
+    def spend(self, who: str) -> None:
+        with self._lock:
+            self._left[who] = (self._tokens(who) - 1.0, self._clock())
+            if len(self._left) > 10_000:  # callers full again are forgotten
+                self._left = {w: v for w, v in self._left.items()
+                              if self._tokens(w) < self.burst}
 
 
 class JobExecutor:
@@ -98,6 +129,8 @@ class JobExecutor:
         expect_heads: Callable[[Sequence[str]], None] = lambda peers: None,
         check_peers: Callable[[Sequence[str]], None] = lambda peers: None,
         output_retention_s: float = 600.0,
+        refused_burst: int = 60,
+        refused_per_s: float = 1.0,
     ) -> None:
         self._announce_head = announce_head
         #: Told the peers of every prepared job: each may announce its chain head once.
@@ -114,6 +147,10 @@ class JobExecutor:
         self._open_channel = open_channel
         self._run_deadline_s = run_deadline_s
         self._jobs: dict[str, _JobRun] = {}
+        #: Job ids being prepared: taken before anything else happens for them.
+        self._starting: set[str] = set()
+        #: How many refused requests each requester may still make (refilled over time).
+        self._refused = Allowance(refused_burst, refused_per_s)
         self._lock = threading.Lock()
 
     # -- 1. prepare ---------------------------------------------------------------------------
@@ -129,27 +166,64 @@ class JobExecutor:
     def start_job(self, spec: JobSpec, requester: Identity) -> None:
         """Prepare a job: policy first, then the data, then the reservation.
 
-        1. The request itself: job id, kind and version, parameters, parties
-           (an invalid request is refused and recorded; nothing is read).
+        1. The request itself: job id (new on this node), kind and version,
+           parameters, parties (an invalid request is refused and recorded;
+           nothing is read).
         2. The policy against the declared use (requester, kind, columns,
            recipient): a refusal here depends on the request and the policy only.
         3. Only for an allowed job, the data: rows, the smallest released cell,
            data-dependent problems.
-        4. In one ledger transaction, the quota; then the k threshold and any
-           data problem, which refuse the job charged like a job, saying
-           nothing about values or counts.
+        4. In one ledger transaction, the quota. The data checks (the k
+           threshold, the kind's problems) are decided now but told only
+           when the job is run, where they refuse it charged like a job,
+           saying nothing about values or counts: the answer to Start never
+           depends on the data, so a job accepted and then cancelled before
+           it runs gives its reservation back and has revealed nothing.
+
+        A requester whose requests were refused too often lately is told the
+        node is busy, without a ledger entry, until its allowance refills.
         """
         who = requester.party_id
+        if not self._refused.allows(who):
+            raise NodeBusyError(f"requester '{who}' had {self._refused.burst} requests refused "
+                                "here lately; it may ask again in a few seconds")
+        try:
+            self._start_job(spec, requester)
+        except InvisibleError as exc:
+            if exc.receipts:  # a refusal, recorded in the ledger
+                self._refused.spend(who)
+            raise
+
+    def _start_job(self, spec: JobSpec, requester: Identity) -> None:
+        who = requester.party_id
         if not _JOB_ID.match(spec.job_id):
-            self.meter.refuse(JobMeta("-", who, spec.kind[:64]), "invalid-request", "bad job id")
-            raise ProtocolError("job id must be 1-128 letters, digits, '.', '_' or '-'")
+            self._refuse_request(JobMeta("-", who, spec.kind), "bad job id",
+                                 "job id must be 1-128 letters, digits, '.', '_' or '-'")
         self.drop_expired_outputs()
-        with self._lock:
-            if spec.job_id in self._jobs:
-                raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
-        if self.meter.store.knows_job(spec.job_id):  # before a restart, say: ids are never reused
-            raise ProtocolError(f"job id '{spec.job_id}' was used before on this node; a job id "
-                                "is used once for the life of a ledger")
+        with self._lock:  # the id is taken before anything else happens for this job
+            taken = spec.job_id in self._jobs or spec.job_id in self._starting
+            if not taken:
+                self._starting.add(spec.job_id)
+        if taken or self.meter.store.knows_job(spec.job_id):  # ids are never reused
+            self._refuse_request(JobMeta("-", who, spec.kind), f"job id '{spec.job_id}' used "
+                                 "before", f"job id '{spec.job_id}' was used before on this "
+                                 "node; a job id is used once for the life of a ledger")
+        try:
+            self._prepare(spec, requester)
+        finally:
+            with self._lock:
+                self._starting.discard(spec.job_id)
+
+    def _refuse_request(self, meta: JobMeta, detail: str, message: str) -> None:
+        """Refuse an invalid request, recorded (under job id '-' when the id itself is
+        the problem: a refusal must not look like an end of the job that owns the id)."""
+        meta = replace(meta, kind=printable(meta.kind, 64))
+        error = ProtocolError(message)
+        error.receipts = (self.meter.refuse(meta, "invalid-request", detail).to_json(),)
+        raise error
+
+    def _prepare(self, spec: JobSpec, requester: Identity) -> None:
+        who = requester.party_id
         try:
             self._check_peers([p for p in spec.parties if p != self.party_id])
         except PolicyError as exc:
@@ -164,16 +238,13 @@ class JobExecutor:
                                               "invalid-request", printable(str(exc), 500)).to_json(),)
             raise
         try:
-            meta = self._admit(spec, who, kind, params, declared)
+            meta, refusal = self._admit(spec, who, kind, params, declared)
         except InvisibleError:
             channel.close()
             raise
         run = _JobRun(spec, requester, kind, params, meta, channel,
-                      JobStatus(spec.job_id, JobState.RUNNING))
+                      JobStatus(spec.job_id, JobState.RUNNING), refusal)
         with self._lock:
-            if spec.job_id in self._jobs:  # a concurrent duplicate won the race
-                self.meter.close(meta, "cancelled", {}, released=True, reason="duplicate job id")
-                raise ProtocolError(f"job '{spec.job_id}' was already started on this node")
             self._jobs[spec.job_id] = run
             run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
             run.timer.daemon = True
@@ -182,12 +253,13 @@ class JobExecutor:
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
 
     def _admit(self, spec: JobSpec, who: str, kind: AnyKind, params: Any,
-               declared: DeclaredUse | None) -> JobMeta:
-        """Steps 2-4 of :meth:`start_job`; the job's ledger view once reserved."""
+               declared: DeclaredUse | None) -> tuple[JobMeta, Refusal | None]:
+        """Steps 2-4 of :meth:`start_job`; the job's ledger view once reserved, and the
+        verdict of its data checks (told when it is run)."""
         if declared is None:  # the node's own policy for jobs that use no data
             meta = JobMeta(spec.job_id, who, spec.kind)
             self.meter.admit(meta, traffic=kind.traffic(params, self.party_id))
-            return meta
+            return meta, None
         meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
             spec.job_id, who, spec.kind, declared.dataset, declared.columns, 0, None,
             declared.recipient, declared.requester_too))
@@ -200,8 +272,8 @@ class JobExecutor:
         assert meta.use is not None and measured is not None
         meta = replace(meta, use=replace(meta.use, rows=measured.rows,
                                          smallest_cell=measured.smallest_cell))
-        self.meter.admit(meta, problem=measured.problem)  # raises a recorded Refusal
-        return meta
+        self.meter.admit(meta)  # raises a recorded Refusal
+        return meta, self.meter.data_refusal(meta, measured.problem)
 
     def _expire(self, run: _JobRun) -> None:
         self._cancel_prepared(run, "the deadline to run it passed")
@@ -243,6 +315,8 @@ class JobExecutor:
         outcome: JobOutcome | None = None
         error, aborted_by = "", ""
         try:
+            if run.refusal is not None:  # its data checks refused it: charged, as if it ran
+                raise run.refusal
             outcome = run.kind.run(run.params, context)
         except InvisibleError as exc:
             error = str(exc)
@@ -291,6 +365,10 @@ class JobExecutor:
             return JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
                              output=outcome.output, arrays=outcome.arrays,
                              receipts=[entry.to_json()])
+        if run.refusal is not None and not run.cancelled_by:
+            entry = self.meter.refuse_run(run.meta, run.refusal, record.__dict__)
+            return JobStatus.failed(run.spec.job_id, error, record=record,
+                                    receipts=[entry.to_json()])
         event = "cancelled" if run.cancelled_by else "failed"
         if run.cancelled_by:
             error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"

@@ -83,6 +83,7 @@ class PartyNode:
             announce_head=self._announce_head, expect_heads=self.witness.expect,
             check_peers=self.witness.check_peers,
             output_retention_s=config.limits.output_retention_s,
+            refused_burst=config.limits.refused_burst, refused_per_s=config.limits.refused_per_s,
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:
