@@ -48,7 +48,7 @@ def sum_params(**changes):
     ({"max_rows": "10"}, "'max_rows' must be an integer; got a string '10'"),
     ({"fractional_bits": 41}, "'fractional_bits' must be an integer >= 0, <= 40"),
     ({"group_by": ""}, "'group_by' must be a non-empty string"),
-    ({"group_by": 3}, "'group_by' must be a non-empty string; got an integer 3"),
+    ({"group_by": 3}, "'group_by' must be a non-empty string of at most 128 characters; got an integer 3"),
     ({"colour": "red"}, "unknown parameter\\(s\\) 'colour'"),
     ({"x\nforged log line": 1}, "unknown parameter\\(s\\) 'x\\\\nforged log line'"),
     ({"bound": 10**400}, "'bound' must be a finite number"),

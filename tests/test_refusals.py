@@ -292,3 +292,17 @@ def test_the_refused_allowance_refills_over_time():
     assert allowance.allows("x")  # refilled to the burst, not beyond
     allowance.spend("x")
     assert not allowance.allows("x")
+
+
+def test_a_refusal_keeps_its_receipt_however_long_the_names_in_the_request(federation):
+    """On an earlier main, a 20,000-character column name made the refusal's receipt pass
+    gRPC's 16 KiB metadata limit: the requester got a transport error and no receipt."""
+    _, prober, _ = federation
+    long_name = "x" * 20_000
+    with pytest.raises(ConfigError, match="each name of at most 128 characters"):
+        prober.secure_sum({p: (SAMPLE_DATASET, long_name) for p in PARTIES}, 1000.0)
+    raw = {"inputs": {p: {"dataset": SAMPLE_DATASET, "column": long_name} for p in PARTIES},
+           "bound": 1000.0}
+    with pytest.raises(ConfigError, match="each name of at most 128 characters") as refused:
+        prober._run_checked("secure_sum", 1, raw, PARTIES, None, None)  # past the coordinator
+    assert refused.value.receipts and refused.value.receipts[0]["event"] == "refused"

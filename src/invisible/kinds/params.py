@@ -30,6 +30,11 @@ from invisible.errors import ConfigError
 R = TypeVar("R")
 
 
+#: The longest name (dataset, column, party) a parameter may hold: it is recorded in ledgers
+#: and receipts.
+MAX_NAME_CHARS = 128
+
+
 @dataclass(frozen=True)
 class InputRef:
     """What one party contributes: a column of one of its datasets."""
@@ -253,14 +258,14 @@ def _read(kind_name: str, spec: FieldSpec, value: Any) -> Any:
         _check_bounds(spec, number, fail, "an integer" if kind is int else "a number")
         return number
     if kind is str:
-        if not isinstance(value, str) or not value:
-            raise fail("a non-empty string")
+        if not isinstance(value, str) or not value or len(value) > MAX_NAME_CHARS:
+            raise fail(f"a non-empty string of at most {MAX_NAME_CHARS} characters")
         _check_bounds(spec, value, fail, "a string")
         return value
     if typing.get_origin(kind) is tuple:
         if not isinstance(value, list | tuple) or not value or not all(
-                isinstance(v, str) and v for v in value):
-            raise fail("a non-empty list of strings")
+                isinstance(v, str) and 0 < len(v) <= MAX_NAME_CHARS for v in value):
+            raise fail(f"a non-empty list of strings of at most {MAX_NAME_CHARS} characters")
         for element in value:
             _check_bounds(spec, element, fail, "a list of strings")
         if len(set(value)) != len(value):
@@ -290,9 +295,10 @@ def _read_inputs(kind_name: str, key: str, value: Any,
     inputs = {}
     for party, ref in value.items():
         if not (isinstance(ref, Mapping) and set(ref) == {"dataset", "column"}
-                and isinstance(ref["dataset"], str) and ref["dataset"]
-                and isinstance(ref["column"], str) and ref["column"]):
+                and all(isinstance(ref[k], str) and 0 < len(ref[k]) <= MAX_NAME_CHARS
+                        for k in ("dataset", "column"))):
             raise ConfigError(f"{kind_name}: '{key}' of party {_name(party)} must be "
-                              "{ dataset = \"...\", column = \"...\" }")
+                              "{ dataset = \"...\", column = \"...\" }, each name of at "
+                              f"most {MAX_NAME_CHARS} characters")
         inputs[str(party)] = InputRef(ref["dataset"], ref["column"])
     return inputs

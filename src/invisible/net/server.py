@@ -50,6 +50,8 @@ _MAX_STATUS_WAIT_S = 60.0
 WORKERS = 32
 DELIVERIES_IN_ALL, DELIVERIES_PER_PEER = 20, 8
 LONG_POLLS_IN_ALL, LONG_POLLS_PER_CALLER = 6, 2
+#: gRPC clients refuse trailing metadata over 16 KiB (and the whole reply with it).
+MAX_RECEIPTS_METADATA_BYTES = 12 << 10
 #: A notice (a chain head) is a few hundred bytes.
 MAX_NOTICE_BYTES = 64 << 10
 
@@ -123,9 +125,12 @@ def _domain_errors_to_status(method: F) -> F:
             return method(self, request, context)
         except InvisibleError as exc:
             log.info("%s refused: %s", method.__name__, exc)
-            if exc.receipts:  # the signed entry recording the refusal, for the requester
-                context.set_trailing_metadata(((RECEIPTS_METADATA, json.dumps(
-                    list(exc.receipts), sort_keys=True).encode()),))
+            receipts = json.dumps(list(exc.receipts), sort_keys=True).encode()
+            if len(receipts) > MAX_RECEIPTS_METADATA_BYTES:  # names in entries are capped
+                log.warning("%s: the refusal's receipt is too large to send back (%d bytes)",
+                            method.__name__, len(receipts))
+            elif exc.receipts:  # the signed entry recording the refusal, for the requester
+                context.set_trailing_metadata(((RECEIPTS_METADATA, receipts),))
             context.abort(status_code_for(exc), str(exc))
 
     return wrapper  # type: ignore[return-value]
