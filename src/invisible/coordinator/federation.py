@@ -41,6 +41,7 @@ from invisible.net.tls import TlsMaterial
 
 _POLL_S = 2.0
 R = TypeVar("R")
+T = TypeVar("T")
 Columns = Mapping[str, tuple[str, str] | InputRef]
 
 
@@ -134,8 +135,10 @@ class Federation:
         clients = {p: self._client(p) for p in chosen}
         spec = JobSpec(job_id or f"{kind}-{uuid.uuid4().hex[:12]}", kind, chosen, params, version)
         started = time.perf_counter()
-        self._on_every_party(clients, spec.job_id, lambda c: c.start_job(spec), "refused")
-        self._on_every_party(clients, spec.job_id, lambda c: c.run_job(spec.job_id), "failed")
+        check = any(self._on_every_party(clients, spec.job_id, lambda c: c.start_job(spec),
+                                         "refused").values())  # some policy refuses out of bound
+        self._on_every_party(clients, spec.job_id,
+                             lambda c: c.run_job(spec.job_id, check_bounds=check), "failed")
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
         waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline)
                  for p, c in clients.items()}
@@ -160,9 +163,14 @@ class Federation:
             party, error = _root_cause(failed)
             refused = party in statuses and any(
                 r.get("event") == "refused" for r in statuses[party].receipts)
+            where = f"party '{party}'"
+            alike = [p for p, (e, by) in failed.items() if not by and e == error]
+            if len(alike) > 1:  # reached alike by several (the bound check): none singled out
+                where = ("every party" if len(alike) == len(chosen) else
+                         "parties " + ", ".join(f"'{p}'" for p in alike) + " alike")
             raise (PolicyError if refused else ProtocolError)(
-                f"job '{spec.job_id}' {'was refused' if refused else 'failed'} on party "
-                f"'{party}': {error}; no result was released")
+                f"job '{spec.job_id}' {'was refused' if refused else 'failed'} on {where}: "
+                f"{error}; no result was released")
         result = JobResult(spec.job_id, kind, chosen, statuses, self.config.coordinator_id,
                            arrays, time.perf_counter() - started)
         self._keep_receipts(result)
@@ -184,13 +192,15 @@ class Federation:
         path.write_text(json.dumps(kept, indent=1, sort_keys=True))
 
     def _on_every_party(self, clients: Mapping[str, NodeClient], job_id: str,
-                        call: Callable[[NodeClient], None], what: str) -> None:
-        """Call every party at once; if any call fails, cancel the job at the others and raise."""
+                        call: Callable[[NodeClient], T], what: str) -> dict[str, T]:
+        """Call every party at once, giving each one's answer; if any call fails, cancel the
+        job at the others and raise."""
         futures = {p: self._pool.submit(call, c) for p, c in clients.items()}
         errors: dict[str, InvisibleError] = {}
+        answers: dict[str, T] = {}
         for party, future in futures.items():
             try:
-                future.result()
+                answers[party] = future.result()
             except InvisibleError as exc:
                 errors[party] = exc
         if errors:
@@ -199,6 +209,7 @@ class Federation:
             receipts.update({p: list(e.receipts) for p, e in errors.items()})
             self._write_receipts(job_id, receipts)
             raise next(iter(errors.values()))
+        return answers
 
     def _cancel(self, job_id: str, parties: Sequence[str], reason: str,
                 ) -> dict[str, list[dict[str, Any]]]:

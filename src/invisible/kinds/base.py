@@ -22,6 +22,7 @@ through the small :class:`Datasets` protocol, the channel through
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -31,6 +32,8 @@ import numpy as np
 from invisible.crypto.prg import Prg
 from invisible.jobspec import JobResult, JobSpec
 from invisible.kinds.params import Params
+from invisible.metering.policy import Refusal
+from invisible.protocols.bound_check import any_party_flagged
 from invisible.protocols.channel import Channel
 
 P = TypeVar("P", bound=Params[Any])
@@ -89,6 +92,29 @@ class JobContext:
     rng: Prg
     #: Where outputs addressed to this party itself are written (never released).
     results_dir: Path
+    #: Run the bound check (some party's policy refuses values beyond the bound)...
+    check_bounds: bool = False
+    #: ...and whether this party's own policy does.
+    refuses_out_of_bound: bool = False
+
+
+#: The rule of a job refused because a value lay beyond its bound where a policy refuses that.
+OUT_OF_BOUND_RULE = "out-of-bound"
+
+
+def check_bounds(context: JobContext, parties: Sequence[str], clipped: int) -> None:
+    """Refuse the job at every data holder alike if one whose policy refuses values beyond
+    the bound holds any (see :mod:`invisible.protocols.bound_check`): run before anything
+    that depends on the data leaves this party. Every data holder learns that one bit."""
+    if not context.check_bounds:
+        return
+    flagged = context.refuses_out_of_bound and clipped > 0
+    if any_party_flagged(context.channel, parties, flagged, context.rng):
+        refusal = Refusal(context.channel.party_id, OUT_OF_BOUND_RULE,
+                          "a value lies beyond the job's declared bound at one or more parties "
+                          "whose policy refuses such values rather than clipping them")
+        refusal.alike = tuple(parties)
+        raise refusal
 
 
 @dataclass
@@ -118,6 +144,8 @@ class JobKind(ABC, Generic[P, R]):
     params_type: type[P]
     #: One line: what the job computes and who learns what.
     summary: ClassVar[str]
+    #: Whether it bounds values (clipping them, or running :func:`check_bounds`).
+    bounds_values: ClassVar[bool] = False
 
     def parse(self, spec: JobSpec) -> P:
         return self.params_type.parse(spec.params, spec.parties)

@@ -23,7 +23,15 @@ from invisible.crypto.paillier.packing import fixed_point_bias
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import (
+    Datasets,
+    DataUse,
+    DeclaredUse,
+    JobContext,
+    JobKind,
+    JobOutcome,
+    check_bounds,
+)
 from invisible.kinds.params import param
 from invisible.kinds.secure_sum import (
     SecureSumResult,
@@ -77,6 +85,7 @@ class PaillierSumParams(SumParams[SecureSumResult]):
 
 class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
     name = "paillier_sum"
+    bounds_values = True
     params_type = PaillierSumParams
     summary = ("the sums of secure_sum by Paillier encryption: a key holder decrypts the "
                "total for the requester")
@@ -91,6 +100,7 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
 
     def run(self, params: PaillierSumParams, context: JobContext) -> JobOutcome:
         vector, rows, clipped = local_vector(params, context.channel.party_id, context.datasets)
+        check_bounds(context, context.spec.parties, clipped)
         result = paillier_sum(
             context.channel, vector.view("int64"), key_holder=params.key_holder,
             aggregator=params.aggregator_of(context.spec.parties), bias=params.bias, rng=context.rng,

@@ -43,6 +43,7 @@ from invisible.kinds.base import (
     JobContext,
     JobKind,
     JobOutcome,
+    check_bounds,
 )
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
@@ -246,6 +247,7 @@ class SecureSumResult(Result):
 
 class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):
     name = "secure_sum"
+    bounds_values = True
     params_type = SecureSumParams
     summary = ("adds a numeric column across parties (a total, per-category totals, or a "
                "vector); only the recipient learns the sum")
@@ -259,6 +261,7 @@ class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):
     def run(self, params: SecureSumParams, context: JobContext) -> JobOutcome:
         me = context.channel.party_id
         vector, rows, clipped = local_vector(params, me, context.datasets)
+        check_bounds(context, context.spec.parties, clipped)
         result = secure_sum(context.channel, vector, params.recipient)
         outcome = JobOutcome(rows_used=rows, values_opened=result.values_opened,
                              recipient=params.recipient, clipped=clipped)

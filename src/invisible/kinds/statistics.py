@@ -24,7 +24,15 @@ from invisible.crypto.fixedpoint import clip_to_bound, decode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
-from invisible.kinds.base import Datasets, DataUse, DeclaredUse, JobContext, JobKind, JobOutcome
+from invisible.kinds.base import (
+    Datasets,
+    DataUse,
+    DeclaredUse,
+    JobContext,
+    JobKind,
+    JobOutcome,
+    check_bounds,
+)
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
 from invisible.kinds.secure_sum import MAX_ROWS, numeric_column
@@ -130,6 +138,7 @@ class StatisticsResult(Result, Mapping[str, float]):
 
 class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
     name = "statistics"
+    bounds_values = True
     params_type = StatisticsParams
     summary = ("count, sum, mean, variance, std of a column split by rows, on secret shares "
                "with a dealer; only the declared outputs are opened")
@@ -163,6 +172,7 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         ref = params.inputs[channel.party_id]
         column, clipped = clip_to_bound(context.datasets.get(ref.dataset).column(ref.column),
                                         params.bound)
+        check_bounds(context, parties, clipped)
         local = (float(column.size), float(column.sum()), float(np.square(column).sum()))
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)

@@ -166,6 +166,11 @@ class Meter:
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
         return entries[-1]
 
+    def refuses_out_of_bound(self, job: JobMeta) -> bool:
+        """Whether the policy of the job's dataset refuses values beyond a declared bound."""
+        policy = self.policies.get(job.use.dataset) if job.use is not None else None
+        return policy is not None and policy.out_of_bound == "refuse"
+
     def data_refusal(self, job: JobMeta, problem: str | None = None) -> Refusal | None:
         """The data checks of an admitted job: the k threshold, and `problem` (a
         data-dependent reason the kind found). Records nothing: see :meth:`refuse_run`."""

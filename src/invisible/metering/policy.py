@@ -7,6 +7,7 @@ In a party's TOML, under each dataset::
     recipients = ["requester"]      # who may receive outputs: the requester, or named parties
     jobs_per_day = 500              # the dataset overall, whoever asks (UTC days)
     rows_per_day = 1000000
+    out_of_bound = "clip"           # or "refuse": see invisible.protocols.bound_check
 
     [[datasets.customers.policy.allow]]
     requesters = ["analyst"]        # certificate identities; "*" for any coordinator
@@ -34,6 +35,8 @@ from invisible.errors import ConfigError, PolicyError
 ANY = "*"
 REQUESTER = "requester"
 DEFAULT_MIN_ROWS = 10
+#: What a policy may do with values beyond a job's declared bound.
+OUT_OF_BOUND = ("clip", "refuse")
 
 
 class Refusal(PolicyError):
@@ -44,6 +47,8 @@ class Refusal(PolicyError):
         self.party = party
         self.rule = rule
         self.detail = detail
+        #: The parties that reach the same refusal by themselves (need not be told of it).
+        self.alike: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,9 @@ class DatasetPolicy:
     recipients: frozenset[str] = frozenset({REQUESTER})
     jobs_per_day: int | None = None
     rows_per_day: int | None = None
+    #: Values beyond a job's declared bound: "clip" them to it, or "refuse" the job (every
+    #: party alike, charged, naming neither party nor direction).
+    out_of_bound: str = "clip"
 
 
 @dataclass(frozen=True)
@@ -150,7 +158,7 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     """A policy from its TOML table; `where` names the file and table in errors."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day"}
+    known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -174,8 +182,12 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
         raise ConfigError(f"{where}.min_rows must be a positive integer")
     recipients = (_strings(table["recipients"], f"{where}.recipients")
                   if "recipients" in table else frozenset({REQUESTER}))
+    out_of_bound = table.get("out_of_bound", "clip")
+    if out_of_bound not in OUT_OF_BOUND:
+        raise ConfigError(f"{where}.out_of_bound must be one of {', '.join(OUT_OF_BOUND)}")
     return DatasetPolicy(tuple(rules), min_rows, recipients,
-                         _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where))
+                         _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where),
+                         out_of_bound)
 
 
 def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:

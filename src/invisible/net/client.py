@@ -158,20 +158,24 @@ class NodeClient:
             datasets=tuple(response.datasets),
         )
 
-    def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> None:
-        self._call(
+    def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> bool:
+        """Prepare the job there; whether that party's policy needs the bound check."""
+        response = self._call(
             f"start of job '{spec.job_id}'",
             lambda remaining: self._jobs.Start(
                 jobs_pb2.StartJobRequest(spec=spec_to_proto(spec)), timeout=remaining
             ),
             timeout_s,
         )
+        return bool(response.checks_bounds)
 
-    def run_job(self, job_id: str, timeout_s: float | None = None) -> None:
+    def run_job(self, job_id: str, timeout_s: float | None = None,
+                check_bounds: bool = False) -> None:
         self._call(
             f"run of job '{job_id}'",
-            lambda remaining: self._jobs.Run(jobs_pb2.RunJobRequest(job_id=job_id),
-                                             timeout=remaining),
+            lambda remaining: self._jobs.Run(
+                jobs_pb2.RunJobRequest(job_id=job_id, check_bounds=check_bounds),
+                timeout=remaining),
             timeout_s,
         )
 

@@ -9,7 +9,7 @@ certificate.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import Executor
 
 from invisible.errors import InvisibleError
@@ -57,8 +57,8 @@ class GrpcChannel(Channel):
     def close(self) -> None:
         self._mailbox.close_job(self.job_id)
 
-    def abort(self, spare: str = "") -> None:
-        peers = [p for p in self.peers if p != spare]
+    def abort(self, spare: Collection[str] = ()) -> None:
+        peers = [p for p in self.peers if p not in spare]
         if self._pool is None or len(peers) < 2:
             for peer in peers:
                 self._tell_aborted(peer)

@@ -9,7 +9,7 @@ gRPC channel, without sockets.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import numpy as np
 
@@ -63,9 +63,9 @@ class InProcessChannel(Channel):
     def close(self) -> None:
         self._hub.mailboxes[self.party_id].close_job(self.job_id)
 
-    def abort(self, spare: str = "") -> None:
+    def abort(self, spare: Collection[str] = ()) -> None:
         for peer in self.peers:
-            if peer != spare and self._hub.mailboxes[peer].may_abort(self.job_id, self.party_id):
+            if peer not in spare and self._hub.mailboxes[peer].may_abort(self.job_id, self.party_id):
                 self._hub.mailboxes[peer].abort_job(self.job_id, self.party_id)
 
     def interrupt(self, by: str) -> None:

@@ -264,14 +264,14 @@ class JobsServicer:
               context: grpc.ServicerContext) -> jobs_pb2.StartJobResponse:
         requester = require_role(context, Role.COORDINATOR)
         spec = spec_from_proto(request.spec)
-        self._jobs.start_job(spec, requester)
-        return jobs_pb2.StartJobResponse(job_id=spec.job_id)
+        checks_bounds = self._jobs.start_job(spec, requester)
+        return jobs_pb2.StartJobResponse(job_id=spec.job_id, checks_bounds=checks_bounds)
 
     @_domain_errors_to_status
     def Run(self, request: jobs_pb2.RunJobRequest,
             context: grpc.ServicerContext) -> jobs_pb2.RunJobResponse:
         requester = require_role(context, Role.COORDINATOR)
-        self._jobs.run_job(request.job_id, requester)
+        self._jobs.run_job(request.job_id, requester, request.check_bounds)
         return jobs_pb2.RunJobResponse()
 
     @_domain_errors_to_status

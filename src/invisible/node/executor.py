@@ -79,6 +79,8 @@ class _JobRun:
     status: JobStatus
     #: The data checks' verdict, decided at prepare and told only when the job is run.
     refusal: Refusal | None = None
+    #: This party's policy refuses values beyond the job's bound (the job needs the check).
+    refuses_out_of_bound: bool = False
     phase: _Phase = _Phase.PREPARED
     cancelled_by: str = ""
     timer: threading.Timer | None = None
@@ -163,8 +165,10 @@ class JobExecutor:
         params = kind.parse(spec)
         return kind, params, kind.declare(params, self.party_id)
 
-    def start_job(self, spec: JobSpec, requester: Identity) -> None:
-        """Prepare a job: policy first, then the data, then the reservation.
+    def start_job(self, spec: JobSpec, requester: Identity) -> bool:
+        """Prepare a job: policy first, then the data, then the reservation. Returns whether
+        this party's policy refuses values beyond the job's bound (it must then be run with
+        the bound check: a fact of the policy, not of the data).
 
         1. The request itself: job id (new on this node), kind and version,
            parameters, parties (an invalid request is refused and recorded;
@@ -188,13 +192,13 @@ class JobExecutor:
             raise NodeBusyError(f"requester '{who}' had {self._refused.burst} requests refused "
                                 "here lately; it may ask again in a few seconds")
         try:
-            self._start_job(spec, requester)
+            return self._start_job(spec, requester)
         except InvisibleError as exc:
             if exc.receipts:  # a refusal, recorded in the ledger
                 self._refused.spend(who)
             raise
 
-    def _start_job(self, spec: JobSpec, requester: Identity) -> None:
+    def _start_job(self, spec: JobSpec, requester: Identity) -> bool:
         who = requester.party_id
         if not _JOB_ID.match(spec.job_id):
             self._refuse_request(JobMeta("-", who, spec.kind), "bad job id",
@@ -209,7 +213,7 @@ class JobExecutor:
                                  "before", f"job id '{spec.job_id}' was used before on this "
                                  "node; a job id is used once for the life of a ledger")
         try:
-            self._prepare(spec, requester)
+            return self._prepare(spec, requester)
         finally:
             with self._lock:
                 self._starting.discard(spec.job_id)
@@ -222,7 +226,7 @@ class JobExecutor:
         error.receipts = (self.meter.refuse(meta, "invalid-request", detail).to_json(),)
         raise error
 
-    def _prepare(self, spec: JobSpec, requester: Identity) -> None:
+    def _prepare(self, spec: JobSpec, requester: Identity) -> bool:
         who = requester.party_id
         try:
             self._check_peers([p for p in spec.parties if p != self.party_id])
@@ -243,7 +247,8 @@ class JobExecutor:
             channel.close()
             raise
         run = _JobRun(spec, requester, kind, params, meta, channel,
-                      JobStatus(spec.job_id, JobState.RUNNING), refusal)
+                      JobStatus(spec.job_id, JobState.RUNNING), refusal,
+                      kind.bounds_values and self.meter.refuses_out_of_bound(meta))
         with self._lock:
             self._jobs[spec.job_id] = run
             run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
@@ -251,6 +256,7 @@ class JobExecutor:
             run.timer.start()
         self._expect_heads(channel.peers)
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
+        return run.refuses_out_of_bound
 
     def _admit(self, spec: JobSpec, who: str, kind: AnyKind, params: Any,
                declared: DeclaredUse | None) -> tuple[JobMeta, Refusal | None]:
@@ -297,8 +303,14 @@ class JobExecutor:
 
     # -- 2. run ---------------------------------------------------------------------------------
 
-    def run_job(self, job_id: str, requester: Identity) -> None:
+    def run_job(self, job_id: str, requester: Identity, check_bounds: bool = False) -> None:
+        """Run a prepared job; `check_bounds`: some party's policy asked for the bound check
+        (refused, before anything runs, if this party's did and the requester left it out)."""
         run = self._run_for(job_id, requester)
+        if run.refuses_out_of_bound and not check_bounds:
+            raise PolicyError(f"job '{job_id}': the policy of party '{self.party_id}' refuses "
+                              "values beyond the bound, and the job was not run with the "
+                              "bound check its Start asked for")
         with self._lock:
             if run.phase is not _Phase.PREPARED:
                 raise ProtocolError(f"job '{job_id}' is not waiting to run")
@@ -306,7 +318,8 @@ class JobExecutor:
         if run.timer is not None:
             run.timer.cancel()
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
-                             Prg.from_os(), self.results_dir)
+                             Prg.from_os(), self.results_dir, check_bounds,
+                             run.refuses_out_of_bound)
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()
 
@@ -320,13 +333,15 @@ class JobExecutor:
             outcome = run.kind.run(run.params, context)
         except InvisibleError as exc:
             error = str(exc)
+            if isinstance(exc, Refusal):  # its data refused it here: charged, as if it ran
+                run.refusal = exc
             if isinstance(exc, JobAbortedError) and exc.by != self.party_id:
                 aborted_by = exc.by  # this node stopping is a failure of its own
         except Exception as exc:  # a bug: report its type, never its values
             log.exception("job %s failed unexpectedly", run.spec.job_id)
             error = f"internal error on party '{self.party_id}' ({type(exc).__name__})"
-        if outcome is None and not run.cancelled_by:
-            run.channel.abort(spare=aborted_by)
+        if outcome is None and not run.cancelled_by:  # tell the peers that do not know
+            run.channel.abort(spare=run.refusal.alike if run.refusal else (aborted_by,))
         stats = run.channel.stats
         record = JobRecord(
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -178,9 +178,9 @@ class Channel(ABC):
         """Release what the channel holds for this job (undelivered messages)."""
 
     @abstractmethod
-    def abort(self, spare: str = "") -> None:
-        """Tell every peer but `spare` (the party whose abort we follow, which knows)
-        that this party gave up on the job (best effort, bounded in time)."""
+    def abort(self, spare: Collection[str] = ()) -> None:
+        """Tell every peer but those in `spare` (e.g. the party whose abort we follow,
+        which knows) that this party gave up on the job (best effort, bounded in time)."""
 
     @abstractmethod
     def interrupt(self, by: str) -> None:

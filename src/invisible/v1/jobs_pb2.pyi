@@ -40,16 +40,20 @@ class StartJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "checks_bounds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    checks_bounds: bool
+    def __init__(self, job_id: _Optional[str] = ..., checks_bounds: _Optional[bool] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
-    __slots__ = ("job_id",)
+    __slots__ = ("job_id", "check_bounds")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    CHECK_BOUNDS_FIELD_NUMBER: _ClassVar[int]
     job_id: str
-    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+    check_bounds: bool
+    def __init__(self, job_id: _Optional[str] = ..., check_bounds: _Optional[bool] = ...) -> None: ...
 
 class RunJobResponse(_message.Message):
     __slots__ = ()
