@@ -8,13 +8,20 @@ accepted.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, write_local_federation
-from invisible.errors import ProtocolError
-from invisible.node.witness import MAX_SAVED_ANNOUNCEMENTS, HeadWitness, encode_head
+from invisible.errors import PolicyError, ProtocolError
+from invisible.metering.entries import GENESIS_HASH, LedgerEntry
+from invisible.node.witness import (
+    MAX_SAVED_ANNOUNCEMENTS,
+    HeadWitness,
+    encode_head,
+    encode_prove,
+)
 
 
 class Recorder:
@@ -35,18 +42,20 @@ def test_a_head_needs_a_shared_job_and_never_goes_back():
     witness.record("bank", encode_head(1_000_000_299, "a" * 64))  # compared, not written
     assert meter.heads == []
     witness = HeadWitness(meter)  # type: ignore[arg-type]
+    honest = chain("bank", 12)
     witness.expect(["bank", "telco"])
     witness.expect(["bank"])
-    witness.record("bank", encode_head(10, "a" * 64))
+    witness.record("bank", encode_head(10, honest[9].hash))
     with pytest.raises(ProtocolError, match="goes back on one it announced before"):
         witness.record("bank", encode_head(9, "b" * 64))  # spent the second allowance
     witness.expect(["bank"])
     with pytest.raises(ProtocolError, match="goes back"):
         witness.record("bank", encode_head(10, "c" * 64))  # same number, another hash
     witness.expect(["bank", "bank"])
-    witness.record("bank", encode_head(10, "a" * 64))  # the same head: not written again
-    witness.record("bank", encode_head(12, "d" * 64))
-    assert meter.heads == [{"bank": (10, "a" * 64)}, {"bank": (12, "d" * 64)}]
+    # the same head again, with the witnessed entry as proof: trusted, not written again
+    witness.record("bank", encode_head(10, honest[9].hash, honest[9:10]))
+    witness.record("bank", encode_head(12, honest[11].hash))
+    assert meter.heads == [{"bank": (10, honest[9].hash)}, {"bank": (12, honest[11].hash)}]
 
 
 def test_allowances_do_not_pile_up():
@@ -121,3 +130,79 @@ def test_a_node_restarted_on_a_cut_chain_is_refused_by_its_peers(tmp_path):
         with pytest.raises(PolicyError, match="party 'b' refused .*party 'a' announced a chain "
                                               "head that goes back on head"):
             fed.connectivity()
+
+
+def chain(node: str, length: int, salt: str = "") -> list[LedgerEntry]:
+    """A hash chain of `length` entries of `node` (unsigned: the witness checks links)."""
+    entries, prev = [], GENESIS_HASH
+    for seq in range(1, length + 1):
+        entry = LedgerEntry(node, seq, "2026-11-30T00:00:00Z", f"j{seq}{salt}", "finished", "",
+                            "", "", 0, {}, prev)
+        entry = replace(entry, hash=entry.compute_hash())
+        entries.append(entry)
+        prev = entry.hash
+    return entries
+
+
+def test_a_contradicted_peer_is_trusted_again_only_with_a_proof_that_its_chain_extends():
+    """On an earlier main, any later head cleared the refusal: a chain cut and grown again
+    past the witnessed number was trusted at once."""
+    asked: list[tuple[str, int]] = []
+    witness = HeadWitness(Recorder(), lambda peer, seq: asked.append((peer, seq)))  # type: ignore[arg-type]
+    honest, regrown = chain("bank", 9), chain("bank", 9, salt="-again")
+    witness.expect(["bank"] * 8)
+    witness.record("bank", encode_head(5, honest[4].hash))
+    with pytest.raises(ProtocolError, match="goes back"):
+        witness.record("bank", encode_head(3, regrown[2].hash))  # cut back to 3
+    with pytest.raises(ProtocolError, match="must prove that its chain extends head 5"):
+        witness.record("bank", encode_head(9, regrown[8].hash))  # grown again past 5
+    assert asked == [("bank", 5)]
+    with pytest.raises(ProtocolError, match="the proof it sent does not"):
+        witness.record("bank", encode_head(9, regrown[8].hash, regrown[4:]))
+    tampered = [*honest[4:6], replace(honest[6], body={"rows": 1}), *honest[7:]]
+    with pytest.raises(ProtocolError, match="the proof it sent does not"):
+        witness.record("bank", encode_head(9, honest[8].hash, tampered))
+    skipping = [*honest[4:6], *honest[7:]]
+    with pytest.raises(ProtocolError, match="the proof it sent does not"):
+        witness.record("bank", encode_head(9, honest[8].hash, skipping))
+    assert asked == [("bank", 5)]  # a bad proof is not asked for again
+    with pytest.raises(PolicyError, match="party 'bank' announced a chain head that goes back"):
+        witness.check_peers(["bank"])
+    witness.record("bank", encode_head(9, honest[8].hash, honest[4:]))  # the chain from 5 to 9
+    witness.check_peers(["bank"])  # trusted again
+
+
+def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witnessed_head(
+        tmp_path):
+    layout = write_local_federation(tmp_path, ["a", "b"])
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        fed.connectivity()
+        deadline = time.monotonic() + 5
+        while "a" not in nodes.nodes["b"].ledger.witnessed_heads() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        witnessed, _ = nodes.nodes["b"].ledger.witnessed_heads()["a"]
+    ledger = nodes.nodes["a"].config.ledger.path
+    for leftover in ledger.parent.glob(ledger.name + "*"):
+        leftover.unlink()
+    from invisible.node.config import load_party_config
+    from invisible.node.node import PartyNode
+
+    nodes = InProcessNodes.__new__(InProcessNodes)
+    nodes.nodes = {"a": PartyNode(load_party_config(layout.party_configs["a"]),
+                                  accept_broken_ledger=True),
+                   "b": PartyNode(load_party_config(layout.party_configs["b"]))}
+    with nodes, Federation.from_config(layout.coordinator_config) as fed:
+        a, b = nodes.nodes["a"], nodes.nodes["b"]
+        deadline = time.monotonic() + 10  # a announces its new, shorter head when it starts
+        while "a" not in b.witness._contradicted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while a.ledger.head()[0] <= witnessed + 2:  # refused jobs still grow a's chain
+            with pytest.raises(PolicyError):
+                fed.connectivity()
+        a._announce_head(["b"])  # a head past the witnessed one, but not extending it
+        time.sleep(1.0)
+        assert "a" in b.witness._contradicted
+        with pytest.raises(PolicyError, match="party 'a' announced a chain head that goes back"):
+            fed.connectivity()
+        with pytest.raises(ProtocolError, match="no proof from head 1000000 can be given"):
+            a._prove("b", encode_prove(10**6))  # beyond its head: nothing is sent

@@ -52,8 +52,8 @@ DELIVERIES_IN_ALL, DELIVERIES_PER_PEER = 20, 8
 LONG_POLLS_IN_ALL, LONG_POLLS_PER_CALLER = 6, 2
 #: gRPC clients refuse trailing metadata over 16 KiB (and the whole reply with it).
 MAX_RECEIPTS_METADATA_BYTES = 12 << 10
-#: A notice (a chain head) is a few hundred bytes.
-MAX_NOTICE_BYTES = 64 << 10
+#: A notice: a chain head (a few hundred bytes), or one with its proof (up to 1,000 entries).
+MAX_NOTICE_BYTES = 2 << 20
 
 
 class Watchdog:

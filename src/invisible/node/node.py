@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
-from invisible.errors import ConfigError
+from invisible.errors import ConfigError, InvisibleError, ProtocolError
 from invisible.jobspec import JobSpec, spec_digest
 from invisible.kinds.registry import AnyKind, kinds_by_name
 from invisible.metering.ledger import Ledger
@@ -27,7 +27,16 @@ from invisible.net.tls import TlsMaterial
 from invisible.node.config import PartyConfig
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
-from invisible.node.witness import HEAD_STEP, HeadAnnouncer, HeadWitness
+from invisible.node.witness import (
+    HEAD_JOB,
+    HEAD_STEP,
+    MAX_PROOF_ENTRIES,
+    PROVE_STEP,
+    HeadAnnouncer,
+    HeadWitness,
+    decode_prove,
+    encode_prove,
+)
 from invisible.protocols.channel import Channel
 
 log = logging.getLogger(__name__)
@@ -76,7 +85,7 @@ class PartyNode:
         }
         policies = {d: c.policy for d, c in config.datasets.items()}
         self.meter = Meter(config.party_id, store, policies, self.metrics, config.node_policy)
-        self.witness = HeadWitness(self.meter)
+        self.witness = HeadWitness(self.meter, self._ask_proof)
         self.executor = JobExecutor(
             config.party_id, kinds or kinds_by_name(), self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
@@ -87,14 +96,17 @@ class PartyNode:
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:
-            self.announcer = HeadAnnouncer(self.ledger.head, self.clients,
-                                           min(5.0, config.limits.rpc_timeout_s))
+            ledger = self.ledger
+            self.announcer = HeadAnnouncer(
+                ledger.head, self.clients, min(5.0, config.limits.rpc_timeout_s),
+                lambda seq: list(ledger.entries(after_seq=seq - 1)))
         self._health = HealthServicer(self.tls.identity, self.datasets.ids)
         self._server, self.port = build_server(
             self.tls, config.listen, health=self._health,
             exchange=ExchangeServicer(
                 self.mailbox, lambda: set(self.clients),
-                {HEAD_STEP: self.witness.record}, stream_timeout_s=config.limits.rpc_timeout_s,
+                {HEAD_STEP: self.witness.record, PROVE_STEP: self._prove},
+                stream_timeout_s=config.limits.rpc_timeout_s,
             ),
             jobs=JobsServicer(self.executor),
         )
@@ -114,6 +126,32 @@ class PartyNode:
     def _announce_head(self, peers: Sequence[str]) -> None:
         if self.announcer is not None:
             self.announcer.announce(peers)
+
+    def _ask_proof(self, peer: str, seq: int) -> None:
+        """Ask `peer` to prove that its chain extends its head `seq` witnessed here."""
+        def ask() -> None:
+            try:
+                self.clients[peer].deliver(HEAD_JOB, PROVE_STEP, encode_prove(seq),
+                                           timeout_s=min(5.0, self.config.limits.rpc_timeout_s))
+            except InvisibleError as exc:
+                log.warning("could not ask party '%s' for a chain proof: %s", peer, exc)
+
+        try:
+            self._send_pool.submit(ask)
+        except RuntimeError:  # the node is stopping
+            pass
+
+    def _prove(self, sender: str, payload: bytes) -> None:
+        """A peer asks for the proof that this chain extends a head it witnessed."""
+        seq = decode_prove(sender, payload)
+        head, _ = self.ledger.head() if self.ledger is not None else (0, "")
+        if not 0 < seq <= head or head - seq >= MAX_PROOF_ENTRIES:
+            log.warning("party '%s' asked for a proof from head %d; this chain's head is %d, "
+                        "so it cannot be given", sender, seq, head)
+            raise ProtocolError(f"no proof from head {seq} can be given (this chain's head "
+                                f"is {head}; at most {MAX_PROOF_ENTRIES} entries are sent)")
+        if self.announcer is not None:
+            self.announcer.prove(sender, seq)
 
     def _open_channel(self, spec: JobSpec) -> Channel:
         unknown = [p for p in spec.parties if p != self.party_id and p not in self.clients]
