@@ -24,6 +24,13 @@ from invisible.node.witness import (
 )
 
 
+def wait_for(condition, seconds: float = 5.0) -> None:
+    """Wait until `condition()` holds (announcements travel in the background), or time out."""
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 class Recorder:
     def __init__(self) -> None:
         self.heads: list[dict] = []
@@ -90,9 +97,7 @@ def test_what_a_node_witnessed_holds_across_its_restart(tmp_path):
     layout = write_local_federation(tmp_path, ["a", "b"])
     with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         fed.connectivity()
-        deadline = time.monotonic() + 5
-        while "b" not in nodes.nodes["a"].ledger.witnessed_heads() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "b" in nodes.nodes["a"].ledger.witnessed_heads())
         seq, _ = nodes.nodes["a"].ledger.witnessed_heads()["b"]
     with InProcessNodes(layout) as nodes:
         witness = nodes.nodes["a"].witness
@@ -108,10 +113,7 @@ def test_a_node_restarted_on_a_cut_chain_is_refused_by_its_peers(tmp_path):
     with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         for _ in range(3):
             fed.connectivity()
-        deadline = time.monotonic() + 5
-        while nodes.nodes["b"].ledger.witnessed_heads().get("a", (0, ""))[0] < 3 \
-                and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: nodes.nodes["b"].ledger.witnessed_heads().get("a", (0, ""))[0] >= 3)
     # a's operator loses the ledger and starts anew (the node would refuse without the flag)
     ledger = nodes.nodes["a"].config.ledger.path
     for leftover in ledger.parent.glob(ledger.name + "*"):
@@ -124,9 +126,8 @@ def test_a_node_restarted_on_a_cut_chain_is_refused_by_its_peers(tmp_path):
                                   accept_broken_ledger=True),
                    "b": PartyNode(load_party_config(layout.party_configs["b"]))}
     with nodes, Federation.from_config(layout.coordinator_config) as fed:
-        deadline = time.monotonic() + 10  # a announces its new, shorter head when it starts
-        while "a" not in nodes.nodes["b"].witness._contradicted and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # a announces its new, shorter head when it starts
+        wait_for(lambda: "a" in nodes.nodes["b"].witness._contradicted, 10)
         with pytest.raises(PolicyError, match="party 'b' refused .*party 'a' announced a chain "
                                               "head that goes back on head"):
             fed.connectivity()
@@ -177,9 +178,7 @@ def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witn
     layout = write_local_federation(tmp_path, ["a", "b"])
     with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         fed.connectivity()
-        deadline = time.monotonic() + 5
-        while "a" not in nodes.nodes["b"].ledger.witnessed_heads() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "a" in nodes.nodes["b"].ledger.witnessed_heads())
         witnessed, _ = nodes.nodes["b"].ledger.witnessed_heads()["a"]
     ledger = nodes.nodes["a"].config.ledger.path
     for leftover in ledger.parent.glob(ledger.name + "*"):
@@ -193,9 +192,7 @@ def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witn
                    "b": PartyNode(load_party_config(layout.party_configs["b"]))}
     with nodes, Federation.from_config(layout.coordinator_config) as fed:
         a, b = nodes.nodes["a"], nodes.nodes["b"]
-        deadline = time.monotonic() + 10  # a announces its new, shorter head when it starts
-        while "a" not in b.witness._contradicted and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: "a" in b.witness._contradicted, 10)  # a's head announced at start
         while a.ledger.head()[0] <= witnessed + 2:  # refused jobs still grow a's chain
             with pytest.raises(PolicyError):
                 fed.connectivity()
