@@ -233,14 +233,14 @@ def test_a_duplicate_start_while_the_first_is_being_prepared_leaves_the_first_al
     _, _, nodes = federation
     bank = nodes.nodes["bank"]
     opening, release = threading.Event(), threading.Event()
-    real_open = bank.executor._open_channel
+    real_open = bank.executor._admission._open_channel
 
     def slow_open(spec):
         opening.set()
         release.wait(10)
         return real_open(spec)
 
-    monkeypatch.setattr(bank.executor, "_open_channel", slow_open)
+    monkeypatch.setattr(bank.executor._admission, "_open_channel", slow_open)
     requester = Identity("analyst", Role.COORDINATOR)
     first = threading.Thread(target=bank.executor.start_job, args=(sum_spec("twice"), requester))
     first.start()

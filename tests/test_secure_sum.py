@@ -214,8 +214,8 @@ def test_a_party_that_fails_while_running_fails_the_job_and_nothing_is_released(
             raise PolicyError("secure_sum: this party gave up")
 
     executor = nodes.nodes[breaker].executor
-    honest = executor._kinds
-    executor._kinds = {**honest, "secure_sum": FailsWhileRunning()}
+    honest = executor._admission._kinds
+    executor._admission._kinds = {**honest, "secure_sum": FailsWhileRunning()}
     inputs = {p: ("credit", "y") for p in CREDIT_PARTIES}
     started = time.monotonic()
     try:
@@ -223,7 +223,7 @@ def test_a_party_that_fails_while_running_fails_the_job_and_nothing_is_released(
                            "up.*no result was released") as raised:
             fed.secure_sum(inputs, bound=1.0)
     finally:
-        executor._kinds = honest
+        executor._admission._kinds = honest
     assert time.monotonic() - started < 5  # peers were told at once, not at their deadline
     # Each node's status says why it failed: the breaker on its own account, the others
     # because the breaker aborted the job (what the coordinator reads, never error texts).

@@ -45,11 +45,12 @@ from invisible.errors import (
     ProtocolError,
 )
 from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
-from invisible.kinds.base import DeclaredUse, JobContext, JobOutcome
-from invisible.kinds.registry import AnyKind, find_kind
+from invisible.kinds.base import JobContext, JobOutcome
+from invisible.kinds.registry import AnyKind
 from invisible.metering.meter import JobMeta, Meter
-from invisible.metering.policy import Refusal, UseRequest
+from invisible.metering.policy import Refusal
 from invisible.net.pki import Identity
+from invisible.node.admission import Admission, Admitted, Allowance
 from invisible.node.datasets import DatasetRegistry
 from invisible.protocols.channel import Channel
 from invisible.text import printable
@@ -71,16 +72,11 @@ class _Phase(Enum):
 class _JobRun:
     spec: JobSpec
     requester: Identity
-    kind: AnyKind
-    #: The job's parameters, parsed and checked by its kind when it was prepared.
-    params: Any
-    meta: JobMeta
-    channel: Channel
+    admitted: Admitted
     status: JobStatus
-    #: The data checks' verdict, decided at prepare and told only when the job is run.
+    #: Why the job was refused: its data checks (decided at prepare, told when it runs) or
+    #: the bound check.
     refusal: Refusal | None = None
-    #: This party's policy refuses values beyond the job's bound (the job needs the check).
-    refuses_out_of_bound: bool = False
     phase: _Phase = _Phase.PREPARED
     cancelled_by: str = ""
     timer: threading.Timer | None = None
@@ -88,31 +84,25 @@ class _JobRun:
     finished_at: float = 0.0  # time.monotonic() when the job ended
     outputs_dropped: bool = False
 
+    def __post_init__(self) -> None:
+        self.refusal = self.refusal or self.admitted.refusal
 
+    @property
+    def kind(self) -> AnyKind:
+        return self.admitted.kind
 
-class Allowance:
-    """A token bucket per caller: `burst` at most, refilled at `per_s` a second."""
+    @property
+    def params(self) -> Any:
+        return self.admitted.params
 
-    def __init__(self, burst: int, per_s: float, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
-        self.burst, self.per_s, self._clock = burst, per_s, clock
-        self._left: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when)
-        self._lock = threading.Lock()
+    @property
+    def meta(self) -> JobMeta:
+        return self.admitted.meta
 
-    def _tokens(self, who: str) -> float:
-        tokens, when = self._left.get(who, (float(self.burst), self._clock()))
-        return min(float(self.burst), tokens + (self._clock() - when) * self.per_s)
+    @property
+    def channel(self) -> Channel:
+        return self.admitted.channel
 
-    def allows(self, who: str) -> bool:
-        with self._lock:
-            return self._tokens(who) >= 1.0
-
-    def spend(self, who: str) -> None:
-        with self._lock:
-            self._left[who] = (self._tokens(who) - 1.0, self._clock())
-            if len(self._left) > 10_000:  # callers full again are forgotten
-                self._left = {w: v for w, v in self._left.items()
-                              if self._tokens(w) < self.burst}
 
 
 class JobExecutor:
@@ -137,17 +127,14 @@ class JobExecutor:
         self._announce_head = announce_head
         #: Told the peers of every prepared job: each may announce its chain head once.
         self._expect_heads = expect_heads
-        #: Raises for a job with a peer this node must not run jobs with.
-        self._check_peers = check_peers
         #: Released arrays are dropped this long after their job ends, fetched or not.
         self._output_retention_s = output_retention_s
         self.party_id = party_id
         self.results_dir = results_dir
         self.meter = meter
-        self._kinds = kinds
         self._datasets = datasets
-        self._open_channel = open_channel
         self._run_deadline_s = run_deadline_s
+        self._admission = Admission(party_id, kinds, datasets, meter, open_channel, check_peers)
         self._jobs: dict[str, _JobRun] = {}
         #: Job ids being prepared: taken before anything else happens for them.
         self._starting: set[str] = set()
@@ -157,32 +144,12 @@ class JobExecutor:
 
     # -- 1. prepare ---------------------------------------------------------------------------
 
-    def _declare(self, spec: JobSpec) -> tuple[AnyKind, Any, DeclaredUse | None]:
-        """The kind, the checked parameters and the declared use: nothing reads data."""
-        kind = find_kind(spec.kind, spec.version, self._kinds)
-        if self.party_id not in spec.parties:
-            raise ConfigError(f"job '{spec.job_id}' does not list this party ('{self.party_id}')")
-        params = kind.parse(spec)
-        return kind, params, kind.declare(params, self.party_id)
-
     def start_job(self, spec: JobSpec, requester: Identity) -> bool:
-        """Prepare a job: policy first, then the data, then the reservation. Returns whether
-        this party's policy refuses values beyond the job's bound (it must then be run with
-        the bound check: a fact of the policy, not of the data).
-
-        1. The request itself: job id (new on this node), kind and version,
-           parameters, parties (an invalid request is refused and recorded;
-           nothing is read).
-        2. The policy against the declared use (requester, kind, columns,
-           recipient): a refusal here depends on the request and the policy only.
-        3. Only for an allowed job, the data: rows, the smallest released cell,
-           data-dependent problems.
-        4. In one ledger transaction, the quota. The data checks (the k
-           threshold, the kind's problems) are decided now but told only
-           when the job is run, where they refuse it charged like a job,
-           saying nothing about values or counts: the answer to Start never
-           depends on the data, so a job accepted and then cancelled before
-           it runs gives its reservation back and has revealed nothing.
+        """Prepare a job: its id is taken, then :class:`~invisible.node.admission.Admission`
+        decides it (policy first, then the data, then the reservation; the answer never
+        depends on the data). Returns whether this party's policy refuses values beyond
+        the job's bound (it must then be run with the bound check: a fact of the policy,
+        not of the data).
 
         A requester whose requests were refused too often lately is told the
         node is busy, without a ledger entry, until its allowance refills.
@@ -201,7 +168,7 @@ class JobExecutor:
     def _start_job(self, spec: JobSpec, requester: Identity) -> bool:
         who = requester.party_id
         if not _JOB_ID.match(spec.job_id):
-            self._refuse_request(JobMeta("-", who, spec.kind), "bad job id",
+            self._admission.refuse_request(JobMeta("-", who, spec.kind), "bad job id",
                                  "job id must be 1-128 letters, digits, '.', '_' or '-'")
         self.drop_expired_outputs()
         with self._lock:  # the id is taken before anything else happens for this job
@@ -209,77 +176,23 @@ class JobExecutor:
             if not taken:
                 self._starting.add(spec.job_id)
         if taken or self.meter.store.knows_job(spec.job_id):  # ids are never reused
-            self._refuse_request(JobMeta("-", who, spec.kind), f"job id '{spec.job_id}' used "
+            self._admission.refuse_request(JobMeta("-", who, spec.kind), f"job id '{spec.job_id}' used "
                                  "before", f"job id '{spec.job_id}' was used before on this "
                                  "node; a job id is used once for the life of a ledger")
         try:
-            return self._prepare(spec, requester)
+            admitted = self._admission.admit(spec, who)
+            run = _JobRun(spec, requester, admitted, JobStatus(spec.job_id, JobState.RUNNING))
+            with self._lock:
+                self._jobs[spec.job_id] = run
+                run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
+                run.timer.daemon = True
+                run.timer.start()
         finally:
             with self._lock:
                 self._starting.discard(spec.job_id)
-
-    def _refuse_request(self, meta: JobMeta, detail: str, message: str) -> None:
-        """Refuse an invalid request, recorded (under job id '-' when the id itself is
-        the problem: a refusal must not look like an end of the job that owns the id)."""
-        meta = replace(meta, kind=printable(meta.kind, 64))
-        error = ProtocolError(message)
-        error.receipts = (self.meter.refuse(meta, "invalid-request", detail).to_json(),)
-        raise error
-
-    def _prepare(self, spec: JobSpec, requester: Identity) -> bool:
-        who = requester.party_id
-        try:
-            self._check_peers([p for p in spec.parties if p != self.party_id])
-        except PolicyError as exc:
-            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, printable(spec.kind, 64)),
-                                              "peer-chain", str(exc)).to_json(),)
-            raise
-        try:
-            kind, params, declared = self._declare(spec)
-            channel = self._open_channel(spec)  # refuses a party that is not a configured peer
-        except (ConfigError, ProtocolError) as exc:
-            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, printable(spec.kind, 64)),
-                                              "invalid-request", printable(str(exc), 500)).to_json(),)
-            raise
-        try:
-            meta, refusal = self._admit(spec, who, kind, params, declared)
-        except InvisibleError:
-            channel.close()
-            raise
-        run = _JobRun(spec, requester, kind, params, meta, channel,
-                      JobStatus(spec.job_id, JobState.RUNNING), refusal,
-                      kind.bounds_values and self.meter.refuses_out_of_bound(meta))
-        with self._lock:
-            self._jobs[spec.job_id] = run
-            run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
-            run.timer.daemon = True
-            run.timer.start()
-        self._expect_heads(channel.peers)
+        self._expect_heads(admitted.channel.peers)
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
-        return run.refuses_out_of_bound
-
-    def _admit(self, spec: JobSpec, who: str, kind: AnyKind, params: Any,
-               declared: DeclaredUse | None) -> tuple[JobMeta, Refusal | None]:
-        """Steps 2-4 of :meth:`start_job`; the job's ledger view once reserved, and the
-        verdict of its data checks (told when it is run)."""
-        if declared is None:  # the node's own policy for jobs that use no data
-            meta = JobMeta(spec.job_id, who, spec.kind)
-            self.meter.admit(meta, traffic=kind.traffic(params, self.party_id))
-            return meta, None
-        meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
-            spec.job_id, who, spec.kind, declared.dataset, declared.columns, 0, None,
-            declared.recipient, declared.requester_too))
-        self.meter.authorise(meta)  # raises a recorded Refusal
-        try:
-            measured = kind.plan(params, self.party_id, self._datasets)
-        except ConfigError as exc:  # the dataset's declaration, never its values
-            exc.receipts = (self.meter.refuse(meta, "invalid-request", str(exc)).to_json(),)
-            raise
-        assert meta.use is not None and measured is not None
-        meta = replace(meta, use=replace(meta.use, rows=measured.rows,
-                                         smallest_cell=measured.smallest_cell))
-        self.meter.admit(meta)  # raises a recorded Refusal
-        return meta, self.meter.data_refusal(meta, measured.problem)
+        return admitted.refuses_out_of_bound
 
     def _expire(self, run: _JobRun) -> None:
         self._cancel_prepared(run, "the deadline to run it passed")
@@ -307,7 +220,7 @@ class JobExecutor:
         """Run a prepared job; `check_bounds`: some party's policy asked for the bound check
         (refused, before anything runs, if this party's did and the requester left it out)."""
         run = self._run_for(job_id, requester)
-        if run.refuses_out_of_bound and not check_bounds:
+        if run.admitted.refuses_out_of_bound and not check_bounds:
             raise PolicyError(f"job '{job_id}': the policy of party '{self.party_id}' refuses "
                               "values beyond the bound, and the job was not run with the "
                               "bound check its Start asked for")
@@ -319,7 +232,7 @@ class JobExecutor:
             run.timer.cancel()
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
                              Prg.from_os(), self.results_dir, check_bounds,
-                             run.refuses_out_of_bound)
+                             run.admitted.refuses_out_of_bound)
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()
 
