@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from invisible.cli import main
+from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import LocalLayout, write_local_federation
 from invisible.errors import ConfigError
 from invisible.metering.audit import verify_ledger
@@ -364,3 +365,70 @@ def test_a_valid_since_is_accepted(layout, capsys, since):
     run_node(layout, entries=1)
     assert main(["meter", "report", "--config", str(layout.party_configs["bank"]),
                  "--since", since]) == 0
+
+
+# --- D. the coordinator's receipts folder ---------------------------------------------------------
+
+def signed_entries(config: PartyConfig, count: int) -> list[LedgerEntry]:
+    """`count` entries signed into a node's ledger with its own key from the PKI folder."""
+    ledger = Ledger(config.ledger.path, config.party_id, load_signing_key(config.ledger.signing_key))
+    try:
+        return ledger.append(*[PendingEntry(f"job-{i}", "finished", "analyst", rows=10)
+                               for i in range(count)])
+    finally:
+        ledger.close()
+
+
+def test_the_coordinator_keeps_only_receipts_that_parse_and_verify(layout, caplog):
+    telco = load_party_config(layout.party_configs["telco"])
+    ours, theirs = signed_entries(bank(layout), 2), signed_entries(telco, 1)
+    forged = {**ours[1].to_json(), "signature": theirs[0].signature}  # telco's signature
+    sent = {"bank": [ours[0].to_json(), forged, theirs[0].to_json(), "junk", {"seq": 1},
+                     {**ours[1].to_json(), "body": ["not", "a", "body"]}],
+            "telco": [theirs[0].to_json()]}
+    with Federation.from_config(layout.coordinator_config) as federation:
+        federation._write_receipts("job-1", sent)
+        kept = json.loads((federation.config.receipts_dir / "job-1.json").read_text())
+    assert kept == {"bank": [ours[0].to_json()], "telco": [theirs[0].to_json()]}
+    dropped = [r.getMessage() for r in caplog.records if "is not kept" in r.getMessage()]
+    assert len(dropped) == 5 and all("'bank'" in line and "'job-1'" in line for line in dropped)
+    assert any("signature does not verify" in line for line in dropped)
+    assert any("an entry of 'telco', not of 'bank'" in line for line in dropped)
+    assert not any(theirs[0].signature in line for line in dropped)
+
+
+def test_without_a_nodes_key_the_coordinator_still_keeps_malformed_receipts_out(layout):
+    (layout.directory / "pki" / "bank-ledger.pub").unlink()
+    [ours] = signed_entries(bank(layout), 1)
+    unchecked = {**ours.to_json(), "signature": "00" * 64}  # intact hash, signature not checked
+    with Federation.from_config(layout.coordinator_config) as federation:
+        federation._write_receipts("job-1", {"bank": [unchecked, {"seq": 1}, []]})
+        kept = json.loads((federation.config.receipts_dir / "job-1.json").read_text())
+    assert kept == {"bank": [unchecked]}
+
+
+def test_meter_verify_names_each_file_that_is_not_evidence_and_checks_all_the_others(
+        layout, capsys):
+    telco = load_party_config(layout.party_configs["telco"])
+    ours, theirs = signed_entries(bank(layout), 4), signed_entries(telco, 2)
+    folder = layout.directory / "coordinator-receipts"
+    folder.mkdir()
+    (folder / "job-1.json").write_text(json.dumps(
+        {"bank": [ours[3].to_json()], "telco": [theirs[1].to_json()]}))
+    junk = {"binary.json": b"\x89PNG\r\n\x1a\n\xff\xfe", "text.json": b"not json",
+            "shape.json": b'{"bank": [{"seq": 1}]}',
+            "types.json": json.dumps({"bank": [{**ours[0].to_json(), "body": []}]}).encode()}
+    for name, content in junk.items():
+        (folder / name).write_bytes(content)
+    sql(bank(layout).ledger.path, "DELETE FROM entries WHERE seq = 4")  # a cut tail
+    for party, contradicted in (("bank", True), ("telco", False)):
+        assert main(["meter", "verify", "--config", str(layout.party_configs[party]),
+                     "--receipts", str(folder)]) == 1
+        captured = capsys.readouterr()
+        assert captured.err == ""
+        lines = captured.out.splitlines()
+        for name in junk:
+            [line] = [line for line in lines if name in line]
+            assert "skipped" in line
+        cut = "the ledger no longer contains entry 4 (receipt for job 'job-3'); it ends at entry 3"
+        assert any(cut in line for line in lines) == contradicted

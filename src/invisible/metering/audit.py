@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,8 +63,8 @@ def read_evidence(path: Path) -> EvidenceFile:
     """One JSON evidence file, whatever its shape."""
     try:
         data: Any = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not a readable JSON file ({exc})") from None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text at all
+        raise ConfigError(f"{printable(str(path))} is not a readable JSON file ({exc})") from None
     if isinstance(data, dict) and _EXPORT in data:
         events = data.get("events") or ()
         return EvidenceFile(_entries(path, data.get("entries")), unbroken=not events,
@@ -76,18 +76,16 @@ def read_evidence(path: Path) -> EvidenceFile:
         return EvidenceFile(_entries(path, [data]))
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
         return EvidenceFile(_entries(path, [e for entries in data.values() for e in entries]))
-    raise ConfigError(f"{path} holds no ledger entries")
+    raise ConfigError(f"{printable(str(path))} holds no ledger entries")
 
 
 def _entries(path: Path, items: Any) -> list[LedgerEntry]:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise ConfigError(f"{path} holds something that is not a ledger entry")
-    return [LedgerEntry.from_json(item) for item in items]
-
-
-def load_evidence(path: Path) -> Iterator[LedgerEntry]:
-    """Entries in one JSON evidence file, whatever its shape."""
-    yield from read_evidence(path).entries
+        raise ConfigError(f"{printable(str(path))} holds something that is not a ledger entry")
+    try:
+        return [LedgerEntry.from_json(item) for item in items]
+    except ConfigError as exc:
+        raise ConfigError(f"{printable(str(path))} holds {exc}") from None
 
 
 def public_key_for(keys_dir: Path, node: str) -> Ed25519PublicKey:
@@ -96,6 +94,12 @@ def public_key_for(keys_dir: Path, node: str) -> Ed25519PublicKey:
     if not _NODE_ID.match(node):
         raise ConfigError(f"{node!r} is not a node id")
     return load_public_key(keys_dir / f"{node}-ledger.pub")
+
+
+def ledger_keys_in(folder: Path, nodes: Iterable[str]) -> dict[str, Ed25519PublicKey]:
+    """The ledger public keys of those `nodes` that have ``<id>-ledger.pub`` in `folder`."""
+    return {node: public_key_for(folder, node) for node in nodes
+            if (folder / f"{node}-ledger.pub").exists()}
 
 
 class PublicKeys:
@@ -143,6 +147,28 @@ def receipt_problem(entry: LedgerEntry, keys: PublicKeys, sole_node: bool) -> st
         return None
     return (f"cannot be checked: no public key for '{entry.node}' (give --public-key "
             f"{entry.node}-ledger.pub, or put it beside the keys given)")
+
+
+def receipt_defect(party: str, item: Any, key: Ed25519PublicKey | None) -> str | None:
+    """Why what `party` sent as one of its receipts cannot serve as evidence, or None.
+
+    Checked: it is a ledger entry (its fields and their types), of `party`'s own
+    ledger, its content matches its hash, and — given the party's ledger public
+    `key` — its signature verifies with it. Not checked without the key: the
+    signature (the auditor's `meter verify` checks it with the key it holds).
+    Never checked here: that the entry is still in the node's chain.
+    """
+    if not isinstance(item, dict):
+        return "it is not a JSON object"
+    try:
+        entry = LedgerEntry.from_json(item)
+    except ConfigError as exc:
+        return str(exc)
+    if entry.node != party:
+        return f"it is an entry of '{printable(entry.node, 64)}', not of '{party}'"
+    if entry.compute_hash() != entry.hash:
+        return "its content does not match its hash (altered)"
+    return None if key is None else verify_receipt(entry, key)
 
 
 def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
@@ -212,24 +238,40 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
         return report, problems
     trusted: list[LedgerEntry] = []
     keys: dict[str, Ed25519PublicKey] = {node: key}
-    for path in sorted(evidence_dir.rglob("*.json")):
-        for item in load_evidence(path):
-            relevant = item.node == node or (
-                item.event == "witnessed" and node in item.body.get("heads", {}))
-            if not relevant:
-                continue  # evidence about other ledgers says nothing about this one
-            if item.node not in keys:
-                if keys_dir is None:
-                    continue
-                try:
-                    keys[item.node] = public_key_for(keys_dir, item.node)
-                except ConfigError:
-                    problems.append(f"{path.name}: no public key for '{item.node}'; not used")
-                    continue
-            why = verify_receipt(item, keys[item.node])
-            if why:
-                problems.append(f"{path.name}: entry {item.node}#{item.seq} is not genuine: {why}")
-            else:
-                trusted.append(item)
+    for path, item in _evidence_about(node, evidence_dir, problems):
+        if item.node not in keys:
+            if keys_dir is None:
+                continue
+            try:
+                keys[item.node] = public_key_for(keys_dir, item.node)
+            except ConfigError:
+                problems.append(f"{path.name}: no public key for '{printable(item.node)}'; "
+                                "not used")
+                continue
+        why = verify_receipt(item, keys[item.node])
+        if why:
+            problems.append(f"{path.name}: entry {printable(item.node)}#{item.seq} is not "
+                            f"genuine: {why}")
+        else:
+            trusted.append(item)
     problems += verify_against_receipts(node, {row[1]: row[11] for row in rows}, trusted)
     return report, problems
+
+
+def _evidence_about(node: str, evidence_dir: Path, problems: list[str],
+                    ) -> Iterator[tuple[Path, LedgerEntry]]:
+    """Every entry in the folder's JSON files that speaks about `node`'s ledger: its own
+    entries, and peers' countersignatures of its head. A file that is not evidence (junk,
+    another shape, a malformed entry) adds one line to `problems` naming it, and the
+    other files are still read."""
+    for path in sorted(evidence_dir.rglob("*.json")):
+        try:
+            entries = read_evidence(path).entries
+        except ConfigError as exc:
+            problems.append(f"{exc}; this file was skipped")
+            continue
+        for item in entries:
+            heads = item.body.get("heads")
+            if item.node == node or (item.event == "witnessed" and isinstance(heads, dict)
+                                     and node in heads):
+                yield path, item

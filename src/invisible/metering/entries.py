@@ -91,7 +91,21 @@ class LedgerEntry:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
+        """An entry from JSON that came from outside; ConfigError if its fields or their
+        types are not an entry's (so nothing later trips over a list where a text was)."""
         try:
-            return cls(**data)
+            entry = cls(**data)
         except TypeError:
             raise ConfigError("not a ledger entry (fields differ)") from None
+        wrong = [name for name, kind in _FIELD_TYPES.items() if not isinstance(
+            getattr(entry, name), kind) or (kind is int and isinstance(getattr(entry, name), bool))]
+        if wrong:
+            raise ConfigError(f"not a ledger entry ({', '.join(wrong)} of the wrong type)")
+        return entry
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "node": str, "seq": int, "ts": str, "job_id": str, "event": str, "requester": str,
+    "kind": str, "dataset": str, "rows": int, "body": dict, "prev_hash": str, "hash": str,
+    "signature": str,
+}
