@@ -15,6 +15,7 @@ from invisible.coordinator.local import LocalLayout, write_local_federation
 from invisible.errors import ConfigError
 from invisible.metering.audit import verify_ledger
 from invisible.metering.entries import LedgerEntry, PendingEntry
+from invisible.metering.exports import entries_digest
 from invisible.metering.ledger import Ledger
 from invisible.metering.signing import generate_signing_key, load_public_key, load_signing_key
 from invisible.metering.startup import ACCEPTED_BROKEN, open_node_ledger
@@ -302,31 +303,66 @@ def edit_export(path: Path, drop: int) -> None:
 def test_an_intact_export_verifies(exported, capsys):
     assert verify_export(*exported) == 0
     out = capsys.readouterr().out
-    assert out.count(": valid") == 8 and "entries 1 to 8 of 'bank' complete" in out
+    assert out.count(": valid") == 8
+    assert ("export of 'bank' signed by its ledger key: 8 entries of every event (entries 1 "
+            "to 8), none missing; its ledger ended at entry 8 when exported") in out
 
 
 @pytest.mark.parametrize("drop", [1, 5, 8])
 def test_an_export_with_one_entry_deleted_is_not_all_valid(exported, capsys, drop):
     key, path = exported
     edit_export(path, drop)
-    missing = verify_export(key, path)
+    assert verify_export(key, path) == 1
     out = capsys.readouterr().out
-    if drop == 8:  # a cut tail needs the node's signed head to show: the export says so
-        assert missing == 0 and "entries 1 to 7 of 'bank' complete" in out
-        return
-    assert missing == 1
-    assert f"entry {drop} of 'bank' is missing" in out
+    assert "it holds 7 entries where 'bank' exported and signed 8" in out
+    assert (f"entry {drop} of 'bank' is missing" if drop < 8 else  # a cut tail shows too
+            "entries 8 to 8 of 'bank' are missing (its ledger ended at entry 8") in out
 
 
-def test_an_export_of_some_events_says_gaps_are_not_checked(layout, capsys):
+@pytest.mark.parametrize("relabel", [
+    {"events": ["witnessed"]},  # "only some events": a gap would be expected
+    {"since": "2000-01-01T00:00:00.000000Z"},  # "from somewhere": a missing first entry hidden
+    {"count": 7},
+    {"head": [4, "0" * 64]},
+])
+def test_relabelling_an_export_header_to_hide_a_deleted_entry_is_detected(exported, capsys,
+                                                                          relabel):
+    key, path = exported
+    edit_export(path, 5)
+    data = json.loads(path.read_text())
+    kept = [LedgerEntry.from_json(e) for e in data["entries"]]
+    path.write_text(json.dumps({**data, **relabel, "digest": entries_digest(kept)}))
+    assert verify_export(key, path) == 1
+    out = capsys.readouterr().out
+    assert "the export: its header is not signed by the ledger key of 'bank' (edited" in out
+    assert out.count(": valid") == 7  # every entry still verifies on its own
+
+
+def test_an_export_without_a_signed_header_is_read_but_never_vouched_complete(
+        exported, capsys, tmp_path):
+    key, path = exported
+    data = json.loads(path.read_text())
+    older = {"export_of": "bank", "since": None, "events": None, "entries": data["entries"]}
+    for document in (older, data["entries"]):  # the two formats before headers were signed
+        path.write_text(json.dumps(document))
+        assert verify_export(key, path) == 1
+        out = capsys.readouterr().out
+        assert out.count(": valid") == 8 and "the export has no signed header" in out
+
+
+def test_an_export_of_some_events_says_so_and_still_shows_a_deleted_entry(layout, capsys):
     run_node(layout, entries=3)
     out_path = layout.directory / "heads.json"
     assert main(["meter", "export", "--config", str(layout.party_configs["bank"]),
                  "--out", str(out_path), "--event", "witnessed"]) == 0
     capsys.readouterr()
-    assert verify_export(str(layout.directory / "pki" / "bank-ledger.pub"), out_path) == 0
+    key = str(layout.directory / "pki" / "bank-ledger.pub")
+    assert verify_export(key, out_path) == 0
     out = capsys.readouterr().out
-    assert out.count(": valid") == 3 and "only events witnessed" in out
+    assert out.count(": valid") == 3 and "3 entries of only events witnessed" in out
+    edit_export(out_path, 2)
+    assert verify_export(key, out_path) == 1
+    assert "it holds 2 entries where 'bank' exported and signed 3" in capsys.readouterr().out
 
 
 def test_an_event_filtered_export_is_still_evidence_for_meter_verify(layout, capsys, tmp_path):

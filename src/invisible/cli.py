@@ -186,21 +186,25 @@ def _meter_verify_receipt(args: argparse.Namespace) -> int:
 
 
 def _meter_export(args: argparse.Namespace) -> int:
-    from invisible.metering.audit import export_document
+    from invisible.metering.exports import export_document
     from invisible.metering.ledger import Ledger
     from invisible.metering.report import check_events, parse_since
+    from invisible.metering.signing import load_signing_key
     from invisible.node.config import load_party_config
 
     config = load_party_config(args.config)
     since = parse_since(args.since) if args.since else None
+    key = load_signing_key(config.ledger.signing_key)  # the node signs what it exports
     ledger = Ledger(config.ledger.path, config.party_id, None)
     try:
         if args.event:
             check_events(args.event, ledger.events())
-        entries = [e for e in ledger.entries(since=since) if not args.event or e.event in args.event]
+        head = ledger.head()  # first: a running node may append while the entries are read
+        entries = [e for e in ledger.entries(since=since) if e.seq <= head[0]
+                   and (not args.event or e.event in args.event)]
     finally:
         ledger.close()
-    document = export_document(config.party_id, entries, since, args.event)
+    document = export_document(config.party_id, entries, since, args.event, head, key)
     Path(args.out).write_text(json.dumps(document, indent=1, sort_keys=True))
     print(f"{len(entries)} entries of '{config.party_id}' written to {args.out}")
     return 0
@@ -296,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "beside it")
     receipt.add_argument("--party", help="only this party's receipts in the file")
     receipt.set_defaults(handler=_meter_verify_receipt)
-    export = meters.add_parser("export", help="write a node's entries as JSON evidence")
+    export = meters.add_parser("export", help="write a node's entries as JSON evidence, "
+                               "under a header signed with its ledger key")
     export.add_argument("--config", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--event", action="append", help="only these events (repeatable)")

@@ -2,13 +2,13 @@
 
 Evidence files are JSON: a coordinator's receipts file (``{party: [entry,
 ...]}``, one per job, kept by `Federation`), an export of a node's entries
-(``{"export_of": node, "since": ..., "events": ..., "entries": [...]}``; a
-bare list of entries from older exports), or one entry. Every piece of
+under a header the node signed (:mod:`invisible.metering.exports`; older
+exports had an unsigned header, or none), or one entry. Every piece of
 evidence is checked against its signer's public key (``<id>-ledger.pub``)
 before it is used; evidence that does not verify is reported, not trusted.
-An export of every event is one unbroken run of the node's chain, so an
-entry deleted from it shows as a gap; an export of some events only cannot
-show one, and says so.
+A signed export's header binds what it holds, so an entry deleted from it is
+found whatever the header says; an export with no signed header is never
+vouched complete.
 """
 
 from __future__ import annotations
@@ -24,39 +24,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from invisible.errors import ConfigError
 from invisible.metering.entries import LedgerEntry
+from invisible.metering.exports import EXPORT_KEY, ExportHeader, export_problems, export_summary
 from invisible.metering.ledger import Ledger
 from invisible.metering.signing import load_public_key
 from invisible.metering.startup import ACCEPTED_BROKEN
 from invisible.metering.verify import (
     VerifyReport,
-    sequence_problems,
     verify_against_receipts,
     verify_receipt,
     verify_rows,
 )
 from invisible.text import printable
 
-#: The key that marks an export (never a party id: those have no underscore).
-_EXPORT = "export_of"
 _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 @dataclass(frozen=True)
 class EvidenceFile:
     entries: list[LedgerEntry]
-    #: Whether the file claims an unbroken run of each node's entries (an export of every event).
-    unbroken: bool = False
-    #: Where that run must start: 1 for an export of a whole ledger; None for anywhere.
-    first_seq: int | None = None
-    #: The events an export was limited to (entries missing from it cannot be detected).
-    events: tuple[str, ...] = ()
-
-
-def export_document(node: str, entries: Sequence[LedgerEntry], since: str | None,
-                    events: Sequence[str] | None) -> dict[str, Any]:
-    """What `meter export` writes: the entries, and what they were selected by."""
-    return {_EXPORT: node, "since": since, "events": sorted(events) if events else None,
-            "entries": [entry.to_json() for entry in entries]}
+    #: A signed export's header (None: not an export, or one without a signed header).
+    header: ExportHeader | None = None
+    #: An export without a signed header (written before headers were signed, or stripped).
+    unsigned_export: bool = False
 
 
 def read_evidence(path: Path) -> EvidenceFile:
@@ -65,13 +54,16 @@ def read_evidence(path: Path) -> EvidenceFile:
         data: Any = json.loads(path.read_text())
     except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text at all
         raise ConfigError(f"{printable(str(path))} is not a readable JSON file ({exc})") from None
-    if isinstance(data, dict) and _EXPORT in data:
-        events = data.get("events") or ()
-        return EvidenceFile(_entries(path, data.get("entries")), unbroken=not events,
-                            first_seq=None if data.get("since") else 1,
-                            events=tuple(str(e) for e in events))
+    if isinstance(data, dict) and EXPORT_KEY in data:
+        if "signature" not in data:  # written before export headers were signed
+            return EvidenceFile(_entries(path, data.get("entries")), unsigned_export=True)
+        try:
+            header = ExportHeader.read(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{printable(str(path))} holds {exc}") from None
+        return EvidenceFile(_entries(path, data.get("entries")), header)
     if isinstance(data, list):  # an export written before exports said what they hold
-        return EvidenceFile(_entries(path, data), unbroken=True)
+        return EvidenceFile(_entries(path, data), unsigned_export=True)
     if isinstance(data, dict) and "seq" in data:
         return EvidenceFile(_entries(path, [data]))
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
@@ -131,6 +123,14 @@ class PublicKeys:
                     break
         return self._named.get(node)
 
+    def of(self, node: str, sole_node: bool) -> Ed25519PublicKey | None:
+        """The key named for `node`; if `sole_node` (the evidence is of this node only),
+        a single key named for no node is taken to be its key."""
+        key = self.named(node)
+        if key is None and len(self.unnamed) == 1 and sole_node:
+            key = self.unnamed[0]
+        return key
+
 
 def receipt_problem(entry: LedgerEntry, keys: PublicKeys, sole_node: bool) -> str | None:
     """Why a receipt is not genuine, or None; a missing key is said as such, never as a bad
@@ -138,15 +138,17 @@ def receipt_problem(entry: LedgerEntry, keys: PublicKeys, sole_node: bool) -> st
     for no node is taken to be its key."""
     if entry.compute_hash() != entry.hash:
         return "its content does not match its hash (altered)"
-    key = keys.named(entry.node)
-    if key is None and len(keys.unnamed) == 1 and sole_node:
-        key = keys.unnamed[0]
+    key = keys.of(entry.node, sole_node)
     if key is not None:
         return verify_receipt(entry, key)
     if any(verify_receipt(entry, candidate) is None for candidate in keys.unnamed):
         return None
-    return (f"cannot be checked: no public key for '{entry.node}' (give --public-key "
-            f"{entry.node}-ledger.pub, or put it beside the keys given)")
+    return _no_key(entry.node)
+
+
+def _no_key(node: str) -> str:
+    return (f"cannot be checked: no public key for '{printable(node)}' (give --public-key "
+            f"{printable(node)}-ledger.pub, or put it beside the keys given)")
 
 
 def receipt_defect(party: str, item: Any, key: Ed25519PublicKey | None) -> str | None:
@@ -174,35 +176,33 @@ def receipt_defect(party: str, item: Any, key: Ed25519PublicKey | None) -> str |
 def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
                ) -> tuple[list[str], bool]:
     """`meter verify-receipt`: each receipt against its own node's key, and an export's
-    sequence for gaps; returns the lines to print and whether all is well."""
+    signed header against what it holds; returns the lines to print and whether all is
+    well."""
     evidence = read_evidence(path)
     entries = [e for e in evidence.entries if party is None or e.node == party]
     if not entries:
         raise ConfigError(f"{path} holds no receipt" + (f" of party '{party}'" if party else ""))
     keys = PublicKeys(key_paths, party)
-    nodes = {entry.node for entry in entries}
+    sole_node = len({entry.node for entry in entries}) == 1
     lines, bad = [], []
     for entry in entries:
-        problem = receipt_problem(entry, keys, len(nodes) == 1)
+        problem = receipt_problem(entry, keys, sole_node)
         name = f"receipt {printable(entry.node)}#{entry.seq}"
         if problem is None:
             lines.append(f"{name} ({printable(entry.event)}, job '{printable(entry.job_id)}'): valid")
         else:
             bad.append(f"{name} (job '{printable(entry.job_id)}'): {problem}")
-    if evidence.events:
-        lines.append(f"an export of only events {printable(', '.join(evidence.events))}: entries "
-                     "missing from it cannot be detected")
-    elif evidence.unbroken:
-        gaps = sequence_problems(entries, evidence.first_seq)
-        bad += [printable(gap) for gap in gaps]
-        for node in sorted(nodes):
-            if not any(f"of '{node}'" in gap for gap in gaps):
-                seqs = [e.seq for e in entries if e.node == node]
-                lines.append(f"entries {min(seqs)} to {max(seqs)} of '{printable(node)}' complete "
-                             "(a tail cut off shows only against a later receipt or "
-                             "countersigned head)")
+    if evidence.header is not None:
+        key = keys.of(evidence.header.node, sole_node)
+        problems = ([_no_key(evidence.header.node)] if key is None else
+                    export_problems(evidence.header, evidence.entries, key))
+        bad += [f"the export: {problem}" for problem in problems]
+        lines += [] if problems else [export_summary(evidence.header, evidence.entries)]
+    elif evidence.unsigned_export:
+        bad.append("the export has no signed header (written before exports were signed, or "
+                   "its signature was stripped): entries deleted from it cannot be detected; "
+                   "export it again with `invisible meter export`")
     return lines + bad, not bad
-
 
 
 def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str | None,
