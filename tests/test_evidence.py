@@ -14,11 +14,11 @@ from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import LocalLayout, write_local_federation
 from invisible.errors import ConfigError
 from invisible.metering.audit import verify_ledger
-from invisible.metering.entries import LedgerEntry, PendingEntry
+from invisible.metering.entries import TERMINAL_EVENTS, LedgerEntry, PendingEntry
 from invisible.metering.exports import entries_digest
 from invisible.metering.ledger import Ledger
 from invisible.metering.signing import generate_signing_key, load_public_key, load_signing_key
-from invisible.metering.startup import ACCEPTED_BROKEN, open_node_ledger
+from invisible.metering.startup import ACCEPTED_BROKEN, HeadMarker, marker_path, open_node_ledger
 from invisible.metering.verify import sequence_problems
 from invisible.net.pki import init_pki
 from invisible.node.config import PartyConfig, load_party_config
@@ -156,6 +156,26 @@ def test_the_head_is_marked_as_soon_as_the_ledger_has_an_entry(layout):
     for leftover in config.ledger.path.parent.glob(config.ledger.path.name + "*"):
         leftover.unlink()
     with pytest.raises(ConfigError, match="entry 1"):
+        open_node_ledger(config.ledger.path, "bank", config.ledger.signing_key)
+    ledger.close()
+
+
+def test_the_head_is_marked_after_every_job_end_so_a_crash_leaves_little_unguarded(layout):
+    config = bank(layout)
+    ledger = open_node_ledger(config.ledger.path, "bank", config.ledger.signing_key)
+    marker = HeadMarker(marker_path(config.ledger.signing_key), "bank",
+                        load_signing_key(config.ledger.signing_key))
+    for event in sorted(TERMINAL_EVENTS):
+        ledger.append(PendingEntry(f"job-{event}", "requested", "analyst"),
+                      PendingEntry(f"job-{event}", "accepted", "analyst"))
+        [end] = ledger.append(PendingEntry(f"job-{event}", event, "analyst"))
+        assert marker.recorded() == (end.seq, end.hash)  # no close needed
+    ledger.append(PendingEntry("job-open", "requested", "analyst"))  # not an end: may lag
+    assert marker.recorded() == (end.seq, end.hash)
+    # ... the node crashes here (no close); then the last job's end is cut off its ledger
+    sql(config.ledger.path, f"DELETE FROM entries WHERE seq >= {end.seq}")
+    with pytest.raises(ConfigError, match=f"ends at entry {end.seq - 1}, but this node signed "
+                                          f"up to entry {end.seq}"):
         open_node_ledger(config.ledger.path, "bank", config.ledger.signing_key)
     ledger.close()
 

@@ -119,8 +119,10 @@ class Ledger:
                 self._db.close()
 
     def record_heads(self, record: Callable[[int, str], None]) -> None:
-        """Call `record(seq, hash)` with the head when the first entry is written and at close
-        (how a node keeps its head marker: :mod:`invisible.metering.startup`)."""
+        """Call `record(seq, hash)` with the head when the first entry is written, after each
+        job's terminal entry, and at close (how a node keeps its head marker:
+        :mod:`invisible.metering.startup`). It is called outside the write lock, so it may
+        come late or out of order; the recorder keeps the latest."""
         self._record_head = record
 
     def _head(self) -> tuple[int, str]:
@@ -167,9 +169,15 @@ class Ledger:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if self._record_head is not None and written and written[0].seq == 1:
-                self._record_head(written[-1].seq, written[-1].hash)
-            return written
+        self._mark_head(written)
+        return written
+
+    def _mark_head(self, written: Sequence[LedgerEntry]) -> None:
+        """After a first entry or a job's end, tell the recorder the head (once durable)."""
+        record = self._record_head
+        if record is not None and written and (
+                written[0].seq == 1 or any(e.event in TERMINAL_EVENTS for e in written)):
+            record(written[-1].seq, written[-1].hash)
 
     def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
         """Jobs and rows reserved on `dataset` during the UTC day `day` (YYYY-MM-DD).

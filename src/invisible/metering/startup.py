@@ -8,9 +8,11 @@ When a node opens its ledger at start it
 2. compares the chain with its **head marker**, ``<id>-ledger.head`` beside
    the ledger signing key: the latest head (sequence number and hash) the
    key is known to have signed, itself signed with that key, and rewritten
-   when the ledger gets its first entry and whenever the ledger closes. A
-   ledger file deleted, swapped for another, or cut back while the node was
-   stopped no longer reaches that head;
+   when the ledger gets its first entry, after each job's terminal entry
+   (finished, failed, cancelled, refused, interrupted) and when the ledger
+   closes, so after a crash it lags by at most the entries of jobs still
+   open. A ledger file deleted, swapped for another, or cut back while the
+   node was stopped no longer reaches that head;
 3. refuses to start on any damage, with one line naming the ledger and the
    first bad entry — unless the operator accepts it. Then the node appends a
    signed ``ledger-accepted-broken`` entry saying what was wrong, and that
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,29 +66,44 @@ def marker_path(signing_key: Path) -> Path:
 
 
 class HeadMarker:
-    """The latest head a ledger key is known to have signed, kept in a small signed file."""
+    """The latest head a ledger key is known to have signed, kept in a small signed file.
+
+    Writing it costs about 0.5 ms (signing 30 µs; the rest is the file, half of
+    it one fsync). The new content is fsynced before it replaces the old, so a
+    crash never leaves a torn marker (which would refuse the next start); the
+    folder is not fsynced: a rename lost in a crash leaves the previous marker,
+    still genuine, only lagging, which weakens the next check and never fails it.
+    """
 
     def __init__(self, path: Path, node_id: str, key: Ed25519PrivateKey) -> None:
         self.path = path
         self.node_id = node_id
         self._key = key
+        self._lock = threading.Lock()
+        self._written = 0
 
     def _message(self, seq: int, digest: str) -> bytes:
         return canonical_json({"node": self.node_id, "seq": seq, "hash": digest})
 
     def record(self, seq: int, digest: str) -> None:
-        """Write atomically; a marker that cannot be written only weakens the next check."""
-        data = {"node": self.node_id, "seq": seq, "hash": digest,
-                "signature": self._key.sign(self._message(seq, digest)).hex()}
-        scratch = self.path.with_name(self.path.name + ".tmp")
-        try:
-            with scratch.open("w") as handle:
-                handle.write(json.dumps(data))
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(scratch, self.path)
-        except OSError as exc:
-            log.warning("head marker %s not written (%s)", self.path, exc.strerror)
+        """Write atomically, unless a later head was written already (calls may come out of
+        order); a marker that cannot be written only weakens the next check."""
+        with self._lock:
+            if 0 < seq <= self._written:
+                return
+            data = {"node": self.node_id, "seq": seq, "hash": digest,
+                    "signature": self._key.sign(self._message(seq, digest)).hex()}
+            scratch = self.path.with_name(self.path.name + ".tmp")
+            try:
+                with scratch.open("w") as handle:
+                    handle.write(json.dumps(data))
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(scratch, self.path)
+            except OSError as exc:
+                log.warning("head marker %s not written (%s)", self.path, exc.strerror)
+                return
+            self._written = seq
 
     def recorded(self) -> tuple[int, str] | None:
         """The head recorded (None if there is no marker); ConfigError if it is not genuine."""
