@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from invisible.cli import main
 from invisible.coordinator.federation import Federation
@@ -16,10 +17,25 @@ from invisible.errors import ConfigError
 from invisible.metering.audit import verify_ledger
 from invisible.metering.entries import TERMINAL_EVENTS, LedgerEntry, PendingEntry
 from invisible.metering.exports import entries_digest
+from invisible.metering.keys import KEY_ROTATED, load_key_history, rotation_body
 from invisible.metering.ledger import Ledger
-from invisible.metering.signing import generate_signing_key, load_public_key, load_signing_key
-from invisible.metering.startup import ACCEPTED_BROKEN, HeadMarker, marker_path, open_node_ledger
-from invisible.metering.verify import sequence_problems
+from invisible.metering.signing import (
+    generate_signing_key,
+    load_public_key,
+    load_signing_key,
+    public_pem,
+    public_raw,
+    signature_valid,
+    write_signing_key,
+)
+from invisible.metering.startup import (
+    ACCEPTED_BROKEN,
+    HeadMarker,
+    lock_ledger,
+    marker_path,
+    open_node_ledger,
+)
+from invisible.metering.verify import sequence_problems, verify_receipt
 from invisible.net.pki import init_pki
 from invisible.node.config import PartyConfig, load_party_config
 from invisible.node.node import PartyNode
@@ -59,12 +75,17 @@ def run_node(layout: LocalLayout, entries: int = 0, **options: bool) -> PartyNod
     return node
 
 
-def refusal(layout: LocalLayout) -> str:
+def refusal_without_flag(layout: LocalLayout) -> str:
     with pytest.raises(ConfigError) as refused:
         PartyNode(bank(layout))
     message = str(refused.value)
     assert "\n" not in message
     assert str(bank(layout).ledger.path) in message
+    return message
+
+
+def refusal(layout: LocalLayout) -> str:
+    message = refusal_without_flag(layout)
     assert "--accept-broken-ledger" in message
     return message
 
@@ -488,3 +509,244 @@ def test_meter_verify_names_each_file_that_is_not_evidence_and_checks_all_the_ot
             assert "skipped" in line
         cut = "the ledger no longer contains entry 4 (receipt for job 'job-3'); it ends at entry 3"
         assert any(cut in line for line in lines) == contradicted
+
+
+# --- E. rotating a ledger key ---------------------------------------------------------------------
+
+def rotate(layout: LocalLayout, party: str = "bank") -> int:
+    return main(["meter", "rotate-key", "--config", str(layout.party_configs[party])])
+
+
+def keys_of(config: PartyConfig) -> tuple[Path, Path, Path]:
+    """A node's private key, public key and keys history files."""
+    key = config.ledger.signing_key
+    return key, key.with_suffix(".pub"), key.with_suffix(".keys")
+
+
+def test_a_rotated_key_is_recorded_signed_by_both_keys_and_signs_everything_after(
+        layout, capsys, tmp_path):
+    run_node(layout, entries=3)
+    config = bank(layout)
+    key_file, pub_file, history_file = keys_of(config)
+    old = load_signing_key(key_file)
+    old_pub = tmp_path / "bank-old.pub"  # an auditor's copy from before the rotation
+    old_pub.write_bytes(pub_file.read_bytes())
+    assert rotate(layout) == 0
+    out = capsys.readouterr().out
+    assert "rotated at entry 4" in out and str(history_file) in out
+    new = load_signing_key(key_file)
+    assert public_raw(new.public_key()) != public_raw(old.public_key())
+    assert public_raw(load_public_key(pub_file)) == public_raw(new.public_key())
+    assert not key_file.with_name(key_file.name + ".new").exists()
+    rotation = entries_of(config)[-1]
+    assert (rotation.seq, rotation.event) == (4, KEY_ROTATED)
+    assert rotation.body == rotation_body(old.public_key(), new.public_key())
+    assert rotation.problem(old.public_key()) is None  # signed by the old key ...
+    assert signature_valid(new.public_key(), bytes.fromhex(rotation.key_signature),
+                           bytes.fromhex(rotation.hash))  # ... and by the new one
+    run_node(layout, entries=2)  # the node checks the rotated chain at start, signs with the new key
+    after = entries_of(config)[4:]
+    assert [e.seq for e in after] == [5, 6]
+    assert all(e.problem(new.public_key()) is None and e.problem(old.public_key()) is not None
+               for e in after)
+    before = entries_of(config)[1]
+    assert verify_receipt(before, old.public_key()) is None  # an old receipt, the old key
+    receipts = tmp_path / "receipts"
+    receipts.mkdir()
+    (receipts / "job.json").write_text(json.dumps({"bank": [before.to_json(), after[-1].to_json()]}))
+    for given in (pub_file, old_pub):  # the keys history beside the new key; the old key alone
+        assert main(["meter", "verify-receipt", str(receipts / "job.json"),
+                     "--public-key", str(given)]) == (0 if given == pub_file else 1)
+        assert capsys.readouterr().out.count(": valid") == (2 if given == pub_file else 1)
+    assert main(["meter", "verify", "--config", str(layout.party_configs["bank"]),
+                 "--receipts", str(receipts)]) == 0
+    assert "ledger intact: 6 entries verified" in capsys.readouterr().out
+    assert main(["meter", "export", "--config", str(layout.party_configs["bank"]),
+                 "--out", str(tmp_path / "export.json")]) == 0
+    assert verify_export(str(pub_file), tmp_path / "export.json") == 0
+    assert capsys.readouterr().out.count(": valid") == 6
+    rotated = key_file.read_bytes(), pub_file.read_bytes()
+    kept = init_pki(layout.directory / "pki", ["bank", "telco"], overwrite=True).kept_ledger_keys
+    assert "bank" in kept and (key_file.read_bytes(), pub_file.read_bytes()) == rotated
+
+
+def test_the_coordinator_checks_receipts_from_before_and_after_a_rotation(layout):
+    run_node(layout, entries=2)
+    assert rotate(layout) == 0
+    run_node(layout, entries=1)
+    config = bank(layout)
+    old_receipt, new_receipt = entries_of(config)[1], entries_of(config)[-1]
+    forged = {**new_receipt.to_json(), "signature": old_receipt.signature}
+    with Federation.from_config(layout.coordinator_config) as federation:
+        federation._write_receipts("job-1", {"bank": [old_receipt.to_json(),
+                                                      new_receipt.to_json(), forged]})
+        kept = json.loads((federation.config.receipts_dir / "job-1.json").read_text())
+    assert kept == {"bank": [old_receipt.to_json(), new_receipt.to_json()]}
+
+
+def test_a_retired_key_cannot_fork_the_chain_with_a_rotation_of_its_own(layout, tmp_path):
+    run_node(layout, entries=1)
+    key_file, pub_file, _ = keys_of(bank(layout))
+    retired = load_signing_key(key_file)
+    assert rotate(layout) == 0  # the genuine rotation, at entry 2
+    forged = tmp_path / "forged.sqlite"  # whoever kept the retired key writes a ledger of its own
+    ledger = Ledger(forged, "bank", retired)
+    ledger.append(PendingEntry("job-1", "requested", "analyst"))
+    ledger.rotate_key(Ed25519PrivateKey.generate())  # valid in itself: both keys sign it
+    ledger.append(PendingEntry("job-2", "requested", "analyst"))
+    ledger.close()
+    report, _ = verify_ledger(forged, "bank", load_key_history(pub_file))  # the keys history
+    assert (report.ok, report.seq) == (False, 3)
+    assert "another key than the node's published keys history says" in report.problem
+    report, _ = verify_ledger(forged, "bank", load_public_key(pub_file))  # the new key alone
+    assert (report.ok, report.seq) == (False, 1) and "none of the keys" in report.problem
+
+
+def forge_rotation(config: PartyConfig, signer: Ed25519PrivateKey, old: Ed25519PrivateKey,
+                   new: Ed25519PrivateKey) -> int:
+    """Append a key-rotated entry naming `old` -> `new`, but signed by `signer`."""
+    ledger = Ledger(config.ledger.path, "bank", signer)
+    try:
+        seq, digest = ledger.head()
+    finally:
+        ledger.close()
+    entry = LedgerEntry("bank", seq + 1, "2026-01-01T00:00:00.000000Z", "-", KEY_ROTATED, "",
+                        "ledger", "", 0, rotation_body(old.public_key(), new.public_key()),
+                        digest).sealed(signer).cosigned(new)
+    with sqlite3.connect(config.ledger.path) as db:
+        db.execute("INSERT INTO entries (seq, node, ts, job_id, event, requester, kind, dataset, "
+                   "rows, body, prev_hash, hash, signature, key_signature) VALUES "
+                   "(?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                   (entry.seq, entry.node, entry.ts, entry.job_id, entry.event, entry.requester,
+                    entry.kind, entry.dataset, entry.rows, json.dumps(entry.body), entry.prev_hash,
+                    entry.hash, entry.signature, entry.key_signature))
+    db.close()
+    return entry.seq
+
+
+def after_old_key_signs(layout: LocalLayout, old: Ed25519PrivateKey) -> int:
+    assert rotate(layout) == 0
+    ledger = Ledger(bank(layout).ledger.path, "bank", old)  # the retired key, restored by hand
+    try:
+        return ledger.append(PendingEntry("job-x", "requested", "analyst"))[0].seq
+    finally:
+        ledger.close()
+
+
+def new_key_signature_missing(layout: LocalLayout, old: Ed25519PrivateKey) -> int:
+    assert rotate(layout) == 0
+    sql(bank(layout).ledger.path, "UPDATE entries SET key_signature = '' WHERE seq = 4")
+    return 4
+
+
+def not_signed_by_old_key(layout: LocalLayout, old: Ed25519PrivateKey) -> int:
+    config = bank(layout)
+    new = Ed25519PrivateKey.generate()
+    seq = forge_rotation(config, new, old, new)  # whoever holds only the new key
+    key_file, pub_file, _ = keys_of(config)
+    key_file.unlink()
+    write_signing_key(key_file, new)
+    pub_file.write_bytes(public_pem(new))
+    return seq
+
+
+@pytest.mark.parametrize(("forgery", "why"), [
+    (after_old_key_signs, "signature does not verify with the node's public key in force since "
+                          "the key rotation at entry 4"),
+    (new_key_signature_missing, "lacks a valid signature by the new key"),
+    (not_signed_by_old_key, "signature does not verify with the node's public key"),
+])
+def test_a_chain_that_changes_keys_other_than_by_a_valid_rotation_is_refused(layout, capsys, forgery,
+                                                                      why):
+    run_node(layout, entries=3)
+    seq = forgery(layout, load_signing_key(bank(layout).ledger.signing_key))
+    message = refusal(layout)  # the node at start
+    assert f"entry {seq}" in message and why in message
+    config = str(layout.party_configs["bank"])
+    assert main(["meter", "verify", "--config", config]) == 1  # the auditor
+    out = capsys.readouterr().out
+    assert f"ledger broken at entry {seq}: " in out and why in out
+
+
+def test_rotate_key_is_refused_while_the_node_runs_and_the_node_while_a_rotation_does(
+        layout, capsys):
+    config = bank(layout)
+    key_file, pub_file, history_file = keys_of(config)
+    before = key_file.read_bytes(), pub_file.read_bytes()
+    node = PartyNode(config).start()
+    try:
+        assert rotate(layout) == 2
+    finally:
+        node.stop()
+    err = capsys.readouterr().err.strip()
+    assert err == (f"invisible: error: ledger {config.ledger.path} is open in a running node: "
+                   "stop the node first")
+    assert (key_file.read_bytes(), pub_file.read_bytes()) == before
+    assert not history_file.exists() and KEY_ROTATED not in {e.event for e in entries_of(config)}
+    held = lock_ledger(config.ledger.path, exclusive=True)  # as a rotation holds it
+    try:
+        with pytest.raises(ConfigError, match="is being changed by a key rotation"):
+            PartyNode(config)
+    finally:
+        held.close()
+
+
+def test_a_rotation_cut_short_is_finished_by_running_it_again(layout, monkeypatch, capsys):
+    run_node(layout, entries=2)
+    config = bank(layout)
+    key_file, _, history_file = keys_of(config)
+    old = key_file.read_bytes()
+
+    def crash(path: Path, data: bytes) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("invisible.metering.rotation.replace_file", crash)
+    monkeypatch.setattr("invisible.metering.keys.replace_file", crash)
+    with pytest.raises(OSError):
+        rotate(layout)  # the entry is written, nothing is published
+    monkeypatch.undo()
+    assert key_file.read_bytes() == old and entries_of(config)[-1].event == KEY_ROTATED
+    message = refusal_without_flag(layout)
+    assert "handed on to another key at entry 3" in message and "rotate-key" in message
+    assert rotate(layout) == 0  # finishes; no second rotation
+    assert [e.event for e in entries_of(config)].count(KEY_ROTATED) == 1
+    assert key_file.read_bytes() != old and history_file.exists()
+    run_node(layout, entries=1)
+    assert main(["meter", "verify", "--config", str(layout.party_configs["bank"])]) == 0
+
+
+def test_a_rotation_stopped_before_its_entry_leaves_a_key_the_next_run_discards(layout):
+    run_node(layout, entries=1)
+    config = bank(layout)
+    staged = config.ledger.signing_key.with_name(config.ledger.signing_key.name + ".new")
+    write_signing_key(staged, Ed25519PrivateKey.generate())  # never recorded in the ledger
+    assert rotate(layout) == 0
+    assert not staged.exists()
+    run_node(layout, entries=1)
+    assert [e.event for e in entries_of(config)][-2:] == [KEY_ROTATED, "witnessed"]
+
+
+def edited_body(rotation: dict, new: Ed25519PrivateKey) -> dict:
+    impostor = Ed25519PrivateKey.generate().public_key()  # "that was our key"
+    return {**rotation, "body": {**rotation["body"], "old_key": public_raw(impostor).hex()}}
+
+
+def signed_by_the_new_key_alone(rotation: dict, new: Ed25519PrivateKey) -> dict:
+    return LedgerEntry.from_json(rotation).sealed(new).cosigned(new).to_json()
+
+
+@pytest.mark.parametrize(("edit", "why"), [
+    (edited_body, "entry 2 is not an intact key rotation of 'bank'"),
+    (signed_by_the_new_key_alone, "does not hand the key on: entry 2: its key rotation is not "
+                                  "signed by the old key"),
+])
+def test_an_edited_keys_history_is_refused_naming_the_file(layout, edit, why):
+    run_node(layout, entries=1)
+    assert rotate(layout) == 0
+    key_file, pub_file, history_file = keys_of(bank(layout))
+    data = json.loads(history_file.read_text())
+    data["rotations"][0] = edit(data["rotations"][0], load_signing_key(key_file))
+    history_file.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=f"{history_file.name}:? {why}"):
+        load_key_history(pub_file)
+    assert f"{history_file.name}" in refusal_without_flag(layout)  # nor does the node start

@@ -4,8 +4,9 @@ Evidence files are JSON: a coordinator's receipts file (``{party: [entry,
 ...]}``, one per job, kept by `Federation`), an export of a node's entries
 under a header the node signed (:mod:`invisible.metering.exports`; older
 exports had an unsigned header, or none), or one entry. Every piece of
-evidence is checked against its signer's public key (``<id>-ledger.pub``)
-before it is used; evidence that does not verify is reported, not trusted.
+evidence is checked against its signer's key in force at it (``<id>-ledger.pub``,
+and ``<id>-ledger.keys`` beside it if the signer rotated its key) before it is
+used; evidence that does not verify is reported, not trusted.
 A signed export's header binds what it holds, so an entry deleted from it is
 found whatever the header says; an export with no signed header is never
 vouched complete.
@@ -20,13 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from invisible.errors import ConfigError
 from invisible.metering.entries import LedgerEntry
 from invisible.metering.exports import EXPORT_KEY, ExportHeader, export_problems, export_summary
+from invisible.metering.keys import KeyHistory, Keys, as_history, load_key_history
 from invisible.metering.ledger import Ledger
-from invisible.metering.signing import load_public_key
 from invisible.metering.startup import ACCEPTED_BROKEN
 from invisible.metering.verify import (
     VerifyReport,
@@ -80,17 +79,17 @@ def _entries(path: Path, items: Any) -> list[LedgerEntry]:
         raise ConfigError(f"{printable(str(path))} holds {exc}") from None
 
 
-def public_key_for(keys_dir: Path, node: str) -> Ed25519PublicKey:
-    """``<node>-ledger.pub`` in `keys_dir`; the node id comes from evidence, so it must be a
-    plain id (no path)."""
+def keys_for(keys_dir: Path, node: str) -> KeyHistory:
+    """``<node>-ledger.pub`` in `keys_dir`, with ``<node>-ledger.keys`` if the node rotated its
+    key; the node id comes from evidence, so it must be a plain id (no path)."""
     if not _NODE_ID.match(node):
-        raise ConfigError(f"{node!r} is not a node id")
-    return load_public_key(keys_dir / f"{node}-ledger.pub")
+        raise ConfigError(f"{printable(repr(node))} is not a node id")
+    return load_key_history(keys_dir / f"{node}-ledger.pub")
 
 
-def ledger_keys_in(folder: Path, nodes: Iterable[str]) -> dict[str, Ed25519PublicKey]:
-    """The ledger public keys of those `nodes` that have ``<id>-ledger.pub`` in `folder`."""
-    return {node: public_key_for(folder, node) for node in nodes
+def ledger_keys_in(folder: Path, nodes: Iterable[str]) -> dict[str, KeyHistory]:
+    """The ledger keys of those `nodes` that have ``<id>-ledger.pub`` in `folder`."""
+    return {node: keys_for(folder, node) for node in nodes
             if (folder / f"{node}-ledger.pub").exists()}
 
 
@@ -103,11 +102,11 @@ class PublicKeys:
     """
 
     def __init__(self, paths: Sequence[Path], party: str | None = None) -> None:
-        self._named: dict[str, Ed25519PublicKey] = {}
-        self.unnamed: list[Ed25519PublicKey] = []
+        self._named: dict[str, KeyHistory] = {}
+        self.unnamed: list[KeyHistory] = []
         self._folders = list(dict.fromkeys(path.parent for path in paths))
         for path in paths:
-            key = load_public_key(path)
+            key = load_key_history(path)
             if party is not None and len(paths) == 1:
                 self._named[party] = key
             elif path.name.endswith("-ledger.pub"):
@@ -115,15 +114,15 @@ class PublicKeys:
             else:
                 self.unnamed.append(key)
 
-    def named(self, node: str) -> Ed25519PublicKey | None:
+    def named(self, node: str) -> KeyHistory | None:
         if node not in self._named:
             for folder in self._folders:
                 if _NODE_ID.match(node) and (folder / f"{node}-ledger.pub").exists():
-                    self._named[node] = public_key_for(folder, node)
+                    self._named[node] = keys_for(folder, node)
                     break
         return self._named.get(node)
 
-    def of(self, node: str, sole_node: bool) -> Ed25519PublicKey | None:
+    def of(self, node: str, sole_node: bool) -> KeyHistory | None:
         """The key named for `node`; if `sole_node` (the evidence is of this node only),
         a single key named for no node is taken to be its key."""
         key = self.named(node)
@@ -151,7 +150,7 @@ def _no_key(node: str) -> str:
             f"{printable(node)}-ledger.pub, or put it beside the keys given)")
 
 
-def receipt_defect(party: str, item: Any, key: Ed25519PublicKey | None) -> str | None:
+def receipt_defect(party: str, item: Any, key: Keys | None) -> str | None:
     """Why what `party` sent as one of its receipts cannot serve as evidence, or None.
 
     Checked: it is a ledger entry (its fields and their types), of `party`'s own
@@ -194,8 +193,8 @@ def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
             bad.append(f"{name} (job '{printable(entry.job_id)}'): {problem}")
     if evidence.header is not None:
         key = keys.of(evidence.header.node, sole_node)
-        problems = ([_no_key(evidence.header.node)] if key is None else
-                    export_problems(evidence.header, evidence.entries, key))
+        problems = ([_no_key(evidence.header.node)] if key is None else export_problems(
+            evidence.header, evidence.entries, key.key_at(evidence.header.head[0] + 1)))
         bad += [f"the export: {problem}" for problem in problems]
         lines += [] if problems else [export_summary(evidence.header, evidence.entries)]
     elif evidence.unsigned_export:
@@ -205,7 +204,7 @@ def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
     return lines + bad, not bad
 
 
-def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str | None,
+def check_receipts(entries: list[LedgerEntry], key: Keys, node: str | None,
                    ) -> list[str]:
     """Problems with receipts (signature, hash) of `node` (None: every entry)."""
     problems = []
@@ -218,7 +217,7 @@ def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str 
     return problems
 
 
-def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
+def verify_ledger(ledger_path: Path, node: str, key: Keys,
                   evidence_dir: Path | None = None, keys_dir: Path | None = None,
                   ) -> tuple[VerifyReport, list[str]]:
     """The chain's own check, and (with evidence) what it no longer contains or contradicts."""
@@ -237,13 +236,13 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
     if evidence_dir is None:
         return report, problems
     trusted: list[LedgerEntry] = []
-    keys: dict[str, Ed25519PublicKey] = {node: key}
+    keys = {node: report.keys or as_history(key)}  # the node's own: as its chain says
     for path, item in _evidence_about(node, evidence_dir, problems):
         if item.node not in keys:
             if keys_dir is None:
                 continue
             try:
-                keys[item.node] = public_key_for(keys_dir, item.node)
+                keys[item.node] = keys_for(keys_dir, item.node)
             except ConfigError:
                 problems.append(f"{path.name}: no public key for '{printable(item.node)}'; "
                                 "not used")
