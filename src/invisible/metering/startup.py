@@ -79,11 +79,12 @@ def marker_path(signing_key: Path) -> Path:
 class HeadMarker:
     """The latest head a ledger key is known to have signed, kept in a small signed file.
 
-    Writing it costs about 0.5 ms (signing 30 µs; the rest is the file, half of
-    it one fsync). The new content is fsynced before it replaces the old, so a
+    Writing it costs about 0.4-0.5 ms on ext4 (signing 30 µs, creating the
+    scratch file about 0.2 ms, syncing its content about 0.15 ms), once a job
+    ends. The content is synced (fdatasync) before it replaces the old, so a
     crash never leaves a torn marker (which would refuse the next start); the
-    folder is not fsynced: a rename lost in a crash leaves the previous marker,
-    still genuine, only lagging, which weakens the next check and never fails it.
+    folder is not: a rename lost in a crash leaves the previous marker, still
+    genuine, only lagging, which weakens the next check and never fails it.
     """
 
     def __init__(self, path: Path, node_id: str, key: Ed25519PrivateKey) -> None:
