@@ -85,6 +85,35 @@ def test_node_serve_refuses_a_broken_ledger_unless_told_and_records_the_choice(t
     serve_once()  # the recorded choice stands; no flag needed again
 
 
+def test_meter_rotate_key_waits_for_the_node_process_to_stop(tmp_path):
+    layout = write_local_federation(tmp_path, ["bank", "telco"])
+    config = str(layout.party_configs["bank"])
+    key = (tmp_path / "pki" / "bank-ledger.key").read_bytes()
+    process = subprocess.Popen([sys.executable, "-m", "invisible", "node", "serve", "--config",
+                                config], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "serving on 127.0.0.1:" in process.stdout.readline()
+        refused = invisible("meter", "rotate-key", "--config", config)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert "bank-ledger.sqlite is open in a running node: stop the node first" in line
+    assert (tmp_path / "pki" / "bank-ledger.key").read_bytes() == key
+    done = invisible("meter", "rotate-key", "--config", config)
+    assert done.returncode == 0, done.stderr
+    assert "rotated at entry" in done.stdout and "bank-ledger.keys" in done.stdout
+    assert (tmp_path / "pki" / "bank-ledger.key").read_bytes() != key
+    assert stat.S_IMODE((tmp_path / "pki" / "bank-ledger.key").stat().st_mode) == 0o600
+    serve_then_stop([sys.executable, "-m", "invisible", "node", "serve", "--config", config],
+                    signal.SIGTERM)  # the node starts on its rotated ledger
+    assert invisible("meter", "verify", "--config", config).returncode == 0
+
+
 def test_node_startup_errors_print_one_line_and_exit_non_zero(tmp_path):
     done = invisible("node", "serve", "--config", str(tmp_path / "missing.toml"))
     assert done.returncode == 2

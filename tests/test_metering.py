@@ -297,3 +297,18 @@ def test_verify_ledger_uses_only_evidence_that_verifies(tmp_path, ledger, keys):
     report, problems = verify_ledger(ledger.path, "bank", keys[1], evidence, tmp_path)
     assert report.ok
     assert len(problems) == 1 and "is not genuine" in problems[0]
+
+
+def test_a_ledger_written_before_keys_could_rotate_opens_and_still_verifies(ledger, keys):
+    fill(ledger, 2)
+    ledger.close()
+    with sqlite3.connect(ledger.path) as db:  # the table as it was: no column for a new key
+        db.execute("ALTER TABLE entries DROP COLUMN key_signature")
+    db.close()
+    reopened = Ledger(ledger.path, "bank", keys[0])
+    try:
+        fill(reopened, 1)
+        assert verify_chain(reopened.entries(), keys[1]).ok
+        assert [e.seq for e in reopened.entries()] == list(range(1, 10))
+    finally:
+        reopened.close()

@@ -10,6 +10,7 @@
     invisible meter verify --config party.toml [--receipts DIR]
     invisible meter verify-receipt RECEIPT --public-key bank-ledger.pub [--public-key ...]
     invisible meter export --config party.toml --out FILE [--event witnessed]
+    invisible meter rotate-key --config party.toml
     invisible bench NAME... [--quick] [--json PATH]
     invisible demo
 
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import FrameType
 
 from invisible import __version__
-from invisible.errors import InvisibleError
+from invisible.errors import ConfigError, InvisibleError
 
 EXIT_USAGE = 2
 
@@ -158,13 +159,13 @@ def _public_key_path(signing_key: Path, given: str | None) -> Path:
 
 def _meter_verify(args: argparse.Namespace) -> int:
     from invisible.metering.audit import verify_ledger
-    from invisible.metering.signing import load_public_key
+    from invisible.metering.keys import load_key_history
     from invisible.node.config import load_party_config
 
     config = load_party_config(args.config)
     key_path = _public_key_path(config.ledger.signing_key, args.public_key)
     report, problems = verify_ledger(
-        config.ledger.path, config.party_id, load_public_key(key_path),
+        config.ledger.path, config.party_id, load_key_history(key_path),
         Path(args.receipts) if args.receipts else None,
         Path(args.keys) if args.keys else key_path.parent,
     )
@@ -186,23 +187,44 @@ def _meter_verify_receipt(args: argparse.Namespace) -> int:
 
 
 def _meter_export(args: argparse.Namespace) -> int:
-    from invisible.metering.audit import export_document
+    from invisible.metering.exports import export_document
     from invisible.metering.ledger import Ledger
     from invisible.metering.report import check_events, parse_since
+    from invisible.metering.signing import load_signing_key
     from invisible.node.config import load_party_config
 
     config = load_party_config(args.config)
     since = parse_since(args.since) if args.since else None
+    key = load_signing_key(config.ledger.signing_key)  # the node signs what it exports
     ledger = Ledger(config.ledger.path, config.party_id, None)
     try:
         if args.event:
             check_events(args.event, ledger.events())
-        entries = [e for e in ledger.entries(since=since) if not args.event or e.event in args.event]
+        head = ledger.head()  # first: a running node may append while the entries are read
+        entries = [e for e in ledger.entries(since=since) if e.seq <= head[0]
+                   and (not args.event or e.event in args.event)]
     finally:
         ledger.close()
-    document = export_document(config.party_id, entries, since, args.event)
+    document = export_document(config.party_id, entries, since, args.event, head, key)
     Path(args.out).write_text(json.dumps(document, indent=1, sort_keys=True))
     print(f"{len(entries)} entries of '{config.party_id}' written to {args.out}")
+    return 0
+
+
+def _meter_rotate_key(args: argparse.Namespace) -> int:
+    from invisible.metering.keys import history_path
+    from invisible.metering.rotation import rotate_ledger_key
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(args.config)
+    if config.ledger.store == "none":
+        raise ConfigError(f"{config.source}: this node keeps no ledger; there is no key to rotate")
+    key = config.ledger.signing_key
+    entry = rotate_ledger_key(config.ledger.path, config.party_id, key)
+    print(f"ledger key of '{config.party_id}' rotated at entry {entry.seq}; from now on it signs "
+          f"with the new key in {key}")
+    print(f"give auditors {key.with_suffix('.pub')} (the new public key) and "
+          f"{history_path(key)} (every key it had, so older receipts still verify)")
     return 0
 
 
@@ -292,16 +314,21 @@ def build_parser() -> argparse.ArgumentParser:
                                 "the signing nodes' keys; an export's sequence for gaps")
     receipt.add_argument("receipt", help="a receipts file, an export or one entry (JSON)")
     receipt.add_argument("--public-key", required=True, action="append",
-                         help="<id>-ledger.pub (repeatable); other nodes' keys are looked up "
-                         "beside it")
+                         help="<id>-ledger.pub (repeatable; with <id>-ledger.keys beside it "
+                         "if the node rotated its key); other nodes' keys are looked up beside it")
     receipt.add_argument("--party", help="only this party's receipts in the file")
     receipt.set_defaults(handler=_meter_verify_receipt)
-    export = meters.add_parser("export", help="write a node's entries as JSON evidence")
+    export = meters.add_parser("export", help="write a node's entries as JSON evidence, "
+                               "under a header signed with its ledger key")
     export.add_argument("--config", required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--event", action="append", help="only these events (repeatable)")
     export.add_argument("--since", help="an ISO date or time (UTC), e.g. 2026-11-01")
     export.set_defaults(handler=_meter_export)
+    rotate = meters.add_parser("rotate-key", help="hand the ledger on to a new signing key, "
+                               "recorded in it and signed by both keys (node stopped)")
+    rotate.add_argument("--config", required=True, help="the party's TOML file")
+    rotate.set_defaults(handler=_meter_rotate_key)
 
     bench = commands.add_parser("bench", help="run benchmarks from benchmarks/")
     bench.add_argument("names", nargs="+", metavar="NAME")

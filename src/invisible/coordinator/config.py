@@ -5,6 +5,8 @@ A coordinator's file::
     [coordinator]
     id = "coordinator"
     receipts_dir = "receipts"    # optional: where every party's signed receipts are kept
+    ledger_keys = "pki"          # optional: folder of <id>-ledger.pub, to check receipts
+                                 # (default: the folder of the CA file, where pki init puts them)
 
     [tls]
     ca = "pki/ca.pem"
@@ -62,6 +64,8 @@ class CoordinatorConfig:
     #: Where the parties' signed receipts of every job are kept.
     receipts_dir: Path = Path("receipts")
     dealers: dict[str, str] = field(default_factory=dict)
+    #: Where the nodes' ledger public keys (``<id>-ledger.pub``) are, to check their receipts.
+    ledger_keys: Path = Path("pki")
 
 
 def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
@@ -76,10 +80,13 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
         dealers = root.table_at("dealers", required=False).addresses()
     if not parties:
         raise ConfigError(f"{source}: parties must name at least one party")
+    tls = read_tls(root)
     return CoordinatorConfig(
         source=source, coordinator_id=check_party_id(coordinator.string("id")),
-        tls=read_tls(root), parties=parties, limits=read_limits(root),
+        tls=tls, parties=parties, limits=read_limits(root),
         receipts_dir=coordinator.path("receipts_dir") if "receipts_dir" in coordinator.table
         else source.parent / "receipts",
         dealers=dealers,
+        ledger_keys=coordinator.path("ledger_keys") if "ledger_keys" in coordinator.table
+        else tls.ca.parent,
     )

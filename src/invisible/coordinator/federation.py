@@ -9,6 +9,7 @@ one failure fails the whole job and nothing is released.
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -35,9 +36,13 @@ from invisible.kinds.params import InputRef, Params, input_refs
 from invisible.kinds.registry import find_kind, kind_of
 from invisible.kinds.secure_sum import DEFAULT_MAX_ROWS, SecureSumParams, SecureSumResult
 from invisible.kinds.statistics import StatisticsParams, StatisticsResult
+from invisible.metering.audit import ledger_keys_in, receipt_defect
 from invisible.net.client import HealthInfo, NodeClient
 from invisible.net.pki import Role
 from invisible.net.tls import TlsMaterial
+from invisible.text import printable
+
+log = logging.getLogger(__name__)
 
 _POLL_S = 2.0
 R = TypeVar("R")
@@ -58,6 +63,8 @@ class Federation:
             for party, address in nodes.items()
         }
         self._pool = ThreadPoolExecutor(max_workers=max(4, len(self.clients)))
+        #: The nodes' ledger public keys the coordinator holds, to check their receipts.
+        self.ledger_keys = ledger_keys_in(config.ledger_keys, self.clients)
 
     @classmethod
     def from_config(cls, path: Path | str) -> Federation:
@@ -180,8 +187,18 @@ class Federation:
         self._write_receipts(result.job_id, result.receipts)
 
     def _write_receipts(self, job_id: str, receipts: Mapping[str, Sequence[Any]]) -> None:
-        """Keep every party's signed entries of a job, whatever its end (one file a job)."""
-        kept = {p: list(r) for p, r in receipts.items() if r}
+        """Keep every party's signed entries of a job, whatever its end (one file a job).
+
+        Only what can serve as evidence is kept: a ledger entry of the party that
+        sent it, intact, and signed by the party's ledger key when the coordinator
+        has that key (``<id>-ledger.pub`` in its `ledger_keys` folder; without it
+        the signature is left to the auditor: see
+        :func:`~invisible.metering.audit.receipt_defect`). Anything else is logged
+        (party, job, why; never its content) and dropped, so that one bad item
+        cannot spoil the folder an auditor verifies a ledger against.
+        """
+        kept = {p: self._genuine(job_id, p, r) for p, r in receipts.items()}
+        kept = {p: r for p, r in kept.items() if r}
         if not kept:
             return
         folder = self.config.receipts_dir
@@ -190,6 +207,18 @@ class Federation:
         while path.exists():  # a job id reused by hand: never overwrite earlier evidence
             path, copy = folder / f"{job_id}.{copy}.json", copy + 1
         path.write_text(json.dumps(kept, indent=1, sort_keys=True))
+
+    def _genuine(self, job_id: str, party: str, receipts: Sequence[Any]) -> list[Any]:
+        """The receipts of one party that can serve as evidence (see :meth:`_write_receipts`)."""
+        genuine = []
+        for item in receipts:
+            defect = receipt_defect(party, item, self.ledger_keys.get(party))
+            if defect is None:
+                genuine.append(item)
+            else:
+                log.warning("a receipt from '%s' for job '%s' is not kept: %s", party,
+                            printable(job_id, 80), defect)
+        return genuine
 
     def _on_every_party(self, clients: Mapping[str, NodeClient], job_id: str,
                         call: Callable[[NodeClient], T], what: str) -> dict[str, T]:

@@ -2,100 +2,95 @@
 
 Evidence files are JSON: a coordinator's receipts file (``{party: [entry,
 ...]}``, one per job, kept by `Federation`), an export of a node's entries
-(``{"export_of": node, "since": ..., "events": ..., "entries": [...]}``; a
-bare list of entries from older exports), or one entry. Every piece of
-evidence is checked against its signer's public key (``<id>-ledger.pub``)
-before it is used; evidence that does not verify is reported, not trusted.
-An export of every event is one unbroken run of the node's chain, so an
-entry deleted from it shows as a gap; an export of some events only cannot
-show one, and says so.
+under a header the node signed (:mod:`invisible.metering.exports`; older
+exports had an unsigned header, or none), or one entry. Every piece of
+evidence is checked against its signer's key in force at it (``<id>-ledger.pub``,
+and ``<id>-ledger.keys`` beside it if the signer rotated its key) before it is
+used; evidence that does not verify is reported, not trusted.
+A signed export's header binds what it holds, so an entry deleted from it is
+found whatever the header says; an export with no signed header is never
+vouched complete.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from invisible.errors import ConfigError
 from invisible.metering.entries import LedgerEntry
+from invisible.metering.exports import EXPORT_KEY, ExportHeader, export_problems, export_summary
+from invisible.metering.keys import KeyHistory, Keys, as_history, load_key_history
 from invisible.metering.ledger import Ledger
-from invisible.metering.signing import load_public_key
 from invisible.metering.startup import ACCEPTED_BROKEN
 from invisible.metering.verify import (
     VerifyReport,
-    sequence_problems,
     verify_against_receipts,
     verify_receipt,
     verify_rows,
 )
 from invisible.text import printable
 
-#: The key that marks an export (never a party id: those have no underscore).
-_EXPORT = "export_of"
 _NODE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 
 
 @dataclass(frozen=True)
 class EvidenceFile:
     entries: list[LedgerEntry]
-    #: Whether the file claims an unbroken run of each node's entries (an export of every event).
-    unbroken: bool = False
-    #: Where that run must start: 1 for an export of a whole ledger; None for anywhere.
-    first_seq: int | None = None
-    #: The events an export was limited to (entries missing from it cannot be detected).
-    events: tuple[str, ...] = ()
-
-
-def export_document(node: str, entries: Sequence[LedgerEntry], since: str | None,
-                    events: Sequence[str] | None) -> dict[str, Any]:
-    """What `meter export` writes: the entries, and what they were selected by."""
-    return {_EXPORT: node, "since": since, "events": sorted(events) if events else None,
-            "entries": [entry.to_json() for entry in entries]}
+    #: A signed export's header (None: not an export, or one without a signed header).
+    header: ExportHeader | None = None
+    #: An export without a signed header (written before headers were signed, or stripped).
+    unsigned_export: bool = False
 
 
 def read_evidence(path: Path) -> EvidenceFile:
     """One JSON evidence file, whatever its shape."""
     try:
         data: Any = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path} is not a readable JSON file ({exc})") from None
-    if isinstance(data, dict) and _EXPORT in data:
-        events = data.get("events") or ()
-        return EvidenceFile(_entries(path, data.get("entries")), unbroken=not events,
-                            first_seq=None if data.get("since") else 1,
-                            events=tuple(str(e) for e in events))
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text at all
+        raise ConfigError(f"{printable(str(path))} is not a readable JSON file ({exc})") from None
+    if isinstance(data, dict) and EXPORT_KEY in data:
+        if "signature" not in data:  # written before export headers were signed
+            return EvidenceFile(_entries(path, data.get("entries")), unsigned_export=True)
+        try:
+            header = ExportHeader.read(data)
+        except ConfigError as exc:
+            raise ConfigError(f"{printable(str(path))} holds {exc}") from None
+        return EvidenceFile(_entries(path, data.get("entries")), header)
     if isinstance(data, list):  # an export written before exports said what they hold
-        return EvidenceFile(_entries(path, data), unbroken=True)
+        return EvidenceFile(_entries(path, data), unsigned_export=True)
     if isinstance(data, dict) and "seq" in data:
         return EvidenceFile(_entries(path, [data]))
     if isinstance(data, dict) and all(isinstance(v, list) for v in data.values()):
         return EvidenceFile(_entries(path, [e for entries in data.values() for e in entries]))
-    raise ConfigError(f"{path} holds no ledger entries")
+    raise ConfigError(f"{printable(str(path))} holds no ledger entries")
 
 
 def _entries(path: Path, items: Any) -> list[LedgerEntry]:
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
-        raise ConfigError(f"{path} holds something that is not a ledger entry")
-    return [LedgerEntry.from_json(item) for item in items]
+        raise ConfigError(f"{printable(str(path))} holds something that is not a ledger entry")
+    try:
+        return [LedgerEntry.from_json(item) for item in items]
+    except ConfigError as exc:
+        raise ConfigError(f"{printable(str(path))} holds {exc}") from None
 
 
-def load_evidence(path: Path) -> Iterator[LedgerEntry]:
-    """Entries in one JSON evidence file, whatever its shape."""
-    yield from read_evidence(path).entries
-
-
-def public_key_for(keys_dir: Path, node: str) -> Ed25519PublicKey:
-    """``<node>-ledger.pub`` in `keys_dir`; the node id comes from evidence, so it must be a
-    plain id (no path)."""
+def keys_for(keys_dir: Path, node: str) -> KeyHistory:
+    """``<node>-ledger.pub`` in `keys_dir`, with ``<node>-ledger.keys`` if the node rotated its
+    key; the node id comes from evidence, so it must be a plain id (no path)."""
     if not _NODE_ID.match(node):
-        raise ConfigError(f"{node!r} is not a node id")
-    return load_public_key(keys_dir / f"{node}-ledger.pub")
+        raise ConfigError(f"{printable(repr(node))} is not a node id")
+    return load_key_history(keys_dir / f"{node}-ledger.pub")
+
+
+def ledger_keys_in(folder: Path, nodes: Iterable[str]) -> dict[str, KeyHistory]:
+    """The ledger keys of those `nodes` that have ``<id>-ledger.pub`` in `folder`."""
+    return {node: keys_for(folder, node) for node in nodes
+            if (folder / f"{node}-ledger.pub").exists()}
 
 
 class PublicKeys:
@@ -107,11 +102,11 @@ class PublicKeys:
     """
 
     def __init__(self, paths: Sequence[Path], party: str | None = None) -> None:
-        self._named: dict[str, Ed25519PublicKey] = {}
-        self.unnamed: list[Ed25519PublicKey] = []
+        self._named: dict[str, KeyHistory] = {}
+        self.unnamed: list[KeyHistory] = []
         self._folders = list(dict.fromkeys(path.parent for path in paths))
         for path in paths:
-            key = load_public_key(path)
+            key = load_key_history(path)
             if party is not None and len(paths) == 1:
                 self._named[party] = key
             elif path.name.endswith("-ledger.pub"):
@@ -119,13 +114,21 @@ class PublicKeys:
             else:
                 self.unnamed.append(key)
 
-    def named(self, node: str) -> Ed25519PublicKey | None:
+    def named(self, node: str) -> KeyHistory | None:
         if node not in self._named:
             for folder in self._folders:
                 if _NODE_ID.match(node) and (folder / f"{node}-ledger.pub").exists():
-                    self._named[node] = public_key_for(folder, node)
+                    self._named[node] = keys_for(folder, node)
                     break
         return self._named.get(node)
+
+    def of(self, node: str, sole_node: bool) -> KeyHistory | None:
+        """The key named for `node`; if `sole_node` (the evidence is of this node only),
+        a single key named for no node is taken to be its key."""
+        key = self.named(node)
+        if key is None and len(self.unnamed) == 1 and sole_node:
+            key = self.unnamed[0]
+        return key
 
 
 def receipt_problem(entry: LedgerEntry, keys: PublicKeys, sole_node: bool) -> str | None:
@@ -134,52 +137,74 @@ def receipt_problem(entry: LedgerEntry, keys: PublicKeys, sole_node: bool) -> st
     for no node is taken to be its key."""
     if entry.compute_hash() != entry.hash:
         return "its content does not match its hash (altered)"
-    key = keys.named(entry.node)
-    if key is None and len(keys.unnamed) == 1 and sole_node:
-        key = keys.unnamed[0]
+    key = keys.of(entry.node, sole_node)
     if key is not None:
         return verify_receipt(entry, key)
     if any(verify_receipt(entry, candidate) is None for candidate in keys.unnamed):
         return None
-    return (f"cannot be checked: no public key for '{entry.node}' (give --public-key "
-            f"{entry.node}-ledger.pub, or put it beside the keys given)")
+    return _no_key(entry.node)
+
+
+def _no_key(node: str) -> str:
+    return (f"cannot be checked: no public key for '{printable(node)}' (give --public-key "
+            f"{printable(node)}-ledger.pub, or put it beside the keys given)")
+
+
+def receipt_defect(party: str, item: Any, key: Keys | None) -> str | None:
+    """Why what `party` sent as one of its receipts cannot serve as evidence, or None.
+
+    Checked: it is a ledger entry (its fields and their types), of `party`'s own
+    ledger, its content matches its hash, and — given the party's ledger public
+    `key` — its signature verifies with it. Not checked without the key: the
+    signature (the auditor's `meter verify` checks it with the key it holds).
+    Never checked here: that the entry is still in the node's chain.
+    """
+    if not isinstance(item, dict):
+        return "it is not a JSON object"
+    try:
+        entry = LedgerEntry.from_json(item)
+    except ConfigError as exc:
+        return str(exc)
+    if entry.node != party:
+        return f"it is an entry of '{printable(entry.node, 64)}', not of '{party}'"
+    if entry.compute_hash() != entry.hash:
+        return "its content does not match its hash (altered)"
+    return None if key is None else verify_receipt(entry, key)
 
 
 def audit_file(path: Path, key_paths: Sequence[Path], party: str | None = None,
                ) -> tuple[list[str], bool]:
     """`meter verify-receipt`: each receipt against its own node's key, and an export's
-    sequence for gaps; returns the lines to print and whether all is well."""
+    signed header against what it holds; returns the lines to print and whether all is
+    well."""
     evidence = read_evidence(path)
     entries = [e for e in evidence.entries if party is None or e.node == party]
     if not entries:
         raise ConfigError(f"{path} holds no receipt" + (f" of party '{party}'" if party else ""))
     keys = PublicKeys(key_paths, party)
-    nodes = {entry.node for entry in entries}
+    sole_node = len({entry.node for entry in entries}) == 1
     lines, bad = [], []
     for entry in entries:
-        problem = receipt_problem(entry, keys, len(nodes) == 1)
+        problem = receipt_problem(entry, keys, sole_node)
         name = f"receipt {printable(entry.node)}#{entry.seq}"
         if problem is None:
             lines.append(f"{name} ({printable(entry.event)}, job '{printable(entry.job_id)}'): valid")
         else:
             bad.append(f"{name} (job '{printable(entry.job_id)}'): {problem}")
-    if evidence.events:
-        lines.append(f"an export of only events {printable(', '.join(evidence.events))}: entries "
-                     "missing from it cannot be detected")
-    elif evidence.unbroken:
-        gaps = sequence_problems(entries, evidence.first_seq)
-        bad += [printable(gap) for gap in gaps]
-        for node in sorted(nodes):
-            if not any(f"of '{node}'" in gap for gap in gaps):
-                seqs = [e.seq for e in entries if e.node == node]
-                lines.append(f"entries {min(seqs)} to {max(seqs)} of '{printable(node)}' complete "
-                             "(a tail cut off shows only against a later receipt or "
-                             "countersigned head)")
+    if evidence.header is not None:
+        key = keys.of(evidence.header.node, sole_node)
+        problems = ([_no_key(evidence.header.node)] if key is None else export_problems(
+            evidence.header, evidence.entries, key.key_at(evidence.header.head[0] + 1)))
+        bad += [f"the export: {problem}" for problem in problems]
+        lines += [] if problems else [export_summary(evidence.header, evidence.entries)]
+    elif evidence.unsigned_export:
+        bad.append("the export has no signed header (written before exports were signed, or "
+                   "its signature was stripped): entries deleted from it cannot be detected; "
+                   "export it again with `invisible meter export`")
     return lines + bad, not bad
 
 
-
-def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str | None,
+def check_receipts(entries: list[LedgerEntry], key: Keys, node: str | None,
                    ) -> list[str]:
     """Problems with receipts (signature, hash) of `node` (None: every entry)."""
     problems = []
@@ -192,7 +217,7 @@ def check_receipts(entries: list[LedgerEntry], key: Ed25519PublicKey, node: str 
     return problems
 
 
-def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
+def verify_ledger(ledger_path: Path, node: str, key: Keys,
                   evidence_dir: Path | None = None, keys_dir: Path | None = None,
                   ) -> tuple[VerifyReport, list[str]]:
     """The chain's own check, and (with evidence) what it no longer contains or contradicts."""
@@ -211,25 +236,41 @@ def verify_ledger(ledger_path: Path, node: str, key: Ed25519PublicKey,
     if evidence_dir is None:
         return report, problems
     trusted: list[LedgerEntry] = []
-    keys: dict[str, Ed25519PublicKey] = {node: key}
-    for path in sorted(evidence_dir.rglob("*.json")):
-        for item in load_evidence(path):
-            relevant = item.node == node or (
-                item.event == "witnessed" and node in item.body.get("heads", {}))
-            if not relevant:
-                continue  # evidence about other ledgers says nothing about this one
-            if item.node not in keys:
-                if keys_dir is None:
-                    continue
-                try:
-                    keys[item.node] = public_key_for(keys_dir, item.node)
-                except ConfigError:
-                    problems.append(f"{path.name}: no public key for '{item.node}'; not used")
-                    continue
-            why = verify_receipt(item, keys[item.node])
-            if why:
-                problems.append(f"{path.name}: entry {item.node}#{item.seq} is not genuine: {why}")
-            else:
-                trusted.append(item)
+    keys = {node: report.keys or as_history(key)}  # the node's own: as its chain says
+    for path, item in _evidence_about(node, evidence_dir, problems):
+        if item.node not in keys:
+            if keys_dir is None:
+                continue
+            try:
+                keys[item.node] = keys_for(keys_dir, item.node)
+            except ConfigError:
+                problems.append(f"{path.name}: no public key for '{printable(item.node)}'; "
+                                "not used")
+                continue
+        why = verify_receipt(item, keys[item.node])
+        if why:
+            problems.append(f"{path.name}: entry {printable(item.node)}#{item.seq} is not "
+                            f"genuine: {why}")
+        else:
+            trusted.append(item)
     problems += verify_against_receipts(node, {row[1]: row[11] for row in rows}, trusted)
     return report, problems
+
+
+def _evidence_about(node: str, evidence_dir: Path, problems: list[str],
+                    ) -> Iterator[tuple[Path, LedgerEntry]]:
+    """Every entry in the folder's JSON files that speaks about `node`'s ledger: its own
+    entries, and peers' countersignatures of its head. A file that is not evidence (junk,
+    another shape, a malformed entry) adds one line to `problems` naming it, and the
+    other files are still read."""
+    for path in sorted(evidence_dir.rglob("*.json")):
+        try:
+            entries = read_evidence(path).entries
+        except ConfigError as exc:
+            problems.append(f"{exc}; this file was skipped")
+            continue
+        for item in entries:
+            heads = item.body.get("heads")
+            if item.node == node or (item.event == "witnessed" and isinstance(heads, dict)
+                                     and node in heads):
+                yield path, item

@@ -1,13 +1,16 @@
 """Ledger entries: what one job state change at one node looks like, hashed and signed.
 
 An entry's hash is SHA-256 over the canonical JSON of every field but the
-hash and the signature, including the sequence number and the previous
+hash and the signatures, including the sequence number and the previous
 entry's hash, so changing, removing or reordering any entry breaks the
-chain from there on. The node signs the 32-byte hash with Ed25519.
+chain from there on. The node signs the 32-byte hash with Ed25519; an entry
+that hands the ledger on to a new key (:mod:`invisible.metering.keys`) also
+carries the new key's signature over the same hash (`key_signature`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -58,9 +61,11 @@ class LedgerEntry:
     prev_hash: str
     hash: str = ""
     signature: str = ""
+    #: A new key's signature over the hash (`key-rotated` entries only; empty otherwise).
+    key_signature: str = ""
 
     def signed_fields(self) -> dict[str, Any]:
-        """Every field but the hash and the signature (the body is shared, not copied)."""
+        """Every field but the hash and the signatures (the body is shared, not copied)."""
         return {"node": self.node, "seq": self.seq, "ts": self.ts, "job_id": self.job_id,
                 "event": self.event, "requester": self.requester, "kind": self.kind,
                 "dataset": self.dataset, "rows": self.rows, "body": self.body,
@@ -73,6 +78,10 @@ class LedgerEntry:
         digest = self.compute_hash()
         signature = key.sign(bytes.fromhex(digest)).hex()
         return LedgerEntry(**{**self.signed_fields(), "hash": digest, "signature": signature})
+
+    def cosigned(self, new_key: Ed25519PrivateKey) -> LedgerEntry:
+        """This sealed entry with `new_key`'s signature over its hash as well."""
+        return dataclasses.replace(self, key_signature=new_key.sign(bytes.fromhex(self.hash)).hex())
 
     def problem(self, key: Ed25519PublicKey) -> str | None:
         """Why this entry is not intact on its own (hash or signature), or None."""
@@ -87,11 +96,30 @@ class LedgerEntry:
         return None
 
     def to_json(self) -> dict[str, Any]:
-        return {**self.signed_fields(), "hash": self.hash, "signature": self.signature}
+        """As JSON; `key_signature` only where there is one (so every other receipt reads as
+        it always did)."""
+        data = {**self.signed_fields(), "hash": self.hash, "signature": self.signature}
+        if self.key_signature:
+            data["key_signature"] = self.key_signature
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LedgerEntry:
+        """An entry from JSON that came from outside; ConfigError if its fields or their
+        types are not an entry's (so nothing later trips over a list where a text was)."""
         try:
-            return cls(**data)
+            entry = cls(**data)
         except TypeError:
             raise ConfigError("not a ledger entry (fields differ)") from None
+        wrong = [name for name, kind in _FIELD_TYPES.items() if not isinstance(
+            getattr(entry, name), kind) or (kind is int and isinstance(getattr(entry, name), bool))]
+        if wrong:
+            raise ConfigError(f"not a ledger entry ({', '.join(wrong)} of the wrong type)")
+        return entry
+
+
+_FIELD_TYPES: dict[str, type] = {
+    "node": str, "seq": int, "ts": str, "job_id": str, "event": str, "requester": str,
+    "kind": str, "dataset": str, "rows": int, "body": dict, "prev_hash": str, "hash": str,
+    "signature": str, "key_signature": str,
+}

@@ -7,7 +7,8 @@ threads and processes. Quotas are computed from the ledger itself, so they
 survive restarts; a job that was running when the node stopped is marked
 `interrupted` at the next start and still counts. A node opens its own
 ledger through :func:`invisible.metering.startup.open_node_ledger`, which
-checks the chain before anything is appended to it.
+checks the chain before anything is appended to it. :meth:`Ledger.rotate_key`
+hands the ledger on to a new signing key (:mod:`invisible.metering.keys`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -30,6 +32,7 @@ from invisible.metering.entries import (
     PendingEntry,
     canonical_json,
 )
+from invisible.metering.keys import KEY_ROTATED, rotation_body
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
@@ -45,7 +48,8 @@ CREATE TABLE IF NOT EXISTS entries (
     body TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
-    signature TEXT NOT NULL
+    signature TEXT NOT NULL,
+    key_signature TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS entries_usage ON entries (dataset, event, ts);
 CREATE INDEX IF NOT EXISTS entries_job ON entries (job_id);
@@ -73,8 +77,15 @@ def _row_to_entry(row: sqlite3.Row) -> LedgerEntry:
         node=row["node"], seq=row["seq"], ts=row["ts"], job_id=row["job_id"], event=row["event"],
         requester=row["requester"], kind=row["kind"], dataset=row["dataset"], rows=row["rows"],
         body=json.loads(row["body"]), prev_hash=row["prev_hash"], hash=row["hash"],
-        signature=row["signature"],
+        signature=row["signature"], key_signature=row["key_signature"],
     )
+
+
+def _add_key_signatures(db: sqlite3.Connection) -> None:
+    """A ledger written before keys could rotate gets the column for a new key's signature."""
+    columns = {row["name"] for row in db.execute("PRAGMA table_info(entries)")}
+    if "key_signature" not in columns:
+        db.execute("ALTER TABLE entries ADD COLUMN key_signature TEXT NOT NULL DEFAULT ''")
 
 
 class Ledger:
@@ -89,6 +100,7 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         self._record_head: Callable[[int, str], None] | None = None
+        self._held: list[IO[bytes]] = []
         if signing_key is None and not path.exists():
             raise ConfigError(f"no ledger at {path}")
         try:
@@ -99,6 +111,7 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            _add_key_signatures(self._db)
             owners = self._db.execute("SELECT DISTINCT node FROM entries LIMIT 2").fetchall()
         except sqlite3.Error as exc:
             raise ConfigError(f"ledger {path} cannot be opened: {exc}") from None
@@ -117,10 +130,19 @@ class Ledger:
                         record(seq, digest)
             finally:
                 self._db.close()
+                for handle in self._held:
+                    handle.close()
+                self._held.clear()
+
+    def hold(self, handle: IO[bytes]) -> None:
+        """Keep `handle` (a lock) open until the ledger closes."""
+        self._held.append(handle)
 
     def record_heads(self, record: Callable[[int, str], None]) -> None:
-        """Call `record(seq, hash)` with the head when the first entry is written and at close
-        (how a node keeps its head marker: :mod:`invisible.metering.startup`)."""
+        """Call `record(seq, hash)` with the head when the first entry is written, after each
+        job's terminal entry, and at close (how a node keeps its head marker:
+        :mod:`invisible.metering.startup`). It is called outside the write lock, so it may
+        come late or out of order; the recorder keeps the latest."""
         self._record_head = record
 
     def _head(self) -> tuple[int, str]:
@@ -131,7 +153,8 @@ class Ledger:
         with self._lock:
             return self._head()
 
-    def _insert(self, pending: Sequence[PendingEntry]) -> list[LedgerEntry]:
+    def _insert(self, pending: Sequence[PendingEntry], new_key: Ed25519PrivateKey | None = None,
+                ) -> list[LedgerEntry]:
         if self._key is None:
             raise ConfigError(f"ledger {self.path} was opened for reading only")
         seq, prev_hash = self._head()
@@ -143,11 +166,13 @@ class Ledger:
                 event=item.event, requester=item.requester, kind=item.kind,
                 dataset=item.dataset, rows=item.rows, body=item.body, prev_hash=prev_hash,
             ).sealed(self._key)
+            if new_key is not None:
+                entry = entry.cosigned(new_key)
             self._db.execute(
-                "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO entries VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (entry.seq, entry.node, entry.ts, entry.job_id, entry.event, entry.requester,
                  entry.kind, entry.dataset, entry.rows, canonical_json(entry.body).decode(),
-                 entry.prev_hash, entry.hash, entry.signature),
+                 entry.prev_hash, entry.hash, entry.signature, entry.key_signature),
             )
             prev_hash = entry.hash
             written.append(entry)
@@ -159,17 +184,43 @@ class Ledger:
 
     def transaction(self, decide: Callable[[Ledger], Sequence[PendingEntry]]) -> list[LedgerEntry]:
         """Under the write lock, let `decide` read usage and choose what to append; atomic."""
+        return self._commit(decide)
+
+    def rotate_key(self, new_key: Ed25519PrivateKey) -> LedgerEntry:
+        """Append a `key-rotated` entry naming the current and the new public key, signed by
+        the current key and, over the same hash, by `new_key`; sign every later entry with
+        `new_key`. Files (the key, its public half, the keys history) are the caller's:
+        :mod:`invisible.metering.rotation`."""
+        if self._key is None:
+            raise ConfigError(f"ledger {self.path} was opened for reading only")
+        body = rotation_body(self._key.public_key(), new_key.public_key())
+        [entry] = self._commit(lambda _: [PendingEntry("-", KEY_ROTATED, kind="ledger",
+                                                       body=body)], new_key)
+        return entry
+
+    def _commit(self, decide: Callable[[Ledger], Sequence[PendingEntry]],
+                new_key: Ed25519PrivateKey | None = None) -> list[LedgerEntry]:
+        """One durable transaction; with `new_key`, its entries are cosigned by that key,
+        which signs everything after them."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                written = self._insert(decide(self))
+                written = self._insert(decide(self), new_key)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            if self._record_head is not None and written and written[0].seq == 1:
-                self._record_head(written[-1].seq, written[-1].hash)
-            return written
+            if new_key is not None:
+                self._key = new_key
+        self._mark_head(written)
+        return written
+
+    def _mark_head(self, written: Sequence[LedgerEntry]) -> None:
+        """After a first entry or a job's end, tell the recorder the head (once durable)."""
+        record = self._record_head
+        if record is not None and written and (
+                written[0].seq == 1 or any(e.event in TERMINAL_EVENTS for e in written)):
+            record(written[-1].seq, written[-1].hash)
 
     def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
         """Jobs and rows reserved on `dataset` during the UTC day `day` (YYYY-MM-DD).
@@ -191,13 +242,17 @@ class Ledger:
             rows += sign * row["rows"]
         return Usage(jobs, rows)
 
-    def entries(self, since: str | None = None, after_seq: int = 0) -> Iterator[LedgerEntry]:
+    def entries(self, since: str | None = None, after_seq: int = 0, event: str | None = None,
+                ) -> Iterator[LedgerEntry]:
         with self._lock:
             query = "SELECT * FROM entries WHERE seq > ?"
             params: list[object] = [after_seq]
             if since:
                 query += " AND ts >= ?"
                 params.append(since)
+            if event:
+                query += " AND event = ?"
+                params.append(event)
             rows = self._db.execute(query + " ORDER BY seq", params).fetchall()
         return (_row_to_entry(row) for row in rows)
 
@@ -206,7 +261,7 @@ class Ledger:
         with self._lock:
             return [tuple(row) for row in self._db.execute(
                 "SELECT node, seq, ts, job_id, event, requester, kind, dataset, rows, body, "
-                "prev_hash, hash, signature FROM entries ORDER BY seq")]
+                "prev_hash, hash, signature, key_signature FROM entries ORDER BY seq")]
 
     def events(self) -> set[str]:
         """Every event that occurs in this ledger."""

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from invisible.errors import ConfigError
 from invisible.metering.entries import TERMINAL_EVENTS, LedgerEntry
+from invisible.metering.keys import KEY_ROTATED
 from invisible.metering.ledger import Ledger
 from invisible.metering.startup import ACCEPTED_BROKEN
 
@@ -34,7 +35,7 @@ _COUNTED = {"finished": "jobs", "failed": "failed", "refused": "refused",
             "interrupted": "interrupted"}
 #: Every event a node writes (see invisible.metering.entries).
 KNOWN_EVENTS = frozenset({"requested", "accepted", *TERMINAL_EVENTS, "clipped", "witnessed",
-                          ACCEPTED_BROKEN})
+                          ACCEPTED_BROKEN, KEY_ROTATED})
 
 
 def parse_since(text: str) -> str:

@@ -7,7 +7,7 @@ with the public key can verify the node's receipts and whole chain.
 A ledger key outlives any PKI: every receipt and countersigned head ever
 issued verifies only with it, so nothing here overwrites one
 (:func:`ensure_signing_key` keeps an existing key; rotating a key is a step
-of its own, recorded in the ledger).
+of its own, recorded in the ledger: :mod:`invisible.metering.rotation`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,23 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from invisible.errors import ConfigError
 
 
-def _public_pem(key: Ed25519PrivateKey) -> bytes:
+def public_pem(key: Ed25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM,
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def write_signing_key(path: Path, key: Ed25519PrivateKey) -> None:
+    """Write a private key (mode 0600, synced to disk); refuses to overwrite a file."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise ConfigError(f"ledger key file {path} already exists; it is never replaced") from None
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def generate_signing_key(private_path: Path, public_path: Path) -> None:
@@ -33,16 +47,8 @@ def generate_signing_key(private_path: Path, public_path: Path) -> None:
         if path.exists():
             raise ConfigError(f"ledger key file {path} already exists; it is never replaced")
     key = Ed25519PrivateKey.generate()
-    try:
-        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise ConfigError(f"ledger key file {private_path} already exists; it is never "
-                          "replaced") from None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    public_path.write_bytes(_public_pem(key))
+    write_signing_key(private_path, key)
+    public_path.write_bytes(public_pem(key))
 
 
 def ensure_signing_key(private_path: Path, public_path: Path) -> bool:
@@ -61,7 +67,7 @@ def ensure_signing_key(private_path: Path, public_path: Path) -> bool:
         return True
     key = load_signing_key(private_path)
     if not public_path.exists():
-        public_path.write_bytes(_public_pem(key))
+        public_path.write_bytes(public_pem(key))
     elif public_raw(load_public_key(public_path)) != public_raw(key.public_key()):
         raise ConfigError(f"{public_path} is not the public half of {private_path.name}; "
                           "restore the published key (a PKI command never replaces a ledger key)")
