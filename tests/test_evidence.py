@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,7 @@ from invisible.metering.signing import (
 )
 from invisible.metering.startup import (
     ACCEPTED_BROKEN,
+    MARK_DELAY_S,
     HeadMarker,
     lock_ledger,
     marker_path,
@@ -190,8 +192,12 @@ def test_the_head_is_marked_after_every_job_end_so_a_crash_leaves_little_unguard
         ledger.append(PendingEntry(f"job-{event}", "requested", "analyst"),
                       PendingEntry(f"job-{event}", "accepted", "analyst"))
         [end] = ledger.append(PendingEntry(f"job-{event}", event, "analyst"))
-        assert marker.recorded() == (end.seq, end.hash)  # no close needed
+        deadline = time.monotonic() + 5  # marked soon after (MARK_DELAY_S), no close needed
+        while marker.recorded() != (end.seq, end.hash) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert marker.recorded() == (end.seq, end.hash)
     ledger.append(PendingEntry("job-open", "requested", "analyst"))  # not an end: may lag
+    time.sleep(3 * MARK_DELAY_S)
     assert marker.recorded() == (end.seq, end.hash)
     # ... the node crashes here (no close); then the last job's end is cut off its ledger
     sql(config.ledger.path, f"DELETE FROM entries WHERE seq >= {end.seq}")

@@ -100,6 +100,7 @@ class Ledger:
         self._clock = clock
         self._lock = threading.Lock()
         self._record_head: Callable[[int, str], None] | None = None
+        self._record_soon: Callable[[int, str], None] | None = None
         self._held: list[IO[bytes]] = []
         if signing_key is None and not path.exists():
             raise ConfigError(f"no ledger at {path}")
@@ -123,6 +124,7 @@ class Ledger:
     def close(self) -> None:
         with self._lock:
             record, self._record_head = self._record_head, None  # once, even if closed twice
+            self._record_soon = None
             try:
                 if record is not None and self._key is not None:
                     seq, digest = self._head()
@@ -138,12 +140,15 @@ class Ledger:
         """Keep `handle` (a lock) open until the ledger closes."""
         self._held.append(handle)
 
-    def record_heads(self, record: Callable[[int, str], None]) -> None:
-        """Call `record(seq, hash)` with the head when the first entry is written, after each
-        job's terminal entry, and at close (how a node keeps its head marker:
-        :mod:`invisible.metering.startup`). It is called outside the write lock, so it may
-        come late or out of order; the recorder keeps the latest."""
+    def record_heads(self, record: Callable[[int, str], None],
+                     soon: Callable[[int, str], None] | None = None) -> None:
+        """Call `record(seq, hash)` with the head when the first entry is written and at
+        close, and `soon(seq, hash)` (by default `record`) after each job's terminal entry
+        (how a node keeps its head marker: :mod:`invisible.metering.startup`). They are
+        called outside the write lock, so they may come late or out of order; the recorder
+        keeps the latest."""
         self._record_head = record
+        self._record_soon = soon or record
 
     def _head(self) -> tuple[int, str]:
         row = self._db.execute("SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1").fetchone()
@@ -217,10 +222,13 @@ class Ledger:
 
     def _mark_head(self, written: Sequence[LedgerEntry]) -> None:
         """After a first entry or a job's end, tell the recorder the head (once durable)."""
-        record = self._record_head
-        if record is not None and written and (
-                written[0].seq == 1 or any(e.event in TERMINAL_EVENTS for e in written)):
+        record, soon = self._record_head, self._record_soon
+        if record is None or soon is None or not written:
+            return
+        if written[0].seq == 1:
             record(written[-1].seq, written[-1].hash)
+        elif any(e.event in TERMINAL_EVENTS for e in written):
+            soon(written[-1].seq, written[-1].hash)
 
     def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
         """Jobs and rows reserved on `dataset` during the UTC day `day` (YYYY-MM-DD).
