@@ -196,3 +196,19 @@ def test_what_a_peer_may_leave_waiting_is_bounded_in_messages_too():
 def test_a_header_naming_an_overlong_job_or_step_is_refused(job, step):
     with pytest.raises(ProtocolError, match="longer than 128 characters"):
         wire.check_header(wire.make_header(job, step, b""))
+
+
+@pytest.mark.parametrize("end", ["close", "abort"])
+def test_a_message_for_an_ended_job_is_never_read_and_only_its_parties_may_send_one(end):
+    """On an earlier main, any peer's message for a job that had just ended was read whole
+    into memory, uncounted: 8 concurrent ones from a non-party held 128 MiB past a 32 MiB cap."""
+    mailbox = Mailbox(max_message_bytes=1 << 30)
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.close_job("j") if end == "close" else mailbox.abort_job("j", "b")
+    late = _Recorded(wire.encode_raw_frames("j", "s", np.zeros(1 << 17, np.uint64), 1 << 16))
+    _servicer(mailbox)._deliver("a", late)  # acknowledged and dropped
+    assert late.pulled == 1  # the header only: the body was never read
+    stranger = _Recorded(wire.encode_raw_frames("j", "s", np.zeros(1 << 17, np.uint64), 1 << 16))
+    with pytest.raises(ProtocolError, match="'outsider' is not a party of job 'j'"):
+        _servicer(mailbox)._deliver("outsider", stranger)
+    assert stranger.pulled == 1

@@ -7,6 +7,7 @@ accepted.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import replace
 
@@ -18,6 +19,7 @@ from invisible.errors import PolicyError, ProtocolError
 from invisible.metering.entries import GENESIS_HASH, LedgerEntry
 from invisible.node.witness import (
     MAX_SAVED_ANNOUNCEMENTS,
+    HeadAnnouncer,
     HeadWitness,
     encode_head,
     encode_prove,
@@ -203,3 +205,39 @@ def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witn
             fed.connectivity()
         with pytest.raises(ProtocolError, match="no proof from head 1000000 can be given"):
             a._prove("b", encode_prove(10**6))  # beyond its head: nothing is sent
+
+
+def test_a_flood_of_unproven_heads_asks_for_a_proof_once_and_proofs_are_sent_once():
+    """On an earlier main, each of 400 proof-less heads from a contradicted peer queued a
+    request on the node's job send pool: jobs with other peers stalled for minutes."""
+    asked: list[tuple[str, int]] = []
+    witness = HeadWitness(Recorder(), lambda peer, seq: asked.append((peer, seq)))  # type: ignore[arg-type]
+    honest = chain("bank", 9)
+    witness.expect(["bank"])
+    witness.record("bank", encode_head(5, honest[4].hash))
+    with pytest.raises(ProtocolError, match="goes back"):
+        witness.record("bank", encode_head(3, "b" * 64))
+    for _ in range(400):
+        with pytest.raises(ProtocolError, match="must prove"):
+            witness.record("bank", encode_head(9, "c" * 64))
+    assert asked == [("bank", 5)]  # once per PROOF_INTERVAL_S
+    sent: list[tuple[str, int]] = []
+
+    class Peer:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def deliver(self, job_id, step, payload, **options):
+            sent.append((self.name, len(json.loads(payload).get("proof", []))))
+
+    clients = {name: Peer(name) for name in ("telco", "hospital")}
+    announcer = HeadAnnouncer(lambda: (9, honest[8].hash), clients, 1.0,  # type: ignore[arg-type]
+                              lambda seq: honest[seq - 1:])
+    try:
+        assert announcer.prove("telco", 5)
+        assert not announcer.prove("telco", 5)  # asking is free, proving is not
+        assert announcer.prove("hospital", 5)  # each peer has its own allowance
+        wait_for(lambda: len(sent) == 2)
+    finally:
+        announcer.stop()
+    assert sorted(sent) == [("hospital", 5), ("telco", 5)]  # entries 5 to 9, once each

@@ -78,7 +78,8 @@ class Mailbox:
         self._messages: dict[str, int] = {}
         #: The bytes counted for each reserved message until it is taken or dropped.
         self._held: dict[tuple[str, str, str], int] = {}
-        self._closed: OrderedDict[str, None] = OrderedDict()
+        #: Jobs whose channel closed here, with their parties (a late message is dropped).
+        self._closed: OrderedDict[str, frozenset[str]] = OrderedDict()
         self._aborted: OrderedDict[str, str] = OrderedDict()
         self._reasons: dict[str, str] = {}
         self._lock = threading.Lock()
@@ -115,14 +116,14 @@ class Mailbox:
         """
         self.check_size(sender, nbytes)
         with self._lock:
-            if job_id in self._closed or job_id in self._aborted:
-                return None  # a late message for a finished job is dropped, never kept
-            parties = self._open.get(job_id)
+            parties = self._open.get(job_id, self._closed.get(job_id))
             if parties is None:
                 raise ProtocolError(f"no job {job_id!r} is prepared on this node; a message "
                                     f"from party '{sender}' for it is refused")
             if sender not in parties:
                 raise ProtocolError(f"party '{sender}' is not a party of job {job_id!r}")
+            if job_id in self._closed or job_id in self._aborted:
+                return None  # a late message of an ended job: its body is never read
             delivered = self._delivered[job_id]
             duplicate = (step, sender) in delivered
             if not duplicate:
@@ -245,9 +246,9 @@ class Mailbox:
         """Drop every queued message of a job and ignore later ones."""
         with self._lock:
             self._drop_queues(job_id)
-            self._open.pop(job_id, None)
+            parties = self._open.pop(job_id, frozenset())
             self._delivered.pop(job_id, None)
-            self._closed[job_id] = None
+            self._closed[job_id] = parties
             while len(self._closed) > _REMEMBERED_JOBS:
                 self._closed.popitem(last=False)
 

@@ -201,14 +201,14 @@ class ExchangeServicer:
             return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
         reservation = self._mailbox.reserve(header.job_id, header.step, sender,
                                             header.total_bytes)
+        if reservation is None:  # the job ended here: acknowledged, its body never read
+            return exchange_pb2.DeliverAck(received_bytes=0)
         try:
             payload = wire.decode_payload(header, chunks)
         except BaseException:
-            if reservation is not None:
-                self._mailbox.cancel(reservation)
+            self._mailbox.cancel(reservation)
             raise
-        if reservation is not None:
-            self._mailbox.fill(reservation, payload)
+        self._mailbox.fill(reservation, payload)
         return exchange_pb2.DeliverAck(received_bytes=header.total_bytes)
 
     def _control(self, sender: str, header: exchange_pb2.MessageHeader,

@@ -31,6 +31,7 @@ from invisible.node.witness import (
     HEAD_JOB,
     HEAD_STEP,
     MAX_PROOF_ENTRIES,
+    PROOF_INTERVAL_S,
     PROVE_STEP,
     HeadAnnouncer,
     HeadWitness,
@@ -113,6 +114,8 @@ class PartyNode:
         self._stopped = threading.Event()
         self.metrics_port: int | None = None
         self._send_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="invisible-send")
+        #: Requests for chain proofs (at most one per peer per PROOF_INTERVAL_S).
+        self._proof_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="invisible-proof")
 
     @property
     def party_id(self) -> str:
@@ -136,8 +139,8 @@ class PartyNode:
             except InvisibleError as exc:
                 log.warning("could not ask party '%s' for a chain proof: %s", peer, exc)
 
-        try:
-            self._send_pool.submit(ask)
+        try:  # never on the jobs' send pool: a peer must not be able to fill that
+            self._proof_pool.submit(ask)
         except RuntimeError:  # the node is stopping
             pass
 
@@ -150,8 +153,9 @@ class PartyNode:
                         "so it cannot be given", sender, seq, head)
             raise ProtocolError(f"no proof from head {seq} can be given (this chain's head "
                                 f"is {head}; at most {MAX_PROOF_ENTRIES} entries are sent)")
-        if self.announcer is not None:
-            self.announcer.prove(sender, seq)
+        if self.announcer is not None and not self.announcer.prove(sender, seq):
+            log.info("party '%s' asked for a chain proof again within %g s; not sent", sender,
+                     PROOF_INTERVAL_S)
 
     def _open_channel(self, spec: JobSpec) -> Channel:
         unknown = [p for p in spec.parties if p != self.party_id and p not in self.clients]
@@ -188,6 +192,7 @@ class PartyNode:
         for client in self.clients.values():
             client.close()
         self._send_pool.shutdown(wait=False, cancel_futures=True)
+        self._proof_pool.shutdown(wait=False, cancel_futures=True)
         self.metrics.stop()
         if self.ledger is not None:
             self.ledger.close()

@@ -59,6 +59,8 @@ PROVE_STEP = "!prove"
 HEAD_JOB = "meter-heads"
 #: The longest chain segment a node sends to prove that its chain extends a witnessed head.
 MAX_PROOF_ENTRIES = 1000
+#: A witness asks a peer for a proof, and a node sends a peer a proof, at most this often.
+PROOF_INTERVAL_S = 10.0
 COALESCE_S = 0.02
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 
@@ -129,6 +131,8 @@ class HeadAnnouncer:
         self._due: set[str] = set()
         #: Peers that asked for a proof, and from which of this node's heads.
         self._proofs: dict[str, int] = {}
+        #: When each peer was last sent a proof (one per PROOF_INTERVAL_S at most).
+        self._proved: dict[str, float] = {}
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="head-announcer", daemon=True)
@@ -139,12 +143,19 @@ class HeadAnnouncer:
             self._due.update(peers)
             self._wake.notify()
 
-    def prove(self, peer: str, from_seq: int) -> None:
-        """Announce to `peer` with the proof that the chain extends head `from_seq`."""
+    def prove(self, peer: str, from_seq: int) -> bool:
+        """Announce to `peer` with the proof that the chain extends head `from_seq`; False
+        if a proof went to it less than PROOF_INTERVAL_S ago (asking is free, proving is not:
+        up to MAX_PROOF_ENTRIES entries)."""
+        now = time.monotonic()
         with self._wake:
+            if now - self._proved.get(peer, -PROOF_INTERVAL_S) < PROOF_INTERVAL_S:
+                return False
+            self._proved[peer] = now
             self._proofs[peer] = from_seq
             self._due.add(peer)
             self._wake.notify()
+        return True
 
     def stop(self) -> None:
         with self._wake:
@@ -194,6 +205,8 @@ class HeadWitness:
         self._meter = meter
         #: Asks a contradicted peer to prove that its chain extends the head witnessed here.
         self._ask_proof = ask_proof
+        #: When each peer was last asked (once per PROOF_INTERVAL_S at most).
+        self._asked: dict[str, float] = {}
         self._allowed: dict[str, int] = {}
         #: What this node countersigned before, from its own ledger: it survives restarts.
         self._witnessed: dict[str, tuple[int, str]] = meter.store.witnessed_heads()
@@ -251,9 +264,12 @@ class HeadWitness:
         self._meter.witness_heads({sender: (seq, digest)})
 
     def _refuse_unproven(self, sender: str, witnessed: int, asked: bool) -> None:
-        """A contradicted peer's head without a valid proof: ask for one (once per head
-        announced without one, never after a bad proof), and refuse it."""
-        if not asked:
+        """A contradicted peer's head without a valid proof: ask for one (after a head
+        announced without one, never after a bad proof, at most once per PROOF_INTERVAL_S),
+        and refuse it."""
+        now = time.monotonic()
+        if not asked and now - self._asked.get(sender, -PROOF_INTERVAL_S) >= PROOF_INTERVAL_S:
+            self._asked[sender] = now
             self._ask_proof(sender, witnessed)
         raise ProtocolError(f"party '{sender}' must prove that its chain extends head "
                             f"{witnessed} countersigned here" + (
