@@ -9,6 +9,7 @@ alike, charges data-dependent refusals like jobs, and records every refusal.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 
 import numpy as np
@@ -306,3 +307,24 @@ def test_a_refusal_keeps_its_receipt_however_long_the_names_in_the_request(feder
     with pytest.raises(ConfigError, match="each name of at most 128 characters") as refused:
         prober._run_checked("secure_sum", 1, raw, PARTIES, None, None)  # past the coordinator
     assert refused.value.receipts and refused.value.receipts[0]["event"] == "refused"
+
+
+def test_a_refused_start_leaves_no_id_taken_and_no_inbox_open(federation, monkeypatch):
+    """On an earlier main, a reused id stayed in the set of ids being prepared for ever, and a
+    ledger failing during admission left the job's inbox open for good."""
+    analyst, _, nodes = federation
+    bank = nodes.nodes["bank"]
+    requester = Identity("analyst", Role.COORDINATOR)
+    analyst.secure_sum(spend_inputs(), 1000.0, max_rows=1000, job_id="used")
+    with pytest.raises(ProtocolError, match="job id 'used' was used before"):
+        bank.executor.start_job(sum_spec("used"), requester)
+    assert bank.executor._starting == set()
+
+    def ledger_fails(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(bank.meter, "admit", ledger_fails)
+    with pytest.raises(sqlite3.OperationalError):
+        bank.executor.start_job(sum_spec("ledger-fails"), requester)
+    assert not bank.mailbox.may_abort("ledger-fails", "hospital")  # its inbox is closed
+    assert bank.executor._starting == set()

@@ -36,13 +36,20 @@ def wait_for(condition, seconds: float = 5.0) -> None:
 class Recorder:
     def __init__(self) -> None:
         self.heads: list[dict] = []
+        self.notes: list[tuple[str, str]] = []
         self.store = self
 
     def witnessed_heads(self):
         return {}
 
+    def contradicted_peers(self):
+        return {}
+
     def witness_heads(self, heads):
         self.heads.append(heads)
+
+    def note_peer(self, event, peer, **body):
+        self.notes.append((event, peer))
 
 
 def test_a_head_needs_a_shared_job_and_never_goes_back():
@@ -173,6 +180,8 @@ def test_a_contradicted_peer_is_trusted_again_only_with_a_proof_that_its_chain_e
         witness.check_peers(["bank"])
     witness.record("bank", encode_head(9, honest[8].hash, honest[4:]))  # the chain from 5 to 9
     witness.check_peers(["bank"])  # trusted again
+    # both turns are in the witness's own ledger, once each
+    assert witness._meter.notes == [("peer-contradicted", "bank"), ("peer-proved", "bank")]
 
 
 def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witnessed_head(
@@ -205,6 +214,15 @@ def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witn
             fed.connectivity()
         with pytest.raises(ProtocolError, match="no proof from head 1000000 can be given"):
             a._prove("b", encode_prove(10**6))  # beyond its head: nothing is sent
+    # b restarts: what it recorded of a's chain holds (it forgot it on an earlier main)
+    nodes.nodes = {name: PartyNode(load_party_config(layout.party_configs[name]))
+                   for name in ("a", "b")}
+    with nodes, Federation.from_config(layout.coordinator_config) as fed:
+        assert nodes.nodes["b"].witness._contradicted == {"a": witnessed}
+        nodes.nodes["a"]._announce_head(["b"])
+        time.sleep(1.0)
+        with pytest.raises(PolicyError, match="party 'a' announced a chain head that goes back"):
+            fed.connectivity()
 
 
 def test_a_flood_of_unproven_heads_asks_for_a_proof_once_and_proofs_are_sent_once():

@@ -293,6 +293,22 @@ class Ledger:
                 latest[peer] = (int(seq), str(digest))
         return latest
 
+    def contradicted_peers(self) -> dict[str, int]:
+        """Peers whose chain went back on a head countersigned here and have not proved it
+        extends that head again (-> that head's sequence number), from the ledger."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT event, body FROM entries WHERE event IN "
+                "('peer-contradicted', 'peer-proved') ORDER BY seq").fetchall()
+        state: dict[str, int] = {}
+        for row in rows:
+            body = json.loads(row["body"])
+            if row["event"] == "peer-contradicted":
+                state[str(body["peer"])] = int(body["witnessed"][0])
+            else:
+                state.pop(str(body["peer"]), None)
+        return state
+
     def open_jobs(self) -> list[LedgerEntry]:
         """The `accepted` entries of jobs that never reached a terminal state."""
         with self._lock:

@@ -53,6 +53,8 @@ class LedgerStore(Protocol):
 
     def witnessed_heads(self) -> dict[str, tuple[int, str]]: ...
 
+    def contradicted_peers(self) -> dict[str, int]: ...
+
 
 class NullLedgerStore:
     """Records nothing (benchmarks only: what metering costs is measured against this)."""
@@ -77,6 +79,9 @@ class NullLedgerStore:
         return False
 
     def witnessed_heads(self) -> dict[str, tuple[int, str]]:
+        return {}
+
+    def contradicted_peers(self) -> dict[str, int]:
         return {}
 
 
@@ -247,6 +252,12 @@ class Meter:
         self.metrics.bytes.labels("sent").inc(record.get("bytes_sent", 0))
         self.metrics.bytes.labels("received").inc(record.get("bytes_received", 0))
         return entry
+
+    def note_peer(self, event: str, peer: str, **body: Any) -> LedgerEntry:
+        """A fact about a peer's chain (it went back on a countersigned head, or proved it
+        extends it again), for this node's own ledger."""
+        return self.store.append(PendingEntry("-", event, kind="witness",
+                                              body={"peer": peer, **body}))[-1]
 
     def witness_heads(self, heads: dict[str, tuple[int, str]]) -> LedgerEntry:
         """Countersign peers' chain heads as received over mutual TLS (a `witnessed` entry)."""

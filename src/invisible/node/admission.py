@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
-from invisible.errors import ConfigError, InvisibleError, PolicyError, ProtocolError
+from invisible.errors import ConfigError, PolicyError, ProtocolError
 from invisible.jobspec import JobSpec
 from invisible.kinds.base import DeclaredUse
 from invisible.kinds.registry import AnyKind, find_kind
@@ -115,7 +115,7 @@ class Admission:
             raise
         try:
             meta, refusal = self._admit_use(spec, who, kind, params, declared)
-        except InvisibleError:
+        except BaseException:  # a refusal, or the ledger failing: the job's inbox goes
             channel.close()
             raise
         return Admitted(kind, params, meta, channel, refusal,

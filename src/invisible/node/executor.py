@@ -175,7 +175,11 @@ class JobExecutor:
             taken = spec.job_id in self._jobs or spec.job_id in self._starting
             if not taken:
                 self._starting.add(spec.job_id)
-        if taken or self.meter.store.knows_job(spec.job_id):  # ids are never reused
+        if not taken and self.meter.store.knows_job(spec.job_id):  # ids are never reused
+            with self._lock:
+                self._starting.discard(spec.job_id)
+            taken = True
+        if taken:
             self._admission.refuse_request(JobMeta("-", who, spec.kind), f"job id '{spec.job_id}' used "
                                  "before", f"job id '{spec.job_id}' was used before on this "
                                  "node; a job id is used once for the life of a ledger")

@@ -54,6 +54,9 @@ from invisible.metering.meter import Meter
 from invisible.net.client import NodeClient
 
 log = logging.getLogger(__name__)
+#: The events with which a node records that a peer's chain went back on a head it
+#: countersigned, and that the peer proved its chain extends that head again.
+CONTRADICTED, PROVED = "peer-contradicted", "peer-proved"
 HEAD_STEP = "!head"
 PROVE_STEP = "!prove"
 HEAD_JOB = "meter-heads"
@@ -210,8 +213,9 @@ class HeadWitness:
         self._allowed: dict[str, int] = {}
         #: What this node countersigned before, from its own ledger: it survives restarts.
         self._witnessed: dict[str, tuple[int, str]] = meter.store.witnessed_heads()
-        #: Peers whose announced head went back on one countersigned here (-> that head).
-        self._contradicted: dict[str, int] = {}
+        #: Peers whose announced head went back on one countersigned here (-> that head),
+        #: from this node's own ledger: a restart does not clear them.
+        self._contradicted: dict[str, int] = meter.store.contradicted_peers()
         self._lock = threading.Lock()
 
     def check_peers(self, peers: Sequence[str]) -> None:
@@ -242,6 +246,9 @@ class HeadWitness:
             before = self._witnessed.get(sender)
             if before is not None and (seq < before[0] or (seq == before[0]
                                                            and digest != before[1])):
+                if sender not in self._contradicted:  # recorded once: it survives a restart
+                    self._meter.note_peer(CONTRADICTED, sender, witnessed=list(before),
+                                          announced=[seq, digest])
                 self._contradicted[sender] = before[0]
                 log.warning("party '%s' announced head %d, which goes back on head %d "
                             "countersigned here; jobs with it are refused", sender, seq,
@@ -252,6 +259,8 @@ class HeadWitness:
                 assert before is not None
                 if not proves_extension(sender, proof, before, (seq, digest)):
                     self._refuse_unproven(sender, before[0], asked=bool(proof))
+                self._meter.note_peer(PROVED, sender, witnessed=list(before),
+                                      head=[seq, digest])
                 del self._contradicted[sender]  # it proved its chain extends the head again
                 log.info("party '%s' proved that its chain extends head %d again", sender,
                          before[0])
