@@ -756,3 +756,17 @@ def test_an_edited_keys_history_is_refused_naming_the_file(layout, edit, why):
     with pytest.raises(ConfigError, match=f"{history_file.name}:? {why}"):
         load_key_history(pub_file)
     assert f"{history_file.name}" in refusal_without_flag(layout)  # nor does the node start
+
+
+def test_an_export_is_never_signed_over_a_damaged_chain(layout, capsys):
+    """On an earlier main, `meter export --event` signed a header that vouched for an export
+    of a ledger whose entry had been deleted straight from its SQLite file."""
+    run_node(layout, entries=4)
+    config = bank(layout)
+    sql(config.ledger.path, "DELETE FROM entries WHERE seq = 2")
+    out_path = layout.directory / "export.json"
+    assert main(["meter", "export", "--config", str(layout.party_configs["bank"]),
+                 "--out", str(out_path), "--event", "witnessed"]) != 0
+    assert ("is broken at entry 2: entry 2 is missing (the sequence jumps to 3); an export is "
+            "signed only over a chain the node can vouch for") in capsys.readouterr().err
+    assert not out_path.exists()

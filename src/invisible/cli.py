@@ -191,11 +191,16 @@ def _meter_export(args: argparse.Namespace) -> int:
     from invisible.metering.ledger import Ledger
     from invisible.metering.report import check_events, parse_since
     from invisible.metering.signing import load_signing_key
+    from invisible.metering.startup import ledger_damage
     from invisible.node.config import load_party_config
 
     config = load_party_config(args.config)
     since = parse_since(args.since) if args.since else None
     key = load_signing_key(config.ledger.signing_key)  # the node signs what it exports
+    damage = ledger_damage(config.ledger.path, config.party_id, config.ledger.signing_key)
+    if damage is not None:  # its signature must never vouch for a chain it cannot
+        raise ConfigError(f"ledger {config.ledger.path} {damage}; an export is signed only "
+                          "over a chain the node can vouch for (see `invisible meter verify`)")
     ledger = Ledger(config.ledger.path, config.party_id, None)
     try:
         if args.event:

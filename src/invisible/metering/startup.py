@@ -188,6 +188,25 @@ class HeadMarker:
         return None
 
 
+def _damage(rows: list[Row], path: Path, signing_key: Path, key: Ed25519PrivateKey,
+            marker: HeadMarker) -> tuple[Damage | None, KeyHistory]:
+    """The chain's first damage (its own, or not reaching the head marker), and its keys."""
+    damage, chain = chain_damage(rows, published_keys(path, signing_key, key))
+    return damage or marker.damage(rows, [chain.key_at(seq) for seq, _ in chain.segments]), chain
+
+
+def ledger_damage(path: Path, node_id: str, signing_key: Path) -> Damage | None:
+    """The check a node makes at start, read-only (what `meter export` signs must pass it)."""
+    key = load_signing_key(signing_key)
+    ledger = Ledger(path, node_id, None)
+    try:
+        rows = ledger.raw_rows()
+    finally:
+        ledger.close()
+    return _damage(rows, path, signing_key, key, HeadMarker(marker_path(signing_key), node_id,
+                                                              key))[0]
+
+
 def chain_damage(rows: list[Row], keys: KeyHistory) -> tuple[Damage | None, KeyHistory]:
     """The first damage not covered by an operator's recorded acceptance, or None; and the
     keys that signed the chain."""
@@ -252,9 +271,7 @@ def open_node_ledger(path: Path, node_id: str, signing_key: Path, *,
         raise
     ledger.hold(lock)
     try:
-        rows = ledger.raw_rows()
-        damage, chain = chain_damage(rows, published_keys(path, signing_key, key))
-        damage = damage or marker.damage(rows, [chain.key_at(seq) for seq, _ in chain.segments])
+        damage, chain = _damage(ledger.raw_rows(), path, signing_key, key, marker)
         if damage is None:
             _check_key_in_force(path, signing_key, key, chain)
         elif not accept_broken:
