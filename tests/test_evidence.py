@@ -452,11 +452,13 @@ def test_a_valid_since_is_accepted(layout, capsys, since):
 
 # --- D. the coordinator's receipts folder ---------------------------------------------------------
 
-def signed_entries(config: PartyConfig, count: int) -> list[LedgerEntry]:
-    """`count` entries signed into a node's ledger with its own key from the PKI folder."""
+def signed_entries(config: PartyConfig, count: int, job_id: str | None = None,
+                   ) -> list[LedgerEntry]:
+    """`count` entries signed into a node's ledger with its own key from the PKI folder, of
+    jobs job-0, job-1, ... or all of `job_id`."""
     ledger = Ledger(config.ledger.path, config.party_id, load_signing_key(config.ledger.signing_key))
     try:
-        return ledger.append(*[PendingEntry(f"job-{i}", "finished", "analyst", rows=10)
+        return ledger.append(*[PendingEntry(job_id or f"job-{i}", "finished", "analyst", rows=10)
                                for i in range(count)])
     finally:
         ledger.close()
@@ -464,7 +466,7 @@ def signed_entries(config: PartyConfig, count: int) -> list[LedgerEntry]:
 
 def test_the_coordinator_keeps_only_receipts_that_parse_and_verify(layout, caplog):
     telco = load_party_config(layout.party_configs["telco"])
-    ours, theirs = signed_entries(bank(layout), 2), signed_entries(telco, 1)
+    ours, theirs = signed_entries(bank(layout), 2, "job-1"), signed_entries(telco, 1, "job-1")
     forged = {**ours[1].to_json(), "signature": theirs[0].signature}  # telco's signature
     sent = {"bank": [ours[0].to_json(), forged, theirs[0].to_json(), "junk", {"seq": 1},
                      {**ours[1].to_json(), "body": ["not", "a", "body"]}],
@@ -482,7 +484,7 @@ def test_the_coordinator_keeps_only_receipts_that_parse_and_verify(layout, caplo
 
 def test_without_a_nodes_key_the_coordinator_still_keeps_malformed_receipts_out(layout):
     (layout.directory / "pki" / "bank-ledger.pub").unlink()
-    [ours] = signed_entries(bank(layout), 1)
+    [ours] = signed_entries(bank(layout), 1, "job-1")
     unchecked = {**ours.to_json(), "signature": "00" * 64}  # intact hash, signature not checked
     with Federation.from_config(layout.coordinator_config) as federation:
         federation._write_receipts("job-1", {"bank": [unchecked, {"seq": 1}, []]})
@@ -584,9 +586,10 @@ def test_the_coordinator_checks_receipts_from_before_and_after_a_rotation(layout
     old_receipt, new_receipt = entries_of(config)[1], entries_of(config)[-1]
     forged = {**new_receipt.to_json(), "signature": old_receipt.signature}
     with Federation.from_config(layout.coordinator_config) as federation:
-        federation._write_receipts("job-1", {"bank": [old_receipt.to_json(),
-                                                      new_receipt.to_json(), forged]})
-        kept = json.loads((federation.config.receipts_dir / "job-1.json").read_text())
+        # run_node's entries are countersigned heads, recorded under job id '-'
+        federation._write_receipts("-", {"bank": [old_receipt.to_json(),
+                                                  new_receipt.to_json(), forged]})
+        kept = json.loads((federation.config.receipts_dir / "-.json").read_text())
     assert kept == {"bank": [old_receipt.to_json(), new_receipt.to_json()]}
 
 
@@ -770,3 +773,22 @@ def test_an_export_is_never_signed_over_a_damaged_chain(layout, capsys):
     assert ("is broken at entry 2: entry 2 is missing (the sequence jumps to 3); an export is "
             "signed only over a chain the node can vouch for") in capsys.readouterr().err
     assert not out_path.exists()
+
+
+def test_a_coordinator_started_before_a_rotation_keeps_the_receipts_signed_after_it(layout):
+    """On an earlier main, the coordinator read the ledger keys once: after a node rotated its
+    key, every receipt it signed was dropped, and a node could hand back an old genuine entry
+    of another job in place of this job's."""
+    run_node(layout, entries=1)
+    with Federation.from_config(layout.coordinator_config) as federation:
+        assert rotate(layout) == 0  # while the coordinator runs with the old key loaded
+        [after] = signed_entries(bank(layout), 1, "job-9")
+        [other_job] = signed_entries(bank(layout), 1, "job-8")
+        federation._write_receipts("job-9", {"bank": [after.to_json(), other_job.to_json()]})
+        folder = federation.config.receipts_dir
+        kept = json.loads((folder / "job-9.json").read_text())
+        [rejected] = json.loads((folder / "rejected" / "job-9.bank.rejected").read_text())
+    assert kept == {"bank": [after.to_json()]}
+    assert rejected["receipt"] == other_job.to_json()
+    assert rejected["why"] == "it is an entry of job 'job-8', not of this job"
+    assert not list(folder.rglob("*.rejected.json"))  # never read as evidence by meter verify

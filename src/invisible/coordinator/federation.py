@@ -209,16 +209,41 @@ class Federation:
         path.write_text(json.dumps(kept, indent=1, sort_keys=True))
 
     def _genuine(self, job_id: str, party: str, receipts: Sequence[Any]) -> list[Any]:
-        """The receipts of one party that can serve as evidence (see :meth:`_write_receipts`)."""
-        genuine = []
+        """The receipts of one party that can serve as evidence (see :meth:`_write_receipts`);
+        the others go to the `rejected` folder beside them, with why."""
+        genuine, rejected = [], []
         for item in receipts:
-            defect = receipt_defect(party, item, self.ledger_keys.get(party))
+            defect = self._receipt_defect(job_id, party, item)
             if defect is None:
                 genuine.append(item)
             else:
                 log.warning("a receipt from '%s' for job '%s' is not kept: %s", party,
                             printable(job_id, 80), defect)
+                rejected.append({"receipt": item, "why": defect})
+        if rejected:
+            self._quarantine(job_id, party, rejected)
         return genuine
+
+    def _receipt_defect(self, job_id: str, party: str, item: Any) -> str | None:
+        """As :func:`receipt_defect`; a receipt that fails with the key held here is tried
+        once more with the key file read again (the node may have rotated its key)."""
+        defect = receipt_defect(party, item, self.ledger_keys.get(party), job_id)
+        if defect is not None and party in self.ledger_keys:
+            fresh = ledger_keys_in(self.config.ledger_keys, [party]).get(party)
+            if fresh is not None:
+                self.ledger_keys[party] = fresh
+                defect = receipt_defect(party, item, fresh, job_id)
+        return defect
+
+    def _quarantine(self, job_id: str, party: str, rejected: list[dict[str, Any]]) -> None:
+        """Keep what was not evidence for an investigation, where no verifier reads it as
+        evidence (not a .json file)."""
+        folder = self.config.receipts_dir / "rejected"
+        folder.mkdir(parents=True, exist_ok=True)
+        path, copy = folder / f"{job_id}.{party}.rejected", 1
+        while path.exists():
+            path, copy = folder / f"{job_id}.{party}.{copy}.rejected", copy + 1
+        path.write_text(json.dumps(rejected, indent=1, sort_keys=True, default=str))
 
     def _on_every_party(self, clients: Mapping[str, NodeClient], job_id: str,
                         call: Callable[[NodeClient], T], what: str) -> dict[str, T]:

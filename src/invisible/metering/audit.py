@@ -150,14 +150,17 @@ def _no_key(node: str) -> str:
             f"{printable(node)}-ledger.pub, or put it beside the keys given)")
 
 
-def receipt_defect(party: str, item: Any, key: Keys | None) -> str | None:
+def receipt_defect(party: str, item: Any, key: Keys | None, job_id: str | None = None,
+                   ) -> str | None:
     """Why what `party` sent as one of its receipts cannot serve as evidence, or None.
 
     Checked: it is a ledger entry (its fields and their types), of `party`'s own
-    ledger, its content matches its hash, and — given the party's ledger public
-    `key` — its signature verifies with it. Not checked without the key: the
-    signature (the auditor's `meter verify` checks it with the key it holds).
-    Never checked here: that the entry is still in the node's chain.
+    ledger, of job `job_id` if given (or a refusal recorded under '-', the job id
+    of a request refused for its id), its content matches its hash, and — given
+    the party's ledger public `key` — its signature verifies with it. Not checked
+    without the key: the signature (the auditor's `meter verify` checks it with
+    the key it holds). Never checked here: that the entry is still in the node's
+    chain.
     """
     if not isinstance(item, dict):
         return "it is not a JSON object"
@@ -167,6 +170,9 @@ def receipt_defect(party: str, item: Any, key: Keys | None) -> str | None:
         return str(exc)
     if entry.node != party:
         return f"it is an entry of '{printable(entry.node, 64)}', not of '{party}'"
+    if job_id is not None and entry.job_id != job_id and not (
+            entry.job_id == "-" and entry.event in ("requested", "refused")):
+        return f"it is an entry of job '{printable(entry.job_id, 80)}', not of this job"
     if entry.compute_hash() != entry.hash:
         return "its content does not match its hash (altered)"
     return None if key is None else verify_receipt(entry, key)
