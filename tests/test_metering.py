@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 import subprocess
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -312,3 +313,29 @@ def test_a_ledger_written_before_keys_could_rotate_opens_and_still_verifies(ledg
         assert [e.seq for e in reopened.entries()] == list(range(1, 10))
     finally:
         reopened.close()
+
+
+def test_a_rules_own_limit_counts_only_the_jobs_of_its_kinds(ledger):
+    """A requester's psi rule allows one intersection a day whatever its sums: on an earlier
+    main a rule's limit counted every job of the requester on the dataset."""
+    policy = {"min_rows": 10, "allow": [
+        {"requesters": ["analyst"], "kinds": ["secure_sum"], "columns": ["amount"],
+         "jobs_per_day": 10},
+        {"requesters": ["analyst"], "kinds": ["psi"], "columns": ["id"], "jobs_per_day": 1}]}
+    meter = make_meter(ledger, policy)
+    for index in range(3):
+        meter.admit(JobMeta(f"s{index}", "analyst", "secure_sum", use(job_id=f"s{index}")))
+    psi = use(job_id="p1", kind="psi", columns=("id",))
+    meter.admit(JobMeta("p1", "analyst", "psi", psi))  # the sums do not count against it
+    with pytest.raises(Refusal, match="rule 'quota'"):
+        meter.admit(JobMeta("p2", "analyst", "psi", replace(psi, job_id="p2")))
+    meter.admit(JobMeta("s9", "analyst", "secure_sum", use(job_id="s9")))  # nor psi for sums
+
+
+def test_what_stays_at_its_owners_node_needs_no_recipient_rule(ledger):
+    """A job whose outputs stay at this party (a psi alignment, a total it receives) releases
+    nothing of its data to anyone else: the recipients rule is not asked."""
+    meter = make_meter(ledger, {**POLICY, "recipients": ["requester"]})
+    meter.authorise(JobMeta("j1", "analyst", "secure_sum", use(recipient="bank")))
+    with pytest.raises(Refusal, match="may not go to 'telco'"):
+        meter.authorise(JobMeta("j2", "analyst", "secure_sum", use(recipient="telco")))

@@ -102,7 +102,7 @@ def test_report_is_a_dataframe_and_counts_what_happened(tmp_path):
     with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
         fed.secure_sum(sum_inputs(), 1e5, max_rows=1000)
         with pytest.raises(PolicyError):
-            fed.secure_sum(sum_inputs(), 1e5, max_rows=1000, recipient="bank")  # not allowed
+            fed.secure_sum(sum_inputs(), 1e5, max_rows=1000, recipient="telco")  # not allowed
     frame = meter_report(layout.party_configs["bank"])
     row = frame.set_index("kind").loc["secure_sum"]
     assert (row["jobs"], row["refused"], row["rows_touched"], row["bytes_released"]) == (1, 1, 240, 8)

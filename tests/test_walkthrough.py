@@ -43,6 +43,7 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     "secure_sum.job.toml": ("total", "2^-16", "per party:"),
     "paillier_sum.job.toml": ("total", "2^-16"),
     "statistics.job.toml": ("count", "mean", "std", "population variance"),
+    "psi.job.toml": ("ids in common", "180", "never leave the nodes"),
     "bandwidth.job.toml": ("MB/s",),
     "mul_benchmark.job.toml": ("products", "tuples"),
 }

@@ -55,6 +55,23 @@ def _pki_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_alignments(args: argparse.Namespace) -> int:
+    from invisible.kinds.alignments import AlignmentStore
+    from invisible.node.config import load_party_config
+    from invisible.text import printable
+
+    config = load_party_config(args.config)
+    kept = AlignmentStore(config.alignments_dir).list()
+    if not kept:
+        print(f"party '{config.party_id}' keeps no alignment")
+        return 0
+    print(f"{'name':30s} {'rows':>8s} {'dataset.column':30s} {'parties':28s} expires")
+    for a in kept:
+        print(f"{printable(a.name, 30):30s} {a.size:8d} {printable(a.dataset + '.' + a.column, 30):30s} "
+              f"{printable(','.join(a.parties), 28):28s} {a.expires}")
+    return 0
+
+
 def _node_serve(args: argparse.Namespace) -> int:
     # Handlers first: a SIGTERM during start-up must still end in a clean stop.
     stop = threading.Event()
@@ -277,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start even if the node's ledger fails its check at start (edited, "
                        "cut or missing); the choice and what was wrong are signed into it")
     serve.set_defaults(handler=_node_serve)
+    listing = node.add_parser("alignments", help="list the alignments (rows of set "
+                              "intersections) this node keeps; expired ones are deleted")
+    listing.add_argument("--config", required=True, help="the party's TOML file")
+    listing.set_defaults(handler=_node_alignments)
 
     health = commands.add_parser("health", help="ask every party of a federation if it serves")
     health.add_argument("--coordinator", required=True, help="the coordinator's TOML file")

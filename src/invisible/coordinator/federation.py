@@ -33,6 +33,7 @@ from invisible.kinds.bandwidth import BandwidthParams, BandwidthResult
 from invisible.kinds.connectivity import ConnectivityParams, ConnectivityResult
 from invisible.kinds.paillier_sum import PaillierSumParams
 from invisible.kinds.params import InputRef, Params, input_refs
+from invisible.kinds.psi import PsiParams, PsiResult
 from invisible.kinds.registry import find_kind, kind_of
 from invisible.kinds.secure_sum import DEFAULT_MAX_ROWS, SecureSumParams, SecureSumResult
 from invisible.kinds.statistics import StatisticsParams, StatisticsResult
@@ -345,6 +346,15 @@ class Federation:
             inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
             outputs=tuple(outputs), dealer=dealer, recipient=recipient, ddof=ddof),
             job_id=job_id, timeout_s=timeout_s)
+
+    def psi(self, inputs: Columns, *, alignment: str | None = None, release_size: bool = False,
+            job_id: str | None = None, timeout_s: float | None = None) -> PsiResult:
+        """The ids the parties have in common, by private set intersection: each keeps its
+        own rows as alignment `alignment` (default: the job id); the requester learns the
+        size only with `release_size`. See :mod:`invisible.kinds.psi`."""
+        return self.run(PsiParams(inputs=input_refs(inputs), alignment=alignment,
+                                  release_size=release_size),
+                        job_id=job_id, timeout_s=timeout_s)
 
     def connectivity(self, parties: Sequence[str] | None = None) -> ConnectivityResult:
         """Every pair of parties (default: all) proves mTLS reachability and key agreement."""

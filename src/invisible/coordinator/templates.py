@@ -92,8 +92,9 @@ def job_template(name: str, parties: Sequence[str] = EXAMPLE_PARTIES,
     inputs: dict[str, Any] | None = None
     for spec in kind.params_type.fields():
         if spec.is_inputs:
-            example = next(iter(spec.declaration.example.values()))
-            inputs = {p: example for p in parties}
+            examples = spec.declaration.example  # per party where the example names it
+            first = next(iter(examples.values()))
+            inputs = {p: examples.get(p, first) for p in parties}
             continue
         value = _example(spec, parties, dealer)
         rule = f"; {spec.rule}" if spec.rule else ""

@@ -31,8 +31,9 @@ import numpy as np
 
 from invisible.crypto.prg import Prg
 from invisible.jobspec import JobResult, JobSpec
+from invisible.kinds.alignments import AlignmentStore
 from invisible.kinds.params import Params
-from invisible.metering.policy import Refusal
+from invisible.metering.policy import DatasetPolicy, Refusal
 from invisible.protocols.bound_check import any_party_flagged
 from invisible.protocols.channel import Channel
 
@@ -96,6 +97,10 @@ class JobContext:
     check_bounds: bool = False
     #: ...and whether this party's own policy does.
     refuses_out_of_bound: bool = False
+    #: The policy of the dataset the job uses here (None: it uses none).
+    policy: DatasetPolicy | None = None
+    #: This node's alignments (the rows of set intersections), by name.
+    alignments: AlignmentStore | None = None
 
 
 #: The rule of a job refused because a value lay beyond its bound where a policy refuses that.
@@ -131,6 +136,8 @@ class JobOutcome:
     recipient: str | None = None
     #: Every explicit opening the party took part in: {"what", "to", "values"} each.
     openings: list[dict[str, Any]] = field(default_factory=list)
+    #: Facts for this party's own ledger only, never a receipt: {event: body}.
+    notes: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: How many of this party's values were clipped to the declared bound: recorded in
     #: this party's own ledger only, never released.
     clipped: int = 0

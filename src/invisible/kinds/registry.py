@@ -16,6 +16,7 @@ from invisible.kinds.connectivity import ConnectivityKind
 from invisible.kinds.mul_benchmark import MulBenchmarkKind
 from invisible.kinds.paillier_sum import PaillierSumKind
 from invisible.kinds.params import Params
+from invisible.kinds.psi import PsiKind
 from invisible.kinds.secure_sum import SecureSumKind
 from invisible.kinds.statistics import StatisticsKind
 from invisible.text import printable
@@ -26,6 +27,7 @@ KINDS: tuple[AnyKind, ...] = (
     SecureSumKind(),
     PaillierSumKind(),
     StatisticsKind(),
+    PsiKind(),
     ConnectivityKind(),
     BandwidthKind(),
     MulBenchmarkKind(),

@@ -230,10 +230,12 @@ class Ledger:
         elif any(e.event in TERMINAL_EVENTS for e in written):
             soon(written[-1].seq, written[-1].hash)
 
-    def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
+    def usage(self, dataset: str, day: str, requester: str | None = None,
+              kinds: frozenset[str] | None = None) -> Usage:
         """Jobs and rows reserved on `dataset` during the UTC day `day` (YYYY-MM-DD).
 
         Accepted jobs count; a job cancelled before it ran gives its reservation back.
+        `kinds`: only jobs of these kinds (the kinds of an allow rule with its own limits).
         Call inside :meth:`transaction` for a consistent read.
         """
         query = ("SELECT event, COUNT(*) AS jobs, COALESCE(SUM(rows), 0) AS rows FROM entries "
@@ -243,6 +245,9 @@ class Ledger:
         if requester is not None:
             query += " AND requester = ?"
             params.append(requester)
+        if kinds is not None:  # placeholders only; the kinds are parameters
+            query += " AND kind IN (" + ",".join("?" * len(kinds)) + ")"
+            params.extend(sorted(kinds))
         jobs = rows = 0
         for row in self._db.execute(query + " GROUP BY event", params):
             sign = 1 if row["event"] == "accepted" else -1

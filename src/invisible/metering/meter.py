@@ -27,6 +27,7 @@ from invisible.metering.entries import LedgerEntry, PendingEntry
 from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
+    ANY,
     DatasetPolicy,
     NodePolicy,
     Refusal,
@@ -45,7 +46,8 @@ class LedgerStore(Protocol):
 
     def append(self, *pending: PendingEntry) -> list[LedgerEntry]: ...
 
-    def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage: ...
+    def usage(self, dataset: str, day: str, requester: str | None = None,
+              kinds: frozenset[str] | None = None) -> Usage: ...
 
     def head(self) -> tuple[int, str]: ...
 
@@ -69,7 +71,8 @@ class NullLedgerStore:
     def append(self, *pending: PendingEntry) -> list[LedgerEntry]:
         return self.transaction(lambda _: pending)
 
-    def usage(self, dataset: str, day: str, requester: str | None = None) -> Usage:
+    def usage(self, dataset: str, day: str, requester: str | None = None,
+              kinds: frozenset[str] | None = None) -> Usage:
         return Usage(0, 0)
 
     def head(self) -> tuple[int, str]:
@@ -151,7 +154,9 @@ class Meter:
         verdict: dict[str, Any] = {}
 
         def decide(store: LedgerStore) -> list[PendingEntry]:
-            mine = store.usage(use.dataset, day, use.requester)
+            # A rule's own limits count the jobs of its kinds (a rule for psi alone limits psi).
+            mine = store.usage(use.dataset, day, use.requester,
+                               None if ANY in rule.kinds else rule.kinds)
             overall = store.usage(use.dataset, day)
             quota = quota_problem(policy, rule, use, (mine.jobs, mine.rows),
                                   (overall.jobs, overall.rows))

@@ -8,6 +8,7 @@ In a party's TOML, under each dataset::
     jobs_per_day = 500              # the dataset overall, whoever asks (UTC days)
     rows_per_day = 1000000
     out_of_bound = "clip"           # or "refuse": see invisible.protocols.bound_check
+    alignment_days = 30             # how long a set intersection's rows are kept here
 
     [[datasets.customers.policy.allow]]
     requesters = ["analyst"]        # certificate identities; "*" for any coordinator
@@ -37,6 +38,7 @@ REQUESTER = "requester"
 DEFAULT_MIN_ROWS = 10
 #: What a policy may do with values beyond a job's declared bound.
 OUT_OF_BOUND = ("clip", "refuse")
+DEFAULT_ALIGNMENT_DAYS = 30
 
 
 class Refusal(PolicyError):
@@ -74,6 +76,8 @@ class DatasetPolicy:
     #: Values beyond a job's declared bound: "clip" them to it, or "refuse" the job (every
     #: party alike, charged, naming neither party nor direction).
     out_of_bound: str = "clip"
+    #: How long an alignment (the rows of a set intersection) made from it is kept.
+    alignment_days: int = DEFAULT_ALIGNMENT_DAYS
 
 
 @dataclass(frozen=True)
@@ -158,7 +162,8 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     """A policy from its TOML table; `where` names the file and table in errors."""
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound"}
+    known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound",
+             "alignment_days"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -185,9 +190,12 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     out_of_bound = table.get("out_of_bound", "clip")
     if out_of_bound not in OUT_OF_BOUND:
         raise ConfigError(f"{where}.out_of_bound must be one of {', '.join(OUT_OF_BOUND)}")
+    days = table.get("alignment_days", DEFAULT_ALIGNMENT_DAYS)
+    if isinstance(days, bool) or not isinstance(days, int) or days < 1:
+        raise ConfigError(f"{where}.alignment_days must be a positive integer")
     return DatasetPolicy(tuple(rules), min_rows, recipients,
                          _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where),
-                         out_of_bound)
+                         out_of_bound, days)
 
 
 def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:
@@ -208,6 +216,8 @@ def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> 
     if request.requester_too and request.recipient is not None:
         receivers.append(REQUESTER)
     for recipient in receivers:
+        if recipient == party:  # what stays at its owner's node is no release
+            continue
         if recipient not in policy.recipients and ANY not in policy.recipients:
             raise Refusal(party, "recipients", f"outputs from dataset '{request.dataset}' may "
                           f"not go to '{recipient}'")

@@ -15,6 +15,7 @@ from invisible.errors import (
     PolicyError,
     ProtocolError,
 )
+from invisible.text import printable
 
 _TO_CODE: list[tuple[type[InvisibleError], grpc.StatusCode]] = [
     (MessageTooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -27,7 +28,7 @@ _TO_CODE: list[tuple[type[InvisibleError], grpc.StatusCode]] = [
 #: A certificate was checked and refused: final, whatever the deadline.
 _VERIFICATION_MARKERS = ("certificate_verify_failed", "verification check failed",
                          "certificate verify failed", "bad certificate", "unknown ca",
-                         "peer name", "not in peer certificate", "alert")
+                         "certificate required", "peer name", "not in peer certificate")
 #: The connection or the handshake broke off before any certificate was judged (a node
 #: still starting, or many handshakes at once): retried until the deadline.
 _TRANSIENT_MARKERS = ("connection refused", "failed to connect", "connect failed",
@@ -90,7 +91,8 @@ def _domain_error(error: grpc.RpcError, party_id: str, what: str) -> InvisibleEr
     if is_verification_failure(error):
         return PeerAuthenticationError(
             party_id, f"{what}: the TLS handshake failed verifying a certificate (not from the "
-            f"federation's CA, or not issued to '{party_id}' in the expected role)"
+            f"federation's CA, or not issued to '{party_id}' in the expected role; gRPC said: "
+            f"{printable(details, 300)})"
         )
     if is_transient_failure(error) and "handshake" in details.lower():
         return PartyUnavailableError(party_id, f"{what}: the TLS handshake did not complete "

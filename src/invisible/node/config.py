@@ -142,6 +142,11 @@ class PartyConfig:
     #: The node's rule for jobs that use none of its data; None: they are refused.
     node_policy: NodePolicy | None = None
 
+    @property
+    def alignments_dir(self) -> Path:
+        """Where psi jobs keep this node's alignments (see invisible.kinds.alignments)."""
+        return self.results_dir / "alignments"
+
 
 def load_toml(path: Path, what: str = "config file") -> dict[str, Any]:
     try:

@@ -45,6 +45,7 @@ from invisible.errors import (
     ProtocolError,
 )
 from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
+from invisible.kinds.alignments import AlignmentStore
 from invisible.kinds.base import JobContext, JobOutcome
 from invisible.kinds.registry import AnyKind
 from invisible.metering.meter import JobMeta, Meter
@@ -123,6 +124,7 @@ class JobExecutor:
         output_retention_s: float = 600.0,
         refused_burst: int = 60,
         refused_per_s: float = 1.0,
+        alignments: AlignmentStore | None = None,
     ) -> None:
         self._announce_head = announce_head
         #: Told the peers of every prepared job: each may announce its chain head once.
@@ -131,6 +133,8 @@ class JobExecutor:
         self._output_retention_s = output_retention_s
         self.party_id = party_id
         self.results_dir = results_dir
+        #: Where psi jobs keep their alignments (default: beside the results).
+        self.alignments = alignments or AlignmentStore(results_dir / "alignments")
         self.meter = meter
         self._datasets = datasets
         self._run_deadline_s = run_deadline_s
@@ -234,9 +238,12 @@ class JobExecutor:
             run.phase = _Phase.RUNNING
         if run.timer is not None:
             run.timer.cancel()
+        use = run.meta.use
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
                              Prg.from_os(), self.results_dir, check_bounds,
-                             run.admitted.refuses_out_of_bound)
+                             run.admitted.refuses_out_of_bound,
+                             self.meter.policies.get(use.dataset) if use else None,
+                             self.alignments)
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()
 
@@ -288,6 +295,8 @@ class JobExecutor:
         if outcome is not None and not run.cancelled_by:
             if outcome.clipped:  # this node's own record; the receipt is the entry below
                 self.meter.note(run.meta, "clipped", values=outcome.clipped)
+            for event, body in outcome.notes.items():
+                self.meter.note(run.meta, event, **body)
             record.rows_used = outcome.rows_used
             record.values_opened = outcome.values_opened
             record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())

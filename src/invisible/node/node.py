@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from invisible.errors import ConfigError, InvisibleError, ProtocolError
 from invisible.jobspec import JobSpec, spec_digest
+from invisible.kinds.alignments import AlignmentStore
 from invisible.kinds.registry import AnyKind, kinds_by_name
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import LedgerStore, Meter, NullLedgerStore
@@ -94,6 +95,7 @@ class PartyNode:
             check_peers=self.witness.check_peers,
             output_retention_s=config.limits.output_retention_s,
             refused_burst=config.limits.refused_burst, refused_per_s=config.limits.refused_per_s,
+            alignments=AlignmentStore(config.alignments_dir),
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:

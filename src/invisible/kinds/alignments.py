@@ -1,0 +1,143 @@
+"""Aligned datasets: a party's own rows of a set intersection, kept at its node, by name.
+
+A ``psi`` job leaves at every party an **alignment**: the party's own row
+indices of the intersection, in the order all parties agreed (the same at
+every party), under a name (the job id, or one the requester gave). Later
+jobs name it in place of a dataset. It never leaves the node: it is one
+file, ``<name>.npz`` in the node's alignments folder, written whole
+(scratch file, then rename), so it survives restarts. It expires after the
+days its dataset's policy allows; an expired alignment is refused and
+deleted when next looked at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+
+from invisible.errors import ConfigError
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError("an alignment name must be 1-128 letters, digits, '.', '_' or '-'")
+    return name
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """One party's rows of an intersection (see the module docstring)."""
+
+    name: str
+    job_id: str
+    #: The dataset and id column the rows are of.
+    dataset: str
+    column: str
+    #: The job's parties, in job order, and its requester.
+    parties: tuple[str, ...]
+    requester: str
+    created: str
+    expires: str
+    #: This party's row indices of the intersection, in the agreed order.
+    rows: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.rows.size)
+
+    def expired(self, now: datetime) -> bool:
+        return now >= datetime.strptime(self.expires, _TIME).replace(tzinfo=UTC)
+
+    def meta(self) -> dict[str, object]:
+        return {"name": self.name, "job_id": self.job_id, "dataset": self.dataset,
+                "column": self.column, "parties": list(self.parties),
+                "requester": self.requester, "created": self.created, "expires": self.expires}
+
+
+def make_alignment(name: str, job_id: str, dataset: str, column: str, parties: tuple[str, ...],
+                   requester: str, rows: np.ndarray, days: int,
+                   now: datetime | None = None) -> Alignment:
+    now = now or utc_now()
+    return Alignment(check_name(name), job_id, dataset, column, tuple(parties), requester,
+                     now.strftime(_TIME), (now + timedelta(days=days)).strftime(_TIME),
+                     np.asarray(rows, dtype=np.int64))
+
+
+class AlignmentStore:
+    """A node's alignments, one file each in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}.npz"
+
+    def save(self, alignment: Alignment) -> None:
+        """Keep a new alignment; a name is used once (ConfigError if it exists)."""
+        path = self._path(alignment.name)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        scratch = path.with_name(path.name + ".tmp")
+        with scratch.open("wb") as handle:
+            np.savez(handle, rows=alignment.rows, meta=np.array(json.dumps(alignment.meta())))
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(scratch, path)  # fails if the name is taken: never replaces an alignment
+        except FileExistsError:
+            raise ConfigError(f"an alignment named '{alignment.name}' exists on this node; "
+                              "names are used once") from None
+        finally:
+            scratch.unlink()
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def get(self, name: str, now: datetime | None = None) -> Alignment:
+        """The alignment called `name`; ConfigError if there is none or it expired (then
+        it is deleted)."""
+        path = self._path(name)
+        if not path.exists():
+            raise ConfigError(f"no alignment named '{name}' on this node")
+        alignment = self._read(path)
+        if alignment.expired(now or utc_now()):
+            path.unlink(missing_ok=True)
+            raise ConfigError(f"alignment '{name}' expired on {alignment.expires} and was "
+                              "deleted")
+        return alignment
+
+    def list(self, now: datetime | None = None) -> list[Alignment]:
+        """Every alignment still in force (expired ones are deleted)."""
+        now = now or utc_now()
+        kept = []
+        for path in sorted(self.folder.glob("*.npz")) if self.folder.exists() else []:
+            alignment = self._read(path)
+            if alignment.expired(now):
+                path.unlink(missing_ok=True)
+            else:
+                kept.append(alignment)
+        return kept
+
+    @staticmethod
+    def _read(path: Path) -> Alignment:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                rows = np.asarray(data["rows"], dtype=np.int64)
+            return Alignment(meta["name"], meta["job_id"], meta["dataset"], meta["column"],
+                             tuple(meta["parties"]), meta["requester"], meta["created"],
+                             meta["expires"], rows)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"alignment file {path} cannot be read") from None
