@@ -33,7 +33,7 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "no benchmark 'nope' (known: metering, paillier, secure_sum, ss_mul)" in done.stderr
+    assert "no benchmark 'nope' (known: metering, paillier, psi, secure_sum, ss_mul)" in done.stderr
 
 
 def run_quick(name: str, folder: Path, timeout: float) -> dict:
@@ -98,3 +98,16 @@ def test_ss_mul_quick_emits_every_row(tmp_path):
         assert row.get("peer_value") or "spu" in row["note"] or "mpyc" in row["note"] \
             or row.get("peer") is None
     assert rows[-1]["ours"] == pytest.approx(48.0, abs=0.1)  # 3 parties: 2 x 16 + 2 x 8 bytes
+
+
+@pytest.mark.timeout(240)
+def test_psi_quick_emits_every_row_with_every_peer_named(tmp_path):
+    rows = run_quick("psi", tmp_path, 230)["rows"]
+    seconds = [r for r in rows if r["metric"] == "seconds"]
+    assert {r["peer"] for r in seconds} == {"compute-limit", "openmined-psi", "spu-ecdh",
+                                            "spu-rr22"}
+    assert len(seconds) == 8 and all(r["better"] == "lower" and r["ours"] > 0 for r in seconds)
+    for row in seconds:  # a peer that did not run says why, never silently
+        assert row.get("peer_value") is not None or row["note"]
+    assert len([r for r in rows if r["metric"] == "ids/s/side"]) == 2
+    assert len([r for r in rows if r["metric"] == "MB"]) == 2
