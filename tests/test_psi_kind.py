@@ -128,3 +128,25 @@ def test_the_node_lists_its_alignments(tmp_path, capsys):
     [header, row] = capsys.readouterr().out.splitlines()
     assert header.split()[:2] == ["name", "rows"]
     assert row.split()[:4] == ["listed", "180", "customers.subscriber_id", "bank,hospital,telco"]
+
+
+def test_a_later_job_names_an_alignment_and_is_governed_by_its_source_dataset(tmp_path):
+    layout = federation_with(tmp_path)
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi(ids(), alignment="common")
+        spend = {p: ("@common", "monthly_spend") for p in PARTIES}
+        result = fed.secure_sum(spend, 5000.0, max_rows=1000, job_id="sum-common")
+        entries = {p: [e for e in nodes.nodes[p].ledger.entries() if e.job_id == "sum-common"]
+                   for p in PARTIES}
+        from invisible.errors import ConfigError
+        with pytest.raises(ConfigError, match="no alignment named 'missing'") as unknown:
+            fed.secure_sum({p: ("@missing", "monthly_spend") for p in PARTIES}, 5000.0)
+    expected = 0.0
+    for party in PARTIES:  # the common customers: ids 1..180, each party's first 180 rows
+        keep = np.isin(column(party, ID_COLUMNS[party]), np.arange(1, 181))
+        expected += float(column(party, "monthly_spend")[keep].sum())
+    assert result.value == pytest.approx(expected, abs=540 * 2.0**-17)
+    for found in entries.values():  # metered against the dataset it was made from
+        accepted = [e for e in found if e.event == "accepted"]
+        assert accepted[0].dataset == SAMPLE_DATASET and accepted[0].rows == 180
+    assert unknown.value.receipts and unknown.value.receipts[0]["event"] == "refused"

@@ -137,8 +137,14 @@ class Admission:
             meta = JobMeta(spec.job_id, who, spec.kind)
             self.meter.admit(meta, traffic=kind.traffic(params, self.party_id))
             return meta, None
+        try:
+            source = self._datasets.source_of(declared.dataset)  # an alignment's own dataset
+        except ConfigError as exc:  # no such alignment, or expired: the request is invalid
+            exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind),
+                                              "invalid-request", str(exc)).to_json(),)
+            raise
         meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
-            spec.job_id, who, spec.kind, declared.dataset, declared.columns, 0, None,
+            spec.job_id, who, spec.kind, source, declared.columns, 0, None,
             declared.recipient, declared.requester_too))
         self.meter.authorise(meta)  # raises a recorded Refusal
         try:

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from invisible.errors import ConfigError
+from invisible.kinds.alignments import Alignment, AlignmentStore
 from invisible.node.config import DatasetConfig
 
 log = logging.getLogger(__name__)
+
 _NUMPY_TYPES = {"float": np.float64, "int": np.int64, "str": np.str_}
 
 
@@ -112,20 +114,60 @@ def _parse_column(config: DatasetConfig, name: str, kind: str, texts: list[str],
     return values, present
 
 
-class DatasetRegistry:
-    """The datasets one node holds, by id."""
+@dataclass(frozen=True)
+class AlignedDataset:
+    """A dataset's rows of an alignment, in the alignment's order (a view: nothing copied
+    until a column is read)."""
 
-    def __init__(self, datasets: dict[str, Dataset]) -> None:
+    dataset_id: str
+    source: Dataset
+    rows: np.ndarray
+
+    def column(self, name: str) -> np.ndarray:
+        return self.source.column(name)[self.rows]
+
+
+#: A job names an alignment where it would name a dataset as "@" + the alignment's name.
+ALIGNMENT_PREFIX = "@"
+
+
+class DatasetRegistry:
+    """The datasets one node holds, by id; "@name" is the alignment `name` of one of them
+    (see :mod:`invisible.kinds.alignments`)."""
+
+    def __init__(self, datasets: dict[str, Dataset],
+                 alignments: AlignmentStore | None = None) -> None:
         self._datasets = datasets
+        self._alignments = alignments
 
     @classmethod
-    def load(cls, configs: dict[str, DatasetConfig]) -> DatasetRegistry:
-        return cls({d: load_dataset(c) for d, c in configs.items()})
+    def load(cls, configs: dict[str, DatasetConfig],
+             alignments: AlignmentStore | None = None) -> DatasetRegistry:
+        return cls({d: load_dataset(c) for d, c in configs.items()}, alignments)
+
+    def _alignment(self, dataset_id: str) -> Alignment:
+        if self._alignments is None:
+            raise ConfigError("this node keeps no alignments")
+        return self._alignments.get(dataset_id.removeprefix(ALIGNMENT_PREFIX))
+
+    def source_of(self, dataset_id: str) -> str:
+        """The dataset whose policy and meter govern `dataset_id`: itself, or the dataset an
+        alignment was made from (ConfigError for an unknown or expired alignment)."""
+        if dataset_id.startswith(ALIGNMENT_PREFIX):
+            return self._alignment(dataset_id).dataset
+        return dataset_id
 
     def ids(self) -> list[str]:
         return sorted(self._datasets)
 
-    def get(self, dataset_id: str) -> Dataset:
+    def get(self, dataset_id: str) -> Dataset | AlignedDataset:
+        if dataset_id.startswith(ALIGNMENT_PREFIX):
+            alignment = self._alignment(dataset_id)
+            return AlignedDataset(dataset_id, self._registered(alignment.dataset),
+                                  alignment.rows)
+        return self._registered(dataset_id)
+
+    def _registered(self, dataset_id: str) -> Dataset:
         found = self._datasets.get(dataset_id)
         if found is None:
             raise ConfigError(

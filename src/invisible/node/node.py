@@ -63,7 +63,8 @@ class PartyNode:
                 f"{config.source}: party id is '{config.party_id}' but certificate "
                 f"{config.tls.cert} was issued to '{self.tls.identity.party_id}'"
             )
-        self.datasets = DatasetRegistry.load(config.datasets)
+        self.alignments = AlignmentStore(config.alignments_dir)
+        self.datasets = DatasetRegistry.load(config.datasets, self.alignments)
         self.mailbox = Mailbox(config.limits.max_message_bytes)
         self.metrics = NodeMetrics()
         self.ledger: Ledger | None = None
@@ -95,7 +96,7 @@ class PartyNode:
             check_peers=self.witness.check_peers,
             output_retention_s=config.limits.output_retention_s,
             refused_burst=config.limits.refused_burst, refused_per_s=config.limits.refused_per_s,
-            alignments=AlignmentStore(config.alignments_dir),
+            alignments=self.alignments,
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:
