@@ -105,46 +105,50 @@ def encode_ids(ids: Sequence[Any]) -> list[bytes]:
     return encoded
 
 
-def _parallel(work: Callable[[bytes], bytes], data: bytes, item_bytes: int,
-              workers: int) -> bytes:
-    """Apply `work` to consecutive chunks of `data` (whole items), on `workers` threads."""
-    step = _CHUNK * item_bytes
-    chunks = [data[start:start + step] for start in range(0, len(data), step)]
-    if workers <= 1 or len(chunks) <= 1:
-        return b"".join(work(chunk) for chunk in chunks)
-    with ThreadPoolExecutor(workers, thread_name_prefix="invisible-psi") as pool:
-        return b"".join(pool.map(work, chunks))
+def _by_chunks(work: Callable[[int, int], bytes], count: int, workers: int) -> np.ndarray:
+    """An (count, 32) array of points, `work(start, stop)` computing items start..stop-1, on
+    `workers` threads (libsodium runs without the GIL); each chunk is written in place, so
+    no copy of the whole input or output is ever held besides the result."""
+    out = np.empty((count, POINT_BYTES), dtype=np.uint8)
+
+    def fill(start: int) -> None:
+        stop = min(start + _CHUNK, count)
+        out[start:stop] = np.frombuffer(work(start, stop), dtype=np.uint8).reshape(-1, POINT_BYTES)
+
+    starts = range(0, count, _CHUNK)
+    if workers <= 1 or len(starts) <= 1:
+        for start in starts:
+            fill(start)
+    else:
+        with ThreadPoolExecutor(workers, thread_name_prefix="invisible-psi") as pool:
+            list(pool.map(fill, starts))
+    return out
 
 
 def hash_to_group(encoded: Sequence[bytes], domain: bytes, workers: int = 1) -> np.ndarray:
     """H(x) for every encoded id, as an (n, 32) uint8 array of ristretto255 points."""
     prefix = _TAG + len(domain).to_bytes(4, "big") + domain
-    digests = b"".join(hashlib.sha512(prefix + value).digest() for value in encoded)
 
-    def points(chunk: bytes) -> bytes:
-        return b"".join(rbcl.crypto_core_ristretto255_from_hash(chunk[i:i + 64])
-                        for i in range(0, len(chunk), 64))
+    def points(start: int, stop: int) -> bytes:
+        return b"".join(rbcl.crypto_core_ristretto255_from_hash(
+            hashlib.sha512(prefix + value).digest()) for value in encoded[start:stop])
 
-    return _as_points(_parallel(points, digests, 64, workers))
+    return _by_chunks(points, len(encoded), workers)
 
 
 def exponentiate(points: np.ndarray, scalar: bytes, workers: int = 1) -> np.ndarray:
     """Every point raised to `scalar`; a ProtocolError if any is not a valid point (or
     the result is the identity), as libsodium decides."""
 
-    def work(chunk: bytes) -> bytes:
+    def work(start: int, stop: int) -> bytes:
+        chunk = points[start:stop].tobytes()
         try:
             return b"".join(rbcl.crypto_scalarmult_ristretto255(scalar, chunk[i:i + POINT_BYTES])
                             for i in range(0, len(chunk), POINT_BYTES))
         except Exception:  # rbcl raises on an invalid encoding; never echo the bytes
             raise ProtocolError("a set element is not a valid ristretto255 point") from None
 
-    return _as_points(_parallel(work, np.ascontiguousarray(points).tobytes(), POINT_BYTES,
-                                workers))
-
-
-def _as_points(data: bytes) -> np.ndarray:
-    return np.frombuffer(data, dtype=np.uint8).reshape(-1, POINT_BYTES)
+    return _by_chunks(work, len(points), workers)
 
 
 def _keys(points: np.ndarray) -> np.ndarray:
