@@ -111,13 +111,18 @@ def check_bounds(context: JobContext, parties: Sequence[str], clipped: int) -> N
     """Refuse the job at every data holder alike if one whose policy refuses values beyond
     the bound holds any (see :mod:`invisible.protocols.bound_check`): run before anything
     that depends on the data leaves this party. Every data holder learns that one bit."""
-    if not context.check_bounds:
-        return
-    flagged = context.refuses_out_of_bound and clipped > 0
+    if context.check_bounds:
+        refuse_alike(context, parties, context.refuses_out_of_bound and clipped > 0,
+                     OUT_OF_BOUND_RULE, "a value lies beyond the job's declared bound at one or "
+                     "more parties whose policy refuses such values rather than clipping them")
+
+
+def refuse_alike(context: JobContext, parties: Sequence[str], flagged: bool, rule: str,
+                 detail: str) -> None:
+    """Refuse the job at every one of `parties` alike if any of them raises its flag: each
+    learns that one bit and nothing of whose flag it was (the bound check's protocol)."""
     if any_party_flagged(context.channel, parties, flagged, context.rng):
-        refusal = Refusal(context.channel.party_id, OUT_OF_BOUND_RULE,
-                          "a value lies beyond the job's declared bound at one or more parties "
-                          "whose policy refuses such values rather than clipping them")
+        refusal = Refusal(context.channel.party_id, rule, detail)
         refusal.alike = tuple(parties)
         raise refusal
 

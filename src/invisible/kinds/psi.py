@@ -40,12 +40,12 @@ from invisible.kinds.base import (
     JobContext,
     JobKind,
     JobOutcome,
+    refuse_alike,
 )
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table
 from invisible.metering.entries import canonical_json
-from invisible.metering.policy import DEFAULT_ALIGNMENT_DAYS, DEFAULT_MIN_ROWS, Refusal
-from invisible.protocols.bound_check import any_party_flagged
+from invisible.metering.policy import DEFAULT_ALIGNMENT_DAYS, DEFAULT_MIN_ROWS
 from invisible.protocols.psi import psi
 
 #: The rule of an intersection refused for holding fewer rows than a party's k.
@@ -136,12 +136,9 @@ class PsiKind(JobKind[PsiParams, PsiResult]):
         result = psi(context.channel, ids, params.domain(context.spec.job_id), context.rng)
         policy = context.policy
         k = policy.min_rows if policy is not None else DEFAULT_MIN_ROWS
-        if any_party_flagged(context.channel, context.spec.parties, result.size < k,
-                             context.rng):
-            refusal = Refusal(me, K_RULE, "the intersection holds fewer rows than the k "
-                              "(min_rows) of one or more parties' policies")
-            refusal.alike = tuple(context.spec.parties)
-            raise refusal
+        refuse_alike(context, context.spec.parties, result.size < k, K_RULE,
+                     "the intersection holds fewer rows than the k (min_rows) of one or more "
+                     "parties' policies")
         days = policy.alignment_days if policy is not None else DEFAULT_ALIGNMENT_DAYS
         store.save(make_alignment(name, context.spec.job_id, ref.dataset, ref.column,
                                   context.spec.parties, context.requester, result.rows, days))

@@ -19,8 +19,6 @@ run, charged, so that the answer to Start never depends on the data.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, NoReturn
@@ -49,31 +47,6 @@ class Admitted:
     refusal: Refusal | None
     #: This party's policy refuses values beyond the job's bound (the job needs the check).
     refuses_out_of_bound: bool
-
-
-class Allowance:
-    """A token bucket per caller: `burst` at most, refilled at `per_s` a second."""
-
-    def __init__(self, burst: int, per_s: float, clock: Callable[[], float] = time.monotonic,
-                 ) -> None:
-        self.burst, self.per_s, self._clock = burst, per_s, clock
-        self._left: dict[str, tuple[float, float]] = {}  # caller -> (tokens, when)
-        self._lock = threading.Lock()
-
-    def _tokens(self, who: str) -> float:
-        tokens, when = self._left.get(who, (float(self.burst), self._clock()))
-        return min(float(self.burst), tokens + (self._clock() - when) * self.per_s)
-
-    def allows(self, who: str) -> bool:
-        with self._lock:
-            return self._tokens(who) >= 1.0
-
-    def spend(self, who: str) -> None:
-        with self._lock:
-            self._left[who] = (self._tokens(who) - 1.0, self._clock())
-            if len(self._left) > 10_000:  # callers full again are forgotten
-                self._left = {w: v for w, v in self._left.items()
-                              if self._tokens(w) < self.burst}
 
 
 class Admission:

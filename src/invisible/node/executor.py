@@ -51,7 +51,8 @@ from invisible.kinds.registry import AnyKind
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import Refusal
 from invisible.net.pki import Identity
-from invisible.node.admission import Admission, Admitted, Allowance
+from invisible.node.admission import Admission, Admitted
+from invisible.node.allowance import Allowance
 from invisible.node.datasets import DatasetRegistry
 from invisible.protocols.channel import Channel
 from invisible.text import printable

@@ -52,6 +52,7 @@ from invisible.errors import ConfigError, InvisibleError, PolicyError, ProtocolE
 from invisible.metering.entries import LedgerEntry
 from invisible.metering.meter import Meter
 from invisible.net.client import NodeClient
+from invisible.node.allowance import Allowance
 
 log = logging.getLogger(__name__)
 #: The events with which a node records that a peer's chain went back on a head it
@@ -134,8 +135,8 @@ class HeadAnnouncer:
         self._due: set[str] = set()
         #: Peers that asked for a proof, and from which of this node's heads.
         self._proofs: dict[str, int] = {}
-        #: When each peer was last sent a proof (one per PROOF_INTERVAL_S at most).
-        self._proved: dict[str, float] = {}
+        #: One proof per peer per PROOF_INTERVAL_S at most.
+        self._proofs_allowed = Allowance(1, 1 / PROOF_INTERVAL_S)
         self._wake = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="head-announcer", daemon=True)
@@ -150,11 +151,9 @@ class HeadAnnouncer:
         """Announce to `peer` with the proof that the chain extends head `from_seq`; False
         if a proof went to it less than PROOF_INTERVAL_S ago (asking is free, proving is not:
         up to MAX_PROOF_ENTRIES entries)."""
-        now = time.monotonic()
+        if not self._proofs_allowed.take(peer):
+            return False
         with self._wake:
-            if now - self._proved.get(peer, -PROOF_INTERVAL_S) < PROOF_INTERVAL_S:
-                return False
-            self._proved[peer] = now
             self._proofs[peer] = from_seq
             self._due.add(peer)
             self._wake.notify()
@@ -208,8 +207,8 @@ class HeadWitness:
         self._meter = meter
         #: Asks a contradicted peer to prove that its chain extends the head witnessed here.
         self._ask_proof = ask_proof
-        #: When each peer was last asked (once per PROOF_INTERVAL_S at most).
-        self._asked: dict[str, float] = {}
+        #: A peer is asked once per PROOF_INTERVAL_S at most.
+        self._asks_allowed = Allowance(1, 1 / PROOF_INTERVAL_S)
         self._allowed: dict[str, int] = {}
         #: What this node countersigned before, from its own ledger: it survives restarts.
         self._witnessed: dict[str, tuple[int, str]] = meter.store.witnessed_heads()
@@ -276,9 +275,7 @@ class HeadWitness:
         """A contradicted peer's head without a valid proof: ask for one (after a head
         announced without one, never after a bad proof, at most once per PROOF_INTERVAL_S),
         and refuse it."""
-        now = time.monotonic()
-        if not asked and now - self._asked.get(sender, -PROOF_INTERVAL_S) >= PROOF_INTERVAL_S:
-            self._asked[sender] = now
+        if not asked and self._asks_allowed.take(sender):
             self._ask_proof(sender, witnessed)
         raise ProtocolError(f"party '{sender}' must prove that its chain extends head "
                             f"{witnessed} countersigned here" + (

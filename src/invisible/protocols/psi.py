@@ -156,6 +156,11 @@ def _keys(points: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(points).view(f"S{POINT_BYTES}").reshape(-1)
 
 
+def _points(keys: np.ndarray) -> np.ndarray:
+    """32-byte strings back as an (n, 32) uint8 array, for the channel."""
+    return np.ascontiguousarray(keys).view(np.uint8).reshape(-1, POINT_BYTES)
+
+
 def _recv_points(channel: Channel, sender: str, step: str, count: int | None = None,
                  ) -> np.ndarray:
     received = channel.recv_array(sender, step, np.uint8)
@@ -190,9 +195,9 @@ def psi(channel: Channel, ids: Sequence[Any], domain: bytes, rng: Prg,
         held = exponentiate(held, scalar, workers)
     channel.send(after, f"{RING_STEP}/{n}", held)  # back to its owner
     doubled = _recv_points(channel, before, f"{RING_STEP}/{n}", len(encoded))
-    found = _match(channel, _keys(doubled), me)
-    in_order = np.flatnonzero(found)
-    agreed = in_order[np.argsort(_keys(doubled)[in_order], kind="stable")]
+    keys = _keys(doubled)
+    in_order = np.flatnonzero(_match(channel, keys, me))
+    agreed = in_order[np.argsort(keys[in_order], kind="stable")]
     return PsiOutput(order[agreed].astype(np.int64), tuple(sizes))
 
 
@@ -202,18 +207,18 @@ def _match(channel: Channel, keys: np.ndarray, me: int) -> np.ndarray:
     mine = np.sort(keys)
     if len(parties) == 2:
         other = parties[1 - me]
-        channel.send(other, MATCH_STEP, mine.view(np.uint8).reshape(-1, POINT_BYTES))
+        channel.send(other, MATCH_STEP, _points(mine))
         theirs = _keys(_recv_points(channel, other, MATCH_STEP))
         return np.isin(keys, theirs)
     leader = parties[0]
     if me != 0:
-        channel.send(leader, MATCH_STEP, mine.view(np.uint8).reshape(-1, POINT_BYTES))
+        channel.send(leader, MATCH_STEP, _points(mine))
         common = _keys(_recv_points(channel, leader, RESULT_STEP))
         return np.isin(keys, common)
     common = mine
     for sender in parties[1:]:
         common = np.intersect1d(common, _keys(_recv_points(channel, sender, MATCH_STEP)),
                                 assume_unique=True)
-    result = np.ascontiguousarray(common).view(np.uint8).reshape(-1, POINT_BYTES)
+    result = _points(common)
     channel.send_to_each(RESULT_STEP, {p: result for p in parties[1:]})
     return np.isin(keys, common)
