@@ -93,10 +93,8 @@ class JobContext:
     rng: Prg
     #: Where outputs addressed to this party itself are written (never released).
     results_dir: Path
-    #: Run the bound check (some party's policy refuses values beyond the bound)...
+    #: Run the bound check (some party's policy refuses values beyond the bound).
     check_bounds: bool = False
-    #: ...and whether this party's own policy does.
-    refuses_out_of_bound: bool = False
     #: The policy of the dataset the job uses here (None: it uses none).
     policy: DatasetPolicy | None = None
     #: This node's alignments (the rows of set intersections), by name.
@@ -112,7 +110,8 @@ def check_bounds(context: JobContext, parties: Sequence[str], clipped: int) -> N
     the bound holds any (see :mod:`invisible.protocols.bound_check`): run before anything
     that depends on the data leaves this party. Every data holder learns that one bit."""
     if context.check_bounds:
-        refuse_alike(context, parties, context.refuses_out_of_bound and clipped > 0,
+        refuses = context.policy is not None and context.policy.refuses_out_of_bound
+        refuse_alike(context, parties, refuses and clipped > 0,
                      OUT_OF_BOUND_RULE, "a value lies beyond the job's declared bound at one or "
                      "more parties whose policy refuses such values rather than clipping them")
 

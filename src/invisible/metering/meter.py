@@ -176,10 +176,14 @@ class Meter:
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
         return entries[-1]
 
+    def policy_of(self, job: JobMeta) -> DatasetPolicy | None:
+        """The policy of the dataset the job uses here (None: it uses none)."""
+        return self.policies.get(job.use.dataset) if job.use is not None else None
+
     def refuses_out_of_bound(self, job: JobMeta) -> bool:
         """Whether the policy of the job's dataset refuses values beyond a declared bound."""
-        policy = self.policies.get(job.use.dataset) if job.use is not None else None
-        return policy is not None and policy.out_of_bound == "refuse"
+        policy = self.policy_of(job)
+        return policy is not None and policy.refuses_out_of_bound
 
     def data_refusal(self, job: JobMeta, problem: str | None = None) -> Refusal | None:
         """The data checks of an admitted job: the k threshold, and `problem` (a

@@ -79,6 +79,10 @@ class DatasetPolicy:
     #: How long an alignment (the rows of a set intersection) made from it is kept.
     alignment_days: int = DEFAULT_ALIGNMENT_DAYS
 
+    @property
+    def refuses_out_of_bound(self) -> bool:
+        return self.out_of_bound == "refuse"
+
 
 @dataclass(frozen=True)
 class UseRequest:

@@ -239,12 +239,9 @@ class JobExecutor:
             run.phase = _Phase.RUNNING
         if run.timer is not None:
             run.timer.cancel()
-        use = run.meta.use
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
                              Prg.from_os(), self.results_dir, check_bounds,
-                             run.admitted.refuses_out_of_bound,
-                             self.meter.policies.get(use.dataset) if use else None,
-                             self.alignments)
+                             self.meter.policy_of(run.meta), self.alignments)
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()
 
