@@ -115,7 +115,8 @@ def test_parameters_round_trip_through_json_for_every_kind():
 def test_every_kind_is_registered_once_and_declares_every_field():
     names = [kind.name for kind in KINDS]
     assert len(set(names)) == len(names)
-    assert set(names) == {"secure_sum", "paillier_sum", "statistics", "psi", "connectivity",
+    assert set(names) == {"secure_sum", "paillier_sum", "statistics", "psi",
+                          "vertical_statistics", "connectivity",
                           "bandwidth", "mul_benchmark"}
     for kind in KINDS:
         assert isinstance(kind, JobKind)

@@ -183,6 +183,44 @@ def test_matrix_product_is_exact_in_the_ring_and_fixed_point_close(engine):
     assert np.max(np.abs(z - x @ y)) <= 13 * 20 * ULP
 
 
+def test_gram_matrix_is_the_truncated_product_and_opens_each_element_once(engine):
+    data = np.random.default_rng(7)
+    x = data.uniform(-3, 3, (40, 5))
+    sx = shares_of(x, 3, engine.parties)
+
+    def program(ctx, prov):
+        return arithmetic.gram(ctx, prov, SharedArray(sx[ctx.index], 3, F, ctx.is_leader)).share
+
+    results = engine.run(program)
+    z = decode(open_result(results, engine.parties))
+    encoded = encode(x, 3, F).view(np.int64)
+    assert np.max(np.abs(z - encoded.T @ encoded / 2.0**(2 * F))) <= ULP
+    assert np.max(np.abs(z - x.T @ x)) <= 40 * 6 * ULP
+    record = results[engine.parties[0]][1].summary()
+    assert record == {"beaver-differences": 40 * 5, "masked-truncation-input": 25}
+
+
+def test_a_gram_bound_the_caller_guarantees_widens_the_range_and_is_checked():
+    engine = inprocess_engine(2)
+    rows = 1 << 15
+    x = np.random.default_rng(8).normal(size=(rows, 3))
+    x /= np.linalg.norm(x, axis=0)  # unit columns: every |entry| of X^T X is at most 1
+    f = 24
+    sx = share(encode(x, 1.0, f), 2, Prg.from_os())
+
+    def program(bound):
+        def run(ctx, prov):
+            ctx.fractional_bits = f
+            return arithmetic.gram(ctx, prov, SharedArray(sx[ctx.index], 1.0, f, ctx.is_leader),
+                                   bound).share
+        return run
+
+    with pytest.raises(ProtocolError, match="Gram matrix: the worst case .* leaves the exact range"):
+        engine.run(program(None))  # k bound^2 2^(2f) = 2^63: out of range
+    z = decode(open_result(engine.run(program(1.01)), engine.parties), f)
+    assert np.max(np.abs(z - x.T @ x)) <= 2.0**-f * (1 + np.sqrt(rows))
+
+
 @pytest.mark.parametrize("magnitude", [45, 50, 61])
 def test_truncation_is_exact_at_large_magnitudes(magnitude):
     engine = inprocess_engine(3)
@@ -417,6 +455,14 @@ def matrix_trunc_holds(a, b, c_masked, high, low):
     truncation_parts_agree(c_masked - a @ b - SHIFT, high, low)
 
 
+def gram_holds(b, c):
+    assert c.shape == (3, 3) and np.array_equal(c, b.T @ b)
+
+
+def gram_trunc_holds(b, c_masked, high, low):
+    truncation_parts_agree(c_masked - b.T @ b - SHIFT, high, low)
+
+
 def cmp_holds(r, msb, top, *bits):
     assert len(bits) == CMP_BITS
     assert np.array_equal(msb, r >> U64(63))
@@ -431,6 +477,8 @@ PROMISES = {
     "trunc": ([(50,)], trunc_holds),
     "triple-trunc": ([(50,)], triple_trunc_holds),
     "matrix-trunc": ([(4, 6), (6, 3)], matrix_trunc_holds),
+    "gram": ([(7, 3)], gram_holds),
+    "gram-trunc": ([(7, 3)], gram_trunc_holds),
     "cmp": ([(50,)], cmp_holds),
 }
 

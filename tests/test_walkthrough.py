@@ -44,6 +44,8 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     "paillier_sum.job.toml": ("total", "2^-16"),
     "statistics.job.toml": ("count", "mean", "std", "population variance"),
     "psi.job.toml": ("ids in common", "180", "never leave the nodes"),
+    "vertical_statistics.job.toml": ("monthly_spend", "data_gb", "correlation:",
+                                     "over the 180 rows of the alignment"),
     "bandwidth.job.toml": ("MB/s",),
     "mul_benchmark.job.toml": ("products", "tuples"),
 }

@@ -29,14 +29,19 @@ from invisible.errors import (
     ProtocolError,
 )
 from invisible.jobspec import JobResult, JobSpec, JobState, JobStatus
+from invisible.kinds.alignments import ALIGNMENT_PREFIX
 from invisible.kinds.bandwidth import BandwidthParams, BandwidthResult
 from invisible.kinds.connectivity import ConnectivityParams, ConnectivityResult
 from invisible.kinds.paillier_sum import PaillierSumParams
-from invisible.kinds.params import InputRef, Params, input_refs
+from invisible.kinds.params import ColumnsRef, InputRef, Params, input_refs
 from invisible.kinds.psi import PsiParams, PsiResult
 from invisible.kinds.registry import find_kind, kind_of
 from invisible.kinds.secure_sum import DEFAULT_MAX_ROWS, SecureSumParams, SecureSumResult
 from invisible.kinds.statistics import StatisticsParams, StatisticsResult
+from invisible.kinds.vertical_statistics import (
+    VerticalStatisticsParams,
+    VerticalStatisticsResult,
+)
 from invisible.metering.audit import ledger_keys_in, receipt_defect
 from invisible.net.client import HealthInfo, NodeClient
 from invisible.net.pki import Role
@@ -355,6 +360,36 @@ class Federation:
         return self.run(PsiParams(inputs=input_refs(inputs), alignment=alignment,
                                   release_size=release_size),
                         job_id=job_id, timeout_s=timeout_s)
+
+    def vertical_statistics(self, alignment: str | PsiResult,
+                            columns: Mapping[str, Sequence[str]], *,
+                            outputs: Sequence[str] = ("mean", "std", "correlation"),
+                            bounds: Mapping[str, Mapping[str, float] | Sequence[float]]
+                            | None = None, dealer: str, recipient: str | None = None,
+                            ddof: int = 0, job_id: str | None = None,
+                            timeout_s: float | None = None) -> VerticalStatisticsResult:
+        """Statistics of columns different parties hold about the rows of `alignment` (a
+        name, or the result of :meth:`psi`): `columns` per party; `bounds` per party, one
+        public bound on |value| per column (as a list, or by column name), needed for mean,
+        variance, std and covariance. Read the result as DataFrames: ``summary()``,
+        ``correlation``, ``covariance``. See :mod:`invisible.kinds.vertical_statistics`."""
+        name = alignment.alignment if isinstance(alignment, PsiResult) else str(alignment)
+        bounds = bounds or {}
+        inputs = {}
+        for party, names in columns.items():
+            given = bounds.get(party)
+            if isinstance(given, Mapping):
+                missing = [c for c in names if c not in given]
+                if missing:
+                    raise ConfigError(f"vertical_statistics: no bound for column(s) "
+                                      f"{', '.join(map(repr, missing))} of party '{party}'")
+                given = [given[c] for c in names]
+            inputs[party] = ColumnsRef(ALIGNMENT_PREFIX + name.removeprefix(ALIGNMENT_PREFIX),
+                                       tuple(names),
+                                       None if given is None else tuple(map(float, given)))
+        return self.run(VerticalStatisticsParams(
+            inputs=inputs, outputs=tuple(outputs), dealer=dealer, recipient=recipient,
+            ddof=ddof), job_id=job_id, timeout_s=timeout_s)
 
     def connectivity(self, parties: Sequence[str] | None = None) -> ConnectivityResult:
         """Every pair of parties (default: all) proves mTLS reachability and key agreement."""

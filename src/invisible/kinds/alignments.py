@@ -23,6 +23,9 @@ import numpy as np
 
 from invisible.errors import ConfigError
 
+#: A job names an alignment where it would name a dataset as "@" + the alignment's name.
+ALIGNMENT_PREFIX = "@"
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _TIME = "%Y-%m-%dT%H:%M:%SZ"
 

@@ -12,7 +12,8 @@ same object again. Errors name the kind, the key and what was expected.
 
 Supported types: ``bool``, ``int``, ``float``, ``str``, any of them or
 ``None`` (``X | None``), ``tuple[str, ...]`` (a non-empty list; choices apply
-to each element) and :data:`Inputs` (per party, a dataset and a column).
+to each element), :data:`Inputs` (per party, a dataset and a column) and
+:data:`ColumnInputs` (per party, a dataset, columns and optional bounds).
 """
 
 from __future__ import annotations
@@ -45,6 +46,28 @@ class InputRef:
 
 #: Per party id, the column it contributes.
 Inputs = dict[str, InputRef]
+
+#: The most columns one party may contribute to a job.
+MAX_COLUMNS = 256
+
+
+@dataclass(frozen=True)
+class ColumnsRef:
+    """What one party contributes: columns of one of its datasets (or alignments), each
+    with a public bound on |value| where the kind needs one."""
+
+    dataset: str
+    columns: tuple[str, ...]
+    bounds: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "columns", tuple(self.columns))
+        if self.bounds is not None:
+            object.__setattr__(self, "bounds", tuple(float(b) for b in self.bounds))
+
+
+#: Per party id, the columns it contributes.
+ColumnInputs = dict[str, ColumnsRef]
 
 
 def input_refs(inputs: Mapping[str, tuple[str, str] | InputRef]) -> Inputs:
@@ -163,6 +186,10 @@ class Params(Generic[R]):
             value = getattr(self, spec.name)
             if isinstance(value, tuple):
                 value = list(value)
+            elif _holds_columns(spec.type):
+                value = {p: {"dataset": r.dataset, "columns": list(r.columns)}
+                         | ({} if r.bounds is None else {"bounds": list(r.bounds)})
+                         for p, r in value.items()}
             elif isinstance(value, dict):  # Inputs: InputRefs, or (dataset, column) pairs
                 value = {p: {"dataset": r.dataset, "column": r.column}
                          for p, r in input_refs(value).items()}
@@ -203,6 +230,8 @@ def _type_name(kind: Any) -> str:
     inner = _optional_inner(kind)
     if inner is not None:
         return f"{_type_name(inner)} or none"
+    if _holds_columns(kind):
+        return "per party: {dataset, columns, bounds}"
     if kind is Inputs or typing.get_origin(kind) is dict:
         return "per party: {dataset, column}"
     if typing.get_origin(kind) is tuple:
@@ -271,9 +300,15 @@ def _read(kind_name: str, spec: FieldSpec, value: Any) -> Any:
         if len(set(value)) != len(value):
             raise fail("a list without repeats")
         return tuple(value)
+    if _holds_columns(kind):
+        return _read_column_inputs(kind_name, spec.name, value, fail)
     if kind is Inputs or typing.get_origin(kind) is dict:
         return _read_inputs(kind_name, spec.name, value, fail)
     raise TypeError(f"parameter type {kind!r} is not supported")
+
+
+def _holds_columns(kind: Any) -> bool:
+    return typing.get_origin(kind) is dict and typing.get_args(kind)[1:] == (ColumnsRef,)
 
 
 def _check_bounds(spec: FieldSpec, value: Any, fail: Callable[[str], ConfigError],
@@ -301,4 +336,35 @@ def _read_inputs(kind_name: str, key: str, value: Any,
                               "{ dataset = \"...\", column = \"...\" }, each name of at "
                               f"most {MAX_NAME_CHARS} characters")
         inputs[str(party)] = InputRef(ref["dataset"], ref["column"])
+    return inputs
+
+
+def _read_column_inputs(kind_name: str, key: str, value: Any,
+                        fail: Callable[[str], ConfigError]) -> ColumnInputs:
+    if not isinstance(value, Mapping) or not value:
+        raise fail("a table naming, per party, a dataset and its columns")
+    inputs = {}
+    for party, ref in value.items():
+        where = f"{kind_name}: '{key}' of party {_name(party)}"
+        if not (isinstance(ref, Mapping) and {"dataset", "columns"} <= set(ref)
+                <= {"dataset", "columns", "bounds"}):
+            raise ConfigError(f"{where} must be {{ dataset = \"...\", columns = [...] }}, "
+                              "with bounds = [...] where the kind needs them")
+        dataset, columns, bounds = ref["dataset"], ref["columns"], ref.get("bounds")
+        if not (isinstance(dataset, str) and 0 < len(dataset) <= MAX_NAME_CHARS):
+            raise ConfigError(f"{where}: the dataset must be a name of at most "
+                              f"{MAX_NAME_CHARS} characters")
+        if not (isinstance(columns, list | tuple) and 0 < len(columns) <= MAX_COLUMNS and all(
+                isinstance(c, str) and 0 < len(c) <= MAX_NAME_CHARS for c in columns)
+                and len(set(columns)) == len(columns)):
+            raise ConfigError(f"{where}: 'columns' must be a list of 1 to {MAX_COLUMNS} "
+                              f"different names of at most {MAX_NAME_CHARS} characters")
+        if bounds is not None and not (
+                isinstance(bounds, list | tuple) and len(bounds) == len(columns) and all(
+                    isinstance(b, int | float) and not isinstance(b, bool)
+                    and math.isfinite(b) and b > 0 for b in bounds)):
+            raise ConfigError(f"{where}: 'bounds' must list one positive finite number per "
+                              "column")
+        inputs[str(party)] = ColumnsRef(dataset, tuple(columns),
+                                        None if bounds is None else tuple(map(float, bounds)))
     return inputs

@@ -19,6 +19,7 @@ from invisible.kinds.params import Params
 from invisible.kinds.psi import PsiKind
 from invisible.kinds.secure_sum import SecureSumKind
 from invisible.kinds.statistics import StatisticsKind
+from invisible.kinds.vertical_statistics import VerticalStatisticsKind
 from invisible.text import printable
 
 AnyKind = JobKind[Any, Any]
@@ -28,6 +29,7 @@ KINDS: tuple[AnyKind, ...] = (
     PaillierSumKind(),
     StatisticsKind(),
     PsiKind(),
+    VerticalStatisticsKind(),
     ConnectivityKind(),
     BandwidthKind(),
     MulBenchmarkKind(),

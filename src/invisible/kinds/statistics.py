@@ -21,7 +21,6 @@ from typing import Any, ClassVar
 import numpy as np
 
 from invisible.crypto.fixedpoint import clip_to_bound, decode
-from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.base import (
@@ -33,10 +32,10 @@ from invisible.kinds.base import (
     JobOutcome,
     check_bounds,
 )
+from invisible.kinds.declared import WithDealer, opened_outputs, release
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
 from invisible.kinds.secure_sum import MAX_ROWS, numeric_column
-from invisible.protocols.mpc.arithmetic import reveal
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.provider import DealerProvider
@@ -52,12 +51,11 @@ from invisible.protocols.mpc.statistics import (
     finish as decoded_outputs,
 )
 
-SHARES_ARRAY = "output_shares"
 FRACTIONAL_BITS = 16
 
 
 @dataclass(frozen=True, kw_only=True)
-class StatisticsParams(Params["StatisticsResult"]):
+class StatisticsParams(WithDealer, Params["StatisticsResult"]):
     KIND: ClassVar[str] = "statistics"
 
     inputs: Inputs = param("per computing party, the dataset and numeric column it holds rows of",
@@ -75,29 +73,12 @@ class StatisticsParams(Params["StatisticsResult"]):
     ddof: int = param("variance divisor: count - ddof (0: population, 1: sample)", default=0,
                       choices=(0, 1))
 
-    def job_parties(self, available: tuple[str, ...]) -> tuple[str, ...]:
-        return (*self.inputs, self.dealer)
-
     def check(self, parties: tuple[str, ...]) -> None:
-        kind = self.KIND
-        if len(self.inputs) < 2:
-            raise ConfigError(f"{kind}: 'inputs' must name a dataset and column for at least two "
-                              "parties")
-        if self.dealer in self.inputs:
-            raise ConfigError(f"{kind}: 'dealer' must name a dealer that is not an input party")
-        if set(parties) != {*self.inputs, self.dealer} or len(parties) != len(self.inputs) + 1:
-            raise ConfigError(f"{kind}: the job's parties must be the input parties and the "
-                              "dealer")
-        if self.recipient is not None and self.recipient not in self.inputs:
-            raise ConfigError(f"{kind}: 'recipient' must be an input party or none")
+        self.check_parties(parties, "name a dataset and column for at least two parties")
         try:
             check_capacity(len(self.inputs), self.bound, self.max_rows, FRACTIONAL_BITS)
         except ProtocolError as exc:
             raise ConfigError(f"{exc}: lower 'max_rows' or 'bound'") from None
-
-    def computing(self, parties: tuple[str, ...]) -> tuple[str, ...]:
-        """The computing parties in the job's order (the dealer is not one)."""
-        return tuple(p for p in parties if p != self.dealer)
 
 
 @dataclass(repr=False, eq=False)
@@ -145,12 +126,9 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
 
     def declare(self, params: StatisticsParams, party_id: str) -> DeclaredUse | None:
         if party_id == params.dealer:
-            return None  # the dealer touches no data
+            return None
         ref = params.inputs[party_id]
-        # With a recipient party, the values are opened to it and it releases them to the
-        # requester too: both receive them, so the policy must allow both.
-        return DeclaredUse(ref.dataset, (ref.column,), params.recipient,
-                           requester_too=params.recipient is not None)
+        return params.declared_use(party_id, ref.dataset, (ref.column,))
 
     def plan(self, params: StatisticsParams, party_id: str, datasets: Datasets) -> DataUse | None:
         if party_id == params.dealer:
@@ -187,33 +165,15 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         # What this party releases goes to the requester (the opening to a recipient
         # party is listed in `openings`).
         outcome = JobOutcome(rows_used=int(column.size), clipped=clipped)
-        if params.recipient is None:  # each party releases a uniformly random share
-            ctx.record.add("declared-outputs (shares)", (context.requester,), len(chosen))
-            outcome.arrays[SHARES_ARRAY] = selected.share
-        else:
-            opened = reveal(ctx, selected, params.recipient, "declared-outputs")
-            if opened is not None:
-                outcome.arrays[SHARES_ARRAY] = opened  # the recipient releases the values
-        outcome.values_opened = len(chosen)
-        outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
-                            for o in ctx.record.openings]
+        release(ctx, context, selected, params.recipient, outcome)
         outcome.output = {"opened_indices": chosen, "openings": outcome.openings}
         return outcome
 
     def finish(self, params: StatisticsParams, job: JobResult) -> StatisticsResult:
-        parties = params.computing(job.parties)
-        released = {p: job.arrays[p][SHARES_ARRAY] for p in parties
-                    if SHARES_ARRAY in job.arrays.get(p, {})}
         chosen = select_outputs(params.outputs)
-        if params.recipient is not None:
-            opened = released.get(params.recipient)
-        elif set(released) == set(parties):
-            opened = np.asarray(np.sum(list(released.values()), axis=0, dtype=RING_DTYPE))
-        else:
-            opened = None
-        if opened is None or opened.dtype != RING_DTYPE or opened.shape != (len(chosen),):
-            raise ProtocolError("a party released no shares of the declared outputs")
-        values = decode(np.asarray(opened), FRACTIONAL_BITS).tolist()
+        opened = opened_outputs(job, params.computing(job.parties), params.recipient,
+                                len(chosen))
+        values = decode(opened, FRACTIONAL_BITS).tolist()
         named = decoded_outputs(dict(zip(chosen, values, strict=True)), params.outputs)
         if "count" in named:
             named["count"] = int(named["count"])

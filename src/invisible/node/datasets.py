@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from invisible.errors import ConfigError
-from invisible.kinds.alignments import Alignment, AlignmentStore
+from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment, AlignmentStore
 from invisible.node.config import DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,6 @@ class AlignedDataset:
 
     def column(self, name: str) -> np.ndarray:
         return self.source.column(name)[self.rows]
-
-
-#: A job names an alignment where it would name a dataset as "@" + the alignment's name.
-ALIGNMENT_PREFIX = "@"
 
 
 class DatasetRegistry:

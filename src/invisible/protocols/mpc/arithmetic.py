@@ -190,6 +190,38 @@ def matmul(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedAr
     return SharedArray(_finish_truncation(ctx, masked, shares, f), bound, f, ctx.is_leader)
 
 
+def gram(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
+         result_bound: float | None = None) -> SharedArray:
+    """The Gram matrix X^T X of a shared (k, m) matrix X, truncated (2 rounds).
+
+    With a gram tuple (B uniform, C = B^T B) only E = X - B is opened (k m
+    values; `matmul(X^T, X)` would open 2 k m), then
+    X^T X = E^T E + E^T B + B^T E + B^T B: each party adds E^T B_i, its
+    transpose and C_i, and the leader the public E^T E.
+
+    `result_bound` is a public bound on every |entry| of X^T X that the caller
+    guarantees, tighter than the default k bound^2 (columns of norm at most 1
+    give 1, by Cauchy-Schwarz); the exact range is checked against it.
+    """
+    if len(x.shape) != 2:
+        raise ProtocolError(f"a Gram matrix of shape {x.shape}")
+    f = x.fractional_bits
+    widest = x.shape[0] * x.bound * x.bound
+    bound = widest if result_bound is None else min(float(result_bound), widest)
+    check_range(bound * 2.0**f, f, "Gram matrix")
+    shares = provider.take("gram-trunc", [x.shape], f)
+    b = shares[0]
+    masked = np.subtract(x.share, b)
+    e = open_flat(ctx, masked.reshape(-1), "beaver-differences").reshape(x.shape)
+    e_t = np.ascontiguousarray(e.T)
+    cross = ring_matmul(e_t, b)  # E^T B_i
+    z = cross + cross.T
+    z += shares[1]  # C_i + r_i + 2^62 shares
+    if ctx.is_leader:
+        z += ring_matmul(e_t, np.ascontiguousarray(e))
+    return SharedArray(_finish_truncation(ctx, z, shares, f), bound, f, ctx.is_leader)
+
+
 def mul_public(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
                value: float | np.ndarray) -> SharedArray:
     """Multiply by a public real (encoded with f bits), truncated (1 round)."""

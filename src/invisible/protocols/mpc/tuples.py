@@ -61,6 +61,16 @@ def _matrix(extra: int) -> Callable[[Sequence[Shape]], list[Shape] | None]:
     return shapes_of
 
 
+def _gram(extra: int) -> Callable[[Sequence[Shape]], list[Shape] | None]:
+    """B (k, m), then 1 + `extra` components of shape (m, m)."""
+    def shapes_of(shapes: Sequence[Shape]) -> list[Shape] | None:
+        if len(shapes) != 1 or len(shapes[0]) != 2:
+            return None
+        out: Shape = (shapes[0][1], shapes[0][1])
+        return [shapes[0]] + [out] * (1 + extra)
+    return shapes_of
+
+
 def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int) -> None:
     """From r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f)."""
     np.right_shift(r, np.uint64(63), out=high)
@@ -71,10 +81,10 @@ def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int)
 
 
 def _mask_product(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
-    """c (values[2]) becomes c + r + 2^62 for a fresh r; values[3:5] r's truncation parts."""
-    c = values[2]
+    """c (values[-3]) becomes c + r + 2^62 for a fresh r; values[-2:] r's truncation parts."""
+    c = values[-3]
     r = rng.random_uint64(c.shape)
-    _truncation_values(r, values[3], values[4], f)
+    _truncation_values(r, values[-2], values[-1], f)
     c += r
     c += np.uint64(1 << RANGE_BITS)
 
@@ -85,6 +95,16 @@ def _fill_triple(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
 
 def _fill_matrix(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     values[2][...] = ring_matmul(values[0], values[1])
+
+
+def _fill_gram(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    b = values[0]
+    values[1][...] = ring_matmul(np.ascontiguousarray(b.T), b)
+
+
+def _fill_gram_trunc(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    _fill_gram(values, f, rng)
+    _mask_product(values, f, rng)
 
 
 def _fill_triple_trunc(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
@@ -127,6 +147,13 @@ CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
               "A matrix triple and a truncation tuple for its product in one: A, B uniform; "
               "C + r + 2^62 (C = A @ B, r drawn by the dealer) in place of C and of the mask, "
               "as the parties only ever use the product's share masked by r; then r's "
+              "truncation components, as in trunc."),
+    TupleKind("gram", _gram(0), 1, _fill_gram,
+              "B (k, m) uniform; C = B^T @ B: for the Gram matrix X^T X of one shared X, "
+              "which opens X - B once where a matrix triple opens X^T - A and X - B."),
+    TupleKind("gram-trunc", _gram(2), 1, _fill_gram_trunc,
+              "A gram tuple and a truncation tuple for its product in one: B uniform; "
+              "C + r + 2^62 (C = B^T @ B, r drawn by the dealer) in place of C; then r's "
               "truncation components, as in trunc."),
     TupleKind("cmp", _elementwise(3 + CMP_BITS), 1, _fill_cmp,
               "r uniform; msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one."),

@@ -1,0 +1,102 @@
+"""Jobs on shares with a dealer: who takes part (:class:`WithDealer`), how the parties
+release the declared outputs and how the coordinator reads them back.
+
+Either each computing party releases its share of the outputs to the
+requester (uniformly random on its own; the requester adds them up), or
+the outputs are opened to a recipient party, which releases the values to
+the requester too. Every opening (what, to whom, how many values) goes into
+each party's job output and signed ledger entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from invisible.crypto.sharing import RING_DTYPE
+from invisible.errors import ConfigError, ProtocolError
+from invisible.jobspec import JobResult
+from invisible.kinds.base import DeclaredUse, JobContext, JobOutcome
+from invisible.protocols.mpc.arithmetic import reveal
+from invisible.protocols.mpc.context import MpcContext
+from invisible.protocols.mpc.shared import SharedArray
+
+
+class WithDealer:
+    """Mixed into the parameters of a kind computed on shares with a dealer: the input
+    parties compute, a dealer node serves correlated randomness, outputs go to the requester
+    or to a recipient among the input parties."""
+
+    KIND: ClassVar[str]
+    inputs: Mapping[str, Any]
+    dealer: str
+    recipient: str | None
+
+    def job_parties(self, available: tuple[str, ...]) -> tuple[str, ...]:
+        return (*self.inputs, self.dealer)
+
+    def computing(self, parties: tuple[str, ...]) -> tuple[str, ...]:
+        """The computing parties in the job's order (the dealer is not one)."""
+        return tuple(p for p in parties if p != self.dealer)
+
+    def declared_use(self, party_id: str, dataset: str, columns: tuple[str, ...],
+                     ) -> DeclaredUse | None:
+        """What the job uses at `party_id` (None at the dealer, which touches no data). With
+        a recipient party, the values are opened to it and it releases them to the requester
+        too: both receive them, so the policy must allow both."""
+        if party_id == self.dealer:
+            return None
+        return DeclaredUse(dataset, columns, self.recipient,
+                           requester_too=self.recipient is not None)
+
+    def check_parties(self, parties: tuple[str, ...], inputs_rule: str) -> None:
+        """At least two input parties (else `inputs_rule`, the error), a dealer that is not
+        one, the job's parties exactly those, and a recipient among the input parties."""
+        kind = self.KIND
+        if len(self.inputs) < 2:
+            raise ConfigError(f"{kind}: 'inputs' must {inputs_rule}")
+        if self.dealer in self.inputs:
+            raise ConfigError(f"{kind}: 'dealer' must name a dealer that is not an input party")
+        if set(parties) != {*self.inputs, self.dealer} or len(parties) != len(self.inputs) + 1:
+            raise ConfigError(f"{kind}: the job's parties must be the input parties and the "
+                              "dealer")
+        if self.recipient is not None and self.recipient not in self.inputs:
+            raise ConfigError(f"{kind}: 'recipient' must be an input party or none")
+
+
+#: The released array: a party's share of the outputs, or the recipient's opened values.
+SHARES_ARRAY = "output_shares"
+
+
+def release(ctx: MpcContext, context: JobContext, outputs: SharedArray,
+            recipient: str | None, outcome: JobOutcome) -> None:
+    """Release this party's part of the declared `outputs` into `outcome`."""
+    size = int(outputs.share.size)
+    if recipient is None:  # each party releases a uniformly random share
+        ctx.record.add("declared-outputs (shares)", (context.requester,), size)
+        outcome.arrays[SHARES_ARRAY] = outputs.share
+    else:
+        opened = reveal(ctx, outputs, recipient, "declared-outputs")
+        if opened is not None:
+            outcome.arrays[SHARES_ARRAY] = opened  # the recipient releases the values
+    outcome.values_opened = size
+    outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
+                        for o in ctx.record.openings]
+
+
+def opened_outputs(job: JobResult, parties: Sequence[str], recipient: str | None,
+                   size: int) -> np.ndarray:
+    """At the coordinator: the opened outputs (ring elements) from what the parties released."""
+    released = {p: job.arrays[p][SHARES_ARRAY] for p in parties
+                if SHARES_ARRAY in job.arrays.get(p, {})}
+    if recipient is not None:
+        opened = released.get(recipient)
+    elif set(released) == set(parties):
+        opened = np.asarray(np.sum(list(released.values()), axis=0, dtype=RING_DTYPE))
+    else:
+        opened = None
+    if opened is None or opened.dtype != RING_DTYPE or opened.shape != (size,):
+        raise ProtocolError("a party released no shares of the declared outputs")
+    return np.asarray(opened)
