@@ -23,7 +23,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NOTEBOOK = EXAMPLES / "quickstart.ipynb"
 DISTRICTS = 8
 #: The jobs the notebook runs, by kind: what every institution's meter report must count.
-NOTEBOOK_JOBS = {"connectivity": 1, "secure_sum": 2, "paillier_sum": 1, "statistics": 2}
+NOTEBOOK_JOBS = {"connectivity": 1, "secure_sum": 2, "paillier_sum": 1, "statistics": 2,
+                 "psi": 1, "vertical_statistics": 1}
+#: The sample tables number their customers 1..240, 1..180 and 1..300: 1..180 in common.
+IN_COMMON = 180
 
 
 def test_local_federation_script_runs():
@@ -102,7 +105,8 @@ def test_every_displayed_value_is_a_table(notebook_run):
             assert value.table().columns[0] in repr(value), cell_id
             json.dumps(value.to_json())
     shown = {v.kind for v in notebook_run.displayed.values() if isinstance(v, Result)}
-    assert shown == {"connectivity", "secure_sum", "paillier_sum", "statistics"}
+    assert shown == {"connectivity", "secure_sum", "paillier_sum", "statistics", "psi",
+                     "vertical_statistics"}
     assert any(isinstance(v, pd.DataFrame) for v in notebook_run.displayed.values())
 
 
@@ -152,6 +156,25 @@ def test_statistics_match_numpy(notebook_run, plain):
     assert "sample variance" in sample._repr_html_()
 
 
+def test_vertical_statistics_match_numpy_on_the_common_customers(notebook_run):
+    assert notebook_run.namespace["common"].size == IN_COMMON
+    tables = {p: pd.read_csv(sample_path(p)) for p in SAMPLE_COLUMNS}
+    ids = {"bank": "customer_id", "hospital": "patient_id", "telco": "subscriber_id"}
+    joined = None
+    for party, table in tables.items():
+        table = table.rename(columns={ids[party]: "id", "monthly_spend": f"{party}.spend"})
+        joined = table if joined is None else joined.merge(table, on="id")
+    values = joined[["bank.spend", "balance", "visits", "data_gb"]].to_numpy(dtype=float)
+    across = notebook_run.namespace["across"]
+    assert across.count == IN_COMMON and list(across.correlation.columns) == [
+        "monthly_spend", "balance", "visits", "data_gb"]
+    np.testing.assert_allclose(across.correlation.to_numpy(),
+                               np.corrcoef(values, rowvar=False), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(across.summary()["mean"], values.mean(axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(across.summary()["std"], values.std(axis=0), rtol=0, atol=1e-6)
+    assert notebook_run.displayed["correlation"].shape == (4, 4)
+
+
 def test_meter_reports_count_every_job(notebook_run, plain):
     reports: dict[str, pd.DataFrame] = notebook_run.namespace["reports"]
     assert set(reports) == set(SAMPLE_COLUMNS)
@@ -162,6 +185,7 @@ def test_meter_reports_count_every_job(notebook_run, plain):
         assert by_kind["jobs"].to_dict() == NOTEBOOK_JOBS, party
         assert (by_kind[["failed", "refused"]] == 0).all().all(), party
         for kind, jobs in NOTEBOOK_JOBS.items():
-            touched = 0 if kind == "connectivity" else rows[party] * jobs
+            touched = {"connectivity": 0, "vertical_statistics": IN_COMMON}.get(
+                kind, rows[party] * jobs)
             assert by_kind.loc[kind, "rows_touched"] == touched, (party, kind)
         assert by_kind.loc["secure_sum", "bytes_released"] > 0, party

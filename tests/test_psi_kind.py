@@ -128,6 +128,11 @@ def test_the_node_lists_its_alignments(tmp_path, capsys):
     [header, row] = capsys.readouterr().out.splitlines()
     assert header.split()[:2] == ["name", "rows"]
     assert row.split()[:4] == ["listed", "180", "customers.subscriber_id", "bank,hospital,telco"]
+    from invisible.api import alignments
+    frame = alignments(layout.party_configs["telco"])
+    assert frame[["name", "rows", "dataset", "column"]].values.tolist() == [
+        ["listed", 180, "customers", "subscriber_id"]]
+    assert frame["parties"][0] == ["bank", "hospital", "telco"]
 
 
 def test_a_later_job_names_an_alignment_and_is_governed_by_its_source_dataset(tmp_path):

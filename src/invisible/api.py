@@ -6,6 +6,7 @@
         result = federation.secure_sum({...}, bound=100_000.0)   # a SecureSumResult
         stats = federation.run(StatisticsParams(...))              # any kind, typed
     meter_report("parties/bank/party.toml")      # a pandas DataFrame
+    alignments("parties/bank/party.toml")        # the node's alignments, a DataFrame
 
 Every result shows itself as a table (``repr`` and, in a notebook, HTML),
 and gives ``to_frame()`` and ``to_json()``.
@@ -22,10 +23,15 @@ from invisible.kinds.bandwidth import BandwidthParams, BandwidthResult
 from invisible.kinds.connectivity import ConnectivityParams, ConnectivityResult
 from invisible.kinds.mul_benchmark import MulBenchmarkParams, MulBenchmarkResult
 from invisible.kinds.paillier_sum import PaillierSumParams
-from invisible.kinds.params import InputRef
+from invisible.kinds.params import ColumnsRef, InputRef
+from invisible.kinds.psi import PsiParams, PsiResult
 from invisible.kinds.results import Result
 from invisible.kinds.secure_sum import SecureSumParams, SecureSumResult
 from invisible.kinds.statistics import StatisticsParams, StatisticsResult
+from invisible.kinds.vertical_statistics import (
+    VerticalStatisticsParams,
+    VerticalStatisticsResult,
+)
 from invisible.metering.report import ledger_report, report_frame
 from invisible.node.config import load_party_config
 
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BandwidthParams",
     "BandwidthResult",
+    "ColumnsRef",
     "ConnectivityParams",
     "ConnectivityResult",
     "Federation",
@@ -43,11 +50,16 @@ __all__ = [
     "MulBenchmarkParams",
     "MulBenchmarkResult",
     "PaillierSumParams",
+    "PsiParams",
+    "PsiResult",
     "Result",
     "SecureSumParams",
     "SecureSumResult",
     "StatisticsParams",
     "StatisticsResult",
+    "VerticalStatisticsParams",
+    "VerticalStatisticsResult",
+    "alignments",
     "meter_report",
 ]
 
@@ -61,3 +73,19 @@ def meter_report(party_config: Path | str, since: str | None = None) -> pandas.D
     """
     config = load_party_config(party_config)
     return report_frame(ledger_report(config.ledger.path, since))
+
+
+def alignments(party_config: Path | str) -> pandas.DataFrame:
+    """The alignments a party node keeps (its rows of set intersections), as a DataFrame read
+    at the node: one row per alignment in force (expired ones are deleted), with its rows,
+    the dataset and id column it was made from, the job's parties, requester and dates.
+    An operator's view: the rows themselves never leave the node, and neither does this."""
+    import pandas
+
+    from invisible.kinds.alignments import AlignmentStore
+
+    config = load_party_config(party_config)
+    kept = AlignmentStore(config.alignments_dir).list()
+    columns = ["name", "rows", "dataset", "column", "parties", "requester", "job_id", "created",
+               "expires"]
+    return pandas.DataFrame([{**a.meta(), "rows": a.size} for a in kept], columns=columns)
