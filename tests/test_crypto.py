@@ -137,12 +137,12 @@ def test_ring_matmul_is_exact_mod_2_64(m, k, n, seed):
     a = data.integers(0, 2**64, (m, k), dtype=np.uint64, endpoint=False)
     b = data.integers(0, 2**64, (k, n), dtype=np.uint64, endpoint=False)
     a[0, 0], b[0, 0] = np.uint64(2**64 - 1), np.uint64(2**64 - 1)  # the largest limbs
-    small, thin = ring._SMALL, ring._THIN
-    ring._SMALL, ring._THIN = 0, 0  # the float64 limb path, whatever the shapes
+    small, narrow = ring._SMALL, ring._NARROW
+    ring._SMALL, ring._NARROW = 0, 0  # the float64 limb path, whatever the shapes
     try:
         assert np.array_equal(ring.ring_matmul(a, b), np.matmul(a, b))
     finally:
-        ring._SMALL, ring._THIN = small, thin
+        ring._SMALL, ring._NARROW = small, narrow
 
 
 def test_ring_matmul_takes_the_limb_path_for_large_products_and_stays_exact():
