@@ -123,6 +123,13 @@ def test_a_constant_column_has_no_correlation_as_in_numpy():
     assert got["std"][1] == 0.0
 
 
+def test_a_column_of_one_value_is_constant_despite_float_rounding():
+    data = np.random.default_rng(5)
+    blocks = [np.column_stack([data.normal(size=50), np.full(50, 0.3)]), data.normal(size=(50, 1))]
+    got, _ = run(inprocess_engine(2), blocks, [10.0, 10.0, 10.0], 0, ("correlation",))
+    assert np.isnan(got["correlation"][1]).all() and not np.isnan(got["correlation"][0, 2])
+
+
 def test_a_single_row_has_variance_zero_with_either_divisor():
     blocks = [np.array([[2.0]]), np.array([[-1.0]])]
     for ddof in (0, 1):

@@ -10,6 +10,7 @@ the rows, in its own shuffled order; the reference is pandas' inner join on
 from __future__ import annotations
 
 import gzip
+import json
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from invisible.coordinator.local import (
     NodeProcesses,
     write_local_federation,
 )
-from invisible.errors import ConfigError, ProtocolError
+from invisible.errors import ConfigError, PolicyError, ProtocolError
 from invisible.kinds import alignments
 from invisible.kinds.vertical_statistics import VerticalStatisticsParams
 
@@ -49,7 +50,8 @@ def split(tmp: Path, name: str, seed: int, keep: float = 0.9) -> dict[str, tuple
     return out
 
 
-def federation(tmp: Path, name: str, policy: dict | None = None, seed: int = 0):
+def federation(tmp: Path, name: str, policy: dict | None = None, seed: int = 0,
+               coordinators=("coordinator",)):
     tables = split(tmp, name, seed)
     datasets = {}
     for side, (path, features) in tables.items():
@@ -57,7 +59,7 @@ def federation(tmp: Path, name: str, policy: dict | None = None, seed: int = 0):
                    **{f: "float" for f in features}}
         datasets[side] = {"credit": LocalDataset(path, columns, policy or dict(OPEN_POLICY))}
     layout = write_local_federation(tmp / "fed", ["guest", "host"], datasets, dealers=["dealer"],
-                                    limits={"rpc_timeout_s": 60.0})
+                                    coordinators=coordinators, limits={"rpc_timeout_s": 60.0})
     return layout, tables
 
 
@@ -208,3 +210,111 @@ def test_the_parameters_name_alignments_columns_and_bounds_or_are_refused():
             parse(inputs)
     no_bounds = {p: {"dataset": "@a", "columns": ["x0"]} for p in ("guest", "host")}
     assert parse(no_bounds, outputs=["count", "correlation"]).inputs["host"].bounds is None
+
+
+# --- what an attacker would try (each found by a review, each test failed before its fix) ---
+
+BY_ID = {"guest": ("credit", "id"), "host": ("credit", "id")}
+
+
+def test_a_value_beyond_its_bound_refuses_the_job_at_every_party_and_is_never_clipped(tmp_path):
+    """Clipping to a bound the requester chose between the two smallest values of a column
+    would single that person out: the mean gives their value, the correlation their value
+    in the other institution's column. So a value beyond its bound refuses, whatever the
+    policy (here the default, "clip")."""
+    layout, tables = federation(tmp_path, "breast")
+    values = joined_values(tables)
+    guest_x0 = np.sort(np.abs(values[:, 0]))
+    features = columns_of(tables)
+    tight = {"guest": [float(guest_x0[1] + guest_x0[0]) / 2] + [20.0] * 9,
+             "host": [20.0] * 20}
+    with InProcessNodes(layout) as nodes, \
+            Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi(BY_ID, alignment="a")
+        with pytest.raises(PolicyError, match="refused on parties 'guest', 'host' alike: rule "
+                                              "'out-of-bound'") as refused:
+            fed.vertical_statistics("a", features, bounds=tight, outputs=["mean", "correlation"],
+                                    dealer="dealer", job_id="tight")
+        ends = {p: [e.event for e in nodes.nodes[p].ledger.entries() if e.job_id == "tight"][-1]
+                for p in ("guest", "host")}
+        fine = fed.vertical_statistics("a", features, outputs=["mean"], dealer="dealer",
+                                       bounds={p: [20.0] * len(c) for p, c in features.items()})
+    assert "never clips" in str(refused.value) and "no result was released" in str(refused.value)
+    assert ends == {"guest": "refused", "host": "refused"}
+    np.testing.assert_allclose(fine.summary()["mean"], values.mean(axis=0), atol=1e-6)
+
+
+def test_another_requesters_alignment_is_not_found(tmp_path):
+    layout, tables = federation(tmp_path, "breast", coordinators=("coordinator", "other"))
+    with InProcessNodes(layout):
+        with Federation.from_config(layout.coordinator_configs["coordinator"]) as alice:
+            alice.psi(BY_ID, alignment="alices")
+            assert alice.vertical_statistics("alices", columns_of(tables), outputs=["count"],
+                                             dealer="dealer").count == len(joined(tables))
+        with Federation.from_config(layout.coordinator_configs["other"]) as bob, \
+                pytest.raises(ConfigError, match="no alignment named 'alices' on this node"):
+            bob.vertical_statistics("alices", columns_of(tables), outputs=["count"],
+                                    dealer="dealer")
+
+
+def test_the_rows_of_an_alignment_whose_size_was_not_released_stay_out_of_receipts(tmp_path):
+    from invisible.metering.report import ledger_report
+
+    layout, tables = federation(tmp_path, "breast")
+    size = len(joined(tables))
+    with InProcessNodes(layout) as nodes, \
+            Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi(BY_ID, alignment="hidden")
+        fed.psi(BY_ID, alignment="told", release_size=True)
+        hidden = fed.vertical_statistics("hidden", columns_of(tables), outputs=["correlation"],
+                                         dealer="dealer", job_id="on-hidden")
+        told = fed.vertical_statistics("told", columns_of(tables), outputs=["correlation"],
+                                       dealer="dealer")
+        own = [(e.event, e.rows) for e in nodes.nodes["guest"].ledger.entries()
+               if e.job_id == "on-hidden"]
+    for side in ("guest", "host"):
+        assert [r["rows"] for r in hidden.receipts[side]] == [0]
+        assert "rows_used" not in json.dumps(hidden.receipts[side]).replace('"rows_used": 0', "")
+        assert hidden.records[side].rows_used == 0
+        assert [r["rows"] for r in told.receipts[side]] == [size]
+    assert ("rows", size) in own and ("finished", 0) in own  # the node's own ledger keeps it
+    report = ledger_report(layout.party_configs["guest"].parent / "guest-ledger.sqlite")
+    [row] = [r for r in report if r["kind"] == "vertical_statistics"]
+    assert row["rows_touched"] == 2 * size and row["jobs"] == 2
+
+
+def test_an_alignment_whose_dataset_changed_is_refused_without_a_count(tmp_path):
+    layout, tables = federation(tmp_path, "breast")
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi(BY_ID, alignment="before")
+    path = tables["host"][0]
+    header, *rows = path.read_text().strip().split("\n")
+    for changed in (sorted(rows), rows[:-40]):  # re-sorted, then shorter
+        path.write_text("\n".join([header, *changed]) + "\n")
+        with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed, \
+                pytest.raises(ConfigError, match="alignment 'before' no longer matches dataset "
+                              "'credit' .*: run psi again") as refused:
+            fed.vertical_statistics("before", columns_of(tables), outputs=["correlation"],
+                                    dealer="dealer")
+        assert not any(ch.isdigit() for ch in str(refused.value).split("refused start")[1]
+                       .split(":", 1)[1])
+
+
+def test_a_job_on_an_alignment_includes_every_party_that_made_it(tmp_path):
+    """Statistics over bank-hospital rows of a 2-party and of a 3-party intersection would
+    tell the values of the people the third party lacks."""
+    _, tables = federation(tmp_path, "breast")
+    third = write_local_federation(tmp_path / "three", ["guest", "host", "third"], {
+        **{p: {"credit": LocalDataset(tables[p][0], {"id": "int", "x0": "float"})}
+           for p in ("guest", "host")},
+        "third": {"credit": LocalDataset(tables["host"][0], {"id": "int", "x0": "float"})}},
+        dealers=["dealer"], limits={"rpc_timeout_s": 60.0})
+    with InProcessNodes(third), Federation.from_config(third.coordinator_config) as fed:
+        fed.psi({**BY_ID, "third": ("credit", "id")}, alignment="three")
+        x0 = {"guest": ["x0"], "host": ["x0"]}
+        with pytest.raises(ConfigError, match="a job on alignment 'three' must include every "
+                                              "party that made it \\(guest, host, third\\)"):
+            fed.vertical_statistics("three", x0, outputs=["correlation"], dealer="dealer")
+        everyone = fed.vertical_statistics("three", {**x0, "third": ["x0"]},
+                                           outputs=["count"], dealer="dealer")
+    assert everyone.count == len(joined(tables))

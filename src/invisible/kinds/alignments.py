@@ -8,10 +8,22 @@ file, ``<name>.npz`` in the node's alignments folder, written whole
 (scratch file, then rename), so it survives restarts. It expires after the
 days its dataset's policy allows; an expired alignment is refused and
 deleted when next looked at.
+
+An alignment is its requester's: another requester naming it is told that
+there is no such alignment. A job on it must include every party that made
+it (statistics on two intersections, one with a party more, would tell the
+people in one and not the other). It keeps a hash of the ids at its rows,
+checked each time it is used: if the dataset's file changed since the psi
+job (rows re-sorted, added or removed), the rows would pair other people
+across parties, so the job is refused. Its size reaches the requester only
+if the psi job released it (`size_released`): otherwise later jobs on it
+keep the number of rows they touched out of their receipts (it is in the
+node's own ledger).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -56,6 +68,10 @@ class Alignment:
     expires: str
     #: This party's row indices of the intersection, in the agreed order.
     rows: np.ndarray
+    #: Whether the psi job told its requester the intersection's size.
+    size_released: bool
+    #: A hash of the id column's values at `rows` (see :func:`ids_digest`).
+    digest: str
 
     @property
     def size(self) -> int:
@@ -67,16 +83,25 @@ class Alignment:
     def meta(self) -> dict[str, object]:
         return {"name": self.name, "job_id": self.job_id, "dataset": self.dataset,
                 "column": self.column, "parties": list(self.parties),
-                "requester": self.requester, "created": self.created, "expires": self.expires}
+                "requester": self.requester, "created": self.created, "expires": self.expires,
+                "size_released": self.size_released, "digest": self.digest}
+
+
+def ids_digest(ids: np.ndarray) -> str:
+    """A hash of id values in order (integers as int64, strings as fixed-width UTF-32)."""
+    values = np.ascontiguousarray(ids.astype("<i8") if ids.dtype.kind == "i" else ids)
+    return hashlib.sha256(f"{values.dtype.str}:".encode() + values.tobytes()).hexdigest()
 
 
 def make_alignment(name: str, job_id: str, dataset: str, column: str, parties: tuple[str, ...],
-                   requester: str, rows: np.ndarray, days: int,
-                   now: datetime | None = None) -> Alignment:
+                   requester: str, rows: np.ndarray, days: int, *, size_released: bool,
+                   ids: np.ndarray, now: datetime | None = None) -> Alignment:
+    """A new alignment of `rows` of `ids` (the whole id column)."""
     now = now or utc_now()
+    rows = np.asarray(rows, dtype=np.int64)
     return Alignment(check_name(name), job_id, dataset, column, tuple(parties), requester,
                      now.strftime(_TIME), (now + timedelta(days=days)).strftime(_TIME),
-                     np.asarray(rows, dtype=np.int64))
+                     rows, size_released, ids_digest(ids[rows]))
 
 
 class AlignmentStore:
@@ -108,13 +133,17 @@ class AlignmentStore:
     def exists(self, name: str) -> bool:
         return self._path(name).exists()
 
-    def get(self, name: str, now: datetime | None = None) -> Alignment:
-        """The alignment called `name`; ConfigError if there is none or it expired (then
-        it is deleted)."""
+    def get(self, name: str, now: datetime | None = None, *,
+            requester: str | None = None) -> Alignment:
+        """The alignment called `name` (of `requester`, if given: another's is not found);
+        ConfigError if there is none or it expired (then it is deleted)."""
         path = self._path(name)
+        missing = ConfigError(f"no alignment named '{name}' on this node")
         if not path.exists():
-            raise ConfigError(f"no alignment named '{name}' on this node")
+            raise missing
         alignment = self._read(path)
+        if requester is not None and alignment.requester != requester:
+            raise missing
         if alignment.expired(now or utc_now()):
             path.unlink(missing_ok=True)
             raise ConfigError(f"alignment '{name}' expired on {alignment.expires} and was "
@@ -141,6 +170,7 @@ class AlignmentStore:
                 rows = np.asarray(data["rows"], dtype=np.int64)
             return Alignment(meta["name"], meta["job_id"], meta["dataset"], meta["column"],
                              tuple(meta["parties"]), meta["requester"], meta["created"],
-                             meta["expires"], rows)
+                             meta["expires"], rows, bool(meta["size_released"]),
+                             str(meta["digest"]))
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(f"alignment file {path} cannot be read") from None

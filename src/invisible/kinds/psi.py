@@ -132,7 +132,8 @@ class PsiKind(JobKind[PsiParams, PsiResult]):
         if store is None or store.exists(name):  # a name is used once per node
             raise ConfigError(f"psi: an alignment named '{name}' exists on party '{me}'")
         ref = params.inputs[me]
-        ids = context.datasets.get(ref.dataset).column(ref.column).tolist()
+        column = context.datasets.get(ref.dataset).column(ref.column)
+        ids = column.tolist()
         result = psi(context.channel, ids, params.domain(context.spec.job_id), context.rng)
         policy = context.policy
         k = policy.min_rows if policy is not None else DEFAULT_MIN_ROWS
@@ -141,7 +142,8 @@ class PsiKind(JobKind[PsiParams, PsiResult]):
                      "parties' policies")
         days = policy.alignment_days if policy is not None else DEFAULT_ALIGNMENT_DAYS
         store.save(make_alignment(name, context.spec.job_id, ref.dataset, ref.column,
-                                  context.spec.parties, context.requester, result.rows, days))
+                                  context.spec.parties, context.requester, result.rows, days,
+                                  size_released=params.release_size, ids=column))
         output: dict[str, Any] = {"alignment": name}
         if params.release_size:
             output["size"] = result.size

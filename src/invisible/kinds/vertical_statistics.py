@@ -18,8 +18,14 @@ alignment would pair its rows with other people's.
 
 Each column has a public bound on |value| (``bounds``, one per column),
 needed for the means, variances, deviations and covariances (their
-fixed-point range); values beyond it are clipped, or the job is refused at
-every party alike where a policy says ``out_of_bound = "refuse"``. The
+fixed-point range). A value beyond its bound refuses the job at every
+party alike (one bit through :func:`invisible.kinds.base.refuse_alike`),
+whatever the policy's ``out_of_bound``: this kind never clips. Clipping
+to a bound the requester chose would let it single one person out (a
+bound between the two smallest values makes every other row the same
+constant), read that person's value from the mean and, from the
+correlation, their value in another institution's column. A refusal tells
+one bit per charged job, as with ``out_of_bound = "refuse"``. The
 correlation alone needs no bound. Policy and meter: a job on an alignment is
 checked against the policy of the dataset the alignment was made from
 (columns, kinds, quotas, k against the alignment's rows) and metered
@@ -35,18 +41,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from invisible.crypto.fixedpoint import clip_to_bound, decode
+from invisible.crypto.fixedpoint import decode
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment
 from invisible.kinds.base import (
+    OUT_OF_BOUND_RULE,
     Datasets,
     DataUse,
     DeclaredUse,
     JobContext,
     JobKind,
     JobOutcome,
-    check_bounds,
+    refuse_alike,
 )
 from invisible.kinds.declared import WithDealer, opened_outputs, release
 from invisible.kinds.params import ColumnInputs, Params, param
@@ -69,6 +76,8 @@ from invisible.protocols.mpc.vertical import (
 if TYPE_CHECKING:
     import pandas
 
+BEYOND_BOUND = ("a value lies beyond the job's declared bound at one or more parties "
+                "(vertical_statistics refuses such values; it never clips them)")
 #: The outputs that need a bound on every column (their fixed-point range).
 BOUNDED_OUTPUTS = frozenset({"mean", "variance", "std", "covariance"})
 AGREE_STEP = "vertical/alignment"
@@ -273,24 +282,21 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
         _agree_on_rows(context, parties, alignment)
         dataset = context.datasets.get(ref.dataset)
         layout = params.layout(context.spec.parties)
-        bounds = ref.bounds or (np.inf,) * len(ref.columns)
-        clipped, columns = 0, []
-        for name, bound in zip(ref.columns, bounds, strict=True):
-            values, beyond = clip_to_bound(numeric_column(params.KIND, dataset, ref.dataset,
-                                                          name), bound)
-            columns.append(values)
-            clipped += beyond
-        check_bounds(context, parties, clipped)
+        columns = np.column_stack([numeric_column(params.KIND, dataset, ref.dataset, name)
+                                   for name in ref.columns]).astype(np.float64)
+        if ref.bounds is not None:  # never clipped: see the module docstring
+            beyond = bool((np.abs(columns) > np.asarray(ref.bounds)).any())
+            refuse_alike(context, parties, beyond, OUT_OF_BOUND_RULE, BEYOND_BOUND)
         rows = alignment.size
-        mine = local_columns(np.column_stack(columns), ref.bounds or (1.0,) * len(columns),
-                             rows, params.ddof)
+        mine = local_columns(columns, ref.bounds or (1.0,) * len(ref.columns), rows,
+                             params.ddof)
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)
         try:
             outputs = vertical_statistics(ctx, provider, layout, rows, mine, context.rng)
         finally:
             provider.close()
-        outcome = JobOutcome(rows_used=rows, clipped=clipped)
+        outcome = JobOutcome(rows_used=rows)
         release(ctx, context, outputs, params.recipient, outcome)
         outcome.output = {"openings": outcome.openings}
         return outcome

@@ -27,6 +27,9 @@ GENESIS_HASH = "0" * 64
 #: `clipped` notes how many values a job clipped to its bound (this node's record only);
 #: witnessed entries countersign peers.
 TERMINAL_EVENTS = frozenset({"refused", "finished", "failed", "cancelled", "interrupted"})
+#: The event of a job's rows kept out of its receipt (an alignment whose size its requester
+#: was not told): in the node's own ledger only.
+PRIVATE_ROWS = "rows"
 
 
 def canonical_json(data: Any) -> bytes:

@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from invisible.metering.entries import LedgerEntry, PendingEntry
+from invisible.metering.entries import PRIVATE_ROWS, LedgerEntry, PendingEntry
 from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
@@ -96,6 +96,9 @@ class JobMeta:
     requester: str
     kind: str
     use: UseRequest | None = None
+    #: The rows it touches are not the requester's to know (an alignment whose size was not
+    #: released): they go to this node's own ledger, not to a receipt.
+    rows_private: bool = False
 
     def pending(self, event: str, rows: int = 0, **body: Any) -> PendingEntry:
         dataset = self.use.dataset if self.use else ""
@@ -253,11 +256,19 @@ class Meter:
 
     def close(self, job: JobMeta, event: str, record: dict[str, Any], rows: int = 0,
               **body: Any) -> LedgerEntry:
-        """The terminal entry of a job that was admitted: finished, failed or cancelled."""
+        """The terminal entry of a job that was admitted: finished, failed or cancelled.
+
+        For a job whose rows are private, the rows go into a `rows` entry of this node's
+        own ledger first, and the terminal entry (the receipt) says 0."""
+        touched = rows
+        if job.rows_private and rows:
+            self.store.append(job.pending(PRIVATE_ROWS, rows=rows))
+            rows = 0
+            record = {**record, "rows_used": 0}
         entry = self.store.append(job.pending(event, rows=rows, **record, **body))[-1]
         self.metrics.jobs(job.kind, event).inc()
         if event == "finished" and job.use is not None:
-            self.metrics.rows.labels(job.use.dataset).inc(rows)
+            self.metrics.rows.labels(job.use.dataset).inc(touched)
         self.metrics.bytes.labels("sent").inc(record.get("bytes_sent", 0))
         self.metrics.bytes.labels("received").inc(record.get("bytes_received", 0))
         return entry

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invisible.errors import ConfigError
-from invisible.metering.entries import TERMINAL_EVENTS, LedgerEntry
+from invisible.metering.entries import PRIVATE_ROWS, TERMINAL_EVENTS, LedgerEntry
 from invisible.metering.keys import KEY_ROTATED
 from invisible.metering.ledger import Ledger
 from invisible.metering.startup import ACCEPTED_BROKEN
@@ -63,11 +63,14 @@ def report_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for entry in entries:
         counter = _COUNTED.get(entry.event)
-        if counter is None:
+        if counter is None and entry.event != PRIVATE_ROWS:
             continue
         key = (entry.requester, entry.dataset or "-", entry.kind)
         row = rows.setdefault(key, dict(zip(COLUMNS, (*key, *[0] * (len(COLUMNS) - 3)),
                                             strict=True)))
+        if counter is None:  # the rows of a job, kept out of its receipt
+            row["rows_touched"] += entry.rows
+            continue
         row[counter] += 1
         if entry.event == "finished":
             row["rows_touched"] += entry.rows

@@ -111,14 +111,21 @@ class Admission:
             self.meter.admit(meta, traffic=kind.traffic(params, self.party_id))
             return meta, None
         try:
-            source = self._datasets.source_of(declared.dataset)  # an alignment's own dataset
-        except ConfigError as exc:  # no such alignment, or expired: the request is invalid
+            alignment = self._datasets.alignment_for(declared.dataset, who)
+            if alignment is not None and not set(alignment.parties) <= set(spec.parties):
+                raise ConfigError(f"a job on alignment '{alignment.name}' must include every "
+                                  f"party that made it ({', '.join(alignment.parties)})")
+        except ConfigError as exc:  # no such alignment, expired, or parties left out
             exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind),
                                               "invalid-request", str(exc)).to_json(),)
             raise
+        # An alignment's own dataset governs it; its size stays out of receipts unless the
+        # psi job released it.
+        source = alignment.dataset if alignment is not None else declared.dataset
         meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
             spec.job_id, who, spec.kind, source, declared.columns, 0, None,
-            declared.recipient, declared.requester_too))
+            declared.recipient, declared.requester_too),
+            rows_private=alignment is not None and not alignment.size_released)
         self.meter.authorise(meta)  # raises a recorded Refusal
         try:
             measured = kind.plan(params, self.party_id, self._datasets)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from invisible.errors import ConfigError
-from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment, AlignmentStore
+from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment, AlignmentStore, ids_digest
 from invisible.node.config import DatasetConfig
 
 log = logging.getLogger(__name__)
@@ -141,17 +141,18 @@ class DatasetRegistry:
              alignments: AlignmentStore | None = None) -> DatasetRegistry:
         return cls({d: load_dataset(c) for d, c in configs.items()}, alignments)
 
-    def _alignment(self, dataset_id: str) -> Alignment:
+    def _alignment(self, dataset_id: str, requester: str | None = None) -> Alignment:
         if self._alignments is None:
             raise ConfigError("this node keeps no alignments")
-        return self._alignments.get(dataset_id.removeprefix(ALIGNMENT_PREFIX))
+        return self._alignments.get(dataset_id.removeprefix(ALIGNMENT_PREFIX),
+                                    requester=requester)
 
-    def source_of(self, dataset_id: str) -> str:
-        """The dataset whose policy and meter govern `dataset_id`: itself, or the dataset an
-        alignment was made from (ConfigError for an unknown or expired alignment)."""
+    def alignment_for(self, dataset_id: str, requester: str) -> Alignment | None:
+        """The alignment `dataset_id` names ("@name"), if it does: it must be `requester`'s
+        and in force (ConfigError: no such alignment, or expired). None for a dataset."""
         if dataset_id.startswith(ALIGNMENT_PREFIX):
-            return self._alignment(dataset_id).dataset
-        return dataset_id
+            return self._alignment(dataset_id, requester)
+        return None
 
     def ids(self) -> list[str]:
         return sorted(self._datasets)
@@ -159,8 +160,14 @@ class DatasetRegistry:
     def get(self, dataset_id: str) -> Dataset | AlignedDataset:
         if dataset_id.startswith(ALIGNMENT_PREFIX):
             alignment = self._alignment(dataset_id)
-            return AlignedDataset(dataset_id, self._registered(alignment.dataset),
-                                  alignment.rows)
+            source = self._registered(alignment.dataset)
+            ids = source.column(alignment.column)
+            inside = alignment.size == 0 or int(alignment.rows.max()) < ids.shape[0]
+            if not inside or ids_digest(ids[alignment.rows]) != alignment.digest:
+                raise ConfigError(f"alignment '{alignment.name}' no longer matches dataset "
+                                  f"'{alignment.dataset}' (its rows changed since the psi job "
+                                  "that made it): run psi again")
+            return AlignedDataset(dataset_id, source, alignment.rows)
         return self._registered(dataset_id)
 
     def _registered(self, dataset_id: str) -> Dataset:

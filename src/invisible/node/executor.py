@@ -301,6 +301,8 @@ class JobExecutor:
             entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
                                      outputs=self._released(run, outcome),
                                      openings=outcome.openings)
+            if run.meta.rows_private:  # the requester sees what the receipt says: no rows
+                record.rows_used = 0
             return JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
                              output=outcome.output, arrays=outcome.arrays,
                              receipts=[entry.to_json()])

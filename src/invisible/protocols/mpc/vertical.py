@@ -13,8 +13,9 @@ With D = max(N - ddof, 1) the variance's divisor (ddof = 0: population,
    the mean m_j and standard deviation s_j (divisor D) of each column, and
    the columns that later steps multiply:
    - standardised, for the correlation: z_j = (x_j - m_j) / (sigma_j sqrt(N)),
-     sigma_j the population standard deviation (0 for a constant column);
-     every z_j has norm 1 (or is 0);
+     sigma_j the population standard deviation; every z_j has norm 1, or is 0
+     for a constant column (sigma_j at most 10^-12 max |x_j|: float64
+     rounding, not spread);
    - scaled, for the covariance: w_j = (x_j - m_j) / (c_j sqrt(D)), of norm
      s_j / c_j <= sqrt(N / D) <= sqrt(2).
 2. Each party secret-shares what it computed (:func:`.arithmetic.input_from`:
@@ -34,7 +35,9 @@ With D = max(N - ddof, 1) the variance's divisor (ddof = 0: population,
    cov / (c_a c_b) and scaled by the public c_a c_b by whoever decodes it.
 
 Error, at f fractional bits (tested against numpy): the inputs are rounded
-to 2^-(f+1); so |mean error| <= 2^-(f+1), |std error| <= 2^-(f+1);
+to 2^-(f+1); so |mean error| and |std error| are at most 2^-(f+1) plus the
+float64 rounding of the local computation (half an ulp of the value, which
+exceeds 2^-(f+1) only beyond |value| ~ 2^28);
 |correlation error| <= 2^-f (sqrt(N) + 1) + N 2^-(2f+2) (Cauchy-Schwarz
 over the rounding of z, then one truncation): 6e-5 at N = 10^6 and f = 24;
 |covariance error| <= c_a c_b (2^-f (sqrt(2N) + 1) + N 2^-(2f+1)).
@@ -124,8 +127,9 @@ def local_columns(values: np.ndarray, bounds: Sequence[float], rows: int, ddof: 
     centred = values - means
     squares = np.einsum("ij,ij->j", centred, centred)
     sigma = np.sqrt(squares / rows)
+    spread = sigma > 1e-12 * np.abs(values).max(axis=0, initial=0.0)  # else constant
     with np.errstate(divide="ignore", invalid="ignore"):
-        standardised = np.where(sigma > 0, centred / (sigma * math.sqrt(rows)), 0.0)
+        standardised = np.where(spread, centred / (sigma * math.sqrt(rows)), 0.0)
     limits = np.asarray(bounds, dtype=np.float64)
     scaled = centred / (limits * math.sqrt(divisor))
     return LocalColumns(means, np.sqrt(squares / divisor), standardised, scaled)
