@@ -89,7 +89,7 @@ def layout(tmp_path: Path) -> LocalLayout:
 #: One value in each dataset (tests/data/README.md, src/invisible/samples): a job may compute
 #: with them, but no log line, error message, ledger entry or receipt may ever show one.
 CANARIES = ("1357.91", "1468.02", "1579.13", "2.468013", "1.357913", "1.975319",
-            "1.864213", "2.097531", "1.753197", "2.186421")
+            "1.864213", "2.097531", "1.753197", "2.186421", "1.642097", "2.319864")
 #: Where the datasets themselves live; every other file a test leaves is scanned.
 _DATA_SUFFIXES = (".csv", ".gz")
 

@@ -46,6 +46,7 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     "psi.job.toml": ("ids in common", "180", "never leave the nodes"),
     "vertical_statistics.job.toml": ("monthly_spend", "data_gb", "correlation:",
                                      "over the 180 rows of the alignment"),
+    "horizontal_lr.job.toml": ("monthly_spend", "(intercept)", "20 rounds"),
     "bandwidth.job.toml": ("MB/s",),
     "mul_benchmark.job.toml": ("products", "tuples"),
 }

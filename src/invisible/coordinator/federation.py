@@ -104,20 +104,22 @@ class Federation:
         return {party: future.result() for party, future in futures.items()}
 
     def run(self, params: Params[R], parties: Sequence[str] | None = None, *,
-            job_id: str | None = None, timeout_s: float | None = None) -> R:
+            job_id: str | None = None, timeout_s: float | None = None,
+            progress: Callable[[int, int], None] | None = None) -> R:
         """Run a job of any kind and return its typed result.
 
         The parameters are checked here exactly as every node will check them
         (so a mistake is reported before any node is contacted); the job runs
         on ``parties`` or, by default, on the parties the parameters name (all
         of the federation's for kinds that name none); the kind decodes what
-        the parties released.
+        the parties released. `progress(done, total)` is called as the first party
+        reports steps of a long job (rounds, epochs).
         """
         kind = kind_of(params)
         chosen = tuple(parties or params.job_parties(self.parties))
         checked = type(params).parse(params.to_json(), chosen)
         gathered = self._run_checked(kind.name, kind.version, checked.to_json(), chosen,
-                                     job_id, timeout_s)
+                                     job_id, timeout_s, progress)
         result: R = kind.finish(checked, gathered)
         return result
 
@@ -135,7 +137,8 @@ class Federation:
 
     def _run_checked(self, kind: str, version: int, params: dict[str, Any],
                      chosen: tuple[str, ...], job_id: str | None,
-                     timeout_s: float | None) -> JobResult:
+                     timeout_s: float | None,
+                     progress: Callable[[int, int], None] | None = None) -> JobResult:
         """Run one job on the given parties; all finish, or nothing is released.
 
         Steps: prepare the job on every party (each checks its policy and
@@ -153,7 +156,8 @@ class Federation:
         self._on_every_party(clients, spec.job_id,
                              lambda c: c.run_job(spec.job_id, check_bounds=check), "failed")
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
-        waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline)
+        waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline,
+                                      progress if p == chosen[0] else None)
                  for p, c in clients.items()}
         statuses: dict[str, JobStatus] = {}
         arrays: dict[str, dict[str, np.ndarray]] = {}
@@ -290,6 +294,7 @@ class Federation:
 
     @staticmethod
     def _await_and_fetch(client: NodeClient, job_id: str, deadline: float,
+                         progress: Callable[[int, int], None] | None = None,
                          ) -> tuple[JobStatus, dict[str, np.ndarray]]:
         """Wait for one party's status; if it finished, fetch the arrays it releases.
 
@@ -304,6 +309,9 @@ class Federation:
             status = client.job_status(job_id, wait_s=min(_POLL_S, remaining))
             if status.state is not JobState.RUNNING:
                 break
+            steps = status.output.get("progress")
+            if progress is not None and isinstance(steps, list) and len(steps) == 2:
+                progress(int(steps[0]), int(steps[1]))
         if status.state is not JobState.FINISHED:
             return status, {}
         return status, {name: client.fetch_output(job_id, name) for name in status.released}

@@ -9,6 +9,7 @@ file whose required values are examples for the example federation in
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
@@ -90,8 +91,10 @@ def job_template(name: str, parties: Sequence[str] = EXAMPLE_PARTIES,
              f"# parties = {toml_value(list(parties))}    # optional: default, the parties the "
              "parameters name (else all)"]
     inputs: dict[str, Any] | None = None
+    inputs_doc = ""
     for spec in kind.params_type.fields():
         if spec.is_inputs:
+            inputs_doc = spec.declaration.doc
             examples = spec.declaration.example  # per party where the example names it
             first = next(iter(examples.values()))
             inputs = {p: examples.get(p, first) for p in parties}
@@ -107,6 +110,6 @@ def job_template(name: str, parties: Sequence[str] = EXAMPLE_PARTIES,
         else:
             lines.append(f"# {spec.name} = {toml_value(value)}    {comment}")
     if inputs is not None:
-        lines += ["", "[inputs]    # per party: the dataset and column it contributes",
+        lines += ["", "[inputs]", *(f"# {line}" for line in textwrap.wrap(inputs_doc, 86)),
                   *(f"{p} = {toml_value(ref)}" for p, ref in inputs.items())]
     return "\n".join(lines) + "\n"

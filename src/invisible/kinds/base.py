@@ -22,7 +22,7 @@ through the small :class:`Datasets` protocol, the channel through
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
@@ -66,6 +66,9 @@ class DeclaredUse:
     recipient: str | None
     #: With a recipient party: whether the requester receives the outputs too.
     requester_too: bool = False
+    #: Its outputs combine this party's data with one other party's only, and that party
+    #: learns them: refused unless the policy allows two_party.
+    two_party: bool = False
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,13 @@ class JobContext:
     policy: DatasetPolicy | None = None
     #: This node's alignments (the rows of set intersections), by name.
     alignments: AlignmentStore | None = None
+    #: Tell the requester how far the job is: (steps done, steps in all); public facts of
+    #: the schedule, never of the data.
+    progress: Callable[[int, int], None] | None = None
+
+    def report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
 
 
 #: The rule of a job refused because a value lay beyond its bound where a policy refuses that.
@@ -117,10 +127,11 @@ def check_bounds(context: JobContext, parties: Sequence[str], clipped: int) -> N
 
 
 def refuse_alike(context: JobContext, parties: Sequence[str], flagged: bool, rule: str,
-                 detail: str) -> None:
+                 detail: str, tag: str = "") -> None:
     """Refuse the job at every one of `parties` alike if any of them raises its flag: each
-    learns that one bit and nothing of whose flag it was (the bound check's protocol)."""
-    if any_party_flagged(context.channel, parties, flagged, context.rng):
+    learns that one bit and nothing of whose flag it was (the bound check's protocol; a job
+    that runs it more than once gives each run its own `tag`)."""
+    if any_party_flagged(context.channel, parties, flagged, context.rng, tag):
         refusal = Refusal(context.channel.party_id, rule, detail)
         refusal.alike = tuple(parties)
         raise refusal

@@ -59,6 +59,8 @@ class ColumnsRef:
     dataset: str
     columns: tuple[str, ...]
     bounds: tuple[float, ...] | None = None
+    #: The label column, for the kinds that learn.
+    label: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "columns", tuple(self.columns))
@@ -189,6 +191,7 @@ class Params(Generic[R]):
             elif _holds_columns(spec.type):
                 value = {p: {"dataset": r.dataset, "columns": list(r.columns)}
                          | ({} if r.bounds is None else {"bounds": list(r.bounds)})
+                         | ({} if r.label is None else {"label": r.label})
                          for p, r in value.items()}
             elif isinstance(value, dict):  # Inputs: InputRefs, or (dataset, column) pairs
                 value = {p: {"dataset": r.dataset, "column": r.column}
@@ -231,7 +234,7 @@ def _type_name(kind: Any) -> str:
     if inner is not None:
         return f"{_type_name(inner)} or none"
     if _holds_columns(kind):
-        return "per party: {dataset, columns, bounds}"
+        return "per party: {dataset, columns, bounds or label}"
     if kind is Inputs or typing.get_origin(kind) is dict:
         return "per party: {dataset, column}"
     if typing.get_origin(kind) is tuple:
@@ -347,10 +350,16 @@ def _read_column_inputs(kind_name: str, key: str, value: Any,
     for party, ref in value.items():
         where = f"{kind_name}: '{key}' of party {_name(party)}"
         if not (isinstance(ref, Mapping) and {"dataset", "columns"} <= set(ref)
-                <= {"dataset", "columns", "bounds"}):
+                <= {"dataset", "columns", "bounds", "label"}):
             raise ConfigError(f"{where} must be {{ dataset = \"...\", columns = [...] }}, "
-                              "with bounds = [...] where the kind needs them")
+                              "with bounds = [...] or label = \"...\" where the kind needs "
+                              "them")
         dataset, columns, bounds = ref["dataset"], ref["columns"], ref.get("bounds")
+        label = ref.get("label")
+        if label is not None and not (isinstance(label, str)
+                                      and 0 < len(label) <= MAX_NAME_CHARS):
+            raise ConfigError(f"{where}: the label must be a column name of at most "
+                              f"{MAX_NAME_CHARS} characters")
         if not (isinstance(dataset, str) and 0 < len(dataset) <= MAX_NAME_CHARS):
             raise ConfigError(f"{where}: the dataset must be a name of at most "
                               f"{MAX_NAME_CHARS} characters")
@@ -366,5 +375,6 @@ def _read_column_inputs(kind_name: str, key: str, value: Any,
             raise ConfigError(f"{where}: 'bounds' must list one positive finite number per "
                               "column")
         inputs[str(party)] = ColumnsRef(dataset, tuple(columns),
-                                        None if bounds is None else tuple(map(float, bounds)))
+                                        None if bounds is None else tuple(map(float, bounds)),
+                                        label)
     return inputs

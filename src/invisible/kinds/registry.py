@@ -13,6 +13,7 @@ from invisible.errors import ConfigError
 from invisible.kinds.bandwidth import BandwidthKind
 from invisible.kinds.base import JobKind
 from invisible.kinds.connectivity import ConnectivityKind
+from invisible.kinds.horizontal_lr import HorizontalLrKind
 from invisible.kinds.mul_benchmark import MulBenchmarkKind
 from invisible.kinds.paillier_sum import PaillierSumKind
 from invisible.kinds.params import Params
@@ -30,6 +31,7 @@ KINDS: tuple[AnyKind, ...] = (
     StatisticsKind(),
     PsiKind(),
     VerticalStatisticsKind(),
+    HorizontalLrKind(),
     ConnectivityKind(),
     BandwidthKind(),
     MulBenchmarkKind(),

@@ -78,6 +78,9 @@ class DatasetPolicy:
     out_of_bound: str = "clip"
     #: How long an alignment (the rows of a set intersection) made from it is kept.
     alignment_days: int = DEFAULT_ALIGNMENT_DAYS
+    #: Whether jobs whose combined outputs, learned by the other party, involve only one
+    #: other party may run (then that party learns this one's contribution by subtraction).
+    two_party: bool = False
 
     @property
     def refuses_out_of_bound(self) -> bool:
@@ -99,6 +102,9 @@ class UseRequest:
     recipient: str | None = None  # None: the requester itself
     #: With a recipient party: whether the requester receives the outputs too.
     requester_too: bool = False
+    #: Its outputs combine this party's data with one other party's only, and that party
+    #: learns them (the other party's contribution follows by subtraction).
+    two_party: bool = False
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound",
-             "alignment_days"}
+             "alignment_days", "two_party"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -197,9 +203,12 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     days = table.get("alignment_days", DEFAULT_ALIGNMENT_DAYS)
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ConfigError(f"{where}.alignment_days must be a positive integer")
+    two_party = table.get("two_party", False)
+    if not isinstance(two_party, bool):
+        raise ConfigError(f"{where}.two_party must be true or false")
     return DatasetPolicy(tuple(rules), min_rows, recipients,
                          _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where),
-                         out_of_bound, days)
+                         out_of_bound, days, two_party)
 
 
 def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:
@@ -216,6 +225,10 @@ def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> 
     if not rules:
         raise Refusal(party, "columns", f"'{request.requester}' may not use column(s) "
                       f"{', '.join(sorted(request.columns))} of dataset '{request.dataset}'")
+    if request.two_party and not policy.two_party:
+        raise Refusal(party, "two-party", f"a {request.kind} job between two parties gives each "
+                      "the other's contribution (the combined value minus its own): dataset "
+                      f"'{request.dataset}' allows it only with two_party = true in its policy")
     receivers = [REQUESTER if request.recipient is None else request.recipient]
     if request.requester_too and request.recipient is not None:
         receivers.append(REQUESTER)

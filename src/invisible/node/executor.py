@@ -83,6 +83,8 @@ class _JobRun:
     cancelled_by: str = ""
     timer: threading.Timer | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    #: Set when the job ends or reports progress (wakes a waiting status request).
+    changed: threading.Event = field(default_factory=threading.Event)
     finished_at: float = 0.0  # time.monotonic() when the job ended
     outputs_dropped: bool = False
 
@@ -220,6 +222,7 @@ class JobExecutor:
                                       f"job '{run.spec.job_id}' was cancelled: {reason}",
                                       receipts=[entry.to_json()], aborted_by=by)
         run.done.set()
+        run.changed.set()
         log.info("job %s cancelled before it ran: %s", run.spec.job_id, reason)
         return True
 
@@ -241,9 +244,17 @@ class JobExecutor:
             run.timer.cancel()
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
                              Prg.from_os(), self.results_dir, check_bounds,
-                             self.meter.policy_of(run.meta), self.alignments)
+                             self.meter.policy_of(run.meta), self.alignments,
+                             progress=lambda done, total: self._progress(run, done, total))
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()
+
+    def _progress(self, run: _JobRun, done: int, total: int) -> None:
+        """A running job's progress, in its status; a waiting status request returns."""
+        with self._lock:
+            if run.status.state is JobState.RUNNING:
+                run.status = replace(run.status, output={"progress": [int(done), int(total)]})
+        run.changed.set()
 
     def _run(self, run: _JobRun, context: JobContext) -> None:
         started = time.perf_counter()
@@ -283,6 +294,7 @@ class JobExecutor:
             run.phase = _Phase.DONE
             run.finished_at = time.monotonic()
         run.done.set()
+        run.changed.set()
         log.info("job %s %s in %.3f s", run.spec.job_id, status.state.value, record.duration_s)
         run.channel.close()
         self._announce_head(run.channel.peers)  # after failed jobs too: their entries count
@@ -349,8 +361,11 @@ class JobExecutor:
         return run
 
     def job_status(self, job_id: str, requester: Identity, wait_s: float) -> JobStatus:
+        """The job's status once it ends or reports progress, or after `wait_s`."""
         run = self._run_for(job_id, requester)
-        run.done.wait(timeout=wait_s)
+        if not run.done.is_set():
+            run.changed.wait(timeout=wait_s)
+            run.changed.clear()
         return run.status
 
     def job_output(self, job_id: str, name: str, requester: Identity) -> np.ndarray:

@@ -42,12 +42,14 @@ SUMS_STEP = "bound-check/sums"
 
 
 def any_party_flagged(channel: Channel, parties: Sequence[str], flagged: bool,
-                      rng: Prg) -> bool:
-    """Run the protocol among `parties` (this party among them); whether any flag was set."""
-    return opened_total(channel, parties, flagged, rng) != 0
+                      rng: Prg, tag: str = "") -> bool:
+    """Run the protocol among `parties` (this party among them); whether any flag was set.
+    A job that runs it more than once gives each run its own `tag`."""
+    return opened_total(channel, parties, flagged, rng, tag) != 0
 
 
-def opened_total(channel: Channel, parties: Sequence[str], flagged: bool, rng: Prg) -> int:
+def opened_total(channel: Channel, parties: Sequence[str], flagged: bool, rng: Prg,
+                 tag: str = "") -> int:
     """Steps 1-4: V, which every party learns (0, or uniformly random if a flag was set)."""
     me = channel.party_id
     if me not in parties or len(set(parties)) != len(parties):
@@ -59,11 +61,12 @@ def opened_total(channel: Channel, parties: Sequence[str], flagged: bool, rng: P
             rng.fill_uint64(value)
     shares = rng.random_uint64(len(others)).astype(RING_DTYPE)
     mine = value - shares.sum(dtype=RING_DTYPE)
-    channel.send_to_each(SHARES_STEP, {p: shares[i:i + 1] for i, p in enumerate(others)})
+    shares_step, sums_step = SHARES_STEP + tag, SUMS_STEP + tag
+    channel.send_to_each(shares_step, {p: shares[i:i + 1] for i, p in enumerate(others)})
     for sender in others:
-        mine = mine + channel.recv_array(sender, SHARES_STEP, RING_DTYPE, (1,))
-    channel.send_to_each(SUMS_STEP, {p: mine for p in others})
+        mine = mine + channel.recv_array(sender, shares_step, RING_DTYPE, (1,))
+    channel.send_to_each(sums_step, {p: mine for p in others})
     total = mine.copy()
     for sender in others:
-        total += channel.recv_array(sender, SUMS_STEP, RING_DTYPE, (1,))
+        total += channel.recv_array(sender, sums_step, RING_DTYPE, (1,))
     return int(total[0])

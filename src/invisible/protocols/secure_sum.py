@@ -38,7 +38,7 @@ import numpy as np
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.channel import Channel
-from invisible.protocols.seeds import agree_pairwise_secrets
+from invisible.protocols.seeds import PairwiseSecrets, agree_pairwise_secrets
 
 MASK_STEP = "secure-sum/mask"
 SEND_STEP = "secure-sum/masked-input"
@@ -62,10 +62,16 @@ def masked_input(channel: Channel, values: np.ndarray) -> np.ndarray:
     if values.dtype != RING_DTYPE or values.ndim != 1:
         raise ProtocolError("secure sum input must be a 1-D uint64 vector")
     secrets = agree_pairwise_secrets(channel, step="secure-sum")
+    return mask_with(channel, secrets, values, MASK_STEP)
+
+
+def mask_with(channel: Channel, secrets: PairwiseSecrets, values: np.ndarray,
+              step: str) -> np.ndarray:
+    """Steps 2-3 for `step` (each step's masks are fresh; a step is used once)."""
     masked = values.copy()
     mask = np.empty_like(masked)
     my_position = channel.parties.index(channel.party_id)
-    for peer, prg in secrets.prgs(MASK_STEP).items():
+    for peer, prg in secrets.prgs(step).items():
         prg.fill_uint64(mask)
         if channel.parties.index(peer) > my_position:
             masked += mask
