@@ -330,3 +330,38 @@ def test_a_policy_says_two_party_with_a_boolean():
     assert not parse_policy({}, "p").two_party
     with pytest.raises(ConfigError, match="p.two_party must be true or false"):
         parse_policy({"two_party": "yes"}, "p")
+
+
+# --- the estimator ---------------------------------------------------------------------------
+
+def test_the_estimator_fits_scores_predicts_and_plots_like_scikit_learn(tmp_path, capsys):
+    from invisible.api import HorizontalLogisticRegression
+    from invisible.samples import SAMPLE_DATASET, sample_datasets, sample_path
+
+    parties = ("bank", "hospital", "telco")
+    layout = write_local_federation(tmp_path, list(parties), sample_datasets(),
+                                    limits={"rpc_timeout_s": 60.0})
+    features = ["monthly_spend", "district"]
+    plain = pd.concat([pd.read_csv(sample_path(p)) for p in parties])
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        model = HorizontalLogisticRegression(
+            fed, {p: (SAMPLE_DATASET, "late_payment", features) for p in parties},
+            rounds=15, batch_size=32, learning_rate=0.5, bounds=[5000.0, 7.0], progress=True)
+        with pytest.raises(ConfigError, match="not fitted yet"):
+            model.predict_proba(plain)
+        assert model.fit() is model
+    printed = capsys.readouterr().err
+    assert "horizontal_lr" in printed and "15/15" in printed  # the progress bar, per round
+    assert model.get_params()["rounds"] == 15 and model.n_rounds_ == 15
+    assert list(model.history_.columns) == ["round", "loss", "seconds", "bytes_sent"]
+    assert model.history_["loss"].iloc[-1] < model.history_["loss"].iloc[0]
+    proba = model.predict_proba(plain)  # a DataFrame: its feature columns, by name
+    assert proba.shape == (len(plain), 2) and np.allclose(proba.sum(axis=1), 1.0)
+    assert np.array_equal(model.predict(plain), (proba[:, 1] > 0.5).astype(int))
+    assert model.score(plain, plain["late_payment"]) == pytest.approx(
+        roc_auc_score(plain["late_payment"], proba[:, 1]))
+    assert model.score(plain[features].to_numpy(), plain["late_payment"]) > 0.75
+    png = model.plot_history(tmp_path / "history.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ConfigError, match="lacks the feature column"):
+        model.predict(plain.drop(columns=["district"]))

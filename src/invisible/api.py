@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from invisible.coordinator.federation import Federation
+from invisible.estimators import HorizontalLogisticRegression
 from invisible.jobspec import JobResult
 from invisible.kinds.bandwidth import BandwidthParams, BandwidthResult
 from invisible.kinds.connectivity import ConnectivityParams, ConnectivityResult
+from invisible.kinds.horizontal_lr import HorizontalLrParams, HorizontalLrResult
 from invisible.kinds.mul_benchmark import MulBenchmarkParams, MulBenchmarkResult
 from invisible.kinds.paillier_sum import PaillierSumParams
 from invisible.kinds.params import ColumnsRef, InputRef
@@ -45,6 +47,9 @@ __all__ = [
     "ConnectivityParams",
     "ConnectivityResult",
     "Federation",
+    "HorizontalLogisticRegression",
+    "HorizontalLrParams",
+    "HorizontalLrResult",
     "InputRef",
     "JobResult",
     "MulBenchmarkParams",

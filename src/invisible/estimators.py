@@ -1,0 +1,163 @@
+"""Estimators that feel like scikit-learn, trained over a federation.
+
+The conventions every estimator of this toolkit follows:
+
+- it is made from the federation, where the data is (per party) and its
+  hyperparameters as keyword arguments, which ``get_params()`` returns;
+- ``fit()`` runs the training job on the party nodes and returns the
+  estimator; what it learned ends with an underscore: ``coef_``,
+  ``intercept_``, ``history_`` (a DataFrame, a row per round: the loss, the
+  slowest party's seconds, the bytes all parties sent), ``n_rounds_``,
+  ``job_id_``, ``result_`` (the job's result, with its receipts);
+- where the model is public to its recipient, ``predict_proba(X)``,
+  ``predict(X)`` and ``decision_function(X)`` work on local arrays (or
+  DataFrames holding the feature columns), and ``score(X, y)`` is the ROC
+  AUC (scikit-learn's ``roc_auc_score``);
+- ``fit`` shows a progress bar per round (tqdm) in a terminal or a
+  notebook, not when output goes to a file; ``progress=False`` turns it off;
+- ``plot_history(path)`` writes the loss per round as a PNG (matplotlib,
+  the optional ``plot`` extra: ``pip install 'invisible[plot]'``).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from invisible.errors import ConfigError
+from invisible.kinds.horizontal_lr import HorizontalLrParams, HorizontalLrResult
+from invisible.kinds.params import ColumnsRef
+
+if TYPE_CHECKING:
+    import pandas
+
+    from invisible.coordinator.federation import Federation
+
+#: Per party: (dataset, label column, feature columns).
+PartyData = tuple[str, str, Sequence[str]]
+
+
+def _interactive() -> bool:
+    """Whether a progress bar has someone to show itself to (a terminal or a notebook)."""
+    if "ipykernel" in sys.modules:
+        return True
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
+class HorizontalLogisticRegression:
+    """Logistic regression by federated averaging over parties that hold the same columns
+    about different people (the ``horizontal_lr`` kind): ``data`` maps each party to
+    (dataset, label column, feature columns). With ``bounds`` (one public bound on |value|
+    per feature) the features are standardised by their pooled means and deviations; the
+    model is always of the raw features."""
+
+    def __init__(self, federation: Federation, data: Mapping[str, PartyData], *,
+                 rounds: int = 10, local_epochs: int = 1, batch_size: int = 1024,
+                 learning_rate: float = 0.1, l2: float = 0.0, clip: float = 10.0,
+                 seed: int = 0, bounds: Sequence[float] | None = None,
+                 max_rows: int = 100_000, progress: bool | None = None) -> None:
+        self.federation = federation
+        self.data = dict(data)
+        self.rounds = rounds
+        self.local_epochs = local_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.clip = clip
+        self.seed = seed
+        self.bounds = bounds
+        self.max_rows = max_rows
+        self.progress = progress
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The hyperparameters, as scikit-learn's estimators give them."""
+        return {name: getattr(self, name) for name in (
+            "data", "rounds", "local_epochs", "batch_size", "learning_rate", "l2", "clip",
+            "seed", "bounds", "max_rows", "progress")}
+
+    def params(self) -> HorizontalLrParams:
+        """The job these hyperparameters make (what `invisible job run` would run)."""
+        bounds = None if self.bounds is None else tuple(float(b) for b in self.bounds)
+        return HorizontalLrParams(
+            inputs={p: ColumnsRef(dataset, tuple(features), bounds, label)
+                    for p, (dataset, label, features) in self.data.items()},
+            rounds=self.rounds, local_epochs=self.local_epochs, batch_size=self.batch_size,
+            learning_rate=float(self.learning_rate), l2=float(self.l2), clip=float(self.clip),
+            seed=self.seed, max_rows=self.max_rows)
+
+    def fit(self, job_id: str | None = None) -> HorizontalLogisticRegression:
+        """Train on the parties' data (one job); the model comes back to this requester."""
+        from tqdm import tqdm
+
+        shown = self.progress if self.progress is not None else _interactive()
+        with tqdm(total=self.rounds, desc="horizontal_lr", unit="round",
+                  disable=not shown) as bar:
+            def advance(done: int, total: int) -> None:
+                bar.update(max(0, done - bar.n))
+
+            result = self.federation.run(self.params(), job_id=job_id, progress=advance)
+            bar.update(self.rounds - bar.n)
+        self._fitted(result)
+        return self
+
+    def _fitted(self, result: HorizontalLrResult) -> None:
+        self.result_ = result
+        self.coef_ = result.coef
+        self.intercept_ = result.intercept
+        self.history_ = result.history()
+        self.n_rounds_ = len(result.losses)
+        self.job_id_ = result.job_id
+        self.feature_names_in_ = list(result.features)
+
+    def _features(self, x: Any) -> np.ndarray:
+        if not hasattr(self, "coef_"):
+            raise ConfigError("this estimator is not fitted yet: call fit() first")
+        if hasattr(x, "columns"):  # a DataFrame: its feature columns, in the model's order
+            missing = [c for c in self.feature_names_in_ if c not in x.columns]
+            if missing:
+                raise ConfigError(f"the data lacks the feature column(s) {', '.join(missing)}")
+            x = x[self.feature_names_in_]
+        array = np.asarray(x, dtype=np.float64)
+        if array.ndim != 2 or array.shape[1] != self.coef_.shape[0]:
+            raise ConfigError(f"expected rows of {self.coef_.shape[0]} features")
+        return array
+
+    def decision_function(self, x: Any) -> np.ndarray:
+        return np.asarray(self._features(x) @ self.coef_ + self.intercept_)
+
+    def predict_proba(self, x: Any) -> np.ndarray:
+        """(rows, 2): P(y = 0) and P(y = 1) of each row, as scikit-learn's."""
+        positive = 0.5 * (1.0 + np.tanh(0.5 * self.decision_function(x)))
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, x: Any) -> np.ndarray:
+        return (self.decision_function(x) > 0).astype(np.int64)
+
+    def score(self, x: Any, y: Any) -> float:
+        """The ROC AUC of the model on these rows."""
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(np.asarray(y), self.decision_function(x)))
+
+    def plot_history(self, path: str | Path) -> Path:
+        """The training loss per round, as a PNG at `path`."""
+        try:
+            from matplotlib.figure import Figure
+        except ImportError:
+            raise ConfigError("plot_history needs matplotlib: pip install 'invisible[plot]'"
+                              ) from None
+        history: pandas.DataFrame = self.history_
+        figure = Figure(figsize=(6, 3.5), layout="constrained")
+        axes = figure.add_subplot()
+        axes.plot(history["round"], history["loss"], marker="o")
+        axes.set_xlabel("round")
+        axes.set_ylabel("training loss (weighted over parties)")
+        axes.set_title(f"horizontal_lr job {self.job_id_}")
+        axes.grid(alpha=0.3)
+        target = Path(path)
+        figure.savefig(target, dpi=120)
+        return target
