@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 import tempfile
 import textwrap
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import rbcl
 
-from invisible.benchmarking import Row, measure, peer_python
+from invisible.benchmarking import Row, measure, run_peer
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 
@@ -134,18 +133,11 @@ _SPU = textwrap.dedent("""
 def _peer(name: str, requirements: list[str], script: str, args: list[str], quick: bool,
           ) -> tuple[float | None, str]:
     """Seconds a peer took (its own clock, around the whole protocol), or why none."""
-    python = peer_python(name, requirements, create=not quick)
-    if isinstance(python, str):
-        return None, python
-    try:
-        done = subprocess.run([str(python), "-c", script, *args], capture_output=True,
-                              text=True, timeout=_PEER_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return None, f"{name}: over {_PEER_TIMEOUT_S} s"
-    if done.returncode != 0:
-        return None, f"{name} failed: {done.stderr.strip().splitlines()[-1:]}"
+    lines = run_peer(name, requirements, script, args, not quick, _PEER_TIMEOUT_S)
+    if isinstance(lines, str):
+        return None, lines
     try:  # the last line is ours (a peer may log to stdout before it)
-        seconds, common = done.stdout.strip().splitlines()[-1].split()[:2]
+        seconds, common = lines[-1].split()[:2]
         float(seconds)
     except (IndexError, ValueError):
         return None, f"{name} printed no timing"

@@ -33,7 +33,8 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert "no benchmark 'nope' (known: metering, paillier, psi, secure_sum, ss_mul)" in done.stderr
+    assert ("no benchmark 'nope' (known: horizontal_lr, metering, paillier, psi, secure_sum, "
+            "ss_mul)") in done.stderr
 
 
 def run_quick(name: str, folder: Path, timeout: float) -> dict:
@@ -111,3 +112,19 @@ def test_psi_quick_emits_every_row_with_every_peer_named(tmp_path):
         assert row.get("peer_value") is not None or row["note"]
     assert len([r for r in rows if r["metric"] == "ids/s/side"]) == 2
     assert len([r for r in rows if r["metric"] == "MB"]) == 2
+
+
+@pytest.mark.timeout(240)
+def test_horizontal_lr_quick_emits_every_row_with_every_peer_named(tmp_path):
+    rows = run_quick("horizontal_lr", tmp_path, 230)["rows"]
+    by_metric = {}
+    for row in rows:
+        by_metric.setdefault(row["metric"], []).append(row)
+    assert {r["peer"] for r in by_metric["seconds"]} == {"flwr", "flwr-secagg+"}
+    assert {r["peer"] for r in by_metric["auc"]} == {"plaintext-fedavg", "scikit-learn", "flwr",
+                                                     "flwr-secagg+"}
+    assert [r["peer"] for r in by_metric["ms/round"]] == ["flwr-secagg+"]
+    for row in rows:  # a peer that did not run says why, never silently
+        assert row["ours"] > 0 and (row.get("peer_value") is not None or row["note"])
+    [plaintext] = [r for r in by_metric["auc"] if r["peer"] == "plaintext-fedavg"]
+    assert plaintext["ours"] == pytest.approx(plaintext["peer_value"], abs=1e-4)

@@ -101,6 +101,25 @@ def peer_python(name: str, requirements: Sequence[str], create: bool) -> Path | 
     return python
 
 
+def run_peer(name: str, requirements: Sequence[str], script: str, args: Sequence[str],
+             create: bool, timeout_s: float) -> str | list[str]:
+    """Run `script` (python -c) in a peer's venv (see `peer_python`): the lines it printed,
+    or why it did not run or failed."""
+    import subprocess
+
+    python = peer_python(name, requirements, create)
+    if isinstance(python, str):
+        return python
+    try:
+        done = subprocess.run([str(python), "-c", script, *args], capture_output=True,
+                              text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return f"{name}: over {timeout_s:g} s"
+    if done.returncode != 0:
+        return f"{name} failed: {done.stderr.strip().splitlines()[-1:]}"
+    return done.stdout.strip().splitlines()
+
+
 def benchmark_dirs() -> list[Path]:
     here = Path.cwd() / "benchmarks"
     checkout = Path(__file__).resolve().parents[2] / "benchmarks"

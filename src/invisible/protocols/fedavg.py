@@ -62,7 +62,7 @@ from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.channel import Channel
 from invisible.protocols.secure_sum import mask_with
-from invisible.protocols.seeds import agree_pairwise_secrets
+from invisible.protocols.seeds import PairwiseSecrets, agree_pairwise_secrets
 
 #: A party's mean loss is capped to this before it is summed (its fixed-point range).
 LOSS_CAP = 64.0
@@ -182,6 +182,17 @@ def local_update(features: np.ndarray, labels: np.ndarray, model: np.ndarray,
     return update
 
 
+def masked_total(channel: Channel, secrets: PairwiseSecrets, values: np.ndarray, bound: float,
+                 fractional_bits: int, step: str) -> np.ndarray:
+    """Steps 3-4: every party's `values` (|v| <= bound) summed, learned by every party."""
+    masked = mask_with(channel, secrets, encode(values, bound, fractional_bits), step)
+    channel.send_to_each(step, {peer: masked for peer in channel.peers})
+    total = masked.copy()
+    for peer in channel.peers:
+        total += channel.recv_array(peer, step, RING_DTYPE, masked.shape)
+    return decode(total, fractional_bits)
+
+
 def fedavg(channel: Channel, features: np.ndarray, labels: np.ndarray, schedule: Schedule,
            max_rows: int, fractional_bits: int, check: Callable[[bool, int], None],
            on_round: Callable[[int, Round], None] | None = None,
@@ -201,12 +212,7 @@ def fedavg(channel: Channel, features: np.ndarray, labels: np.ndarray, schedule:
 
     def combine(values: np.ndarray, step: str, limit: float = bound,
                 bits: int = fractional_bits) -> np.ndarray:
-        masked = mask_with(channel, secrets, encode(values, limit, bits), step)
-        channel.send_to_each(step, {peer: masked for peer in channel.peers})
-        total = masked.copy()
-        for peer in channel.peers:
-            total += channel.recv_array(peer, step, RING_DTYPE, masked.shape)
-        return decode(total, bits)
+        return masked_total(channel, secrets, values, limit, bits, step)
 
     mean, std = np.zeros(d), np.ones(d)
     if bounds is not None:
