@@ -24,7 +24,7 @@ NOTEBOOK = EXAMPLES / "quickstart.ipynb"
 DISTRICTS = 8
 #: The jobs the notebook runs, by kind: what every institution's meter report must count.
 NOTEBOOK_JOBS = {"connectivity": 1, "secure_sum": 2, "paillier_sum": 1, "statistics": 2,
-                 "psi": 1, "vertical_statistics": 1}
+                 "psi": 1, "vertical_statistics": 1, "horizontal_lr": 1}
 #: The sample tables number their customers 1..240, 1..180 and 1..300: 1..180 in common.
 IN_COMMON = 180
 
@@ -100,13 +100,16 @@ def test_notebook_runs_in_order_and_stops_its_nodes(notebook_run):
 def test_every_displayed_value_is_a_table(notebook_run):
     assert notebook_run.displayed
     for cell_id, value in notebook_run.displayed.items():
+        if cell_id == "horizontal-plot":  # an image: the training curve
+            assert value.data[:8] == b"\x89PNG\r\n\x1a\n"
+            continue
         assert "<table" in value._repr_html_(), cell_id
         if isinstance(value, Result):
             assert value.table().columns[0] in repr(value), cell_id
             json.dumps(value.to_json())
     shown = {v.kind for v in notebook_run.displayed.values() if isinstance(v, Result)}
     assert shown == {"connectivity", "secure_sum", "paillier_sum", "statistics", "psi",
-                     "vertical_statistics"}
+                     "vertical_statistics"}  # horizontal_lr shows its history as a DataFrame
     assert any(isinstance(v, pd.DataFrame) for v in notebook_run.displayed.values())
 
 
@@ -175,6 +178,14 @@ def test_vertical_statistics_match_numpy_on_the_common_customers(notebook_run):
     assert notebook_run.displayed["correlation"].shape == (4, 4)
 
 
+def test_horizontal_logistic_regression_learns_late_payments(notebook_run, plain):
+    model = notebook_run.namespace["model"]
+    assert model.n_rounds_ == 20 and list(notebook_run.displayed["horizontal"].columns) == [
+        "round", "loss", "seconds", "bytes_sent"]
+    assert model.score(plain, plain["late_payment"]) > 0.75
+    assert model.history_["loss"].iloc[-1] < model.history_["loss"].iloc[0]
+
+
 def test_meter_reports_count_every_job(notebook_run, plain):
     reports: dict[str, pd.DataFrame] = notebook_run.namespace["reports"]
     assert set(reports) == set(SAMPLE_COLUMNS)
@@ -189,3 +200,29 @@ def test_meter_reports_count_every_job(notebook_run, plain):
                 kind, rows[party] * jobs)
             assert by_kind.loc[kind, "rows_touched"] == touched, (party, kind)
         assert by_kind.loc["secure_sum", "bytes_released"] > 0, party
+
+
+@pytest.mark.timeout(180)
+def test_the_notebook_runs_headless_in_a_kernel_and_leaves_no_folder_behind(tmp_path):
+    """As a user's Jupyter runs it (nbclient, a real IPython kernel), in under two minutes;
+    every temporary folder it made (the CA's private key among them) is gone after."""
+    import os
+    import time
+
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    started = time.monotonic()
+    client = NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(tmp_path)}})
+    client.execute(env={**os.environ, "TMPDIR": str(scratch)})
+    elapsed = time.monotonic() - started
+    outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum("text/html" in o.get("data", {}) for o in outputs) >= 8
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the training curve
+    assert elapsed < 120
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("invisible")] == []

@@ -365,3 +365,13 @@ def test_the_estimator_fits_scores_predicts_and_plots_like_scikit_learn(tmp_path
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ConfigError, match="lacks the feature column"):
         model.predict(plain.drop(columns=["district"]))
+
+
+def test_a_local_federation_takes_the_ports_it_is_given(tmp_path):
+    from invisible.coordinator.local import free_port
+
+    ports = [free_port(), free_port()]
+    layout = write_local_federation(tmp_path / "a", ["p", "q"], ports=ports)
+    assert layout.addresses == {"p": f"127.0.0.1:{ports[0]}", "q": f"127.0.0.1:{ports[1]}"}
+    with pytest.raises(ConfigError, match="give 3 ports"):
+        write_local_federation(tmp_path / "b", ["p", "q"], dealers=["d"], ports=ports)

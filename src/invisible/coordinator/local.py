@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from invisible.coordinator.tomlvalues import toml_string, toml_value
-from invisible.errors import InvisibleError
+from invisible.errors import ConfigError, InvisibleError
 from invisible.net.pki import Role, init_pki
 from invisible.node.config import load_party_config
 from invisible.node.node import PartyNode
@@ -78,12 +78,21 @@ def write_local_federation(
     dealers: Sequence[str] = (),
     limits: Mapping[str, float | int] | None = None,
     node_policy: Mapping[str, Any] | None = OPEN_NODE_POLICY,
+    ports: Sequence[int] | None = None,
 ) -> LocalLayout:
-    """Certificates and TOML configs for `parties`, dealers and coordinators on loopback."""
+    """Certificates and TOML configs for `parties`, dealers and coordinators on loopback.
+
+    `ports`: one per party then per dealer, in that order (default: free ones)."""
+    nodes = [*parties, *dealers]
+    chosen = list(ports) if ports is not None else [free_port() for _ in nodes]
+    if len(chosen) < len(nodes) or not all(
+            isinstance(p, int) and 0 < p < 65536 for p in chosen[:len(nodes)]):
+        raise ConfigError(f"ports: give {len(nodes)} ports (1-65535), one per party then per "
+                          "dealer")
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory / "pki"
     init_pki(pki, list(parties), list(coordinators), list(dealers), overwrite=True)
-    addresses = {p: f"{LOOPBACK}:{free_port()}" for p in [*parties, *dealers]}
+    addresses = {p: f"{LOOPBACK}:{port}" for p, port in zip(nodes, chosen, strict=False)}
     dealer_lines = ["[dealers]", *[f"{d} = {toml_string(addresses[d])}" for d in dealers], ""]
     limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
     policy_lines = ([] if node_policy is None else
