@@ -238,9 +238,10 @@ def test_two_parties_are_refused_unless_every_policy_allows_it(breast_two):
 
 
 def test_k_counts_the_rows_behind_an_update(breast_two):
+    """Each step averages a mini-batch: k counts min(rows, batch_size)."""
     tmp, paths, features = breast_two
-    params = params_for(paths, features, rounds=1, batch_size=64)
     rows = len(pd.read_csv(paths["guest"]))
+    params = params_for(paths, features, rounds=1, batch_size=rows + 10)
     for k, runs in ((rows, True), (rows + 1, False)):
         layout = federation_of(tmp / f"k{k}", paths, features, {"two_party": True, "min_rows": k})
         with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
@@ -375,3 +376,74 @@ def test_a_local_federation_takes_the_ports_it_is_given(tmp_path):
     assert layout.addresses == {"p": f"127.0.0.1:{ports[0]}", "q": f"127.0.0.1:{ports[1]}"}
     with pytest.raises(ConfigError, match="give 3 ports"):
         write_local_federation(tmp_path / "b", ["p", "q"], dealers=["d"], ports=ports)
+
+
+# --- what an attacker's review found (each test failed before its fix) -----------------------
+
+def four_parties(tmp_path):
+    paths, features, _ = homo(tmp_path, "breast_homo", {"guest": "guest", "host": "host"},
+                              "test")
+    frames = []
+    for party in ("guest", "host"):
+        frame = pd.read_csv(paths.pop(party))
+        half = len(frame) // 2
+        frames += [frame[:half], frame[half:]]
+    for i, frame in enumerate(frames):
+        paths[f"p{i}"] = tmp_path / f"p{i}.csv"
+        frame.to_csv(paths[f"p{i}"], index=False)
+    return paths, features
+
+
+def test_a_dataset_keeps_one_group_so_three_party_models_cannot_be_differenced(tmp_path):
+    """With 4 parties, the 4 three-party models (1 round from w = 0) gave each party's own
+    update by differencing: a dataset trains with the group of its first job, or its
+    policy's `group`."""
+    paths, features = four_parties(tmp_path)
+    layout = federation_of(tmp_path, paths, features, {"min_rows": 50})
+    first, other = ("p0", "p1", "p2"), ("p0", "p1", "p3")
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        def job(group, **changes):
+            return fed.run(params_for({p: paths[p] for p in group}, features, rounds=1,
+                                      batch_size=64, **changes))
+
+        job(first)
+        job(first, learning_rate=0.2)  # the same group again, any schedule
+        with pytest.raises(PolicyError, match="rule 'group': dataset 'train' is combined by "
+                                              "horizontal_lr with parties p0, p1, p2 only"):
+            job(other)
+        refused_at = {p: [e.event for e in nodes.nodes[p].ledger.entries()][-1]
+                      for p in ("p0", "p1")}
+    assert refused_at == {"p0": "refused", "p1": "refused"}
+    fixed = federation_of(tmp_path / "fixed", paths, features,
+                          {"min_rows": 50, "group": sorted(paths)})
+    with InProcessNodes(fixed), Federation.from_config(fixed.coordinator_config) as fed:
+        with pytest.raises(PolicyError, match="with parties p0, p1, p2, p3 only"):
+            fed.run(params_for({p: paths[p] for p in first}, features, rounds=1))
+        fed.run(params_for(paths, features, rounds=1, batch_size=64))
+
+
+def test_a_mini_batch_smaller_than_k_is_refused_and_decay_cannot_erase_earlier_steps(tmp_path):
+    """lr x l2 = 1 with batch_size = 1 made an update the last row alone (k bypassed), and
+    lr x l2 > 2 made the non-finite refusal a threshold on the first row's values."""
+    paths, features = four_parties(tmp_path)
+    layout = federation_of(tmp_path, paths, features, {"min_rows": 50})
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        with pytest.raises(PolicyError, match="fewer than 50 rows"):
+            fed.run(params_for(paths, features, rounds=1, batch_size=49))
+        fed.run(params_for(paths, features, rounds=1, batch_size=50))
+    for lr, l2 in ((0.01, 100.0), (1.0, 0.51)):
+        with pytest.raises(ConfigError, match="learning_rate x l2 must be at most 0.5"):
+            params_for(paths, features, learning_rate=lr, l2=l2).check(tuple(paths))
+
+
+@pytest.mark.parametrize("clip, big", [(442.75840144624175, 385570586345.68933),
+                                       (43.07645789931849, 86345096873.2973),
+                                       (981.942873699775, 2681474076.5849104)])
+def test_a_clipped_update_never_exceeds_its_bound_by_an_ulp(clip, big):
+    """Scaled to norm `clip`, an update almost along one axis came out an ulp above it, and
+    encoding failed at that party alone (found by a random search)."""
+    features = np.array([[0.0, big, 0.0]])
+    # One step from w = 0 with y = 1: the update is lr/2 (0, big, 0, 1).
+    update = local_update(features, np.array([1.0]), np.zeros(4),
+                          schedule(clip=clip, learning_rate=2.0, l2=0.0, batch_size=1), "a", 0)
+    assert np.abs(update).max() <= clip

@@ -69,6 +69,10 @@ class DeclaredUse:
     #: Its outputs combine this party's data with one other party's only, and that party
     #: learns them: refused unless the policy allows two_party.
     two_party: bool = False
+    #: The parties whose data its outputs combine with this party's, where results over
+    #: different groups, differenced, would give one party's contribution: every job of the
+    #: kind on the dataset must keep one group (see DatasetPolicy.group).
+    group: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

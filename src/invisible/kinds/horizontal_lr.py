@@ -15,10 +15,16 @@ Privacy rules:
 - at least three parties: with two, the combined update gives each party the
   other's (by subtraction); such a job is refused unless every policy says
   ``two_party = true``;
-- k counts the rows behind an update: every element of a party's update
-  aggregates all its rows, so the smallest released cell is the party's row
-  count (a vector whose elements are single rows, as an elementwise
-  `secure_sum`, is still refused under k);
+- k counts the rows behind an update: each step's gradient averages one
+  mini-batch, so the smallest released cell is min(rows, batch_size) (a
+  batch smaller than k is refused; a vector whose elements are single rows,
+  as an elementwise `secure_sum`, still is too), and learning_rate x l2 is
+  at most 0.5, so no step erases the earlier ones (at 1 the update would be
+  the last batch alone);
+- a dataset is combined with one group of parties: the first job's, as the
+  ledger records it, or the policy's ``group``. With 4 parties, the models
+  of the 4 three-party jobs gave each party's own update by differencing
+  (the rule against two parties, gone round);
 - every update is clipped to the declared L2 norm `clip` before it is
   encoded; a non-finite update or loss refuses the job at every party alike
   (one bit), releasing nothing of that round;
@@ -62,6 +68,8 @@ if TYPE_CHECKING:
     import pandas
 
 FRACTIONAL_BITS = 24
+#: The most a step may shrink the weights by (learning_rate x l2).
+MAX_DECAY = 0.5
 MODEL_ARRAY = "model"
 LOSSES_ARRAY = "losses"
 NON_FINITE_RULE = "non-finite"
@@ -109,6 +117,10 @@ class HorizontalLrParams(Params["HorizontalLrResult"]):
                 raise ConfigError(f"{kind}: party '{party}' must give a label")
             if ref.label in ref.columns:
                 raise ConfigError(f"{kind}: party '{party}': the label is not a feature")
+        if self.learning_rate * self.l2 > MAX_DECAY:
+            raise ConfigError(f"{kind}: learning_rate x l2 must be at most {MAX_DECAY}: a step "
+                              "shrinks the weights by that factor, and a larger one would let "
+                              "the last rows of an epoch outweigh all the others")
         if len({ref.bounds for ref in self.inputs.values()}) != 1:
             raise ConfigError(f"{kind}: the features' bounds (which ask for standardisation) "
                               "must be the same at every party, or given by none")
@@ -200,7 +212,7 @@ class HorizontalLrKind(JobKind[HorizontalLrParams, HorizontalLrResult]):
         ref = params.inputs[party_id]
         assert ref.label is not None
         return DeclaredUse(ref.dataset, (*ref.columns, ref.label), None,
-                           two_party=len(params.inputs) == 2)
+                           two_party=len(params.inputs) == 2, group=tuple(sorted(params.inputs)))
 
     def plan(self, params: HorizontalLrParams, party_id: str, datasets: Datasets) -> DataUse:
         ref = params.inputs[party_id]
@@ -210,14 +222,15 @@ class HorizontalLrKind(JobKind[HorizontalLrParams, HorizontalLrResult]):
             numeric_column(params.KIND, dataset, ref.dataset, name)
         label = numeric_column(params.KIND, dataset, ref.dataset, ref.label)
         rows = int(label.shape[0])
-        # Every element of an update aggregates all of this party's rows.
+        # A step's gradient averages one mini-batch: the smallest cell an update releases.
+        cell = min(rows, params.batch_size)
         if rows > params.max_rows:
-            return DataUse(rows, rows, f"dataset '{ref.dataset}' has more rows than the job's "
+            return DataUse(rows, cell, f"dataset '{ref.dataset}' has more rows than the job's "
                                        "max_rows")
         if not np.isin(label, (0, 1)).all():
-            return DataUse(rows, rows, f"the label column '{ref.label}' holds values other "
+            return DataUse(rows, cell, f"the label column '{ref.label}' holds values other "
                                        "than 0 and 1")
-        return DataUse(rows, rows)
+        return DataUse(rows, cell)
 
     def run(self, params: HorizontalLrParams, context: JobContext) -> JobOutcome:
         me = context.channel.party_id

@@ -255,6 +255,20 @@ class Ledger:
             rows += sign * row["rows"]
         return Usage(jobs, rows)
 
+    def groups(self, dataset: str, kind: str) -> list[tuple[str, ...]]:
+        """The groups of parties of the accepted jobs of `kind` on `dataset`, oldest first
+        (recorded as `group` in their `accepted` entries). Call inside :meth:`transaction`,
+        as :meth:`usage`."""
+        rows = self._db.execute(
+            "SELECT body FROM entries WHERE dataset = ? AND kind = ? AND event = 'accepted' "
+            "AND body LIKE '%\"group\"%' ORDER BY seq", (dataset, kind)).fetchall()
+        found = []
+        for row in rows:
+            group = json.loads(row["body"]).get("group")
+            if isinstance(group, list):
+                found.append(tuple(str(p) for p in group))
+        return found
+
     def entries(self, since: str | None = None, after_seq: int = 0, event: str | None = None,
                 ) -> Iterator[LedgerEntry]:
         with self._lock:

@@ -34,6 +34,7 @@ from invisible.metering.policy import (
     UseRequest,
     authorise,
     authorise_without_data,
+    group_problem,
     quota_problem,
     threshold_problem,
 )
@@ -48,6 +49,8 @@ class LedgerStore(Protocol):
 
     def usage(self, dataset: str, day: str, requester: str | None = None,
               kinds: frozenset[str] | None = None) -> Usage: ...
+
+    def groups(self, dataset: str, kind: str) -> list[tuple[str, ...]]: ...
 
     def head(self) -> tuple[int, str]: ...
 
@@ -74,6 +77,9 @@ class NullLedgerStore:
     def usage(self, dataset: str, day: str, requester: str | None = None,
               kinds: frozenset[str] | None = None) -> Usage:
         return Usage(0, 0)
+
+    def groups(self, dataset: str, kind: str) -> list[tuple[str, ...]]:
+        return []
 
     def head(self) -> tuple[int, str]:
         return 0, ""
@@ -163,11 +169,14 @@ class Meter:
             overall = store.usage(use.dataset, day)
             quota = quota_problem(policy, rule, use, (mine.jobs, mine.rows),
                                   (overall.jobs, overall.rows))
+            if quota is None and use.group is not None:
+                quota = group_problem(policy, use, store.groups(use.dataset, use.kind))
             verdict.update(quota=quota, mine=mine, overall=overall)
             if quota is not None:
                 return [job.pending("requested"),
                         job.pending("refused", rule=quota[0], detail=quota[1])]
-            return [job.pending("requested"), job.pending("accepted", rows=use.rows)]
+            group = {} if use.group is None else {"group": sorted(use.group)}
+            return [job.pending("requested"), job.pending("accepted", rows=use.rows, **group)]
 
         entries = self.store.transaction(decide)
         if verdict["quota"] is not None:

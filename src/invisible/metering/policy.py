@@ -27,7 +27,7 @@ so such a refusal is charged like a job.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,6 +81,10 @@ class DatasetPolicy:
     #: Whether jobs whose combined outputs, learned by the other party, involve only one
     #: other party may run (then that party learns this one's contribution by subtraction).
     two_party: bool = False
+    #: The only parties (this one among them) its data may be combined with by a kind whose
+    #: outputs, differenced over groups, would give one party's contribution (horizontal_lr);
+    #: None: the group of the first such job, as the ledger records it.
+    group: frozenset[str] | None = None
 
     @property
     def refuses_out_of_bound(self) -> bool:
@@ -105,6 +109,10 @@ class UseRequest:
     #: Its outputs combine this party's data with one other party's only, and that party
     #: learns them (the other party's contribution follows by subtraction).
     two_party: bool = False
+    #: The parties whose data it combines with this party's, for a kind whose outputs,
+    #: differenced over jobs on other groups, would give one party's contribution
+    #: (None: not such a kind).
+    group: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +181,7 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound",
-             "alignment_days", "two_party"}
+             "alignment_days", "two_party", "group"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -206,9 +214,10 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     two_party = table.get("two_party", False)
     if not isinstance(two_party, bool):
         raise ConfigError(f"{where}.two_party must be true or false")
+    group = _strings(table["group"], f"{where}.group") if "group" in table else None
     return DatasetPolicy(tuple(rules), min_rows, recipients,
                          _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where),
-                         out_of_bound, days, two_party)
+                         out_of_bound, days, two_party, group)
 
 
 def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:
@@ -239,6 +248,23 @@ def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> 
             raise Refusal(party, "recipients", f"outputs from dataset '{request.dataset}' may "
                           f"not go to '{recipient}'")
     return rules[0]
+
+
+def group_problem(policy: DatasetPolicy, request: UseRequest,
+                  earlier: Iterable[tuple[str, ...]]) -> tuple[str, str] | None:
+    """(rule, detail) if a job combines this dataset with another group of parties than the
+    policy's `group`, or than the earlier jobs of its kind (the first one's group)."""
+    if request.group is None:
+        return None
+    expected = policy.group
+    if expected is None:
+        expected = next((frozenset(g) for g in earlier), None)
+    if expected is None or frozenset(request.group) == expected:
+        return None
+    return "group", (f"dataset '{request.dataset}' is combined by {request.kind} with parties "
+                     f"{', '.join(sorted(expected))} only: with other groups, the difference of "
+                     "two results would give one party's contribution (an owner who means to "
+                     "change the group sets `group` in the dataset's policy)")
 
 
 def threshold_problem(policy: DatasetPolicy, request: UseRequest) -> tuple[str, str] | None:

@@ -179,6 +179,7 @@ def local_update(features: np.ndarray, labels: np.ndarray, model: np.ndarray,
     norm = float(np.linalg.norm(update))
     if norm > schedule.clip:
         update *= schedule.clip / norm
+        np.clip(update, -schedule.clip, schedule.clip, out=update)  # no ulp beyond the bound
     return update
 
 
