@@ -247,6 +247,10 @@ def test_k_counts_the_rows_behind_an_update(breast_two):
         with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
             if runs:
                 fed.run(params)
+                # A vector whose elements are single rows is not an aggregate: still refused.
+                with pytest.raises(PolicyError, match="fewer than"):
+                    fed.secure_sum({p: ("train", "x0") for p in paths}, 100.0,
+                                   elementwise=True, length=rows)
             else:
                 with pytest.raises(PolicyError, match="fewer than"):
                     fed.run(params)
