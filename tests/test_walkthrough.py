@@ -24,7 +24,7 @@ import numpy as np
 import pandas
 import pytest
 
-from invisible.coordinator.local import free_port
+from invisible.coordinator.local import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -95,9 +95,10 @@ def copy_parties(directory: Path) -> dict[str, str]:
     text = book.read_text()
     entries = tomllib.loads(text)
     addresses = {}
-    for node, address in {**entries["parties"], **entries.get("dealers", {})}.items():
+    nodes = {**entries["parties"], **entries.get("dealers", {})}
+    for (node, address), port in zip(nodes.items(), free_ports(len(nodes)), strict=True):
         host = address.rsplit(":", 1)[0]
-        addresses[node] = f"{host}:{free_port()}"
+        addresses[node] = f"{host}:{port}"
         assert text.count(f'"{address}"') == 1, f"{book}: {address} is not written once"
         text = text.replace(f'"{address}"', f'"{addresses[node]}"')
     book.write_text(text)

@@ -31,9 +31,20 @@ LOOPBACK = "127.0.0.1"
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports of the loopback address: all are held open until all are
+    chosen, since a port closed at once may be handed out again (two nodes of a federation
+    on one port: a handshake with one reached the other, a flaky 12-party test)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            sock.bind((LOOPBACK, 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 #: Any coordinator may run any job that uses none of a node's data (diagnostics, a dealer's
@@ -84,7 +95,7 @@ def write_local_federation(
 
     `ports`: one per party then per dealer, in that order (default: free ones)."""
     nodes = [*parties, *dealers]
-    chosen = list(ports) if ports is not None else [free_port() for _ in nodes]
+    chosen = list(ports) if ports is not None else free_ports(len(nodes))
     if len(chosen) < len(nodes) or not all(
             isinstance(p, int) and 0 < p < 65536 for p in chosen[:len(nodes)]):
         raise ConfigError(f"ports: give {len(nodes)} ports (1-65535), one per party then per "
