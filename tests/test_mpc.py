@@ -463,6 +463,12 @@ def gram_trunc_holds(b, c_masked, high, low):
     truncation_parts_agree(c_masked - b.T @ b - SHIFT, high, low)
 
 
+def narrow_cmp_holds(r, top, bits):
+    assert bits.shape == (20, 50)
+    assert np.array_equal(top, (r >> U64(20)) & U64(1))
+    assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64((1 << 20) - 1))
+
+
 def cmp_holds(r, msb, top, *bits):
     assert len(bits) == CMP_BITS
     assert np.array_equal(msb, r >> U64(63))
@@ -480,6 +486,7 @@ PROMISES = {
     "gram": ([(7, 3)], gram_holds),
     "gram-trunc": ([(7, 3)], gram_trunc_holds),
     "cmp": ([(50,)], cmp_holds),
+    "cmp-narrow": ([(50,), (20,)], narrow_cmp_holds),
 }
 
 
@@ -628,3 +635,44 @@ def test_a_domain_at_the_edge_of_the_exact_range_still_runs(function):
     result = decode(open_result(engine.run(program), engine.parties))
     expected = 1 / x if function == "reciprocal" else 1 / np.sqrt(x)
     assert np.all(np.abs(result - expected) <= ULP * (4 + 2 / x))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 60), st.data())
+def test_a_narrow_comparison_is_the_sign_of_every_value_below_its_width(parties, bits, data):
+    """For |x| 2^f < 2^m, the comparison on m bits is exact: including -1, 0 and the ends."""
+    from invisible.protocols.mpc.comparison import less_than_zero_narrow, narrow_width
+
+    limit = 2**bits - 1
+    values = data.draw(hnp.arrays(np.int64, st.integers(1, 40),
+                                  elements=st.integers(-limit, limit)))
+    z = np.concatenate([values, [-limit, limit, -1, 0, 1]])
+    bound = limit / 2.0**F
+    x = SharedArray(np.zeros(z.shape, RING_DTYPE), bound, F)
+    assert narrow_width(x) <= bits + 1
+    engine = inprocess_engine(parties)
+    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
+    results = engine.run(lambda ctx, prov: less_than_zero_narrow(
+        ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
+    assert np.array_equal(open_result(results, engine.parties), (z < 0).astype(np.uint64))
+
+
+def test_a_narrow_comparison_opens_and_multiplies_less():
+    from invisible.protocols.mpc.comparison import less_than_zero_narrow
+
+    x = np.random.default_rng(3).uniform(-1000, 1000, 512)
+    sx = shares_of(x, 1000, ("p0", "p1"))
+
+    def program(function):
+        def run(ctx, prov):
+            bits = function(ctx, prov, SharedArray(sx[ctx.index], 1000.0, F, ctx.is_leader))
+            return bits, ctx.channel.stats.bytes_sent
+        return run
+
+    narrow = inprocess_engine(2).run(program(less_than_zero_narrow))
+    wide = inprocess_engine(2).run(program(comparison.less_than_zero))
+    for results in (narrow, wide):
+        assert np.array_equal(reconstruct(np.stack([results[p][0][0] for p in ("p0", "p1")])),
+                              (x < 0).astype(np.uint64))
+    # |x| 2^16 < 2^26: 26 bits and one product against 62 bits
+    assert narrow["p0"][0][1] < 0.5 * wide["p0"][0][1]

@@ -61,19 +61,21 @@ def _ones(ctx: MpcContext, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.ndarray,
-                             bits: list[np.ndarray]) -> np.ndarray:
-    """Shares of [c0 < r0] for public 62-bit c0 and shared bits of r0 (step 4)."""
+                             bits: list[np.ndarray] | np.ndarray) -> np.ndarray:
+    """Shares of [c0 < r0] for public c0 and the shared bits of r0 (step 4), as many bits as
+    given (62, or fewer for a narrow comparison)."""
     shape = c0.shape
-    public_bits = np.stack([(c0 >> np.uint64(i)) & _ONE for i in range(CMP_BITS)])
-    shared_bits = np.stack(bits)
+    width = len(bits)
+    public_bits = np.stack([(c0 >> np.uint64(i)) & _ONE for i in range(width)])
+    shared_bits = np.stack(list(bits))
     xor = shared_bits * (np.uint64(1) - np.uint64(2) * public_bits)  # r_i (1 - 2 c_i)
     if ctx.is_leader:
         xor = xor + public_bits
-    equal = np.broadcast_to(_ones(ctx, shape), (CMP_BITS, *shape)) - xor  # 1 - (c_i XOR r_i)
+    equal = np.broadcast_to(_ones(ctx, shape), (width, *shape)) - xor  # 1 - (c_i XOR r_i)
     # Suffix products S[i] = prod_{j > i} equal[j]: scan G[i] = equal[i + 1], G[last] = 1.
     scan = np.concatenate([equal[1:], _ones(ctx, (1, *shape))])
     step = 1
-    while step < CMP_BITS:
+    while step < width:
         head = scan[:-step].reshape(-1)
         tail = scan[step:].reshape(-1)
         product = mul_ring(ctx, provider, head, tail).reshape(scan[:-step].shape)
@@ -81,7 +83,7 @@ def _public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.nd
         step *= 2
     below = shared_bits * (np.uint64(1) - public_bits)  # (1 - c_i) r_i, linear
     terms = mul_ring(ctx, provider, below.reshape(-1), scan.reshape(-1))
-    return np.asarray(terms.reshape(CMP_BITS, *shape).sum(axis=0, dtype=RING_DTYPE))
+    return np.asarray(terms.reshape(width, *shape).sum(axis=0, dtype=RING_DTYPE))
 
 
 def less_than_zero(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> np.ndarray:
@@ -98,6 +100,43 @@ def less_than_zero(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> 
     if ctx.is_leader:
         bit62 = bit62 + ((c & _LOW63) >> np.uint64(CMP_BITS))
     return _ones(ctx, x.shape) - bit62
+
+
+def narrow_width(x: SharedArray) -> int:
+    """The bits m a narrow comparison of x needs: |x| 2^f < 2^m (at most 61: beyond, the
+    62-bit comparison is as cheap)."""
+    return min(CMP_BITS - 1, max(1, math.ceil(math.log2(x.bound * 2.0**x.fractional_bits + 1))))
+
+
+def less_than_zero_narrow(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
+                          ) -> np.ndarray:
+    """Shares of [x < 0], exact, for |x| 2^f < 2^m with m from x's public bound: the prefix
+    comparison runs over m bits instead of 62 (steps as `less_than_zero`, on m + 1 bits):
+
+    1. z = x + 2^m lies in [0, 2^(m+1)), and x < 0 exactly when bit m of z is 0.
+    2. The dealer gives shares of a uniform r, of its bit m and of its bits 0..m-1.
+    3. Open c = z + r (uniform). Modulo 2^(m+1), z = c - r, so bit m of z is
+       c_m XOR r_m XOR [c mod 2^m < r mod 2^m] (the borrow out of the low m bits).
+    4. The borrow by the prefix comparison of step 4 of `less_than_zero`, on m bits;
+       the two XORs with one more product (a XOR b = a + b - 2ab).
+    """
+    width = narrow_width(x)
+    check_range(x.bound, x.fractional_bits, "narrow comparison")
+    if x.bound * 2.0**x.fractional_bits >= 2.0**width:
+        return less_than_zero(ctx, provider, x)
+    offset = np.uint64(1 << width)
+    z = x.share + offset if ctx.is_leader else x.share
+    r, r_top, bits = provider.take("cmp-narrow", [x.shape, (width,)]).all()
+    (c,) = open_all(ctx, [z + r], "masked-comparison-input")
+    low = c & (offset - _ONE)
+    c_top = (c >> np.uint64(width)) & _ONE
+    borrow = _public_less_than_shared(ctx, provider, low, bits)
+    a = r_top * (_ONE - np.uint64(2) * c_top)  # c_m XOR r_m = r_m (1 - 2 c_m) + c_m
+    if ctx.is_leader:
+        a = a + c_top
+    both = mul_ring(ctx, provider, a, borrow)
+    bit = a + borrow - np.uint64(2) * both
+    return _ones(ctx, x.shape) - bit
 
 
 def less_than(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,

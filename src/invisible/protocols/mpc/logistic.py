@@ -15,9 +15,11 @@ bound on every |weight| that the fixed-point range is planned for.
    - z = X_B w (a Beaver matrix product, truncated);
    - the sigmoid, clipped-linear (SecretFlow's default ``t1``):
      s = min(max(0.5 + z / 4, 0), 1), with two exact comparisons
-     ([t < 0] and [1 - t < 0] for t = 0.5 + z / 4, stacked in one) and two
-     exact selections; its largest error against the logistic function is
-     0.1192, at |z| = 2 (documented, tested);
+     ([t < 0] and [1 - t < 0] for t = 0.5 + z / 4, stacked in one narrow
+     comparison: on as many bits as t's public bound needs, 32 for
+     default_credit's, not 62) and two exact selections; its largest error
+     against the logistic function is 0.1192, at |z| = 2 (documented,
+     tested);
    - r = s - y_B; g = X_B^T r (a Beaver matrix product, truncated);
    - w <- (1 - lr l2) w - (lr / b) g, the factor lr / b applied as
      lr 2^k / b then an exact truncation by k bits (2^k >= b), so that a
@@ -44,7 +46,7 @@ from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.arithmetic import input_from, matmul, mul_public, mul_ring, truncate
-from invisible.protocols.mpc.comparison import less_than_zero
+from invisible.protocols.mpc.comparison import less_than_zero_narrow
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import TupleProvider
 from invisible.protocols.mpc.shared import SharedArray
@@ -152,7 +154,7 @@ def _sigmoid(ctx: MpcContext, provider: TupleProvider, z: SharedArray) -> Shared
     t = quarter + 0.5
     stacked = SharedArray(np.concatenate([t.share, (-t + 1.0).share]), t.bound + 1.0, f,
                           ctx.is_leader)
-    bits = less_than_zero(ctx, provider, stacked)  # [t < 0], [t > 1]
+    bits = less_than_zero_narrow(ctx, provider, stacked)  # [t < 0], [t > 1]
     both = np.concatenate([t.share, t.share])
     selected = mul_ring(ctx, provider, bits, both)  # [t < 0] t, [t > 1] t
     half = t.share.shape[0]

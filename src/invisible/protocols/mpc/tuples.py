@@ -71,6 +71,15 @@ def _gram(extra: int) -> Callable[[Sequence[Shape]], list[Shape] | None]:
     return shapes_of
 
 
+def _narrow_cmp(shapes: Sequence[Shape]) -> list[Shape] | None:
+    """r of shape s, then bit m of r (shape s), then bits 0..m-1 of r stacked (m, *s); asked
+    for as [s, (m,)] with 1 <= m < CMP_BITS."""
+    if len(shapes) != 2 or len(shapes[1]) != 1 or not 1 <= shapes[1][0] < CMP_BITS:
+        return None
+    shape, width = tuple(shapes[0]), shapes[1][0]
+    return [shape, shape, (width, *shape)]
+
+
 def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int) -> None:
     """From r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f)."""
     np.right_shift(r, np.uint64(63), out=high)
@@ -129,6 +138,14 @@ def _fill_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
         np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=values[3 + i])
 
 
+def _fill_narrow_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    r, top, bits = values[0], values[1], values[2]
+    width = bits.shape[0]
+    np.bitwise_and(r >> np.uint64(width), np.uint64(1), out=top)
+    for i in range(width):
+        np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=bits[i])
+
+
 CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
     TupleKind("triple", _elementwise(3), 2, _fill_triple,
               "a, b uniform; c = a b (elementwise)."),
@@ -155,6 +172,9 @@ CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
               "A gram tuple and a truncation tuple for its product in one: B uniform; "
               "C + r + 2^62 (C = B^T @ B, r drawn by the dealer) in place of C; then r's "
               "truncation components, as in trunc."),
+    TupleKind("cmp-narrow", _narrow_cmp, 1, _fill_narrow_cmp,
+              "r uniform; bit m of r; bits 0..m-1 of r, stacked: a comparison of values "
+              "below 2^m in magnitude costs m bits where cmp costs 62."),
     TupleKind("cmp", _elementwise(3 + CMP_BITS), 1, _fill_cmp,
               "r uniform; msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one."),
 )}
