@@ -116,7 +116,8 @@ def test_every_kind_is_registered_once_and_declares_every_field():
     names = [kind.name for kind in KINDS]
     assert len(set(names)) == len(names)
     assert set(names) == {"secure_sum", "paillier_sum", "statistics", "psi",
-                          "vertical_statistics", "horizontal_lr", "connectivity",
+                          "vertical_statistics", "horizontal_lr", "vertical_lr",
+                          "connectivity",
                           "bandwidth", "mul_benchmark"}
     for kind in KINDS:
         assert isinstance(kind, JobKind)

@@ -90,3 +90,48 @@ def test_the_sigmoid_is_clipped_linear_with_its_stated_largest_error():
     assert error.max() == pytest.approx(SIGMOID_MAX_ERROR, abs=1e-6)
     assert abs(z[np.argmax(error)]) == pytest.approx(2.0, abs=1e-3)
     assert sigmoid_t1(np.array([-72.8, 72.8])).tolist() == [0.0, 1.0]  # never NaN
+
+
+# --- the kind on party nodes ------------------------------------------------------------------
+
+def test_psi_then_training_keeps_the_float64_model_as_shares_at_the_parties(tmp_path):
+    from test_vertical_kind import columns_of, federation
+
+    from invisible.coordinator.federation import Federation
+    from invisible.coordinator.local import InProcessNodes
+    from invisible.kinds.params import ColumnsRef
+    from invisible.kinds.vertical_lr import VerticalLrParams
+
+    layout, tables = federation(tmp_path, "breast")
+    features = columns_of(tables)
+    params = VerticalLrParams(
+        inputs={"guest": ColumnsRef("@b", tuple(features["guest"]), (20.0,) * 10, "y"),
+                "host": ColumnsRef("@b", tuple(features["host"]), (20.0,) * 20)},
+        dealer="dealer", epochs=4, batch_size=64, learning_rate=0.1, l2=0.01, seed=3,
+        model="breast-lr")
+    seen = []
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi({"guest": ("credit", "id"), "host": ("credit", "id")}, alignment="b")
+        result = fed.run(params, progress=lambda done, total: seen.append((done, total)))
+        aligned = {p: nodes.nodes[p].executor.alignments.get("b").rows for p in ("guest", "host")}
+    # The same algorithm in float64 on the joined rows, in the alignment's agreed order.
+    frames = {p: pd.read_csv(tables[p][0]).iloc[aligned[p]] for p in ("guest", "host")}
+    assert (frames["guest"]["id"].to_numpy() == frames["host"]["id"].to_numpy()).all()
+    x = np.concatenate([frames["guest"][features["guest"]].to_numpy(),
+                        frames["host"][features["host"]].to_numpy()], axis=1)
+    y = frames["guest"]["y"].to_numpy(float)
+    plain = train_plain(x, y, params.schedule())
+    from invisible.kinds.models import ModelStore
+    parts = [ModelStore(layout.party_configs[p].parent / f"{p}-results" / "models").get(
+        "breast-lr") for p in ("guest", "host")]  # read after the nodes stopped: kept on disk
+    assert {m.form for m in parts} == {"shares"} and parts[0].label_holder == "guest"
+    weights = decode(reconstruct(np.stack([m.part for m in parts])), 16)
+    assert np.max(np.abs(weights - plain)) <= 1e-3
+    assert result.model == "breast-lr" and len(result.losses) == 4
+    from dataclasses import replace
+
+    from invisible.protocols.mpc.logistic import taylor_loss_plain
+    for epoch, loss in enumerate(result.losses):  # each epoch's model, as float64 computes it
+        model = train_plain(x, y, replace(params.schedule(), epochs=epoch + 1))
+        assert abs(loss - taylor_loss_plain(x, y, model)) <= 1e-3
+    assert seen and seen[-1][1] == 4

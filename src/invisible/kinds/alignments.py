@@ -30,6 +30,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -104,6 +105,26 @@ def make_alignment(name: str, job_id: str, dataset: str, column: str, parties: t
                      rows, size_released, ids_digest(ids[rows]))
 
 
+def write_new(path: Path, meta: dict[str, object], what: str, **arrays: np.ndarray) -> None:
+    """Write `arrays` and `meta` (JSON) as a new .npz file at `path`, whole (a scratch file,
+    synced, then linked to its name) and never over an existing one: ConfigError naming
+    `what` if the name is taken."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scratch = path.with_name(path.name + ".tmp")
+    with scratch.open("wb") as handle:
+        contents: dict[str, Any] = {"meta": np.array(json.dumps(meta)), **arrays}
+        np.savez(handle, **contents)
+        handle.flush()
+        os.fsync(handle.fileno())
+    try:
+        os.link(scratch, path)  # fails if the name is taken: never replaces a file
+    except FileExistsError:
+        raise ConfigError(f"{what} named '{path.stem}' exists on this node; names are used "
+                          "once") from None
+    finally:
+        scratch.unlink()
+
+
 class AlignmentStore:
     """A node's alignments, one file each in `folder`."""
 
@@ -115,20 +136,8 @@ class AlignmentStore:
 
     def save(self, alignment: Alignment) -> None:
         """Keep a new alignment; a name is used once (ConfigError if it exists)."""
-        path = self._path(alignment.name)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        scratch = path.with_name(path.name + ".tmp")
-        with scratch.open("wb") as handle:
-            np.savez(handle, rows=alignment.rows, meta=np.array(json.dumps(alignment.meta())))
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(scratch, path)  # fails if the name is taken: never replaces an alignment
-        except FileExistsError:
-            raise ConfigError(f"an alignment named '{alignment.name}' exists on this node; "
-                              "names are used once") from None
-        finally:
-            scratch.unlink()
+        write_new(self._path(alignment.name), alignment.meta(), "an alignment",
+                  rows=alignment.rows)
 
     def exists(self, name: str) -> bool:
         return self._path(name).exists()

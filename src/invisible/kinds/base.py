@@ -32,6 +32,7 @@ import numpy as np
 from invisible.crypto.prg import Prg
 from invisible.jobspec import JobResult, JobSpec
 from invisible.kinds.alignments import AlignmentStore
+from invisible.kinds.models import ModelStore
 from invisible.kinds.params import Params
 from invisible.metering.policy import DatasetPolicy, Refusal
 from invisible.protocols.bound_check import any_party_flagged
@@ -106,6 +107,8 @@ class JobContext:
     policy: DatasetPolicy | None = None
     #: This node's alignments (the rows of set intersections), by name.
     alignments: AlignmentStore | None = None
+    #: This node's trained models, by name.
+    models: ModelStore | None = None
     #: Tell the requester how far the job is: (steps done, steps in all); public facts of
     #: the schedule, never of the data.
     progress: Callable[[int, int], None] | None = None

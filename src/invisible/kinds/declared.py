@@ -10,7 +10,8 @@ each party's job output and signed ledger entry.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,7 +19,9 @@ import numpy as np
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
+from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment
 from invisible.kinds.base import DeclaredUse, JobContext, JobOutcome
+from invisible.metering.entries import canonical_json
 from invisible.protocols.mpc.arithmetic import reveal
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.shared import SharedArray
@@ -41,14 +44,16 @@ class WithDealer:
         """The computing parties in the job's order (the dealer is not one)."""
         return tuple(p for p in parties if p != self.dealer)
 
-    def declared_use(self, party_id: str, dataset: str, columns: tuple[str, ...],
+    def declared_use(self, party_id: str, columns: Callable[[Any], tuple[str, ...]],
                      ) -> DeclaredUse | None:
-        """What the job uses at `party_id` (None at the dealer, which touches no data). With
-        a recipient party, the values are opened to it and it releases them to the requester
-        too: both receive them, so the policy must allow both."""
+        """What the job uses at `party_id`: the dataset of its input and `columns(input)`
+        (None at the dealer, which touches no data). With a recipient party, the values are
+        opened to it and it releases them to the requester too: both receive them, so the
+        policy must allow both."""
         if party_id == self.dealer:
             return None
-        return DeclaredUse(dataset, columns, self.recipient,
+        ref = self.inputs[party_id]
+        return DeclaredUse(ref.dataset, columns(ref), self.recipient,
                            requester_too=self.recipient is not None)
 
     def check_parties(self, parties: tuple[str, ...], inputs_rule: str) -> None:
@@ -100,3 +105,29 @@ def opened_outputs(job: JobResult, parties: Sequence[str], recipient: str | None
     if opened is None or opened.dtype != RING_DTYPE or opened.shape != (size,):
         raise ProtocolError("a party released no shares of the declared outputs")
     return np.asarray(opened)
+
+
+#: The step of the alignment check (see `aligned_rows`).
+AGREE_STEP = "vertical/alignment"
+
+
+def aligned_rows(context: JobContext, dataset: str, parties: Sequence[str]) -> Alignment:
+    """This party's alignment ("@name"), made with every computing party of the job, after
+    every computing party checked that all name the rows of one intersection: each sends the
+    others a 32-byte hash of (psi job, rows), and they must all be equal (a party naming
+    another alignment would pair its rows with other people's)."""
+    if context.alignments is None:
+        raise ConfigError("this node keeps no alignments")
+    alignment = context.alignments.get(dataset.removeprefix(ALIGNMENT_PREFIX))
+    missing = [p for p in parties if p not in alignment.parties]
+    if missing:
+        raise ConfigError(f"alignment '{alignment.name}' at party '{context.channel.party_id}' "
+                          f"holds no rows in common with {', '.join(map(repr, missing))}")
+    digest = hashlib.sha256(canonical_json({"job": alignment.job_id,
+                                            "rows": alignment.size})).digest()
+    peers = [p for p in parties if p != context.channel.party_id]
+    context.channel.send_to_each(AGREE_STEP, {p: digest for p in peers})
+    if any(context.channel.recv_bytes(p, AGREE_STEP, len(digest)) != digest for p in peers):
+        raise ProtocolError("the parties' alignments are not the rows of one intersection "
+                            "(another psi job, or other rows)")
+    return alignment

@@ -125,10 +125,7 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
                "with a dealer; only the declared outputs are opened")
 
     def declare(self, params: StatisticsParams, party_id: str) -> DeclaredUse | None:
-        if party_id == params.dealer:
-            return None
-        ref = params.inputs[party_id]
-        return params.declared_use(party_id, ref.dataset, (ref.column,))
+        return params.declared_use(party_id, lambda ref: (ref.column,))
 
     def plan(self, params: StatisticsParams, party_id: str, datasets: Datasets) -> DataUse | None:
         if party_id == params.dealer:

@@ -34,7 +34,6 @@ against that dataset.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -42,9 +41,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from invisible.crypto.fixedpoint import decode
-from invisible.errors import ConfigError, ProtocolError
+from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
-from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment
+from invisible.kinds.alignments import ALIGNMENT_PREFIX
 from invisible.kinds.base import (
     OUT_OF_BOUND_RULE,
     Datasets,
@@ -55,11 +54,10 @@ from invisible.kinds.base import (
     JobOutcome,
     refuse_alike,
 )
-from invisible.kinds.declared import WithDealer, opened_outputs, release
+from invisible.kinds.declared import WithDealer, aligned_rows, opened_outputs, release
 from invisible.kinds.params import ColumnInputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
 from invisible.kinds.secure_sum import numeric_column
-from invisible.metering.entries import canonical_json
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.provider import DealerProvider
@@ -80,7 +78,6 @@ BEYOND_BOUND = ("a value lies beyond the job's declared bound at one or more par
                 "(vertical_statistics refuses such values; it never clips them)")
 #: The outputs that need a bound on every column (their fixed-point range).
 BOUNDED_OUTPUTS = frozenset({"mean", "variance", "std", "covariance"})
-AGREE_STEP = "vertical/alignment"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -255,10 +252,7 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
                "about the rows of an alignment, on secret shares with a dealer")
 
     def declare(self, params: VerticalStatisticsParams, party_id: str) -> DeclaredUse | None:
-        if party_id == params.dealer:
-            return None
-        ref = params.inputs[party_id]
-        return params.declared_use(party_id, ref.dataset, ref.columns)
+        return params.declared_use(party_id, lambda ref: ref.columns)
 
     def plan(self, params: VerticalStatisticsParams, party_id: str, datasets: Datasets,
              ) -> DataUse | None:
@@ -278,8 +272,7 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
                                                                   context.rng)})
         me = channel.party_id
         ref = params.inputs[me]
-        alignment = _alignment(context, ref.dataset, parties)
-        _agree_on_rows(context, parties, alignment)
+        alignment = aligned_rows(context, ref.dataset, parties)
         dataset = context.datasets.get(ref.dataset)
         layout = params.layout(context.spec.parties)
         columns = np.column_stack([numeric_column(params.KIND, dataset, ref.dataset, name)
@@ -309,28 +302,3 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
         values = decode_outputs(layout, decode(opened, FRACTIONAL_BITS))
         return VerticalStatisticsResult(job, params.labels(job.parties), values, params.ddof,
                                         params.recipient)
-
-
-def _alignment(context: JobContext, dataset: str, parties: tuple[str, ...]) -> Alignment:
-    """This party's alignment, made with every computing party of the job."""
-    if context.alignments is None:
-        raise ConfigError("this node keeps no alignments")
-    alignment = context.alignments.get(dataset.removeprefix(ALIGNMENT_PREFIX))
-    missing = [p for p in parties if p not in alignment.parties]
-    if missing:
-        raise ConfigError(f"alignment '{alignment.name}' at party '{context.channel.party_id}' "
-                          f"holds no rows in common with {', '.join(map(repr, missing))}")
-    return alignment
-
-
-def _agree_on_rows(context: JobContext, parties: tuple[str, ...], alignment: Alignment) -> None:
-    """Every computing party checks that all name the rows of one intersection: each sends
-    the others a hash of (psi job, rows); they must all be equal."""
-    digest = hashlib.sha256(canonical_json({"job": alignment.job_id,
-                                            "rows": alignment.size})).digest()
-    me = context.channel.party_id
-    peers = [p for p in parties if p != me]
-    context.channel.send_to_each(AGREE_STEP, {p: digest for p in peers})
-    if any(context.channel.recv_bytes(p, AGREE_STEP, len(digest)) != digest for p in peers):
-        raise ProtocolError("the parties' alignments are not the rows of one intersection "
-                            "(another psi job, or other rows)")

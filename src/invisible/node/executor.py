@@ -47,6 +47,7 @@ from invisible.errors import (
 from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
 from invisible.kinds.alignments import AlignmentStore
 from invisible.kinds.base import JobContext, JobOutcome
+from invisible.kinds.models import ModelStore
 from invisible.kinds.registry import AnyKind
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import Refusal
@@ -138,6 +139,8 @@ class JobExecutor:
         self.results_dir = results_dir
         #: Where psi jobs keep their alignments (default: beside the results).
         self.alignments = alignments or AlignmentStore(results_dir / "alignments")
+        #: Where training jobs keep this node's part of their models.
+        self.models = ModelStore(results_dir / "models")
         self.meter = meter
         self._datasets = datasets
         self._run_deadline_s = run_deadline_s
@@ -245,6 +248,7 @@ class JobExecutor:
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
                              Prg.from_os(), self.results_dir, check_bounds,
                              self.meter.policy_of(run.meta), self.alignments,
+                             models=self.models,
                              progress=lambda done, total: self._progress(run, done, total))
         threading.Thread(target=self._run, args=(run, context), name=f"job-{job_id}",
                          daemon=True).start()

@@ -1,0 +1,107 @@
+"""Trained models kept at the parties, by name: each party's own part, never released.
+
+A training job (``vertical_lr``) leaves at every computing party a **model**:
+its part of the weights (its additive share of all of them, the default; or,
+when the job declared ``model_to = "blocks"`` and every policy allowed it,
+the plain weights of its own columns), with what later jobs need to use it:
+the job, the parties in job order, each party's columns, the label holder
+and the fixed-point resolution. It is one file, ``<name>.npz`` in the node's
+models folder, written whole and never replaced (:func:`.alignments.
+write_new`), so it survives restarts; a model is its requester's (another
+is told there is none). The operator lists and deletes models with
+``invisible node models --config party.toml [--delete NAME]``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from invisible.errors import ConfigError
+from invisible.kinds.alignments import check_name, utc_now, write_new
+
+_TIME = "%Y-%m-%dT%H:%M:%SZ"
+
+
+@dataclass(frozen=True)
+class Model:
+    name: str
+    kind: str
+    job_id: str
+    requester: str
+    #: The computing parties in job order, and each one's columns.
+    parties: tuple[str, ...]
+    columns: dict[str, list[str]]
+    label_holder: str
+    #: "shares" (an additive share of every weight) or "blocks" (this party's own weights).
+    form: str
+    fractional_bits: int
+    created: str
+    #: This party's part: ring elements (shares) or reals (blocks).
+    part: np.ndarray
+
+    def meta(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "job_id": self.job_id,
+                "requester": self.requester, "parties": list(self.parties),
+                "columns": self.columns, "label_holder": self.label_holder, "form": self.form,
+                "fractional_bits": self.fractional_bits, "created": self.created}
+
+
+def make_model(name: str, kind: str, job_id: str, requester: str, parties: tuple[str, ...],
+               columns: dict[str, list[str]], label_holder: str, form: str,
+               fractional_bits: int, part: np.ndarray) -> Model:
+    return Model(check_name(name), kind, job_id, requester, tuple(parties), dict(columns),
+                 label_holder, form, fractional_bits, utc_now().strftime(_TIME), part)
+
+
+class ModelStore:
+    """A node's models, one file each in `folder`."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}.npz"
+
+    def save(self, model: Model) -> None:
+        """Keep a new model; a name is used once (ConfigError if it exists)."""
+        write_new(self._path(model.name), model.meta(), "a model", part=model.part)
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).exists()
+
+    def get(self, name: str, requester: str | None = None) -> Model:
+        """The model called `name` (of `requester`, if given: another's is not found)."""
+        path = self._path(name)
+        if not path.exists():
+            raise ConfigError(f"no model named '{name}' on this node")
+        model = self._read(path)
+        if requester is not None and model.requester != requester:
+            raise ConfigError(f"no model named '{name}' on this node")
+        return model
+
+    def list(self) -> list[Model]:
+        return [self._read(p) for p in sorted(self.folder.glob("*.npz"))] \
+            if self.folder.exists() else []
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        if not path.exists():
+            raise ConfigError(f"no model named '{name}' on this node")
+        path.unlink()
+
+    @staticmethod
+    def _read(path: Path) -> Model:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                part = np.asarray(data["part"])
+            return Model(meta["name"], meta["kind"], meta["job_id"], meta["requester"],
+                         tuple(meta["parties"]), dict(meta["columns"]), meta["label_holder"],
+                         meta["form"], int(meta["fractional_bits"]), meta["created"], part)
+        except (OSError, ValueError, KeyError, TypeError):
+            raise ConfigError(f"model file {path} cannot be read") from None
