@@ -34,7 +34,7 @@ def test_an_unknown_benchmark_is_named():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert ("no benchmark 'nope' (known: horizontal_lr, metering, paillier, psi, secure_sum, "
-            "ss_mul)") in done.stderr
+            "ss_mul, vertical_lr)") in done.stderr
 
 
 def run_quick(name: str, folder: Path, timeout: float) -> dict:
@@ -128,3 +128,16 @@ def test_horizontal_lr_quick_emits_every_row_with_every_peer_named(tmp_path):
         assert row["ours"] > 0 and (row.get("peer_value") is not None or row["note"])
     [plaintext] = [r for r in by_metric["auc"] if r["peer"] == "plaintext-fedavg"]
     assert plaintext["ours"] == pytest.approx(plaintext["peer_value"], abs=1e-4)
+
+
+@pytest.mark.timeout(240)
+def test_vertical_lr_quick_emits_every_row_with_every_peer_named(tmp_path):
+    rows = run_quick("vertical_lr", tmp_path, 230)["rows"]
+    peers = {(r["metric"], r.get("peer")) for r in rows}
+    assert peers == {("seconds", "spu"), ("seconds", "scikit-learn"), ("auc", "scikit-learn"),
+                     ("auc", "float64"), ("auc", "spu"), ("bytes/party", None),
+                     ("messages/epoch", None)}
+    for row in rows:  # a peer that did not run says why, never silently
+        assert row["ours"] > 0 and (row.get("peer_value") is not None or row["note"])
+    [plain] = [r for r in rows if r.get("peer") == "float64"]
+    assert plain["ours"] == pytest.approx(plain["peer_value"], abs=1e-3)
