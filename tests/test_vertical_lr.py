@@ -135,3 +135,42 @@ def test_psi_then_training_keeps_the_float64_model_as_shares_at_the_parties(tmp_
         model = train_plain(x, y, replace(params.schedule(), epochs=epoch + 1))
         assert abs(loss - taylor_loss_plain(x, y, model)) <= 1e-3
     assert seen and seen[-1][1] == 4
+
+
+@pytest.mark.parametrize("model_to", ["shares", "blocks"])
+def test_a_kept_model_scores_a_new_alignment_for_the_label_holder_only(tmp_path, model_to):
+    from test_vertical_kind import columns_of, federation
+
+    from invisible.coordinator.federation import Federation
+    from invisible.coordinator.local import InProcessNodes
+    from invisible.kinds.params import ColumnsRef
+    from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+
+    layout, tables = federation(tmp_path, "breast")
+    features = columns_of(tables)
+    bounds = {"guest": (20.0,) * 10, "host": (20.0,) * 20}
+
+    def inputs(alignment, label=True):
+        return {p: ColumnsRef(alignment, tuple(features[p]), bounds[p],
+                              "y" if label and p == "guest" else None) for p in features}
+
+    ids = {"guest": ("credit", "id"), "host": ("credit", "id")}
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi(ids, alignment="train")
+        fed.run(VerticalLrParams(inputs=inputs("@train"), dealer="dealer", epochs=2,
+                                 batch_size=64, model="m", model_to=model_to, losses=False))
+        fed.psi(ids, alignment="later")
+    with InProcessNodes(layout) as nodes, \
+            Federation.from_config(layout.coordinator_config) as fed:  # after a restart
+        result = fed.run(VerticalPredictParams(inputs=inputs("@later", label=False),
+                                               model="m", dealer="dealer", recipient="guest"),
+                         job_id="scores")
+        later = nodes.nodes["guest"].executor.alignments.get("later").rows
+    assert not result.job.arrays.get("guest") and not result.job.arrays.get("host")
+    saved = pd.read_csv(layout.party_configs["guest"].parent / "guest-results" / "predictions"
+                        / "scores.csv")
+    assert saved["row"].tolist() == later.tolist()
+    guest = pd.read_csv(tables["guest"][0])
+    auc = roc_auc_score(guest["y"].to_numpy()[saved["row"]], saved["score"])
+    assert auc > 0.98 and ((saved["probability"] > 0) & (saved["probability"] < 1)).all()
+    assert not (layout.party_configs["host"].parent / "host-results" / "predictions").exists()

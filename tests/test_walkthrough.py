@@ -47,6 +47,8 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     "vertical_statistics.job.toml": ("monthly_spend", "data_gb", "correlation:",
                                      "over the 180 rows of the alignment"),
     "horizontal_lr.job.toml": ("monthly_spend", "(intercept)", "20 rounds"),
+    "vertical_lr.job.toml": ("epoch", "late-payments"),
+    "vertical_predict.job.toml": ("bank", "predictions/"),
     "bandwidth.job.toml": ("MB/s",),
     "mul_benchmark.job.toml": ("products", "tuples"),
 }

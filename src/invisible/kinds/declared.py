@@ -20,10 +20,19 @@ from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment
-from invisible.kinds.base import DeclaredUse, JobContext, JobOutcome
+from invisible.kinds.base import (
+    OUT_OF_BOUND_RULE,
+    Datasets,
+    DeclaredUse,
+    JobContext,
+    JobOutcome,
+    refuse_alike,
+)
+from invisible.kinds.secure_sum import numeric_column
 from invisible.metering.entries import canonical_json
 from invisible.protocols.mpc.arithmetic import reveal
 from invisible.protocols.mpc.context import MpcContext
+from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.shared import SharedArray
 
 
@@ -55,6 +64,14 @@ class WithDealer:
         ref = self.inputs[party_id]
         return DeclaredUse(ref.dataset, columns(ref), self.recipient,
                            requester_too=self.recipient is not None)
+
+    def serve_as_dealer(self, context: JobContext) -> JobOutcome | None:
+        """At the dealer: serve the computing parties' tuple requests until they are done
+        (its whole part of the job); elsewhere None."""
+        if context.channel.party_id != self.dealer:
+            return None
+        served = run_dealer(context.channel, self.computing(context.spec.parties), context.rng)
+        return JobOutcome(output={"tuples_served": served})
 
     def check_parties(self, parties: tuple[str, ...], inputs_rule: str) -> None:
         """At least two input parties (else `inputs_rule`, the error), a dealer that is not
@@ -131,3 +148,29 @@ def aligned_rows(context: JobContext, dataset: str, parties: Sequence[str]) -> A
         raise ProtocolError("the parties' alignments are not the rows of one intersection "
                             "(another psi job, or other rows)")
     return alignment
+
+
+def bounded_columns(context: JobContext, kind: str, dataset_id: str, columns: Sequence[str],
+                    bounds: Sequence[float] | None, parties: Sequence[str]) -> np.ndarray:
+    """This party's numeric `columns` of `dataset_id` as one float matrix, after the job was
+    refused at every party alike if any value lies beyond its column's public bound (never
+    clipped: clipping to a requester's bound can single one person out)."""
+    dataset = context.datasets.get(dataset_id)
+    values = np.column_stack([numeric_column(kind, dataset, dataset_id, c)
+                              for c in columns]).astype(np.float64)
+    if bounds is not None:
+        beyond = bool((np.abs(values) > np.asarray(bounds)).any())
+        refuse_alike(context, parties, beyond, OUT_OF_BOUND_RULE,
+                     f"a value lies beyond the job's declared bound at one or more parties "
+                     f"({kind} refuses such values; it never clips them)", tag="/bounds")
+    return values
+
+
+def column_rows(kind: str, datasets: Datasets, dataset_id: str, columns: Sequence[str]) -> int:
+    """The rows of `dataset_id`, checking that every one of `columns` is numeric (its
+    declaration, never its values)."""
+    dataset = datasets.get(dataset_id)
+    rows = 0
+    for name in columns:
+        rows = int(numeric_column(kind, dataset, dataset_id, name).shape[0])
+    return rows

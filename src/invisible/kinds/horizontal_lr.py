@@ -44,7 +44,6 @@ from invisible.crypto.fixedpoint import BoundError
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.base import (
-    OUT_OF_BOUND_RULE,
     Datasets,
     DataUse,
     DeclaredUse,
@@ -53,6 +52,7 @@ from invisible.kinds.base import (
     JobOutcome,
     refuse_alike,
 )
+from invisible.kinds.declared import bounded_columns
 from invisible.kinds.params import ColumnInputs, Params, param
 from invisible.kinds.results import Result, Table
 from invisible.kinds.secure_sum import MAX_ROWS, numeric_column
@@ -236,18 +236,12 @@ class HorizontalLrKind(JobKind[HorizontalLrParams, HorizontalLrResult]):
         me = context.channel.party_id
         ref = params.inputs[me]
         assert ref.label is not None
-        dataset = context.datasets.get(ref.dataset)
-        features = np.column_stack([numeric_column(params.KIND, dataset, ref.dataset, c)
-                                    for c in ref.columns]).astype(np.float64)
-        labels = numeric_column(params.KIND, dataset, ref.dataset, ref.label).astype(np.float64)
         parties = context.spec.parties
         bounds = params.bounds
-        if bounds is not None:  # never clipped, as the statistics across parties
-            beyond = bool((np.abs(features) > np.asarray(bounds)).any())
-            refuse_alike(context, parties, beyond, OUT_OF_BOUND_RULE,
-                         "a feature value lies beyond its declared bound at one or more "
-                         "parties (horizontal_lr refuses such values; it never clips them)",
-                         tag="/bounds")
+        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, bounds,
+                                   parties)
+        labels = numeric_column(params.KIND, context.datasets.get(ref.dataset), ref.dataset,
+                                ref.label).astype(np.float64)
 
         def check(flagged: bool, round_: int) -> None:
             refuse_alike(context, parties, flagged, NON_FINITE_RULE,

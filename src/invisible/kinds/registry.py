@@ -20,7 +20,7 @@ from invisible.kinds.params import Params
 from invisible.kinds.psi import PsiKind
 from invisible.kinds.secure_sum import SecureSumKind
 from invisible.kinds.statistics import StatisticsKind
-from invisible.kinds.vertical_lr import VerticalLrKind
+from invisible.kinds.vertical_lr import VerticalLrKind, VerticalPredictKind
 from invisible.kinds.vertical_statistics import VerticalStatisticsKind
 from invisible.text import printable
 
@@ -34,6 +34,7 @@ KINDS: tuple[AnyKind, ...] = (
     VerticalStatisticsKind(),
     HorizontalLrKind(),
     VerticalLrKind(),
+    VerticalPredictKind(),
     ConnectivityKind(),
     BandwidthKind(),
     MulBenchmarkKind(),

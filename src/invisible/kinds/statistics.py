@@ -37,7 +37,6 @@ from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
 from invisible.kinds.secure_sum import MAX_ROWS, numeric_column
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray
 from invisible.protocols.mpc.statistics import (
@@ -139,11 +138,11 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         return DataUse(rows, rows)
 
     def run(self, params: StatisticsParams, context: JobContext) -> JobOutcome:
+        served = params.serve_as_dealer(context)
+        if served is not None:
+            return served
         channel = context.channel
         parties = params.computing(context.spec.parties)
-        if channel.party_id == params.dealer:
-            served = run_dealer(channel, parties, context.rng)
-            return JobOutcome(output={"tuples_served": served})
         ref = params.inputs[channel.party_id]
         column, clipped = clip_to_bound(context.datasets.get(ref.dataset).column(ref.column),
                                         params.bound)

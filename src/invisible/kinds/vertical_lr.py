@@ -41,23 +41,27 @@ from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.alignments import ALIGNMENT_PREFIX, check_name
 from invisible.kinds.base import (
-    OUT_OF_BOUND_RULE,
     Datasets,
     DataUse,
     DeclaredUse,
     JobContext,
     JobKind,
     JobOutcome,
-    refuse_alike,
 )
-from invisible.kinds.declared import WithDealer, aligned_rows, opened_outputs, release
+from invisible.kinds.declared import (
+    WithDealer,
+    aligned_rows,
+    bounded_columns,
+    column_rows,
+    opened_outputs,
+    release,
+)
 from invisible.kinds.models import make_model
 from invisible.kinds.params import ColumnInputs, Params, param
 from invisible.kinds.results import Result, Table
 from invisible.kinds.secure_sum import numeric_column
-from invisible.protocols.mpc.arithmetic import reveal
+from invisible.protocols.mpc.arithmetic import input_from, matmul, reveal
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.logistic import Schedule, taylor_loss, train
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray, check_range
@@ -181,24 +185,22 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         if party_id == params.dealer:
             return None
         ref = params.inputs[party_id]
-        dataset = datasets.get(ref.dataset)
-        rows = 0
-        for name in ref.columns:
-            rows = int(numeric_column(params.KIND, dataset, ref.dataset, name).shape[0])
+        rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
         cell = min(rows, params.batch_size)  # a step's gradient averages one mini-batch
         if ref.label is not None:
-            label = numeric_column(params.KIND, dataset, ref.dataset, ref.label)
+            label = numeric_column(params.KIND, datasets.get(ref.dataset), ref.dataset,
+                                   ref.label)
             if not np.isin(label, (0, 1)).all():
                 return DataUse(rows, cell, f"the label column '{ref.label}' holds values "
                                            "other than 0 and 1")
         return DataUse(rows, cell)
 
     def run(self, params: VerticalLrParams, context: JobContext) -> JobOutcome:
+        served = params.serve_as_dealer(context)
+        if served is not None:
+            return served
         channel = context.channel
         parties = params.computing(context.spec.parties)
-        if channel.party_id == params.dealer:
-            return JobOutcome(output={"tuples_served": run_dealer(channel, parties,
-                                                                  context.rng)})
         me = channel.party_id
         ref = params.inputs[me]
         assert ref.bounds is not None
@@ -206,13 +208,9 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         if context.models is None or context.models.exists(name):
             raise ConfigError(f"{params.KIND}: a model named '{name}' exists on party '{me}'")
         alignment = aligned_rows(context, ref.dataset, parties)
+        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
+                                   parties)
         dataset = context.datasets.get(ref.dataset)
-        features = np.column_stack([numeric_column(params.KIND, dataset, ref.dataset, c)
-                                    for c in ref.columns]).astype(np.float64)
-        refuse_alike(context, parties, bool((np.abs(features) > np.asarray(ref.bounds)).any()),
-                     OUT_OF_BOUND_RULE, "a value lies beyond the job's declared bound at one "
-                     "or more parties (vertical_lr refuses such values; it never clips them)",
-                     tag="/bounds")
         labels = None
         if ref.label is not None:
             labels = numeric_column(params.KIND, dataset, ref.dataset,
@@ -279,3 +277,160 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
                                     params.epochs)
             losses = decode(opened, FRACTIONAL_BITS).tolist()
         return VerticalLrResult(job, str(names.pop()), losses)
+
+
+# --- prediction: scores of a named model on the rows of an alignment -------------------------
+
+PREDICTIONS = "predictions"
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerticalPredictParams(WithDealer, Params["VerticalPredictResult"]):
+    KIND: ClassVar[str] = "vertical_predict"
+
+    inputs: ColumnInputs = param(
+        "per computing party, the alignment (\"@name\") to score and the model's feature "
+        "columns with their public bounds, as in training",
+        example={"bank": {"dataset": "@common-customers", "columns": ["district"],
+                          "bounds": [8.0]},
+                 "hospital": {"dataset": "@common-customers", "columns": ["district"],
+                              "bounds": [8.0]},
+                 "telco": {"dataset": "@common-customers", "columns": ["district"],
+                           "bounds": [8.0]}})
+    model: str = param("the model the parties keep (a vertical_lr job's)", example="late-payments")
+    dealer: str = param("a dealer node of the job", example="dealer")
+    recipient: str | None = param("the computing party that receives every row's score (the "
+                                  "label holder, or another every policy allows)",
+                                  example="bank")
+    weight_bound: float = param("public bound on every |weight|, as in training", default=8.0,
+                                gt=0, le=1024)
+
+    def check(self, parties: tuple[str, ...]) -> None:
+        self.check_parties(parties, "name columns at two or more parties")
+        if self.recipient is None:
+            raise ConfigError(f"{self.KIND}: 'recipient' must name the party that receives the "
+                              "scores")
+        check_name(self.model)
+        for party, ref in self.inputs.items():
+            if not ref.dataset.startswith(ALIGNMENT_PREFIX) or ref.bounds is None \
+                    or ref.label is not None:
+                raise ConfigError(f"{self.KIND}: party '{party}' must name an alignment "
+                                  "(\"@name\") and its columns with bounds (no label)")
+
+    @property
+    def feature_bound(self) -> float:
+        return max(1.0, *(b for ref in self.inputs.values() for b in (ref.bounds or ())))
+
+
+@dataclass(repr=False, eq=False)
+class VerticalPredictResult(Result):
+    """Where the scores went (they never reach the requester)."""
+
+    recipient: str
+    rows: int | None
+
+    def table(self) -> Table:
+        return Table(("scores went to", "kept as"),
+                     [(self.recipient, f"{PREDICTIONS}/{self.job_id}.csv in its results")])
+
+    def facts(self) -> dict[str, Any]:
+        return {"recipient": self.recipient}
+
+
+class VerticalPredictKind(JobKind[VerticalPredictParams, VerticalPredictResult]):
+    name = "vertical_predict"
+    bounds_values = True
+    params_type = VerticalPredictParams
+    summary = ("scores of a vertical_lr model on the rows of an alignment, computed on shares; "
+               "every row's score goes to one party only (the label holder)")
+
+    def declare(self, params: VerticalPredictParams, party_id: str) -> DeclaredUse | None:
+        return params.declared_use(party_id, lambda ref: ref.columns)
+
+    def plan(self, params: VerticalPredictParams, party_id: str, datasets: Datasets,
+             ) -> DataUse | None:
+        if party_id == params.dealer:
+            return None
+        ref = params.inputs[party_id]
+        rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
+        # A score per row goes to one computing party, never to the requester: no aggregate
+        # is released, and each policy's `recipients` must name that party (see declare).
+        return DataUse(rows, None)
+
+    def run(self, params: VerticalPredictParams, context: JobContext) -> JobOutcome:
+        served = params.serve_as_dealer(context)
+        if served is not None:
+            return served
+        channel = context.channel
+        parties = params.computing(context.spec.parties)
+        me = channel.party_id
+        ref = params.inputs[me]
+        assert ref.bounds is not None and params.recipient is not None
+        if context.models is None:
+            raise ConfigError("this node keeps no models")
+        model = context.models.get(params.model, context.requester)
+        if model.parties != parties or any(
+                model.columns[p] != list(params.inputs[p].columns) for p in parties):
+            raise ConfigError(f"{params.KIND}: model '{params.model}' was trained by parties "
+                              f"{', '.join(model.parties)} on other columns or in another order")
+        alignment = aligned_rows(context, ref.dataset, parties)
+        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
+                                   parties)
+        ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
+        provider = DealerProvider(channel, parties, params.dealer)
+        try:
+            scores = self._scores(ctx, provider, params, model, features, alignment.size,
+                                  context)
+            opened = reveal(ctx, scores, params.recipient, "declared-outputs (scores)")
+        finally:
+            provider.close()
+        outcome = JobOutcome(rows_used=alignment.size, recipient=params.recipient)
+        if opened is not None:
+            values = decode(opened.ravel(), FRACTIONAL_BITS)
+            folder = context.results_dir / PREDICTIONS
+            folder.mkdir(parents=True, exist_ok=True)
+            pd_rows = np.column_stack([alignment.rows, values, 0.5 * (1 + np.tanh(values / 2))])
+            np.savetxt(folder / f"{context.spec.job_id}.csv", pd_rows, delimiter=",",
+                       header="row,score,probability", comments="", fmt=["%d", "%.6f", "%.6f"])
+        outcome.values_opened = alignment.size
+        outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
+                            for o in ctx.record.openings]
+        return outcome
+
+    @staticmethod
+    def _scores(ctx: MpcContext, provider: DealerProvider, params: VerticalPredictParams,
+                model: Any, features: np.ndarray, rows: int, context: JobContext,
+                ) -> SharedArray:
+        """Shares of every row's score x w + b."""
+        f = FRACTIONAL_BITS
+        parties = ctx.parties
+        if model.form == "blocks":  # each party's own partial score, then shared and added
+            partial = features @ model.part[:features.shape[1]]
+            if ctx.me == model.label_holder:
+                partial = partial + model.part[-1]
+            bound = sum(len(params.inputs[p].columns) for p in parties) \
+                * params.feature_bound * params.weight_bound + params.weight_bound
+            total: SharedArray | None = None
+            for owner in parties:
+                part = input_from(ctx, owner, partial if ctx.me == owner else None, bound,
+                                  (rows,), context.rng)
+                total = part if total is None else total + part
+            assert total is not None
+            return total
+        blocks = []
+        for owner in parties:
+            width = len(params.inputs[owner].columns)
+            blocks.append(input_from(ctx, owner, features if ctx.me == owner else None,
+                                     params.feature_bound, (rows, width), context.rng).share)
+        ones = np.full((rows, 1), np.uint64(1 << f) if ctx.is_leader else np.uint64(0),
+                       dtype=np.uint64)
+        x = SharedArray(np.ascontiguousarray(np.concatenate([*blocks, ones], axis=1)),
+                        params.feature_bound, f, ctx.is_leader)
+        w = SharedArray(np.ascontiguousarray(model.part.reshape(-1, 1)), params.weight_bound,
+                        f, ctx.is_leader)
+        scores = matmul(ctx, provider, x, w)
+        return SharedArray(scores.share.ravel(), scores.bound, f, ctx.is_leader)
+
+    def finish(self, params: VerticalPredictParams, job: JobResult) -> VerticalPredictResult:
+        assert params.recipient is not None
+        return VerticalPredictResult(job, params.recipient, None)

@@ -45,21 +45,24 @@ from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
 from invisible.kinds.alignments import ALIGNMENT_PREFIX
 from invisible.kinds.base import (
-    OUT_OF_BOUND_RULE,
     Datasets,
     DataUse,
     DeclaredUse,
     JobContext,
     JobKind,
     JobOutcome,
-    refuse_alike,
 )
-from invisible.kinds.declared import WithDealer, aligned_rows, opened_outputs, release
+from invisible.kinds.declared import (
+    WithDealer,
+    aligned_rows,
+    bounded_columns,
+    column_rows,
+    opened_outputs,
+    release,
+)
 from invisible.kinds.params import ColumnInputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
-from invisible.kinds.secure_sum import numeric_column
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.vertical import (
     FRACTIONAL_BITS,
@@ -74,8 +77,6 @@ from invisible.protocols.mpc.vertical import (
 if TYPE_CHECKING:
     import pandas
 
-BEYOND_BOUND = ("a value lies beyond the job's declared bound at one or more parties "
-                "(vertical_statistics refuses such values; it never clips them)")
 #: The outputs that need a bound on every column (their fixed-point range).
 BOUNDED_OUTPUTS = frozenset({"mean", "variance", "std", "covariance"})
 
@@ -259,27 +260,21 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
         if party_id == params.dealer:
             return None
         ref = params.inputs[party_id]
-        dataset = datasets.get(ref.dataset)
-        rows = [int(numeric_column(params.KIND, dataset, ref.dataset, c).shape[0])
-                for c in ref.columns]
-        return DataUse(rows[0], rows[0])  # every column has the alignment's rows
+        rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
+        return DataUse(rows, rows)  # every column has the alignment's rows
 
     def run(self, params: VerticalStatisticsParams, context: JobContext) -> JobOutcome:
+        served = params.serve_as_dealer(context)
+        if served is not None:
+            return served
         channel = context.channel
         parties = params.computing(context.spec.parties)
-        if channel.party_id == params.dealer:
-            return JobOutcome(output={"tuples_served": run_dealer(channel, parties,
-                                                                  context.rng)})
         me = channel.party_id
         ref = params.inputs[me]
         alignment = aligned_rows(context, ref.dataset, parties)
-        dataset = context.datasets.get(ref.dataset)
         layout = params.layout(context.spec.parties)
-        columns = np.column_stack([numeric_column(params.KIND, dataset, ref.dataset, name)
-                                   for name in ref.columns]).astype(np.float64)
-        if ref.bounds is not None:  # never clipped: see the module docstring
-            beyond = bool((np.abs(columns) > np.asarray(ref.bounds)).any())
-            refuse_alike(context, parties, beyond, OUT_OF_BOUND_RULE, BEYOND_BOUND)
+        columns = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
+                                  parties)  # never clipped: see the module docstring
         rows = alignment.size
         mine = local_columns(columns, ref.bounds or (1.0,) * len(ref.columns), rows,
                              params.ddof)
