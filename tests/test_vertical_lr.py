@@ -174,3 +174,58 @@ def test_a_kept_model_scores_a_new_alignment_for_the_label_holder_only(tmp_path,
     auc = roc_auc_score(guest["y"].to_numpy()[saved["row"]], saved["score"])
     assert auc > 0.98 and ((saved["probability"] > 0) & (saved["probability"] < 1)).all()
     assert not (layout.party_configs["host"].parent / "host-results" / "predictions").exists()
+
+
+def test_the_node_lists_and_deletes_its_models(tmp_path, capsys):
+    from invisible.cli import main
+    from invisible.coordinator.local import write_local_federation
+    from invisible.kinds.models import ModelStore, make_model
+
+    layout = write_local_federation(tmp_path, ["a", "b"])
+    config = layout.party_configs["a"]
+    store = ModelStore(config.parent / "a-results" / "models")
+    store.save(make_model("m1", "vertical_lr", "job-1", "coordinator", ("a", "b"),
+                          {"a": ["x"], "b": ["y"]}, "a", "shares", 16, np.zeros(3, np.uint64)))
+    with pytest.raises(Exception, match="a model named 'm1' exists"):
+        store.save(make_model("m1", "vertical_lr", "job-2", "coordinator", ("a", "b"),
+                              {"a": ["x"], "b": ["y"]}, "a", "shares", 16, np.ones(3)))
+    assert main(["node", "models", "--config", str(config)]) == 0
+    [header, row] = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["name", "kind", "form"]
+    assert row.split()[:4] == ["m1", "vertical_lr", "shares", "a,b"]
+    assert main(["node", "models", "--config", str(config), "--delete", "m1"]) == 0
+    assert not store.exists("m1") and store.list() == []
+    with pytest.raises(Exception, match="no model named 'm1'"):
+        store.get("m1")
+
+
+def test_the_vertical_estimator_fits_on_a_psi_result_and_scores_for_the_label_holder(
+        tmp_path, capsys):
+    from test_vertical_kind import columns_of, federation
+
+    from invisible.api import VerticalLogisticRegression
+    from invisible.coordinator.federation import Federation
+    from invisible.coordinator.local import InProcessNodes
+
+    layout, tables = federation(tmp_path, "breast")
+    features = columns_of(tables)
+    ids = {"guest": ("credit", "id"), "host": ("credit", "id")}
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        model = VerticalLogisticRegression(
+            fed, label=("guest", "y"), features=features,
+            bounds={p: [20.0] * len(c) for p, c in features.items()}, dealer="dealer",
+            epochs=3, batch_size=64, name="est", progress=True)
+        with pytest.raises(Exception, match="not fitted yet"):
+            model.predict_proba("nowhere")
+        model.fit(fed.psi(ids, alignment="est-train"))
+        scored = model.predict_proba(fed.psi(ids, alignment="est-later"), job_id="est-scores")
+    assert "3/3" in capsys.readouterr().err  # a progress bar per epoch
+    assert model.model_ == "est" and list(model.history_.columns) == ["epoch", "loss"]
+    assert len(model.history_) == 3 and model.get_params()["epochs"] == 3
+    assert scored.recipient == "guest"
+    saved = pd.read_csv(layout.party_configs["guest"].parent / "guest-results" / "predictions"
+                        / "est-scores.csv")
+    guest = pd.read_csv(tables["guest"][0])
+    assert roc_auc_score(guest["y"].to_numpy()[saved["row"]], saved["score"]) > 0.98
+    png = model.plot_history(tmp_path / "vertical.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from invisible.coordinator.federation import Federation
-from invisible.estimators import HorizontalLogisticRegression
+from invisible.estimators import HorizontalLogisticRegression, VerticalLogisticRegression
 from invisible.jobspec import JobResult
 from invisible.kinds.bandwidth import BandwidthParams, BandwidthResult
 from invisible.kinds.connectivity import ConnectivityParams, ConnectivityResult
@@ -30,6 +30,7 @@ from invisible.kinds.psi import PsiParams, PsiResult
 from invisible.kinds.results import Result
 from invisible.kinds.secure_sum import SecureSumParams, SecureSumResult
 from invisible.kinds.statistics import StatisticsParams, StatisticsResult
+from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
 from invisible.kinds.vertical_statistics import (
     VerticalStatisticsParams,
     VerticalStatisticsResult,
@@ -62,6 +63,9 @@ __all__ = [
     "SecureSumResult",
     "StatisticsParams",
     "StatisticsResult",
+    "VerticalLogisticRegression",
+    "VerticalLrParams",
+    "VerticalPredictParams",
     "VerticalStatisticsParams",
     "VerticalStatisticsResult",
     "alignments",

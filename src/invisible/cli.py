@@ -72,6 +72,29 @@ def _node_alignments(args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_models(args: argparse.Namespace) -> int:
+    from invisible.kinds.models import ModelStore
+    from invisible.node.config import load_party_config
+    from invisible.text import printable
+
+    config = load_party_config(args.config)
+    store = ModelStore(config.results_dir / "models")
+    if args.delete:
+        store.delete(args.delete)
+        print(f"model '{printable(args.delete, 64)}' deleted from party '{config.party_id}'")
+        return 0
+    kept = store.list()
+    if not kept:
+        print(f"party '{config.party_id}' keeps no model")
+        return 0
+    print(f"{'name':30s} {'kind':12s} {'form':7s} {'parties':28s} {'requester':14s} created")
+    for m in kept:
+        print(f"{printable(m.name, 30):30s} {m.kind:12s} {m.form:7s} "
+              f"{printable(','.join(m.parties), 28):28s} {printable(m.requester, 14):14s} "
+              f"{m.created}")
+    return 0
+
+
 def _node_serve(args: argparse.Namespace) -> int:
     # Handlers first: a SIGTERM during start-up must still end in a clean stop.
     stop = threading.Event()
@@ -298,6 +321,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "intersections) this node keeps; expired ones are deleted")
     listing.add_argument("--config", required=True, help="the party's TOML file")
     listing.set_defaults(handler=_node_alignments)
+    models = node.add_parser("models", help="list the trained models this node keeps its part "
+                             "of, or delete one")
+    models.add_argument("--config", required=True, help="the party's TOML file")
+    models.add_argument("--delete", metavar="NAME", help="delete this node's part of a model")
+    models.set_defaults(handler=_node_models)
 
     health = commands.add_parser("health", help="ask every party of a federation if it serves")
     health.add_argument("--coordinator", required=True, help="the coordinator's TOML file")

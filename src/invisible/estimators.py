@@ -31,6 +31,11 @@ import numpy as np
 from invisible.errors import ConfigError
 from invisible.kinds.horizontal_lr import HorizontalLrParams, HorizontalLrResult
 from invisible.kinds.params import ColumnsRef
+from invisible.kinds.vertical_lr import (
+    VerticalLrParams,
+    VerticalPredictParams,
+    VerticalPredictResult,
+)
 
 if TYPE_CHECKING:
     import pandas
@@ -91,11 +96,7 @@ class HorizontalLogisticRegression:
 
     def fit(self, job_id: str | None = None) -> HorizontalLogisticRegression:
         """Train on the parties' data (one job); the model comes back to this requester."""
-        from tqdm import tqdm
-
-        shown = self.progress if self.progress is not None else _interactive()
-        with tqdm(total=self.rounds, desc="horizontal_lr", unit="round",
-                  disable=not shown) as bar:
+        with _progress_bar(self.rounds, "horizontal_lr", "round", self.progress) as bar:
             def advance(done: int, total: int) -> None:
                 bar.update(max(0, done - bar.n))
 
@@ -145,19 +146,118 @@ class HorizontalLogisticRegression:
 
     def plot_history(self, path: str | Path) -> Path:
         """The training loss per round, as a PNG at `path`."""
-        try:
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ConfigError("plot_history needs matplotlib: pip install 'invisible[plot]'"
-                              ) from None
-        history: pandas.DataFrame = self.history_
-        figure = Figure(figsize=(6, 3.5), layout="constrained")
-        axes = figure.add_subplot()
-        axes.plot(history["round"], history["loss"], marker="o")
-        axes.set_xlabel("round")
-        axes.set_ylabel("training loss (weighted over parties)")
-        axes.set_title(f"horizontal_lr job {self.job_id_}")
-        axes.grid(alpha=0.3)
-        target = Path(path)
-        figure.savefig(target, dpi=120)
-        return target
+        return _plot_loss(self.history_, "round", "training loss (weighted over parties)",
+                          f"horizontal_lr job {self.job_id_}", path)
+
+
+def _plot_loss(history: pandas.DataFrame, step: str, label: str, title: str,
+               path: str | Path) -> Path:
+    """history[step] against history["loss"], as a PNG at `path` (no pyplot: no backend is
+    switched in the user's session)."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ConfigError("plot_history needs matplotlib: pip install 'invisible[plot]'"
+                          ) from None
+    figure = Figure(figsize=(6, 3.5), layout="constrained")
+    axes = figure.add_subplot()
+    axes.plot(history[step], history["loss"], marker="o")
+    axes.set_xlabel(step)
+    axes.set_ylabel(label)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    target = Path(path)
+    figure.savefig(target, dpi=120)
+    return target
+
+
+def _progress_bar(total: int, desc: str, unit: str, shown: bool | None) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit,
+                disable=not (shown if shown is not None else _interactive()))
+
+
+class VerticalLogisticRegression:
+    """Logistic regression trained on secret shares by institutions holding different columns
+    about the same people (the ``vertical_lr`` kind), over an alignment (a psi job's result
+    or its name): ``label`` is (party, column) at the label holder, ``features`` maps each
+    party to its columns and ``bounds`` to their public bounds. The model stays at the
+    parties (as shares by default); ``predict_proba`` sends every row's score to the label
+    holder alone. Follows the conventions of this module; there is no ``score`` yet (AUC
+    under MPC, the ``evaluate`` kind, is later work)."""
+
+    def __init__(self, federation: Federation, *, label: tuple[str, str],
+                 features: Mapping[str, Sequence[str]],
+                 bounds: Mapping[str, Sequence[float]], dealer: str, epochs: int = 10,
+                 batch_size: int = 1024, learning_rate: float = 0.1, l2: float = 0.0,
+                 seed: int = 0, weight_bound: float = 8.0, model_to: str = "shares",
+                 name: str | None = None, progress: bool | None = None) -> None:
+        self.federation = federation
+        self.label = label
+        self.features = {p: list(c) for p, c in features.items()}
+        self.bounds = {p: list(b) for p, b in bounds.items()}
+        self.dealer = dealer
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.l2 = l2
+        self.seed = seed
+        self.weight_bound = weight_bound
+        self.model_to = model_to
+        self.name = name
+        self.progress = progress
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (
+            "label", "features", "bounds", "dealer", "epochs", "batch_size", "learning_rate",
+            "l2", "seed", "weight_bound", "model_to", "name", "progress")}
+
+    def _inputs(self, alignment: Any, with_label: bool) -> dict[str, ColumnsRef]:
+        from invisible.kinds.alignments import ALIGNMENT_PREFIX
+        from invisible.kinds.psi import PsiResult
+
+        name = alignment.alignment if isinstance(alignment, PsiResult) else str(alignment)
+        dataset = ALIGNMENT_PREFIX + name.removeprefix(ALIGNMENT_PREFIX)
+        holder, column = self.label
+        return {p: ColumnsRef(dataset, tuple(cols), tuple(float(b) for b in self.bounds[p]),
+                              column if with_label and p == holder else None)
+                for p, cols in self.features.items()}
+
+    def params(self, alignment: Any) -> VerticalLrParams:
+        """The training job these hyperparameters make on `alignment`."""
+        return VerticalLrParams(
+            inputs=self._inputs(alignment, True), dealer=self.dealer, epochs=self.epochs,
+            batch_size=self.batch_size, learning_rate=float(self.learning_rate),
+            l2=float(self.l2), seed=self.seed, weight_bound=float(self.weight_bound),
+            model=self.name, model_to=self.model_to)
+
+    def fit(self, alignment: Any, job_id: str | None = None) -> VerticalLogisticRegression:
+        """Train on the rows of `alignment`; the model stays at the parties as `model_`."""
+        with _progress_bar(self.epochs, "vertical_lr", "epoch", self.progress) as bar:
+            result = self.federation.run(
+                self.params(alignment), job_id=job_id,
+                progress=lambda done, total: bar.update(max(0, done - bar.n)))
+            bar.update(self.epochs - bar.n)
+        self.result_ = result
+        self.model_ = result.model
+        self.job_id_ = result.job_id
+        self.history_ = result.history()
+        self.n_epochs_ = self.epochs
+        return self
+
+    def predict_proba(self, alignment: Any, job_id: str | None = None) -> VerticalPredictResult:
+        """Score the rows of `alignment` (a later psi's): every row's score and probability
+        go to the label holder alone (its results' predictions/<job>.csv); this requester
+        gets where they went, nothing of them."""
+        if not hasattr(self, "model_"):
+            raise ConfigError("this estimator is not fitted yet: call fit() first")
+        params = VerticalPredictParams(
+            inputs=self._inputs(alignment, False), model=self.model_, dealer=self.dealer,
+            recipient=self.label[0], weight_bound=float(self.weight_bound))
+        return self.federation.run(params, job_id=job_id)
+
+    def plot_history(self, path: str | Path) -> Path:
+        """The training loss per epoch, as a PNG at `path`."""
+        return _plot_loss(self.history_, "epoch", "training loss (quadratic approximation)",
+                          f"vertical_lr job {self.job_id_}", path)
