@@ -93,8 +93,10 @@ _FLOWER_LR = textwrap.dedent("""
             w = np.concatenate([parameters[0], parameters[1]]).astype(float)
             x, y = data[self.cid]
             rnd = int(config.get("server_round", 1)) - 1
-            for idx in np.array_split(order(parties[self.cid], rnd, len(y)),
-                                      range(batch, len(y), batch)):
+            rows = order(parties[self.cid], rnd, len(y))
+            count = max(1, len(y) // batch)  # a remainder joins the last batch, as ours
+            for idx in [rows[i * batch:(i + 1) * batch] for i in range(count - 1)] + \
+                    [rows[(count - 1) * batch:]]:
                 residual = 0.5 * (1 + np.tanh(0.5 * (x[idx] @ w[:-1] + w[-1]))) - y[idx]
                 gradient = np.concatenate([x[idx].T @ residual / idx.size, [residual.mean()]])
                 w = w - lr * gradient

@@ -78,8 +78,10 @@ _SPU = textwrap.dedent("""
 
     def epoch(xs, ys, w):
         xs = jnp.concatenate([xs, jnp.ones((xs.shape[0], 1), xs.dtype)], axis=1)
-        for start in range(0, rows, batch):
-            xb, yb = xs[start:start + batch], ys[start:start + batch].reshape(-1, 1)
+        count = max(1, rows // batch)  # a remainder joins the last batch, as ours
+        for i in range(count):
+            end = (i + 1) * batch if i < count - 1 else rows
+            xb, yb = xs[i * batch:end], ys[i * batch:end].reshape(-1, 1)
             g = xb.T @ (t1(xb @ w) - yb) / xb.shape[0]
             w = w - lr * g
         return w

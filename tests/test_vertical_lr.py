@@ -9,17 +9,21 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import roc_auc_score
 from test_mpc import grpc_engine, inprocess_engine  # noqa: F401  (grpc_engine: a fixture)
 
 from invisible.crypto.fixedpoint import decode
 from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import reconstruct
+from invisible.errors import ConfigError
 from invisible.protocols.mpc.logistic import (
     SIGMOID_MAX_ERROR,
     Schedule,
@@ -125,6 +129,8 @@ def test_psi_then_training_keeps_the_float64_model_as_shares_at_the_parties(tmp_
     parts = [ModelStore(layout.party_configs[p].parent / f"{p}-results" / "models").get(
         "breast-lr") for p in ("guest", "host")]  # read after the nodes stopped: kept on disk
     assert {m.form for m in parts} == {"shares"} and parts[0].label_holder == "guest"
+    with pytest.raises(ConfigError, match="unknown parameter"):  # no weights to any party
+        VerticalLrParams.read({**params.to_json(), "model_to": "blocks"})
     weights = decode(reconstruct(np.stack([m.part for m in parts])), 16)
     assert np.max(np.abs(weights - plain)) <= 1e-3
     assert result.model == "breast-lr" and len(result.losses) == 4
@@ -137,8 +143,7 @@ def test_psi_then_training_keeps_the_float64_model_as_shares_at_the_parties(tmp_
     assert seen and seen[-1][1] == 4
 
 
-@pytest.mark.parametrize("model_to", ["shares", "blocks"])
-def test_a_kept_model_scores_a_new_alignment_for_the_label_holder_only(tmp_path, model_to):
+def test_a_kept_model_scores_a_new_alignment_for_the_label_holder_only(tmp_path):
     from test_vertical_kind import columns_of, federation
 
     from invisible.coordinator.federation import Federation
@@ -158,7 +163,7 @@ def test_a_kept_model_scores_a_new_alignment_for_the_label_holder_only(tmp_path,
     with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
         fed.psi(ids, alignment="train")
         fed.run(VerticalLrParams(inputs=inputs("@train"), dealer="dealer", epochs=2,
-                                 batch_size=64, model="m", model_to=model_to, losses=False))
+                                 batch_size=64, model="m", losses=False))
         fed.psi(ids, alignment="later")
     with InProcessNodes(layout) as nodes, \
             Federation.from_config(layout.coordinator_config) as fed:  # after a restart
@@ -229,3 +234,92 @@ def test_the_vertical_estimator_fits_on_a_psi_result_and_scores_for_the_label_ho
     assert roc_auc_score(guest["y"].to_numpy()[saved["row"]], saved["score"]) > 0.98
     png = model.plot_history(tmp_path / "vertical.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+# --- what an attacker's review found (each test failed before its fix) -----------------------
+
+def test_weights_beyond_their_bound_are_clipped_on_shares_as_in_float64():
+    """A weight beyond weight_bound made the sigmoid's narrow comparison wrap: the model
+    came out [1881.7, 1881.7, -2682.3] where float64 gave [9.24, 9.24, 0.17], silently."""
+    joined, guest, host = breast()
+    y = joined["y"].to_numpy(float)
+    blocks = [joined[guest].to_numpy(), joined[host].to_numpy()]
+    schedule = Schedule(epochs=2, batch_size=32, learning_rate=0.5, l2=0.0, seed=2,
+                        weight_bound=0.25)
+    weights, _ = run(inprocess_engine(2), blocks, y, schedule)
+    plain = train_plain(np.concatenate(blocks, axis=1), y, schedule)
+    assert np.abs(plain).max() == pytest.approx(0.25)  # the bound binds
+    assert np.max(np.abs(weights - plain)) <= 1e-3
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.integers(1, 300), size=st.integers(1, 100))
+def test_every_mini_batch_holds_a_batch_of_rows(rows, size):
+    """A remainder alone in the last batch let a requester who knows the public order put a
+    chosen row there, alone (its label came out of the model, 20 of 20 times)."""
+    from invisible.protocols.batches import mini_batches
+
+    order = np.random.default_rng(rows).permutation(rows)
+    batches = mini_batches(order, size)
+    assert np.array_equal(np.concatenate(batches), order)
+    assert min(b.size for b in batches) >= min(rows, size)
+
+
+def test_nothing_that_counts_the_rows_of_an_unreleased_alignment_reaches_the_requester(
+        tmp_path):
+    """The openings listed per batch, and predict's values opened (one per row), gave the
+    size psi had kept from the requester."""
+    from test_vertical_kind import columns_of, federation
+
+    from invisible.coordinator.federation import Federation
+    from invisible.coordinator.local import InProcessNodes
+    from invisible.kinds.params import ColumnsRef
+    from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+
+    layout, tables = federation(tmp_path, "breast")
+    features = columns_of(tables)
+    bounds = {"guest": (20.0,) * 10, "host": (20.0,) * 20}
+    ids = {"guest": ("credit", "id"), "host": ("credit", "id")}
+
+    def inputs(label):
+        return {p: ColumnsRef("@hidden", tuple(features[p]), bounds[p],
+                              "y" if label and p == "guest" else None) for p in features}
+
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi(ids, alignment="hidden")
+        size = nodes.nodes["guest"].executor.alignments.get("hidden").size
+        trained = fed.run(VerticalLrParams(inputs=inputs(True), dealer="dealer", epochs=1,
+                                           batch_size=64, model="h"), job_id="t")
+        scored = fed.run(VerticalPredictParams(inputs=inputs(False), model="h", dealer="dealer",
+                                               recipient="guest"), job_id="p")
+        own = [e for e in nodes.nodes["guest"].ledger.entries() if e.job_id == "p"]
+    for result in (trained, scored):
+        for party in ("guest", "host"):
+            text = json.dumps({"receipts": result.receipts[party],
+                               "output": result.job.outputs[party],
+                               "record": result.records[party].__dict__})
+            assert '"openings"' not in text.replace('"openings": []', "")
+            assert result.records[party].values_opened == 0
+            assert all(r["rows"] == 0 and r["body"]["values_opened"] == 0
+                       and r["body"]["outputs"].get("values_opened", 0) == 0
+                       for r in result.receipts[party])
+    assert [e.body["values_opened"] for e in own if e.event == "rows"] == [size]  # kept here
+
+
+def test_every_range_is_planned_from_the_parameters_so_no_error_depends_on_the_rows():
+    """A bound chosen near a range's edge made the loss fail or run by the row count (63 rows
+    failed at B = 2^29/63 and ran at 2^29/64): the plan now uses max_rows, a parameter."""
+    from invisible.kinds.params import ColumnsRef
+    from invisible.kinds.vertical_lr import VerticalLrParams
+
+    def params(bound, **changes):
+        return VerticalLrParams(inputs={"a": ColumnsRef("@x", ("c",), (bound,), "y"),
+                                        "b": ColumnsRef("@x", ("d",), (bound,))},
+                                dealer="dealer", **changes)
+
+    params(100.0).check(("a", "b", "dealer"))
+    with pytest.raises(ConfigError, match="vertical_lr loss: .* lower the bounds, weight_bound "
+                                          "or max_rows"):
+        params(2.0**12).check(("a", "b", "dealer"))
+    params(2.0**12, losses=False).check(("a", "b", "dealer"))
+    params(2.0**12, max_rows=1000).check(("a", "b", "dealer"))

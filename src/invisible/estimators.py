@@ -183,7 +183,7 @@ class VerticalLogisticRegression:
     about the same people (the ``vertical_lr`` kind), over an alignment (a psi job's result
     or its name): ``label`` is (party, column) at the label holder, ``features`` maps each
     party to its columns and ``bounds`` to their public bounds. The model stays at the
-    parties (as shares by default); ``predict_proba`` sends every row's score to the label
+    parties as shares; ``predict_proba`` sends every row's score to the label
     holder alone. Follows the conventions of this module; there is no ``score`` yet (AUC
     under MPC, the ``evaluate`` kind, is later work)."""
 
@@ -191,8 +191,8 @@ class VerticalLogisticRegression:
                  features: Mapping[str, Sequence[str]],
                  bounds: Mapping[str, Sequence[float]], dealer: str, epochs: int = 10,
                  batch_size: int = 1024, learning_rate: float = 0.1, l2: float = 0.0,
-                 seed: int = 0, weight_bound: float = 8.0, model_to: str = "shares",
-                 name: str | None = None, progress: bool | None = None) -> None:
+                 seed: int = 0, weight_bound: float = 8.0, name: str | None = None,
+                 progress: bool | None = None) -> None:
         self.federation = federation
         self.label = label
         self.features = {p: list(c) for p, c in features.items()}
@@ -204,14 +204,13 @@ class VerticalLogisticRegression:
         self.l2 = l2
         self.seed = seed
         self.weight_bound = weight_bound
-        self.model_to = model_to
         self.name = name
         self.progress = progress
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "label", "features", "bounds", "dealer", "epochs", "batch_size", "learning_rate",
-            "l2", "seed", "weight_bound", "model_to", "name", "progress")}
+            "l2", "seed", "weight_bound", "name", "progress")}
 
     def _inputs(self, alignment: Any, with_label: bool) -> dict[str, ColumnsRef]:
         from invisible.kinds.alignments import ALIGNMENT_PREFIX
@@ -230,7 +229,7 @@ class VerticalLogisticRegression:
             inputs=self._inputs(alignment, True), dealer=self.dealer, epochs=self.epochs,
             batch_size=self.batch_size, learning_rate=float(self.learning_rate),
             l2=float(self.l2), seed=self.seed, weight_bound=float(self.weight_bound),
-            model=self.name, model_to=self.model_to)
+            model=self.name)
 
     def fit(self, alignment: Any, job_id: str | None = None) -> VerticalLogisticRegression:
         """Train on the rows of `alignment`; the model stays at the parties as `model_`."""

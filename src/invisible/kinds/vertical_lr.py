@@ -16,11 +16,10 @@ Declared outputs:
   computed on shares, to the requester (each party releases a share) or a
   recipient party;
 - the model stays at the parties under a name (default: the job id), as
-  each party's additive share of every weight (``model_to = "shares"``, the
-  default), or, with ``model_to = "blocks"``, opened block by block to the
-  party that holds those columns (the intercept to the label holder): each
-  party then learns its own weights, and every policy must allow it
-  (a recipient of its own data's outputs, which the policy always allows).
+  each party's additive share of every weight. (Opening each party's own
+  weights to it is not offered: those weights are computed from the label
+  holder's labels too, and one epoch of one batch gave a feature holder
+  every label of a small alignment.)
 
 Rules: a value beyond its bound refuses the job at every party alike (never
 clipped, as for every kind over an alignment); k counts a mini-batch
@@ -100,10 +99,9 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
                                 "planned for", default=8.0, gt=0, le=1024)
     model: str | None = param("the name the parties keep the model under (default: the job "
                               "id)", default=None, example="late-payments")
-    model_to: str = param("the model stays as shares at the parties, or each party learns "
-                          "the weights of its own columns", default="shares",
-                          choices=("shares", "blocks"))
     losses: bool = param("open the training loss of each epoch's model", default=True)
+    max_rows: int = param("public bound on the alignment's rows (the loss's fixed-point range "
+                          "is planned for it)", default=100_000, ge=1, le=10_000_000)
 
     def check(self, parties: tuple[str, ...]) -> None:
         kind = self.KIND
@@ -120,11 +118,19 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
             raise ConfigError(f"{kind}: learning_rate x l2 must be at most {MAX_DECAY}")
         if self.model is not None:
             check_name(self.model)
+        # Every range the protocol will check, planned from the parameters alone, so that no
+        # error depends on the rows (a batch holds at most 2 batch_size - 1 rows).
+        scores = (self.columns + 1) * self.feature_bound * self.weight_bound
+        plans = [(scores * 2.0**FRACTIONAL_BITS, "vertical_lr scores"),
+                 ((2 * self.batch_size) * self.feature_bound * 2.0 * 2.0**FRACTIONAL_BITS,
+                  "vertical_lr gradients")]
+        if self.losses:
+            plans.append((2.0 * self.max_rows * (scores**2 + 8 * scores), "vertical_lr loss"))
         try:
-            check_range((self.columns + 1) * self.feature_bound * self.weight_bound
-                        * 2.0**FRACTIONAL_BITS, FRACTIONAL_BITS, "vertical_lr scores")
+            for bound, what in plans:
+                check_range(bound, FRACTIONAL_BITS, what)
         except ProtocolError as exc:
-            raise ConfigError(f"{exc}: lower the bounds or weight_bound") from None
+            raise ConfigError(f"{exc}: lower the bounds, weight_bound or max_rows") from None
 
     @property
     def label_holder(self) -> str:
@@ -187,6 +193,8 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         ref = params.inputs[party_id]
         rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
         cell = min(rows, params.batch_size)  # a step's gradient averages one mini-batch
+        if rows > params.max_rows:
+            return DataUse(rows, cell, "the alignment has more rows than the job's max_rows")
         if ref.label is not None:
             label = numeric_column(params.KIND, datasets.get(ref.dataset), ref.dataset,
                                    ref.label)
@@ -230,9 +238,6 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             weights = train(ctx, provider, counts, bounds, params.label_holder, alignment.size,
                             params.schedule(), features, labels, context.rng, after_epoch)
             part, form = weights.share.ravel(), "shares"
-            if params.model_to == "blocks":
-                part, form = self._blocks(ctx, provider, params, parties, counts, weights), \
-                    "blocks"
             outcome = JobOutcome(rows_used=alignment.size)
             outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
                                 for o in ctx.record.openings]
@@ -247,25 +252,6 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             FRACTIONAL_BITS, part))
         outcome.output = {"model": name, "openings": outcome.openings}
         return outcome
-
-    @staticmethod
-    def _blocks(ctx: MpcContext, provider: DealerProvider, params: VerticalLrParams,
-                parties: tuple[str, ...], counts: tuple[int, ...], weights: SharedArray,
-                ) -> np.ndarray:
-        """Open each party's weights to it (the intercept to the label holder)."""
-        mine = np.zeros(0)
-        start = 0
-        for party, count in zip(parties, counts, strict=True):
-            rows = list(range(start, start + count))
-            if party == params.label_holder:
-                rows.append(weights.shape[0] - 1)
-            block = SharedArray(np.ascontiguousarray(weights.share[rows]), weights.bound,
-                                FRACTIONAL_BITS, ctx.is_leader)
-            opened = reveal(ctx, block, party, "model block")
-            if opened is not None:
-                mine = decode(opened.ravel(), FRACTIONAL_BITS)
-            start += count
-        return mine
 
     def finish(self, params: VerticalLrParams, job: JobResult) -> VerticalLrResult:
         names = {job.outputs[p].get("model") for p in params.computing(job.parties)}
@@ -404,19 +390,8 @@ class VerticalPredictKind(JobKind[VerticalPredictParams, VerticalPredictResult])
         """Shares of every row's score x w + b."""
         f = FRACTIONAL_BITS
         parties = ctx.parties
-        if model.form == "blocks":  # each party's own partial score, then shared and added
-            partial = features @ model.part[:features.shape[1]]
-            if ctx.me == model.label_holder:
-                partial = partial + model.part[-1]
-            bound = sum(len(params.inputs[p].columns) for p in parties) \
-                * params.feature_bound * params.weight_bound + params.weight_bound
-            total: SharedArray | None = None
-            for owner in parties:
-                part = input_from(ctx, owner, partial if ctx.me == owner else None, bound,
-                                  (rows,), context.rng)
-                total = part if total is None else total + part
-            assert total is not None
-            return total
+        if model.form != "shares":
+            raise ConfigError(f"model '{model.name}' is not kept as shares")
         blocks = []
         for owner in parties:
             width = len(params.inputs[owner].columns)

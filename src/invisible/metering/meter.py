@@ -270,10 +270,16 @@ class Meter:
         For a job whose rows are private, the rows go into a `rows` entry of this node's
         own ledger first, and the terminal entry (the receipt) says 0."""
         touched = rows
-        if job.rows_private and rows:
-            self.store.append(job.pending(PRIVATE_ROWS, rows=rows))
+        if job.rows_private and (rows or record.get("values_opened")):
+            # The rows, and what counts them (values opened, the openings), in this node's
+            # own ledger only.
+            self.store.append(job.pending(PRIVATE_ROWS, rows=rows,
+                                          values_opened=record.get("values_opened", 0),
+                                          openings=body.pop("openings", [])))
             rows = 0
-            record = {**record, "rows_used": 0}
+            record = {**record, "rows_used": 0, "values_opened": 0}
+            if isinstance(body.get("outputs"), dict):
+                body["outputs"] = {**body["outputs"], "values_opened": 0}
         entry = self.store.append(job.pending(event, rows=rows, **record, **body))[-1]
         self.metrics.jobs(job.kind, event).inc()
         if event == "finished" and job.use is not None:

@@ -317,8 +317,9 @@ class JobExecutor:
             entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
                                      outputs=self._released(run, outcome),
                                      openings=outcome.openings)
-            if run.meta.rows_private:  # the requester sees what the receipt says: no rows
-                record.rows_used = 0
+            if run.meta.rows_private:  # the requester sees what the receipt says: nothing
+                record.rows_used = record.values_opened = 0  # that counts the rows
+                outcome.output.pop("openings", None)
             return JobStatus(run.spec.job_id, JobState.FINISHED, record=record,
                              output=outcome.output, arrays=outcome.arrays,
                              receipts=[entry.to_json()])

@@ -60,6 +60,7 @@ import numpy as np
 from invisible.crypto.fixedpoint import check_sum_capacity, decode, encode
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
+from invisible.protocols.batches import mini_batches
 from invisible.protocols.channel import Channel
 from invisible.protocols.secure_sum import mask_with
 from invisible.protocols.seeds import PairwiseSecrets, agree_pairwise_secrets
@@ -167,8 +168,7 @@ def local_update(features: np.ndarray, labels: np.ndarray, model: np.ndarray,
     rows = features.shape[0]
     for epoch in range(schedule.local_epochs):
         order = batch_order(schedule.seed, party, round_, epoch, rows)
-        for start in range(0, rows, schedule.batch_size):
-            batch = order[start:start + schedule.batch_size]
+        for batch in mini_batches(order, schedule.batch_size):  # a remainder joins the last
             x, y = features[batch], labels[batch]
             residual = probabilities(x, w) - y
             gradient = np.empty_like(w)

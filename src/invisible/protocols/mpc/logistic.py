@@ -23,7 +23,10 @@ bound on every |weight| that the fixed-point range is planned for.
    - r = s - y_B; g = X_B^T r (a Beaver matrix product, truncated);
    - w <- (1 - lr l2) w - (lr / b) g, the factor lr / b applied as
      lr 2^k / b then an exact truncation by k bits (2^k >= b), so that a
-     small factor loses no precision at f fractional bits.
+     small factor loses no precision at f fractional bits;
+   - w is clipped to [-W, W] (one stacked narrow comparison and selection
+     on d + 1 values): every later product stays in the range planned for
+     it (weights beyond W made the sigmoid's comparison wrap silently).
 4. The weights stay shared: each party ends with its share of w.
 
 What each party learns: only masked openings (Beaver differences, masked
@@ -46,6 +49,7 @@ import numpy as np
 from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
+from invisible.protocols.batches import mini_batches
 from invisible.protocols.mpc.arithmetic import (
     input_from,
     matmul,
@@ -83,8 +87,8 @@ def batch_order(seed: int, epoch: int, rows: int) -> np.ndarray:
 
 
 def batches(schedule: Schedule, rows: int, epoch: int) -> list[np.ndarray]:
-    order = batch_order(schedule.seed, epoch, rows)
-    return [order[i:i + schedule.batch_size] for i in range(0, rows, schedule.batch_size)]
+    """The epoch's batches: a remainder joins the last full batch (see .batches)."""
+    return mini_batches(batch_order(schedule.seed, epoch, rows), schedule.batch_size)
 
 
 def sigmoid_t1(z: np.ndarray) -> np.ndarray:
@@ -105,6 +109,7 @@ def train_plain(features: np.ndarray, labels: np.ndarray, schedule: Schedule) ->
             residual = sigmoid_t1(x[rows] @ w) - labels[rows]
             w = (1.0 - schedule.learning_rate * schedule.l2) * w \
                 - schedule.learning_rate / rows.size * (x[rows].T @ residual)
+            w = np.clip(w, -schedule.weight_bound, schedule.weight_bound)
     return w
 
 
@@ -183,10 +188,25 @@ def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
                                    schedule.learning_rate * feature_bound * 2.0, f,
                                    ctx.is_leader)
             decayed = w if decay == 1.0 else mul_public(ctx, provider, w, decay)
-            w = SharedArray((decayed - step).share, w_bound, f, ctx.is_leader)
+            w = _clip(ctx, provider, decayed - step, w_bound)
         if on_epoch is not None:
             on_epoch(epoch, w, x, y)
     return w
+
+
+def _clip(ctx: MpcContext, provider: TupleProvider, w: SharedArray, limit: float,
+          ) -> SharedArray:
+    """min(max(w, -limit), limit) on shares: weights never leave the bound the fixed-point
+    range is planned for (beyond it the narrow comparison of the sigmoid is not exact)."""
+    f = w.fractional_bits
+    low = w + limit  # < 0: too low
+    high = -w + limit  # < 0: too high
+    both = np.concatenate([low.share, high.share])
+    bits = less_than_zero_narrow(ctx, provider, SharedArray(both, w.bound + limit, f,
+                                                            ctx.is_leader))
+    moved = mul_ring(ctx, provider, bits, both)  # [w < -W] (w + W), [w > W] (W - w)
+    half = w.share.shape[0]
+    return SharedArray(w.share - moved[:half] + moved[half:], limit, f, ctx.is_leader)
 
 
 def _sigmoid(ctx: MpcContext, provider: TupleProvider, z: SharedArray) -> SharedArray:
