@@ -117,7 +117,7 @@ def test_a_non_finite_update_stops_the_round_before_anything_is_sent():
                 raise PolicyError("flagged")
 
         try:
-            fedavg(channel, *data[channel.party_id], schedule(), 1000, 24, check)
+            fedavg(channel, *data[channel.party_id], schedule(batch_size=16), 1000, 24, check)
         except PolicyError:
             channel.abort()
             return "flagged"
@@ -459,3 +459,11 @@ def test_a_clipped_update_never_exceeds_its_bound_by_an_ulp(clip, big):
     update = local_update(features, np.array([1.0]), np.zeros(4),
                           schedule(clip=clip, learning_rate=2.0, l2=0.0, batch_size=1), "a", 0)
     assert np.abs(update).max() <= clip
+
+
+def test_a_huge_update_is_scaled_to_its_bound_not_to_zero():
+    """The plain norm of an update of entries near 1e200 overflowed to inf, and scaling by
+    clip / inf gave a silent all-zero update."""
+    update = local_update(np.array([[1e200, 0.0, 0.0]]), np.array([1.0]), np.zeros(4),
+                          schedule(clip=3.0, batch_size=1), "a", 0)
+    assert np.isfinite(update).all() and np.linalg.norm(update) == pytest.approx(3.0)

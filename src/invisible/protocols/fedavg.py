@@ -176,7 +176,10 @@ def local_update(features: np.ndarray, labels: np.ndarray, model: np.ndarray,
             gradient[-1] = residual.mean()
             w -= schedule.learning_rate * gradient
     update = w - model
-    norm = float(np.linalg.norm(update))
+    largest = float(np.abs(update).max()) if update.size else 0.0
+    # Scaled: the plain sum of squares overflows from |u| ~ 1e154, and an update scaled by
+    # clip / inf would come out as a silent 0.
+    norm = largest * float(np.linalg.norm(update / largest)) if largest > 0 else 0.0
     if norm > schedule.clip:
         update *= schedule.clip / norm
         np.clip(update, -schedule.clip, schedule.clip, out=update)  # no ulp beyond the bound
