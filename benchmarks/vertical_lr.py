@@ -157,7 +157,8 @@ def run(quick: bool) -> list[Row]:
             ours = measure(train_once, repeats=1 if quick else 2, warmup=0)
         result = models[-1]
         base = {p: layout.party_configs[p].parent / f"{p}-results" for p in ("guest", "host")}
-        parts = [ModelStore(base[p] / "models").get(result.model).part for p in ("guest", "host")]
+        parts = [ModelStore(base[p] / "models").get(result.model, "coordinator").part
+                 for p in ("guest", "host")]
         w = decode(reconstruct(np.stack(parts)), FRACTIONAL_BITS)
         aligned = {p: AlignmentStore(base[p] / "alignments").get("train").rows
                    for p in ("guest", "host")}

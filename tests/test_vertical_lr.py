@@ -127,7 +127,7 @@ def test_psi_then_training_keeps_the_float64_model_as_shares_at_the_parties(tmp_
     plain = train_plain(x, y, params.schedule())
     from invisible.kinds.models import ModelStore
     parts = [ModelStore(layout.party_configs[p].parent / f"{p}-results" / "models").get(
-        "breast-lr") for p in ("guest", "host")]  # read after the nodes stopped: kept on disk
+        "breast-lr", "coordinator") for p in ("guest", "host")]  # read after the nodes stopped: kept on disk
     assert {m.form for m in parts} == {"shares"} and parts[0].label_holder == "guest"
     with pytest.raises(ConfigError, match="unknown parameter"):  # no weights to any party
         VerticalLrParams.read({**params.to_json(), "model_to": "blocks"})
@@ -198,10 +198,12 @@ def test_the_node_lists_and_deletes_its_models(tmp_path, capsys):
     [header, row] = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["name", "kind", "form"]
     assert row.split()[:4] == ["m1", "vertical_lr", "shares", "a,b"]
-    assert main(["node", "models", "--config", str(config), "--delete", "m1"]) == 0
-    assert not store.exists("m1") and store.list() == []
+    assert main(["node", "models", "--config", str(config), "--delete", "m1"]) == 2
+    assert main(["node", "models", "--config", str(config), "--delete", "m1",
+                 "--requester", "coordinator"]) == 0
+    assert not store.exists("m1", "coordinator") and store.list() == []
     with pytest.raises(Exception, match="no model named 'm1'"):
-        store.get("m1")
+        store.get("m1", "coordinator")
 
 
 def test_the_vertical_estimator_fits_on_a_psi_result_and_scores_for_the_label_holder(
@@ -323,3 +325,51 @@ def test_every_range_is_planned_from_the_parameters_so_no_error_depends_on_the_r
         params(2.0**12).check(("a", "b", "dealer"))
     params(2.0**12, losses=False).check(("a", "b", "dealer"))
     params(2.0**12, max_rows=1000).check(("a", "b", "dealer"))
+
+
+def test_models_are_each_requesters_own_and_their_parts_must_come_from_one_job(tmp_path):
+    """A model name taken by one requester told another that it existed (and could be
+    squatted); a party holding a part from another training job was not noticed."""
+    import shutil
+
+    from test_vertical_kind import columns_of, federation
+
+    from invisible.coordinator.federation import Federation
+    from invisible.coordinator.local import InProcessNodes
+    from invisible.errors import ProtocolError
+    from invisible.kinds.params import ColumnsRef
+    from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+
+    layout, tables = federation(tmp_path, "breast", coordinators=("coordinator", "other"))
+    features = columns_of(tables)
+    bounds = {"guest": (20.0,) * 10, "host": (20.0,) * 20}
+    ids = {"guest": ("credit", "id"), "host": ("credit", "id")}
+
+    def inputs(alignment, label=True):
+        return {p: ColumnsRef(alignment, tuple(features[p]), bounds[p],
+                              "y" if label and p == "guest" else None) for p in features}
+
+    def training(alignment, name):
+        return VerticalLrParams(inputs=inputs(alignment), dealer="dealer", epochs=1,
+                                batch_size=128, model=name, losses=False)
+
+    with InProcessNodes(layout):
+        with Federation.from_config(layout.coordinator_configs["coordinator"]) as fed:
+            fed.psi(ids, alignment="a")
+            fed.run(training("@a", "same"))
+            fed.run(training("@a", "other-job"))
+        with Federation.from_config(layout.coordinator_configs["other"]) as other:
+            other.psi(ids, alignment="b")
+            other.run(training("@b", "same"))  # its own name: nothing told, nothing taken
+            with pytest.raises(ProtocolError, match="no model named 'other-job'"):
+                other.run(VerticalPredictParams(inputs=inputs("@b", False), model="other-job",
+                                                dealer="dealer", recipient="guest"))
+    host = layout.party_configs["host"].parent / "host-results" / "models" / "coordinator"
+    (host / "same.npz").unlink()
+    shutil.copy(host / "other-job.npz", host / "same.npz")  # a part of another job
+    with InProcessNodes(layout), \
+            Federation.from_config(layout.coordinator_configs["coordinator"]) as fed, \
+            pytest.raises(ProtocolError, match="parts of model 'same' come from different "
+                                               "training jobs"):
+        fed.run(VerticalPredictParams(inputs=inputs("@a", False), model="same",
+                                      dealer="dealer", recipient="guest"))

@@ -80,8 +80,13 @@ def _node_models(args: argparse.Namespace) -> int:
     config = load_party_config(args.config)
     store = ModelStore(config.results_dir / "models")
     if args.delete:
-        store.delete(args.delete)
-        print(f"model '{printable(args.delete, 64)}' deleted from party '{config.party_id}'")
+        if not args.requester:
+            print("invisible: error: --delete needs --requester (each requester names its own "
+                  "models)", file=sys.stderr)
+            return 2
+        store.delete(args.delete, args.requester)
+        print(f"model '{printable(args.delete, 64)}' of '{printable(args.requester, 64)}' "
+              f"deleted from party '{config.party_id}'")
         return 0
     kept = store.list()
     if not kept:
@@ -325,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "of, or delete one")
     models.add_argument("--config", required=True, help="the party's TOML file")
     models.add_argument("--delete", metavar="NAME", help="delete this node's part of a model")
+    models.add_argument("--requester", help="whose model --delete names")
     models.set_defaults(handler=_node_models)
 
     health = commands.add_parser("health", help="ask every party of a federation if it serves")

@@ -140,14 +140,22 @@ def aligned_rows(context: JobContext, dataset: str, parties: Sequence[str]) -> A
     if missing:
         raise ConfigError(f"alignment '{alignment.name}' at party '{context.channel.party_id}' "
                           f"holds no rows in common with {', '.join(map(repr, missing))}")
-    digest = hashlib.sha256(canonical_json({"job": alignment.job_id,
-                                            "rows": alignment.size})).digest()
-    peers = [p for p in parties if p != context.channel.party_id]
-    context.channel.send_to_each(AGREE_STEP, {p: digest for p in peers})
-    if any(context.channel.recv_bytes(p, AGREE_STEP, len(digest)) != digest for p in peers):
-        raise ProtocolError("the parties' alignments are not the rows of one intersection "
-                            "(another psi job, or other rows)")
+    agree(context, parties, AGREE_STEP, {"job": alignment.job_id, "rows": alignment.size},
+          "the parties' alignments are not the rows of one intersection (another psi job, "
+          "or other rows)")
     return alignment
+
+
+def agree(context: JobContext, parties: Sequence[str], step: str, facts: dict[str, Any],
+          mismatch: str) -> None:
+    """Every one of `parties` checks that all hold the same `facts` (public among them):
+    each sends the others a 32-byte hash of them; any difference raises `mismatch` at
+    every party alike."""
+    digest = hashlib.sha256(canonical_json(facts)).digest()
+    peers = [p for p in parties if p != context.channel.party_id]
+    context.channel.send_to_each(step, {p: digest for p in peers})
+    if any(context.channel.recv_bytes(p, step, len(digest)) != digest for p in peers):
+        raise ProtocolError(mismatch)
 
 
 def bounded_columns(context: JobContext, kind: str, dataset_id: str, columns: Sequence[str],

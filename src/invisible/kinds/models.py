@@ -59,39 +59,38 @@ def make_model(name: str, kind: str, job_id: str, requester: str, parties: tuple
 
 
 class ModelStore:
-    """A node's models, one file each in `folder`."""
+    """A node's models, one file each in `folder`/<requester>/: each requester names its own
+    models (another requester's names are neither visible nor taken)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
-    def _path(self, name: str) -> Path:
-        return self.folder / f"{check_name(name)}.npz"
+    def _path(self, name: str, requester: str) -> Path:
+        return self.folder / check_name(requester) / f"{check_name(name)}.npz"
 
     def save(self, model: Model) -> None:
-        """Keep a new model; a name is used once (ConfigError if it exists)."""
-        write_new(self._path(model.name), model.meta(), "a model", part=model.part)
+        """Keep a new model; a requester uses a name once (ConfigError if it exists)."""
+        write_new(self._path(model.name, model.requester), model.meta(), "a model",
+                  part=model.part)
 
-    def exists(self, name: str) -> bool:
-        return self._path(name).exists()
+    def exists(self, name: str, requester: str) -> bool:
+        return self._path(name, requester).exists()
 
-    def get(self, name: str, requester: str | None = None) -> Model:
-        """The model called `name` (of `requester`, if given: another's is not found)."""
-        path = self._path(name)
+    def get(self, name: str, requester: str) -> Model:
+        """`requester`'s model called `name`."""
+        path = self._path(name, requester)
         if not path.exists():
             raise ConfigError(f"no model named '{name}' on this node")
-        model = self._read(path)
-        if requester is not None and model.requester != requester:
-            raise ConfigError(f"no model named '{name}' on this node")
-        return model
+        return self._read(path)
 
     def list(self) -> list[Model]:
-        return [self._read(p) for p in sorted(self.folder.glob("*.npz"))] \
+        return [self._read(p) for p in sorted(self.folder.glob("*/*.npz"))] \
             if self.folder.exists() else []
 
-    def delete(self, name: str) -> None:
-        path = self._path(name)
+    def delete(self, name: str, requester: str) -> None:
+        path = self._path(name, requester)
         if not path.exists():
-            raise ConfigError(f"no model named '{name}' on this node")
+            raise ConfigError(f"no model named '{name}' of '{requester}' on this node")
         path.unlink()
 
     @staticmethod

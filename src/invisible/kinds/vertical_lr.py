@@ -49,6 +49,7 @@ from invisible.kinds.base import (
 )
 from invisible.kinds.declared import (
     WithDealer,
+    agree,
     aligned_rows,
     bounded_columns,
     column_rows,
@@ -213,7 +214,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         ref = params.inputs[me]
         assert ref.bounds is not None
         name = params.model or context.spec.job_id
-        if context.models is None or context.models.exists(name):
+        if context.models is None or context.models.exists(name, context.requester):
             raise ConfigError(f"{params.KIND}: a model named '{name}' exists on party '{me}'")
         alignment = aligned_rows(context, ref.dataset, parties)
         features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
@@ -359,6 +360,8 @@ class VerticalPredictKind(JobKind[VerticalPredictParams, VerticalPredictResult])
                 model.columns[p] != list(params.inputs[p].columns) for p in parties):
             raise ConfigError(f"{params.KIND}: model '{params.model}' was trained by parties "
                               f"{', '.join(model.parties)} on other columns or in another order")
+        agree(context, parties, "vertical/model", {"job": model.job_id, "name": model.name},
+              f"the parties' parts of model '{params.model}' come from different training jobs")
         alignment = aligned_rows(context, ref.dataset, parties)
         features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
                                    parties)
