@@ -219,10 +219,9 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         alignment = aligned_rows(context, ref.dataset, parties)
         features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
                                    parties)
-        dataset = context.datasets.get(ref.dataset)
         labels = None
         if ref.label is not None:
-            labels = numeric_column(params.KIND, dataset, ref.dataset,
+            labels = numeric_column(params.KIND, context.datasets.get(ref.dataset), ref.dataset,
                                     ref.label).astype(np.float64)
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)

@@ -135,6 +135,8 @@ class DatasetRegistry:
                  alignments: AlignmentStore | None = None) -> None:
         self._datasets = datasets
         self._alignments = alignments
+        #: Alignments (name, digest) whose ids were found to match their dataset.
+        self._matching: set[tuple[str, str]] = set()
 
     @classmethod
     def load(cls, configs: dict[str, DatasetConfig],
@@ -161,12 +163,16 @@ class DatasetRegistry:
         if dataset_id.startswith(ALIGNMENT_PREFIX):
             alignment = self._alignment(dataset_id)
             source = self._registered(alignment.dataset)
-            ids = source.column(alignment.column)
-            inside = alignment.size == 0 or int(alignment.rows.max()) < ids.shape[0]
-            if not inside or ids_digest(ids[alignment.rows]) != alignment.digest:
-                raise ConfigError(f"alignment '{alignment.name}' no longer matches dataset "
-                                  f"'{alignment.dataset}' (its rows changed since the psi job "
-                                  "that made it): run psi again")
+            # Datasets are loaded once, at start: an alignment checked against them stays
+            # checked (a job reads one several times: to plan, to run, for its label).
+            if (alignment.name, alignment.digest) not in self._matching:
+                ids = source.column(alignment.column)
+                inside = alignment.size == 0 or int(alignment.rows.max()) < ids.shape[0]
+                if not inside or ids_digest(ids[alignment.rows]) != alignment.digest:
+                    raise ConfigError(f"alignment '{alignment.name}' no longer matches dataset "
+                                      f"'{alignment.dataset}' (its rows changed since the psi "
+                                      "job that made it): run psi again")
+                self._matching.add((alignment.name, alignment.digest))
             return AlignedDataset(dataset_id, source, alignment.rows)
         return self._registered(dataset_id)
 

@@ -66,7 +66,7 @@ from invisible.protocols.mpc.shared import SharedArray
 #: The sigmoid's clipping interval, |z| <= 2 (t = 0.5 + z / 4 in [0, 1]), and its largest
 #: error against the logistic function (at |z| = 2: 1 - 1 / (1 + e^-2)).
 SIGMOID_LIMIT = 2.0
-SIGMOID_MAX_ERROR = 1.0 - 1.0 / (1.0 + math.exp(-2.0))
+SIGMOID_MAX_ERROR = 1.0 - 1.0 / (1.0 + math.exp(-SIGMOID_LIMIT))
 
 
 @dataclass(frozen=True)

@@ -130,20 +130,24 @@ def _fill_trunc(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     _truncation_values(values[0] - np.uint64(1 << RANGE_BITS), values[1], values[2], f)
 
 
+def _low_bits(r: np.ndarray, bits: Sequence[np.ndarray]) -> None:
+    """bits[i] = bit i of r, for i < len(bits)."""
+    for i, out in enumerate(bits):
+        np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=out)
+
+
 def _fill_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     r = values[0]
     np.right_shift(r, np.uint64(63), out=values[1])
     np.right_shift(r & _LOW_MASK, np.uint64(CMP_BITS), out=values[2])
-    for i in range(CMP_BITS):
-        np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=values[3 + i])
+    _low_bits(r, values[3:3 + CMP_BITS])
 
 
 def _fill_narrow_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     r, top, bits = values[0], values[1], values[2]
     width = bits.shape[0]
     np.bitwise_and(r >> np.uint64(width), np.uint64(1), out=top)
-    for i in range(width):
-        np.bitwise_and(r >> np.uint64(i), np.uint64(1), out=bits[i])
+    _low_bits(r, list(bits))
 
 
 CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
