@@ -117,7 +117,7 @@ def test_every_kind_is_registered_once_and_declares_every_field():
     assert len(set(names)) == len(names)
     assert set(names) == {"secure_sum", "paillier_sum", "statistics", "psi",
                           "vertical_statistics", "horizontal_lr", "vertical_lr",
-                          "vertical_predict",
+                          "vertical_predict", "vertical_evaluate",
                           "connectivity",
                           "bandwidth", "mul_benchmark"}
     for kind in KINDS:

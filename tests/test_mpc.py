@@ -476,6 +476,14 @@ def cmp_holds(r, msb, top, *bits):
     assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64((1 << 62) - 1))
 
 
+def bucket_holds(r, bits, rho, one_hot):
+    assert bits.shape == (5, 50) and one_hot.shape == (50, 16)
+    assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64(31))
+    assert (rho < U64(16)).all() and len(set(rho.tolist())) > 1  # drawn, not constant
+    index = (rho + (r >> U64(5))) & U64(15)
+    assert np.array_equal(one_hot, (np.arange(16) == index[:, None].astype(int)).astype(U64))
+
+
 #: For every kind in the catalogue: shapes to ask for, and a check of what its doc promises.
 PROMISES = {
     "triple": ([(50,)], triple_holds),
@@ -487,6 +495,7 @@ PROMISES = {
     "gram-trunc": ([(7, 3)], gram_trunc_holds),
     "cmp": ([(50,)], cmp_holds),
     "cmp-narrow": ([(50,), (20,)], narrow_cmp_holds),
+    "bucket": ([(50, 16), (5,)], bucket_holds),
 }
 
 

@@ -149,7 +149,8 @@ def test_a_kept_model_scores_a_new_alignment_for_the_label_holder_only(tmp_path)
     from invisible.coordinator.federation import Federation
     from invisible.coordinator.local import InProcessNodes
     from invisible.kinds.params import ColumnsRef
-    from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+    from invisible.kinds.vertical_lr import VerticalLrParams
+    from invisible.kinds.vertical_predict import VerticalPredictParams
 
     layout, tables = federation(tmp_path, "breast")
     features = columns_of(tables)
@@ -221,14 +222,22 @@ def test_the_vertical_estimator_fits_on_a_psi_result_and_scores_for_the_label_ho
         model = VerticalLogisticRegression(
             fed, label=("guest", "y"), features=features,
             bounds={p: [20.0] * len(c) for p, c in features.items()}, dealer="dealer",
-            epochs=3, batch_size=64, name="est", progress=True)
+            epochs=3, batch_size=64, name="est", holdout=0.25, progress=True)
         with pytest.raises(Exception, match="not fitted yet"):
             model.predict_proba("nowhere")
-        model.fit(fed.psi(ids, alignment="est-train"))
+        with pytest.raises(Exception, match="not fitted yet"):
+            model.score("nowhere")
+        trained_on = fed.psi(ids, alignment="est-train")
+        model.fit(trained_on)
+        auc = model.score(trained_on)  # the held-out quarter
         scored = model.predict_proba(fed.psi(ids, alignment="est-later"), job_id="est-scores")
     assert "3/3" in capsys.readouterr().err  # a progress bar per epoch
-    assert model.model_ == "est" and list(model.history_.columns) == ["epoch", "loss"]
-    assert len(model.history_) == 3 and model.get_params()["epochs"] == 3
+    assert model.model_ == "est"
+    assert list(model.history_.columns) == ["epoch", "loss", "seconds", "bytes"]
+    assert (model.history_["seconds"] > 0).all() and (model.history_["bytes"] > 10_000).all()
+    assert len(model.history_) == 3 and model.get_params()["holdout"] == 0.25
+    assert auc == model.evaluation_.auc and auc > 0.95
+    assert model.evaluation_.auc_error_bound <= 1e-3 and 0.85 < model.evaluation_.accuracy <= 1
     assert scored.recipient == "guest"
     saved = pd.read_csv(layout.party_configs["guest"].parent / "guest-results" / "predictions"
                         / "est-scores.csv")
@@ -276,7 +285,8 @@ def test_nothing_that_counts_the_rows_of_an_unreleased_alignment_reaches_the_req
     from invisible.coordinator.federation import Federation
     from invisible.coordinator.local import InProcessNodes
     from invisible.kinds.params import ColumnsRef
-    from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+    from invisible.kinds.vertical_lr import VerticalLrParams
+    from invisible.kinds.vertical_predict import VerticalPredictParams
 
     layout, tables = federation(tmp_path, "breast")
     features = columns_of(tables)
@@ -338,7 +348,8 @@ def test_models_are_each_requesters_own_and_their_parts_must_come_from_one_job(t
     from invisible.coordinator.local import InProcessNodes
     from invisible.errors import ProtocolError
     from invisible.kinds.params import ColumnsRef
-    from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+    from invisible.kinds.vertical_lr import VerticalLrParams
+    from invisible.kinds.vertical_predict import VerticalPredictParams
 
     layout, tables = federation(tmp_path, "breast", coordinators=("coordinator", "other"))
     features = columns_of(tables)

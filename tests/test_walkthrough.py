@@ -49,6 +49,7 @@ EXPECTED_OUTPUT: dict[str, tuple[str, ...]] = {
     "horizontal_lr.job.toml": ("monthly_spend", "(intercept)", "20 rounds"),
     "vertical_lr.job.toml": ("epoch", "late-payments"),
     "vertical_predict.job.toml": ("bank", "predictions/"),
+    "vertical_evaluate.job.toml": ("AUC", "AUC error bound", "accuracy at 0.5", "log loss"),
     "bandwidth.job.toml": ("MB/s",),
     "mul_benchmark.job.toml": ("products", "tuples"),
 }

@@ -30,7 +30,9 @@ from invisible.kinds.psi import PsiParams, PsiResult
 from invisible.kinds.results import Result
 from invisible.kinds.secure_sum import SecureSumParams, SecureSumResult
 from invisible.kinds.statistics import StatisticsParams, StatisticsResult
-from invisible.kinds.vertical_lr import VerticalLrParams, VerticalPredictParams
+from invisible.kinds.vertical_evaluate import VerticalEvaluateParams, VerticalEvaluateResult
+from invisible.kinds.vertical_lr import VerticalLrParams
+from invisible.kinds.vertical_predict import VerticalPredictParams
 from invisible.kinds.vertical_statistics import (
     VerticalStatisticsParams,
     VerticalStatisticsResult,
@@ -63,6 +65,8 @@ __all__ = [
     "SecureSumResult",
     "StatisticsParams",
     "StatisticsResult",
+    "VerticalEvaluateParams",
+    "VerticalEvaluateResult",
     "VerticalLogisticRegression",
     "VerticalLrParams",
     "VerticalPredictParams",

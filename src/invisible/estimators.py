@@ -31,11 +31,9 @@ import numpy as np
 from invisible.errors import ConfigError
 from invisible.kinds.horizontal_lr import HorizontalLrParams, HorizontalLrResult
 from invisible.kinds.params import ColumnsRef
-from invisible.kinds.vertical_lr import (
-    VerticalLrParams,
-    VerticalPredictParams,
-    VerticalPredictResult,
-)
+from invisible.kinds.vertical_evaluate import VerticalEvaluateParams, VerticalEvaluateResult
+from invisible.kinds.vertical_lr import VerticalLrParams
+from invisible.kinds.vertical_predict import VerticalPredictParams, VerticalPredictResult
 
 if TYPE_CHECKING:
     import pandas
@@ -184,14 +182,17 @@ class VerticalLogisticRegression:
     or its name): ``label`` is (party, column) at the label holder, ``features`` maps each
     party to its columns and ``bounds`` to their public bounds. The model stays at the
     parties as shares; ``predict_proba`` sends every row's score to the label
-    holder alone. Follows the conventions of this module; there is no ``score`` yet (AUC
-    under MPC, the ``evaluate`` kind, is later work)."""
+    holder alone; ``score`` returns the AUC computed on shares (``evaluation_`` keeps every
+    metric). With ``holdout`` > 0 the label holder holds that fraction of the alignment out
+    of training, stratified by label, and ``score`` on the same alignment scores those rows.
+    Follows the conventions of this module."""
 
     def __init__(self, federation: Federation, *, label: tuple[str, str],
                  features: Mapping[str, Sequence[str]],
                  bounds: Mapping[str, Sequence[float]], dealer: str, epochs: int = 10,
                  batch_size: int = 1024, learning_rate: float = 0.1, l2: float = 0.0,
                  seed: int = 0, weight_bound: float = 8.0, name: str | None = None,
+                 holdout: float = 0.0, holdout_seed: int = 0, threshold: float = 0.5,
                  progress: bool | None = None) -> None:
         self.federation = federation
         self.label = label
@@ -205,19 +206,27 @@ class VerticalLogisticRegression:
         self.seed = seed
         self.weight_bound = weight_bound
         self.name = name
+        self.holdout = holdout
+        self.holdout_seed = holdout_seed
+        self.threshold = threshold
         self.progress = progress
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "label", "features", "bounds", "dealer", "epochs", "batch_size", "learning_rate",
-            "l2", "seed", "weight_bound", "name", "progress")}
+            "l2", "seed", "weight_bound", "name", "holdout", "holdout_seed", "threshold",
+            "progress")}
 
-    def _inputs(self, alignment: Any, with_label: bool) -> dict[str, ColumnsRef]:
+    @staticmethod
+    def _alignment(alignment: Any) -> str:
         from invisible.kinds.alignments import ALIGNMENT_PREFIX
         from invisible.kinds.psi import PsiResult
 
         name = alignment.alignment if isinstance(alignment, PsiResult) else str(alignment)
-        dataset = ALIGNMENT_PREFIX + name.removeprefix(ALIGNMENT_PREFIX)
+        return ALIGNMENT_PREFIX + name.removeprefix(ALIGNMENT_PREFIX)
+
+    def _inputs(self, alignment: Any, with_label: bool) -> dict[str, ColumnsRef]:
+        dataset = self._alignment(alignment)
         holder, column = self.label
         return {p: ColumnsRef(dataset, tuple(cols), tuple(float(b) for b in self.bounds[p]),
                               column if with_label and p == holder else None)
@@ -229,7 +238,7 @@ class VerticalLogisticRegression:
             inputs=self._inputs(alignment, True), dealer=self.dealer, epochs=self.epochs,
             batch_size=self.batch_size, learning_rate=float(self.learning_rate),
             l2=float(self.l2), seed=self.seed, weight_bound=float(self.weight_bound),
-            model=self.name)
+            model=self.name, split=float(self.holdout), split_seed=self.holdout_seed)
 
     def fit(self, alignment: Any, job_id: str | None = None) -> VerticalLogisticRegression:
         """Train on the rows of `alignment`; the model stays at the parties as `model_`."""
@@ -243,7 +252,26 @@ class VerticalLogisticRegression:
         self.job_id_ = result.job_id
         self.history_ = result.history()
         self.n_epochs_ = self.epochs
+        self.alignment_ = self._alignment(alignment)
         return self
+
+    def evaluate(self, alignment: Any, job_id: str | None = None) -> VerticalEvaluateResult:
+        """AUC (with its error bound), accuracy at `threshold` and log loss on the rows of
+        `alignment`, computed on shares: the held-out rows when it is the alignment `fit`
+        held rows out of, else every row. Only the four aggregates reach this requester."""
+        if not hasattr(self, "model_"):
+            raise ConfigError("this estimator is not fitted yet: call fit() first")
+        held_out = self.holdout if self._alignment(alignment) == self.alignment_ else 0.0
+        params = VerticalEvaluateParams(
+            inputs=self._inputs(alignment, True), model=self.model_, dealer=self.dealer,
+            threshold=float(self.threshold), split=float(held_out),
+            split_seed=self.holdout_seed, weight_bound=float(self.weight_bound))
+        self.evaluation_ = self.federation.run(params, job_id=job_id)
+        return self.evaluation_
+
+    def score(self, alignment: Any, job_id: str | None = None) -> float:
+        """The AUC on `alignment`'s rows (see `evaluate`), computed on shares."""
+        return self.evaluate(alignment, job_id).auc
 
     def predict_proba(self, alignment: Any, job_id: str | None = None) -> VerticalPredictResult:
         """Score the rows of `alignment` (a later psi's): every row's score and probability

@@ -20,7 +20,9 @@ from invisible.kinds.params import Params
 from invisible.kinds.psi import PsiKind
 from invisible.kinds.secure_sum import SecureSumKind
 from invisible.kinds.statistics import StatisticsKind
-from invisible.kinds.vertical_lr import VerticalLrKind, VerticalPredictKind
+from invisible.kinds.vertical_evaluate import VerticalEvaluateKind
+from invisible.kinds.vertical_lr import VerticalLrKind
+from invisible.kinds.vertical_predict import VerticalPredictKind
 from invisible.kinds.vertical_statistics import VerticalStatisticsKind
 from invisible.text import printable
 
@@ -35,6 +37,7 @@ KINDS: tuple[AnyKind, ...] = (
     HorizontalLrKind(),
     VerticalLrKind(),
     VerticalPredictKind(),
+    VerticalEvaluateKind(),
     ConnectivityKind(),
     BandwidthKind(),
     MulBenchmarkKind(),

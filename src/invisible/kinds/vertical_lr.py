@@ -30,7 +30,9 @@ charged, naming no count).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -49,7 +51,6 @@ from invisible.kinds.base import (
 )
 from invisible.kinds.declared import (
     WithDealer,
-    agree,
     aligned_rows,
     bounded_columns,
     column_rows,
@@ -57,10 +58,10 @@ from invisible.kinds.declared import (
     release,
 )
 from invisible.kinds.models import make_model
-from invisible.kinds.params import ColumnInputs, Params, param
+from invisible.kinds.params import ColumnInputs, ColumnsRef, Params, param
 from invisible.kinds.results import Result, Table
 from invisible.kinds.secure_sum import numeric_column
-from invisible.protocols.mpc.arithmetic import input_from, matmul, reveal
+from invisible.kinds.splits import chosen_rows, held_out_count
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.logistic import Schedule, taylor_loss, train
 from invisible.protocols.mpc.provider import DealerProvider
@@ -72,6 +73,26 @@ if TYPE_CHECKING:
 FRACTIONAL_BITS = 16
 #: The most a step may shrink the weights by (learning_rate x l2), as for horizontal_lr.
 MAX_DECAY = 0.5
+
+
+def read_labels(kind: str, datasets: Datasets, ref: ColumnsRef) -> np.ndarray | None:
+    """The label holder's label column as floats (None at a party that names none)."""
+    if ref.label is None:
+        return None
+    return numeric_column(kind, datasets.get(ref.dataset), ref.dataset, ref.label).astype(
+        np.float64)
+
+
+def with_label(ref: ColumnsRef) -> tuple[str, ...]:
+    """The columns a party's input uses: its features, and its label if it names one."""
+    return ref.columns + ((ref.label,) if ref.label is not None else ())
+
+
+def not_binary(labels: np.ndarray | None, ref: ColumnsRef) -> str | None:
+    """The refusal of labels other than 0 and 1 (a data check: charged, naming no count)."""
+    if labels is None or np.isin(labels, (0, 1)).all():
+        return None
+    return f"the label column '{ref.label}' holds values other than 0 and 1"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,6 +124,11 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
     losses: bool = param("open the training loss of each epoch's model", default=True)
     max_rows: int = param("public bound on the alignment's rows (the loss's fixed-point range "
                           "is planned for it)", default=100_000, ge=1, le=10_000_000)
+    split: float = param("the fraction of the alignment's rows held out for testing (the label "
+                         "holder draws them, stratified by label; vertical_evaluate with the "
+                         "same split and split_seed scores them); 0: train on every row",
+                         default=0.0, ge=0, lt=1)
+    split_seed: int = param("seed of the held-out rows (public)", default=0, ge=0, lt=2**63)
 
     def check(self, parties: tuple[str, ...]) -> None:
         kind = self.KIND
@@ -156,11 +182,19 @@ class VerticalLrResult(Result):
 
     model: str
     losses: list[float] = field(default_factory=list)
+    #: Per epoch: the seconds of the slowest party, and the bytes all computing parties sent.
+    epoch_seconds: list[float] = field(default_factory=list)
+    epoch_bytes: list[int] = field(default_factory=list)
 
     def history(self) -> pandas.DataFrame:
+        """epoch, loss (if declared), seconds, bytes: one row per epoch."""
         import pandas
 
-        return pandas.DataFrame({"epoch": range(1, len(self.losses) + 1), "loss": self.losses})
+        columns: dict[str, Any] = {"epoch": range(1, len(self.epoch_seconds) + 1)}
+        if self.losses:
+            columns["loss"] = self.losses
+        return pandas.DataFrame({**columns, "seconds": self.epoch_seconds,
+                                 "bytes": self.epoch_bytes})
 
     def table(self) -> Table:
         if not self.losses:
@@ -184,8 +218,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
                "holds the labels, others the features; the model stays at the parties")
 
     def declare(self, params: VerticalLrParams, party_id: str) -> DeclaredUse | None:
-        return params.declared_use(
-            party_id, lambda ref: ref.columns + ((ref.label,) if ref.label is not None else ()))
+        return params.declared_use(party_id, with_label)
 
     def plan(self, params: VerticalLrParams, party_id: str, datasets: Datasets,
              ) -> DataUse | None:
@@ -193,16 +226,11 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             return None
         ref = params.inputs[party_id]
         rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
-        cell = min(rows, params.batch_size)  # a step's gradient averages one mini-batch
+        trained = rows - held_out_count(rows, params.split)
+        cell = min(trained, params.batch_size)  # a step's gradient averages one mini-batch
         if rows > params.max_rows:
             return DataUse(rows, cell, "the alignment has more rows than the job's max_rows")
-        if ref.label is not None:
-            label = numeric_column(params.KIND, datasets.get(ref.dataset), ref.dataset,
-                                   ref.label)
-            if not np.isin(label, (0, 1)).all():
-                return DataUse(rows, cell, f"the label column '{ref.label}' holds values "
-                                           "other than 0 and 1")
-        return DataUse(rows, cell)
+        return DataUse(rows, cell, not_binary(read_labels(params.KIND, datasets, ref), ref))
 
     def run(self, params: VerticalLrParams, context: JobContext) -> JobOutcome:
         served = params.serve_as_dealer(context)
@@ -219,26 +247,30 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         alignment = aligned_rows(context, ref.dataset, parties)
         features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
                                    parties)
-        labels = None
-        if ref.label is not None:
-            labels = numeric_column(params.KIND, context.datasets.get(ref.dataset), ref.dataset,
-                                    ref.label).astype(np.float64)
+        labels = read_labels(params.KIND, context.datasets, ref)
+        rows = chosen_rows(context, parties, params.label_holder, labels, alignment,
+                           params.split, params.split_seed, "train")
+        features = features[rows]
+        labels = None if labels is None else labels[rows]
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)
         counts = tuple(len(params.inputs[p].columns) for p in parties)
         bounds = tuple(b for p in parties for b in (params.inputs[p].bounds or ()))
         losses: list[np.ndarray] = []
 
+        marks = [(time.monotonic(), channel.stats.bytes_sent)]
+
         def after_epoch(epoch: int, w: SharedArray, x: np.ndarray, y: SharedArray) -> None:
             if params.losses:
                 losses.append(taylor_loss(ctx, provider, x, y, w, params.feature_bound).share)
+            marks.append((time.monotonic(), channel.stats.bytes_sent))
             context.report(epoch + 1, params.epochs)
 
         try:
-            weights = train(ctx, provider, counts, bounds, params.label_holder, alignment.size,
+            weights = train(ctx, provider, counts, bounds, params.label_holder, rows.size,
                             params.schedule(), features, labels, context.rng, after_epoch)
             part, form = weights.share.ravel(), "shares"
-            outcome = JobOutcome(rows_used=alignment.size)
+            outcome = JobOutcome(rows_used=rows.size)
             outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
                                 for o in ctx.record.openings]
             if losses:
@@ -250,7 +282,8 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             name, params.KIND, context.spec.job_id, context.requester, parties,
             {p: list(params.inputs[p].columns) for p in parties}, params.label_holder, form,
             FRACTIONAL_BITS, part))
-        outcome.output = {"model": name, "openings": outcome.openings}
+        epochs = [[round(t1 - t0, 6), b1 - b0] for (t0, b0), (t1, b1) in pairwise(marks)]
+        outcome.output = {"model": name, "epochs": epochs, "openings": outcome.openings}
         return outcome
 
     def finish(self, params: VerticalLrParams, job: JobResult) -> VerticalLrResult:
@@ -262,152 +295,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             opened = opened_outputs(job, params.computing(job.parties), params.recipient,
                                     params.epochs)
             losses = decode(opened, FRACTIONAL_BITS).tolist()
-        return VerticalLrResult(job, str(names.pop()), losses)
-
-
-# --- prediction: scores of a named model on the rows of an alignment -------------------------
-
-PREDICTIONS = "predictions"
-
-
-@dataclass(frozen=True, kw_only=True)
-class VerticalPredictParams(WithDealer, Params["VerticalPredictResult"]):
-    KIND: ClassVar[str] = "vertical_predict"
-
-    inputs: ColumnInputs = param(
-        "per computing party, the alignment (\"@name\") to score and the model's feature "
-        "columns with their public bounds, as in training",
-        example={"bank": {"dataset": "@common-customers", "columns": ["district"],
-                          "bounds": [8.0]},
-                 "hospital": {"dataset": "@common-customers", "columns": ["district"],
-                              "bounds": [8.0]},
-                 "telco": {"dataset": "@common-customers", "columns": ["district"],
-                           "bounds": [8.0]}})
-    model: str = param("the model the parties keep (a vertical_lr job's)", example="late-payments")
-    dealer: str = param("a dealer node of the job", example="dealer")
-    recipient: str | None = param("the computing party that receives every row's score (the "
-                                  "label holder, or another every policy allows)",
-                                  example="bank")
-    weight_bound: float = param("public bound on every |weight|, as in training", default=8.0,
-                                gt=0, le=1024)
-
-    def check(self, parties: tuple[str, ...]) -> None:
-        self.check_parties(parties, "name columns at two or more parties")
-        if self.recipient is None:
-            raise ConfigError(f"{self.KIND}: 'recipient' must name the party that receives the "
-                              "scores")
-        check_name(self.model)
-        for party, ref in self.inputs.items():
-            if not ref.dataset.startswith(ALIGNMENT_PREFIX) or ref.bounds is None \
-                    or ref.label is not None:
-                raise ConfigError(f"{self.KIND}: party '{party}' must name an alignment "
-                                  "(\"@name\") and its columns with bounds (no label)")
-
-    @property
-    def feature_bound(self) -> float:
-        return max(1.0, *(b for ref in self.inputs.values() for b in (ref.bounds or ())))
-
-
-@dataclass(repr=False, eq=False)
-class VerticalPredictResult(Result):
-    """Where the scores went (they never reach the requester)."""
-
-    recipient: str
-    rows: int | None
-
-    def table(self) -> Table:
-        return Table(("scores went to", "kept as"),
-                     [(self.recipient, f"{PREDICTIONS}/{self.job_id}.csv in its results")])
-
-    def facts(self) -> dict[str, Any]:
-        return {"recipient": self.recipient}
-
-
-class VerticalPredictKind(JobKind[VerticalPredictParams, VerticalPredictResult]):
-    name = "vertical_predict"
-    bounds_values = True
-    params_type = VerticalPredictParams
-    summary = ("scores of a vertical_lr model on the rows of an alignment, computed on shares; "
-               "every row's score goes to one party only (the label holder)")
-
-    def declare(self, params: VerticalPredictParams, party_id: str) -> DeclaredUse | None:
-        return params.declared_use(party_id, lambda ref: ref.columns)
-
-    def plan(self, params: VerticalPredictParams, party_id: str, datasets: Datasets,
-             ) -> DataUse | None:
-        if party_id == params.dealer:
-            return None
-        ref = params.inputs[party_id]
-        rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
-        # A score per row goes to one computing party, never to the requester: no aggregate
-        # is released, and each policy's `recipients` must name that party (see declare).
-        return DataUse(rows, None)
-
-    def run(self, params: VerticalPredictParams, context: JobContext) -> JobOutcome:
-        served = params.serve_as_dealer(context)
-        if served is not None:
-            return served
-        channel = context.channel
-        parties = params.computing(context.spec.parties)
-        me = channel.party_id
-        ref = params.inputs[me]
-        assert ref.bounds is not None and params.recipient is not None
-        if context.models is None:
-            raise ConfigError("this node keeps no models")
-        model = context.models.get(params.model, context.requester)
-        if model.parties != parties or any(
-                model.columns[p] != list(params.inputs[p].columns) for p in parties):
-            raise ConfigError(f"{params.KIND}: model '{params.model}' was trained by parties "
-                              f"{', '.join(model.parties)} on other columns or in another order")
-        agree(context, parties, "vertical/model", {"job": model.job_id, "name": model.name},
-              f"the parties' parts of model '{params.model}' come from different training jobs")
-        alignment = aligned_rows(context, ref.dataset, parties)
-        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
-                                   parties)
-        ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
-        provider = DealerProvider(channel, parties, params.dealer)
-        try:
-            scores = self._scores(ctx, provider, params, model, features, alignment.size,
-                                  context)
-            opened = reveal(ctx, scores, params.recipient, "declared-outputs (scores)")
-        finally:
-            provider.close()
-        outcome = JobOutcome(rows_used=alignment.size, recipient=params.recipient)
-        if opened is not None:
-            values = decode(opened.ravel(), FRACTIONAL_BITS)
-            folder = context.results_dir / PREDICTIONS
-            folder.mkdir(parents=True, exist_ok=True)
-            pd_rows = np.column_stack([alignment.rows, values, 0.5 * (1 + np.tanh(values / 2))])
-            np.savetxt(folder / f"{context.spec.job_id}.csv", pd_rows, delimiter=",",
-                       header="row,score,probability", comments="", fmt=["%d", "%.6f", "%.6f"])
-        outcome.values_opened = alignment.size
-        outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
-                            for o in ctx.record.openings]
-        return outcome
-
-    @staticmethod
-    def _scores(ctx: MpcContext, provider: DealerProvider, params: VerticalPredictParams,
-                model: Any, features: np.ndarray, rows: int, context: JobContext,
-                ) -> SharedArray:
-        """Shares of every row's score x w + b."""
-        f = FRACTIONAL_BITS
-        parties = ctx.parties
-        if model.form != "shares":
-            raise ConfigError(f"model '{model.name}' is not kept as shares")
-        blocks = []
-        for owner in parties:
-            width = len(params.inputs[owner].columns)
-            blocks.append(input_from(ctx, owner, features if ctx.me == owner else None,
-                                     params.feature_bound, (rows, width), context.rng).share)
-        ones = np.full((rows, 1), np.uint64(1 << f) if ctx.is_leader else np.uint64(0),
-                       dtype=np.uint64)
-        x = SharedArray(np.ascontiguousarray(np.concatenate([*blocks, ones], axis=1)),
-                        params.feature_bound, f, ctx.is_leader)
-        w = SharedArray(np.ascontiguousarray(model.part.reshape(-1, 1)), params.weight_bound,
-                        f, ctx.is_leader)
-        scores = matmul(ctx, provider, x, w)
-        return SharedArray(scores.share.ravel(), scores.bound, f, ctx.is_leader)
-
-    def finish(self, params: VerticalPredictParams, job: JobResult) -> VerticalPredictResult:
-        assert params.recipient is not None
-        return VerticalPredictResult(job, params.recipient, None)
+        epochs = np.array([job.outputs[p].get("epochs", []) for p in params.computing(
+            job.parties)], dtype=np.float64).reshape(-1, params.epochs, 2)
+        return VerticalLrResult(job, str(names.pop()), losses, epochs[:, :, 0].max(0).tolist(),
+                                epochs[:, :, 1].sum(0).astype(int).tolist())

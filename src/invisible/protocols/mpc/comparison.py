@@ -60,7 +60,7 @@ def _ones(ctx: MpcContext, shape: tuple[int, ...]) -> np.ndarray:
     return np.ones(shape, RING_DTYPE) if ctx.is_leader else np.zeros(shape, RING_DTYPE)
 
 
-def _public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.ndarray,
+def public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.ndarray,
                              bits: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """Shares of [c0 < r0] for public c0 and the shared bits of r0 (step 4), as many bits as
     given (62, or fewer for a narrow comparison)."""
@@ -95,7 +95,7 @@ def less_than_zero(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> 
     carry = r_msb * (np.uint64(1) - np.uint64(2) * c_msb)
     if ctx.is_leader:
         carry = carry + c_msb
-    borrow = _public_less_than_shared(ctx, provider, c & _LOW62, bits)
+    borrow = public_less_than_shared(ctx, provider, c & _LOW62, bits)
     bit62 = np.uint64(2) * carry - r_high - borrow
     if ctx.is_leader:
         bit62 = bit62 + ((c & _LOW63) >> np.uint64(CMP_BITS))
@@ -130,7 +130,7 @@ def less_than_zero_narrow(ctx: MpcContext, provider: TupleProvider, x: SharedArr
     (c,) = open_all(ctx, [z + r], "masked-comparison-input")
     low = c & (offset - _ONE)
     c_top = (c >> np.uint64(width)) & _ONE
-    borrow = _public_less_than_shared(ctx, provider, low, bits)
+    borrow = public_less_than_shared(ctx, provider, low, bits)
     a = r_top * (_ONE - np.uint64(2) * c_top)  # c_m XOR r_m = r_m (1 - 2 c_m) + c_m
     if ctx.is_leader:
         a = a + c_top

@@ -60,6 +60,7 @@ from invisible.protocols.mpc.arithmetic import (
 )
 from invisible.protocols.mpc.comparison import less_than_zero_narrow
 from invisible.protocols.mpc.context import MpcContext
+from invisible.protocols.mpc.evaluation import mean_rows
 from invisible.protocols.mpc.provider import TupleProvider
 from invisible.protocols.mpc.shared import SharedArray
 
@@ -123,7 +124,7 @@ def taylor_loss_plain(features: np.ndarray, labels: np.ndarray, w: np.ndarray) -
 def taylor_loss(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: SharedArray,
                 w: SharedArray, feature_bound: float) -> SharedArray:
     """Shares of the mean over all rows of log 2 - (y - 1/2) z + z^2 / 8, z = X w: one matrix
-    product, one stacked elementwise product, a sum and 1/N as 2^k/N then k bits."""
+    product, one stacked elementwise product, and the mean (:func:`.evaluation.mean_rows`)."""
     f = ctx.fractional_bits
     rows = x.shape[0]
     z = matmul(ctx, provider, SharedArray(x, feature_bound, f, ctx.is_leader), w)
@@ -134,12 +135,33 @@ def taylor_loss(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: Shar
     products = mul(ctx, provider, left, right)  # (y - 1/2) z, z^2
     per_row = SharedArray(products.share[rows:] - np.uint64(8) * products.share[:rows],
                           z.bound**2 + 8 * z.bound, f, ctx.is_leader)
-    k = _scale_bits(rows) + 3
-    # Scale each row's term by 2^k / (8 N) first: a sum of N worst cases would leave the range.
-    scaled = mul_public(ctx, provider, per_row, 2.0**k / (8.0 * rows)).sum()
-    mean = SharedArray(truncate(ctx, provider, scaled.share.reshape(1), k),
-                       per_row.bound / 8.0, f, ctx.is_leader)
-    return mean + math.log(2.0)
+    return mean_rows(ctx, provider, per_row, 1.0 / 8.0) + math.log(2.0)
+
+
+def share_features(ctx: MpcContext, counts: tuple[int, ...], feature_bound: float,
+                   mine: np.ndarray | None, rows: int, rng: Prg) -> np.ndarray:
+    """Step 1: shares of the (rows, d + 1) features, each party's columns in job order, then
+    the public ones column of the intercept."""
+    blocks = []
+    for owner, width in zip(ctx.parties, counts, strict=True):
+        own = mine if ctx.me == owner else None
+        if width:
+            blocks.append(input_from(ctx, owner, own, feature_bound, (rows, width), rng).share)
+    ones = np.full((rows, 1), np.uint64(1 << ctx.fractional_bits) if ctx.is_leader
+                   else np.uint64(0), dtype=RING_DTYPE)
+    return np.ascontiguousarray(np.concatenate([*blocks, ones], axis=1))
+
+
+def shared_scores(ctx: MpcContext, provider: TupleProvider, x: np.ndarray,
+                  feature_bound: float, weights: np.ndarray, weight_bound: float,
+                  ) -> SharedArray:
+    """Shares of every row's score x w + b, from shared features (`share_features`) and this
+    party's share of the d + 1 weights (one matrix product)."""
+    f = ctx.fractional_bits
+    w = SharedArray(np.ascontiguousarray(weights.reshape(-1, 1)), weight_bound, f,
+                    ctx.is_leader)
+    scores = matmul(ctx, provider, SharedArray(x, feature_bound, f, ctx.is_leader), w)
+    return SharedArray(scores.share.ravel(), scores.bound, f, ctx.is_leader)
 
 
 def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
@@ -158,14 +180,7 @@ def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
         raise ProtocolError("vertical training needs a column count per party, a bound per "
                             "column and a label holder among the parties")
     feature_bound = max(max(bounds), 1.0)
-    blocks = []
-    for owner, width in zip(ctx.parties, counts, strict=True):
-        own = mine if ctx.me == owner else None
-        if width:
-            blocks.append(input_from(ctx, owner, own, feature_bound, (rows, width), rng).share)
-    ones = np.full((rows, 1), np.uint64(1 << f) if ctx.is_leader else np.uint64(0),
-                   dtype=RING_DTYPE)
-    x = np.ascontiguousarray(np.concatenate([*blocks, ones], axis=1))
+    x = share_features(ctx, counts, feature_bound, mine, rows, rng)
     y = input_from(ctx, label_holder, labels if ctx.me == label_holder else None, 1.0,
                    (rows,), rng)
     w_bound = schedule.weight_bound

@@ -80,6 +80,17 @@ def _narrow_cmp(shapes: Sequence[Shape]) -> list[Shape] | None:
     return [shape, shape, (width, *shape)]
 
 
+def _bucket(shapes: Sequence[Shape]) -> list[Shape] | None:
+    """r (n,), bits 0..s-1 of r (s, n), rho (n,), a one-hot E (n, W); asked for as
+    [(n, W), (s,)] with W a power of two and 1 <= s < CMP_BITS."""
+    if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 1:
+        return None
+    (rows, width), (bits,) = shapes
+    if width < 2 or width & (width - 1) or not 1 <= bits < CMP_BITS:
+        return None
+    return [(rows,), (bits, rows), (rows,), (rows, width)]
+
+
 def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int) -> None:
     """From r: high = msb(r) 2^(63-f), low = ((r mod 2^63) >> f) + 2^(62-f)."""
     np.right_shift(r, np.uint64(63), out=high)
@@ -150,6 +161,16 @@ def _fill_narrow_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     _low_bits(r, list(bits))
 
 
+def _fill_bucket(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    r, bits, rho, one_hot = values
+    width, shift = one_hot.shape[1], bits.shape[0]
+    _low_bits(r, list(bits))
+    rho[...] = rng.random_uint64(rho.shape) & np.uint64(width - 1)
+    index = (rho + (r >> np.uint64(shift))) & np.uint64(width - 1)
+    one_hot[...] = 0
+    one_hot[np.arange(one_hot.shape[0]), index.astype(np.intp)] = 1
+
+
 CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
     TupleKind("triple", _elementwise(3), 2, _fill_triple,
               "a, b uniform; c = a b (elementwise)."),
@@ -179,6 +200,10 @@ CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
     TupleKind("cmp-narrow", _narrow_cmp, 1, _fill_narrow_cmp,
               "r uniform; bit m of r; bits 0..m-1 of r, stacked: a comparison of values "
               "below 2^m in magnitude costs m bits where cmp costs 62."),
+    TupleKind("bucket", _bucket, 1, _fill_bucket,
+              "r uniform; bits 0..s-1 of r; rho uniform in [0, W); E one-hot at "
+              "(rho + (r >> s)) mod W: places each of n values in one of W bins "
+              "(evaluation.histogram) with E never opened."),
     TupleKind("cmp", _elementwise(3 + CMP_BITS), 1, _fill_cmp,
               "r uniform; msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one."),
 )}

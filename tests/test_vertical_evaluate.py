@@ -1,0 +1,142 @@
+"""`vertical_evaluate` (and `vertical_predict`) on party node processes: three
+institutions (the label holder and two feature holders, FATE's breast host columns
+split in two), each keeping a different 90% of the people, align them by psi, train on
+the rows the label holder does not hold out, and evaluate on those it does, before and
+after the nodes restart; every metric is checked against numpy and scikit-learn on the
+same held-out rows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import (
+    OPEN_POLICY,
+    LocalDataset,
+    NodeProcesses,
+    write_local_federation,
+)
+from invisible.crypto.fixedpoint import decode
+from invisible.crypto.sharing import reconstruct
+from invisible.errors import ConfigError
+from invisible.kinds.alignments import AlignmentStore
+from invisible.kinds.models import ModelStore
+from invisible.kinds.params import ColumnsRef
+from invisible.kinds.splits import split_seed, stratified_test_rows
+from invisible.kinds.vertical_evaluate import VerticalEvaluateParams
+from invisible.kinds.vertical_lr import VerticalLrParams
+from invisible.kinds.vertical_predict import VerticalPredictParams
+from invisible.protocols.mpc.evaluation import LOG_LOSS_MAX_ERROR
+from invisible.protocols.mpc.logistic import train_plain
+
+DATA = Path(__file__).parent / "data"
+PARTIES = ("guest", "host", "other")
+
+
+def three_institutions(tmp: Path):
+    """guest: y and x0..x9; host: the host's first 10 columns; other: its last 10. Each
+    keeps a different random 90% of the ids, shuffled."""
+    read = {side: pd.read_csv(DATA / f"breast_hetero_{side}.csv.gz") for side in ("guest", "host")}
+    host = [c for c in read["host"].columns if c.startswith("x")]
+    frames = {"guest": read["guest"], "host": read["host"][["id", *host[:10]]],
+              "other": read["host"][["id", *host[10:]]]}
+    datasets, features = {}, {}
+    for offset, (party, frame) in enumerate(frames.items()):
+        rng = np.random.default_rng(40 + offset)
+        kept = frame[rng.random(len(frame)) < 0.9].sample(frac=1.0, random_state=offset)
+        path = tmp / f"{party}.csv"
+        kept.to_csv(path, index=False)
+        features[party] = [c for c in frame.columns if c.startswith("x")]
+        columns = {"id": "int", **({"y": "int"} if party == "guest" else {}),
+                   **{c: "float" for c in features[party]}}
+        datasets[party] = {"credit": LocalDataset(path, columns, dict(OPEN_POLICY))}
+    layout = write_local_federation(tmp / "fed", PARTIES, datasets, dealers=["dealer"],
+                                    limits={"rpc_timeout_s": 60.0})
+    return layout, features
+
+
+def inputs(features, label: bool):
+    return {p: ColumnsRef("@b", tuple(cols), (20.0,) * len(cols),
+                          "y" if label and p == "guest" else None)
+            for p, cols in features.items()}
+
+
+@pytest.mark.timeout(600)
+def test_three_institutions_train_on_a_split_and_evaluate_the_held_out_rows_after_a_restart(
+        tmp_path):
+    layout, features = three_institutions(tmp_path)
+    training = VerticalLrParams(inputs=inputs(features, True), dealer="dealer", epochs=10,
+                                batch_size=32, learning_rate=0.1, l2=0.001, seed=4,
+                                model="m", split=0.25, split_seed=9)
+    evaluation = VerticalEvaluateParams(inputs=inputs(features, True), model="m",
+                                        dealer="dealer", split=0.25, split_seed=9,
+                                        threshold=0.4)
+    scoring = VerticalPredictParams(inputs=inputs(features, False), model="m", dealer="dealer",
+                                    recipient="guest")
+    runs = []
+    for restart in range(2):
+        with NodeProcesses(layout) as nodes, \
+                Federation.from_config(layout.coordinator_config) as fed:
+            fed.health(timeout_s=60)
+            if not restart:
+                fed.psi({p: ("credit", "id") for p in PARTIES}, alignment="b")
+                history = fed.run(training).history()
+            runs.append(fed.run(evaluation))
+            fed.run(scoring, job_id=f"scores-{restart}")
+            nodes.check_alive()
+    assert list(history.columns) == ["epoch", "loss", "seconds", "bytes"]
+
+    # The reference: the same rows, split and model in the clear.
+    folder = {p: layout.party_configs[p].parent for p in PARTIES}
+    aligned = {p: AlignmentStore(folder[p] / f"{p}-results" / "alignments").get("b")
+               for p in PARTIES}
+    frames = {p: pd.read_csv(tmp_path / f"{p}.csv").iloc[aligned[p].rows] for p in PARTIES}
+    assert all((frames[p]["id"].to_numpy() == frames["guest"]["id"].to_numpy()).all()
+               for p in PARTIES)
+    x = np.concatenate([frames[p][features[p]].to_numpy() for p in PARTIES], axis=1)
+    y = frames["guest"]["y"].to_numpy(float)
+    test = stratified_test_rows(y, 0.25, split_seed(9, aligned["guest"]))
+    train = np.setdiff1d(np.arange(y.size), test)
+    assert test.size == int(np.ceil(0.25 * y.size)) and abs(y[test].mean() - y.mean()) < 0.01
+    parts = [ModelStore(folder[p] / f"{p}-results" / "models").get("m", "coordinator")
+             for p in PARTIES]
+    weights = decode(reconstruct(np.stack([m.part for m in parts])), 16)
+    assert np.max(np.abs(weights - train_plain(x[train], y[train], training.schedule()))) <= 1e-3
+    scores = x[test] @ weights[:-1] + weights[-1]
+
+    first, again = runs
+    exact = roc_auc_score(y[test], scores)
+    for result in runs:
+        assert abs(result.auc - exact) <= result.auc_error_bound + 1e-4
+        assert result.auc_error_bound <= 1e-3
+        assert result.accuracy == pytest.approx(
+            accuracy_score(y[test], scores >= np.log(0.4 / 0.6)), abs=1.5 / test.size)
+        loss = np.mean(np.logaddexp(0, scores) - y[test] * scores)
+        assert abs(result.log_loss - loss) <= LOG_LOSS_MAX_ERROR
+    assert again.auc == pytest.approx(first.auc, abs=2 * first.auc_error_bound + 1e-4)
+    # As good as scikit-learn on the pooled rows of the same split.
+    pooled = LogisticRegression(max_iter=5000).fit(x[train], y[train])
+    assert first.auc >= roc_auc_score(y[test], pooled.decision_function(x[test])) - 0.005
+    # The scores before and after the restart, to the label holder only.
+    saved = [pd.read_csv(folder["guest"] / "guest-results" / "predictions" / f"scores-{r}.csv")
+             for r in range(2)]
+    assert np.max(np.abs(saved[0]["score"] - saved[1]["score"])) <= 1e-3
+    assert np.max(np.abs(saved[0]["score"] - (x @ weights[:-1] + weights[-1]))) <= 1e-3
+
+
+def test_evaluate_refuses_a_job_without_one_label_or_with_bins_not_a_power_of_two():
+    features = {"a": ["x0"], "b": ["x1"]}
+    parties = ("a", "b", "dealer")
+    with pytest.raises(ConfigError, match="exactly one party names a label"):
+        VerticalEvaluateParams(inputs=inputs(features, False), model="m",
+                               dealer="dealer").check(parties)
+    with pytest.raises(ConfigError, match="power of two"):
+        VerticalEvaluateParams(inputs={**inputs(features, False),
+                                       "a": ColumnsRef("@b", ("x0",), (1.0,), "y")},
+                               model="m", dealer="dealer", bins=1000).check(parties)
