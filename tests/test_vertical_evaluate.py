@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, roc_auc_score
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import (
     OPEN_POLICY,
+    InProcessNodes,
     LocalDataset,
     NodeProcesses,
     write_local_federation,
@@ -39,13 +40,17 @@ DATA = Path(__file__).parent / "data"
 PARTIES = ("guest", "host", "other")
 
 
-def three_institutions(tmp: Path):
-    """guest: y and x0..x9; host: the host's first 10 columns; other: its last 10. Each
-    keeps a different random 90% of the ids, shuffled."""
+def three_institutions(tmp: Path, raw_other: bool = False):
+    """guest: y and x0..x9; host: the host's first 10 columns; other: its last 10 (with
+    `raw_other`, in other units: x 1000 + 5000). Each keeps a different random 90% of the
+    ids, shuffled."""
     read = {side: pd.read_csv(DATA / f"breast_hetero_{side}.csv.gz") for side in ("guest", "host")}
     host = [c for c in read["host"].columns if c.startswith("x")]
     frames = {"guest": read["guest"], "host": read["host"][["id", *host[:10]]],
               "other": read["host"][["id", *host[10:]]]}
+    if raw_other:
+        frames["other"] = frames["other"].assign(**{c: frames["other"][c] * 1000 + 5000
+                                                    for c in host[10:]})
     datasets, features = {}, {}
     for offset, (party, frame) in enumerate(frames.items()):
         rng = np.random.default_rng(40 + offset)
@@ -128,6 +133,45 @@ def test_three_institutions_train_on_a_split_and_evaluate_the_held_out_rows_afte
              for r in range(2)]
     assert np.max(np.abs(saved[0]["score"] - saved[1]["score"])) <= 1e-3
     assert np.max(np.abs(saved[0]["score"] - (x @ weights[:-1] + weights[-1]))) <= 1e-3
+
+
+def test_standardised_features_train_the_model_of_the_standardised_rows(tmp_path):
+    """Columns in other units (x 1000 + 5000: beyond any useful fixed-point range as they
+    are) are standardised by their owner on the training rows; later jobs apply the same."""
+    layout, features = three_institutions(tmp_path, raw_other=True)
+    training = VerticalLrParams(inputs=inputs(features, True), dealer="dealer", epochs=3,
+                                batch_size=32, seed=4, model="std", split=0.25,
+                                standardise=True)
+    evaluation = VerticalEvaluateParams(inputs=inputs(features, True), model="std",
+                                        dealer="dealer", split=0.25)
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi({p: ("credit", "id") for p in PARTIES}, alignment="b")
+        fed.run(training)
+        result = fed.run(evaluation)
+        with pytest.raises(Exception, match="beyond the job's declared bound"):  # unscaled
+            fed.run(VerticalLrParams(inputs=inputs(features, True), dealer="dealer",
+                                     epochs=1, model="raw"))
+    folder = {p: layout.party_configs[p].parent for p in PARTIES}
+    aligned = {p: AlignmentStore(folder[p] / f"{p}-results" / "alignments").get("b")
+               for p in PARTIES}
+    frames = {p: pd.read_csv(tmp_path / f"{p}.csv").iloc[aligned[p].rows] for p in PARTIES}
+    y = frames["guest"]["y"].to_numpy(float)
+    test = stratified_test_rows(y, 0.25, split_seed(0, aligned["guest"]))
+    train = np.setdiff1d(np.arange(y.size), test)
+    blocks = []
+    for p in PARTIES:
+        raw = frames[p][features[p]].to_numpy()
+        center, scale = raw[train].mean(0), raw[train].std(0)
+        kept = ModelStore(folder[p] / f"{p}-results" / "models").get("std", "coordinator")
+        assert np.allclose(kept.scaling, [center, scale])  # its own columns' only
+        blocks.append((raw - center) / scale)
+    x = np.concatenate(blocks, axis=1)
+    parts = [ModelStore(folder[p] / f"{p}-results" / "models").get("std", "coordinator").part
+             for p in PARTIES]
+    weights = decode(reconstruct(np.stack(parts)), 16)
+    assert np.max(np.abs(weights - train_plain(x[train], y[train], training.schedule()))) <= 1e-3
+    exact = roc_auc_score(y[test], x[test] @ weights[:-1] + weights[-1])
+    assert abs(result.auc - exact) <= result.auc_error_bound + 1e-4 and result.auc > 0.95
 
 
 def test_evaluate_refuses_a_job_without_one_label_or_with_bins_not_a_power_of_two():

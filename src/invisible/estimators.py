@@ -193,7 +193,7 @@ class VerticalLogisticRegression:
                  batch_size: int = 1024, learning_rate: float = 0.1, l2: float = 0.0,
                  seed: int = 0, weight_bound: float = 8.0, name: str | None = None,
                  holdout: float = 0.0, holdout_seed: int = 0, threshold: float = 0.5,
-                 progress: bool | None = None) -> None:
+                 standardise: bool = False, progress: bool | None = None) -> None:
         self.federation = federation
         self.label = label
         self.features = {p: list(c) for p, c in features.items()}
@@ -209,13 +209,14 @@ class VerticalLogisticRegression:
         self.holdout = holdout
         self.holdout_seed = holdout_seed
         self.threshold = threshold
+        self.standardise = standardise
         self.progress = progress
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "label", "features", "bounds", "dealer", "epochs", "batch_size", "learning_rate",
             "l2", "seed", "weight_bound", "name", "holdout", "holdout_seed", "threshold",
-            "progress")}
+            "standardise", "progress")}
 
     @staticmethod
     def _alignment(alignment: Any) -> str:
@@ -238,7 +239,8 @@ class VerticalLogisticRegression:
             inputs=self._inputs(alignment, True), dealer=self.dealer, epochs=self.epochs,
             batch_size=self.batch_size, learning_rate=float(self.learning_rate),
             l2=float(self.l2), seed=self.seed, weight_bound=float(self.weight_bound),
-            model=self.name, split=float(self.holdout), split_seed=self.holdout_seed)
+            model=self.name, split=float(self.holdout), split_seed=self.holdout_seed,
+            standardise=self.standardise)
 
     def fit(self, alignment: Any, job_id: str | None = None) -> VerticalLogisticRegression:
         """Train on the rows of `alignment`; the model stays at the parties as `model_`."""

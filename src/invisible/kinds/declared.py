@@ -158,14 +158,24 @@ def agree(context: JobContext, parties: Sequence[str], step: str, facts: dict[st
         raise ProtocolError(mismatch)
 
 
-def bounded_columns(context: JobContext, kind: str, dataset_id: str, columns: Sequence[str],
-                    bounds: Sequence[float] | None, parties: Sequence[str]) -> np.ndarray:
-    """This party's numeric `columns` of `dataset_id` as one float matrix, after the job was
-    refused at every party alike if any value lies beyond its column's public bound (never
-    clipped: clipping to a requester's bound can single one person out)."""
+def numeric_matrix(context: JobContext, kind: str, dataset_id: str, columns: Sequence[str],
+                   ) -> np.ndarray:
+    """This party's numeric `columns` of `dataset_id` as one float matrix (rows, columns)."""
     dataset = context.datasets.get(dataset_id)
-    values = np.column_stack([numeric_column(kind, dataset, dataset_id, c)
-                              for c in columns]).astype(np.float64)
+    return np.column_stack([numeric_column(kind, dataset, dataset_id, c)
+                            for c in columns]).astype(np.float64)
+
+
+def bounded_columns(context: JobContext, kind: str, dataset_id: str, columns: Sequence[str],
+                    bounds: Sequence[float] | None, parties: Sequence[str],
+                    scaling: np.ndarray | None = None) -> np.ndarray:
+    """This party's numeric `columns` of `dataset_id` as one float matrix (standardised as
+    (value - scaling[0]) / scaling[1] when given), after the job was refused at every party
+    alike if any value lies beyond its column's public bound (never clipped: clipping to a
+    requester's bound can single one person out)."""
+    values = numeric_matrix(context, kind, dataset_id, columns)
+    if scaling is not None:
+        values = (values - scaling[0]) / scaling[1]
     if bounds is not None:
         beyond = bool((np.abs(values) > np.asarray(bounds)).any())
         refuse_alike(context, parties, beyond, OUT_OF_BOUND_RULE,

@@ -1,15 +1,16 @@
 """Trained models kept at the parties, by name: each party's own part, never released.
 
 A training job (``vertical_lr``) leaves at every computing party a **model**:
-its part of the weights (its additive share of all of them, the default; or,
-when the job declared ``model_to = "blocks"`` and every policy allowed it,
-the plain weights of its own columns), with what later jobs need to use it:
-the job, the parties in job order, each party's columns, the label holder
-and the fixed-point resolution. It is one file, ``<name>.npz`` in the node's
-models folder, written whole and never replaced (:func:`.alignments.
-write_new`), so it survives restarts; a model is its requester's (another
-is told there is none). The operator lists and deletes models with
-``invisible node models --config party.toml [--delete NAME]``.
+its part of the weights (its additive share of all of them), with what later
+jobs need to use it: the job, the parties in job order, each party's
+columns, the label holder, the fixed-point resolution and, when the job
+standardised the features, this party's own columns' means and standard
+deviations on the training rows (its own data's, never sent anywhere). It
+is one file, ``<name>.npz`` in the node's models folder, written whole and
+never replaced (:func:`.alignments.write_new`), so it survives restarts; a
+model is its requester's (another is told there is none). The operator
+lists and deletes models with ``invisible node models --config party.toml
+[--delete NAME --requester R]``.
 """
 
 from __future__ import annotations
@@ -37,12 +38,14 @@ class Model:
     parties: tuple[str, ...]
     columns: dict[str, list[str]]
     label_holder: str
-    #: "shares" (an additive share of every weight) or "blocks" (this party's own weights).
+    #: "shares": an additive share of every weight (the only form a model is kept in).
     form: str
     fractional_bits: int
     created: str
-    #: This party's part: ring elements (shares) or reals (blocks).
+    #: This party's part: its share of every weight (ring elements).
     part: np.ndarray
+    #: (2, columns): this party's columns' means and standard deviations, if standardised.
+    scaling: np.ndarray | None = None
 
     def meta(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "job_id": self.job_id,
@@ -53,9 +56,10 @@ class Model:
 
 def make_model(name: str, kind: str, job_id: str, requester: str, parties: tuple[str, ...],
                columns: dict[str, list[str]], label_holder: str, form: str,
-               fractional_bits: int, part: np.ndarray) -> Model:
+               fractional_bits: int, part: np.ndarray, scaling: np.ndarray | None = None,
+               ) -> Model:
     return Model(check_name(name), kind, job_id, requester, tuple(parties), dict(columns),
-                 label_holder, form, fractional_bits, utc_now().strftime(_TIME), part)
+                 label_holder, form, fractional_bits, utc_now().strftime(_TIME), part, scaling)
 
 
 class ModelStore:
@@ -70,8 +74,9 @@ class ModelStore:
 
     def save(self, model: Model) -> None:
         """Keep a new model; a requester uses a name once (ConfigError if it exists)."""
+        scaling = {} if model.scaling is None else {"scaling": model.scaling}
         write_new(self._path(model.name, model.requester), model.meta(), "a model",
-                  part=model.part)
+                  part=model.part, **scaling)
 
     def exists(self, name: str, requester: str) -> bool:
         return self._path(name, requester).exists()
@@ -99,8 +104,10 @@ class ModelStore:
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 part = np.asarray(data["part"])
+                scaling = np.asarray(data["scaling"]) if "scaling" in data.files else None
             return Model(meta["name"], meta["kind"], meta["job_id"], meta["requester"],
                          tuple(meta["parties"]), dict(meta["columns"]), meta["label_holder"],
-                         meta["form"], int(meta["fractional_bits"]), meta["created"], part)
+                         meta["form"], int(meta["fractional_bits"]), meta["created"], part,
+                         scaling)
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(f"model file {path} cannot be read") from None

@@ -154,7 +154,7 @@ class VerticalEvaluateKind(JobKind[VerticalEvaluateParams, VerticalEvaluateResul
         model = kept_model(params, context, parties)
         alignment = aligned_rows(context, ref.dataset, parties)
         features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
-                                   parties)
+                                   parties, model.scaling)
         holder = params.label_holder
         labels = read_labels(params.KIND, context.datasets, ref)
         part = "test" if params.split else "all"

@@ -54,6 +54,7 @@ from invisible.kinds.declared import (
     aligned_rows,
     bounded_columns,
     column_rows,
+    numeric_matrix,
     opened_outputs,
     release,
 )
@@ -81,6 +82,13 @@ def read_labels(kind: str, datasets: Datasets, ref: ColumnsRef) -> np.ndarray | 
         return None
     return numeric_column(kind, datasets.get(ref.dataset), ref.dataset, ref.label).astype(
         np.float64)
+
+
+def standardising(values: np.ndarray) -> np.ndarray:
+    """(2, columns): the means and standard deviations (population) of `values`' columns;
+    a constant column's deviation is taken as 1 (it is centred only)."""
+    deviations = values.std(axis=0)
+    return np.stack([values.mean(axis=0), np.where(deviations > 0, deviations, 1.0)])
 
 
 def with_label(ref: ColumnsRef) -> tuple[str, ...]:
@@ -129,6 +137,11 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
                          "same split and split_seed scores them); 0: train on every row",
                          default=0.0, ge=0, lt=1)
     split_seed: int = param("seed of the held-out rows (public)", default=0, ge=0, lt=2**63)
+    standardise: bool = param("each party standardises its own columns to mean 0 and "
+                              "variance 1 on the training rows, locally (a column never "
+                              "leaves its owner), and keeps the means and deviations with "
+                              "its part of the model for later jobs; 'bounds' then bound the "
+                              "standardised values", default=False)
 
     def check(self, parties: tuple[str, ...]) -> None:
         kind = self.KIND
@@ -245,12 +258,15 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         if context.models is None or context.models.exists(name, context.requester):
             raise ConfigError(f"{params.KIND}: a model named '{name}' exists on party '{me}'")
         alignment = aligned_rows(context, ref.dataset, parties)
-        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
-                                   parties)
         labels = read_labels(params.KIND, context.datasets, ref)
         rows = chosen_rows(context, parties, params.label_holder, labels, alignment,
                            params.split, params.split_seed, "train")
-        features = features[rows]
+        scaling = None
+        if params.standardise:
+            scaling = standardising(numeric_matrix(context, params.KIND, ref.dataset,
+                                                   ref.columns)[rows])
+        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
+                                   parties, scaling)[rows]
         labels = None if labels is None else labels[rows]
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)
@@ -281,7 +297,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         context.models.save(make_model(
             name, params.KIND, context.spec.job_id, context.requester, parties,
             {p: list(params.inputs[p].columns) for p in parties}, params.label_holder, form,
-            FRACTIONAL_BITS, part))
+            FRACTIONAL_BITS, part, scaling))
         epochs = [[round(t1 - t0, 6), b1 - b0] for (t0, b0), (t1, b1) in pairwise(marks)]
         outcome.output = {"model": name, "epochs": epochs, "openings": outcome.openings}
         return outcome

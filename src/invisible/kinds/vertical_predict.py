@@ -170,7 +170,7 @@ class VerticalPredictKind(JobKind[VerticalPredictParams, VerticalPredictResult])
         model = kept_model(params, context, parties)
         alignment = aligned_rows(context, ref.dataset, parties)
         features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
-                                   parties)
+                                   parties, model.scaling)
         ctx = MpcContext(context.channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(context.channel, parties, params.dealer)
         try:
