@@ -39,9 +39,12 @@ MASKED = {"beaver-differences", "masked-truncation-input", "masked-comparison-in
 def breast():
     tables = [pd.read_csv(io.BytesIO(gzip.decompress(
         (DATA / f"breast_hetero_{side}.csv.gz").read_bytes()))) for side in ("guest", "host")]
-    joined = tables[0].merge(tables[1], on="id", suffixes=("_g", "_h"))
+    renamed = [t.rename(columns={c: f"{c}_{side}" for c in t.columns if c.startswith("x")})
+               for t, side in zip(tables, ("g", "h"), strict=True)]
+    joined = renamed[0].merge(renamed[1], on="id")
     guest = [c for c in joined.columns if c.endswith("_g")]
     host = [c for c in joined.columns if c.endswith("_h")]
+    assert (len(guest), len(host)) == (10, 20)  # every column of both sides
     return joined, guest, host
 
 
