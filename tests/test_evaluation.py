@@ -88,6 +88,14 @@ def test_scores_beyond_the_range_share_the_end_bins_as_ties_within_the_bound():
     assert (auc, bound) == (0.625, 0.125)  # exact 0.75: one pair of four counted a half
 
 
+def test_a_large_mean_loss_keeps_its_stated_error():
+    """The mean's factor 2^k / N encoded with f bits alone was off by 1.6e-3 here."""
+    labels = (np.arange(251) == 0).astype(float)
+    scores = np.full(251, 250.0)  # a mean loss of 249
+    _, _, _, loss = evaluate(inprocess_engine(2), scores, labels, bins=16, bound=256.0)
+    assert abs(loss - softplus_loss(scores, labels)) <= LOG_LOSS_MAX_ERROR
+
+
 def test_the_log_loss_tail_interpolant_has_its_stated_error():
     a = np.linspace(0, SCORE_RANGE, 400001)
     tail = np.polynomial.Polynomial(SOFTPLUS_TAIL)(a / SCORE_RANGE)

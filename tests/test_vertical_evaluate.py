@@ -25,7 +25,7 @@ from invisible.coordinator.local import (
 )
 from invisible.crypto.fixedpoint import decode
 from invisible.crypto.sharing import reconstruct
-from invisible.errors import ConfigError
+from invisible.errors import ConfigError, ProtocolError
 from invisible.kinds.alignments import AlignmentStore
 from invisible.kinds.models import ModelStore
 from invisible.kinds.params import ColumnsRef
@@ -78,10 +78,9 @@ def test_three_institutions_train_on_a_split_and_evaluate_the_held_out_rows_afte
     layout, features = three_institutions(tmp_path)
     training = VerticalLrParams(inputs=inputs(features, True), dealer="dealer", epochs=10,
                                 batch_size=32, learning_rate=0.1, l2=0.001, seed=4,
-                                model="m", split=0.25, split_seed=9)
+                                model="m", split=0.25)
     evaluation = VerticalEvaluateParams(inputs=inputs(features, True), model="m",
-                                        dealer="dealer", split=0.25, split_seed=9,
-                                        threshold=0.4)
+                                        dealer="dealer", split=0.25, threshold=0.4)
     scoring = VerticalPredictParams(inputs=inputs(features, False), model="m", dealer="dealer",
                                     recipient="guest")
     runs = []
@@ -106,9 +105,9 @@ def test_three_institutions_train_on_a_split_and_evaluate_the_held_out_rows_afte
                for p in PARTIES)
     x = np.concatenate([frames[p][features[p]].to_numpy() for p in PARTIES], axis=1)
     y = frames["guest"]["y"].to_numpy(float)
-    test = stratified_test_rows(y, 0.25, split_seed(9, aligned["guest"]))
+    test = stratified_test_rows(y, 0.25, split_seed(0.25, aligned["guest"]))
     train = np.setdiff1d(np.arange(y.size), test)
-    assert test.size == int(np.ceil(0.25 * y.size)) and abs(y[test].mean() - y.mean()) < 0.01
+    assert abs(test.size - 0.25 * y.size) <= 2 and abs(y[test].mean() - y.mean()) < 0.01
     parts = [ModelStore(folder[p] / f"{p}-results" / "models").get("m", "coordinator")
              for p in PARTIES]
     weights = decode(reconstruct(np.stack([m.part for m in parts])), 16)
@@ -121,7 +120,7 @@ def test_three_institutions_train_on_a_split_and_evaluate_the_held_out_rows_afte
         assert abs(result.auc - exact) <= result.auc_error_bound + 1e-4
         assert result.auc_error_bound <= 1e-3
         assert result.accuracy == pytest.approx(
-            accuracy_score(y[test], scores >= np.log(0.4 / 0.6)), abs=1.5 / test.size)
+            accuracy_score(y[test], scores >= np.log(0.4 / 0.6)), abs=2.0**-15)
         loss = np.mean(np.logaddexp(0, scores) - y[test] * scores)
         assert abs(result.log_loss - loss) <= LOG_LOSS_MAX_ERROR
     assert again.auc == pytest.approx(first.auc, abs=2 * first.auc_error_bound + 1e-4)
@@ -156,7 +155,7 @@ def test_standardised_features_train_the_model_of_the_standardised_rows(tmp_path
                for p in PARTIES}
     frames = {p: pd.read_csv(tmp_path / f"{p}.csv").iloc[aligned[p].rows] for p in PARTIES}
     y = frames["guest"]["y"].to_numpy(float)
-    test = stratified_test_rows(y, 0.25, split_seed(0, aligned["guest"]))
+    test = stratified_test_rows(y, 0.25, split_seed(0.25, aligned["guest"]))
     train = np.setdiff1d(np.arange(y.size), test)
     blocks = []
     for p in PARTIES:
@@ -172,6 +171,64 @@ def test_standardised_features_train_the_model_of_the_standardised_rows(tmp_path
     assert np.max(np.abs(weights - train_plain(x[train], y[train], training.schedule()))) <= 1e-3
     exact = roc_auc_score(y[test], x[test] @ weights[:-1] + weights[-1])
     assert abs(result.auc - exact) <= result.auc_error_bound + 1e-4 and result.auc > 0.95
+
+
+def test_every_row_is_a_test_row_with_the_same_probability_whatever_its_label():
+    """A class of 3 among 200 rows: with largest-remainder rounding no positive was ever a
+    test row at split 0.1 (20 certain negatives from one job), every one at 0.9."""
+    labels = np.zeros(200)
+    labels[[5, 50, 150]] = 1
+    for fraction in (0.1, 0.25, 0.5):
+        draws = np.zeros(200)
+        for seed in range(4000):
+            draws[stratified_test_rows(labels, fraction, seed.to_bytes(16, "big"))] += 1
+        rate = draws / 4000
+        assert abs(rate[labels == 1].mean() - fraction) < 0.02
+        assert abs(rate[labels == 0].mean() - fraction) < 0.01
+
+
+def test_a_job_cannot_choose_the_split_seed_a_free_fraction_or_threshold_or_weight_bound():
+    features = {"guest": ["x0"], "host": ["x1"]}
+    parties = ("guest", "host", "dealer")
+    base = VerticalEvaluateParams(inputs=inputs(features, True), model="m", dealer="dealer")
+    with pytest.raises(ConfigError, match="unknown parameter"):  # one draw per alignment
+        VerticalLrParams.read({**VerticalLrParams(inputs=inputs(features, True),
+                                                  dealer="dealer").to_json(), "split_seed": 3})
+    for field in ("weight_bound", "split_seed"):  # the model's weight bound, not the job's
+        with pytest.raises(ConfigError, match="unknown parameter"):
+            VerticalEvaluateParams.read({**base.to_json(), field: 3})
+    with pytest.raises(ConfigError, match="'split' must be one of"):
+        VerticalEvaluateParams(inputs=inputs(features, True), model="m", dealer="dealer",
+                               split=0.13).check(parties)
+    with pytest.raises(ConfigError, match="'threshold' must be one of"):  # no sweeping
+        VerticalEvaluateParams(inputs=inputs(features, True), model="m", dealer="dealer",
+                               threshold=0.37).check(parties)
+
+
+def test_k_counts_the_smallest_class_of_the_scored_rows_at_the_label_holder(tmp_path):
+    """An AUC over one positive is that person's rank among the negatives: the label
+    holder applies k to the rarer class of the rows it scores (before any model is read)."""
+    from test_vertical_kind import columns_of, federation
+
+    from invisible.errors import PolicyError
+
+    policy = {**OPEN_POLICY, "min_rows": 25}
+    layout, tables = federation(tmp_path, "breast", policy=policy)
+    features = columns_of(tables)
+
+    def evaluate(split):
+        return VerticalEvaluateParams(
+            inputs={p: ColumnsRef("@b", tuple(c), (20.0,) * len(c), "y" if p == "guest" else None)
+                    for p, c in features.items()},
+            model="none", dealer="dealer", split=split)
+
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        fed.psi({"guest": ("credit", "id"), "host": ("credit", "id")}, alignment="b")
+        with pytest.raises(PolicyError, match="k-threshold") as refused:
+            fed.run(evaluate(0.1))  # about 17 of the rarer class: fewer than 25
+        assert "on party 'guest'" in str(refused.value)  # the label holder alone
+        with pytest.raises(ProtocolError, match="no model named 'none'"):  # past the k check
+            fed.run(evaluate(0.25))
 
 
 def test_evaluate_refuses_a_job_without_one_label_or_with_bins_not_a_power_of_two():

@@ -194,10 +194,10 @@ def test_the_node_lists_and_deletes_its_models(tmp_path, capsys):
     config = layout.party_configs["a"]
     store = ModelStore(config.parent / "a-results" / "models")
     store.save(make_model("m1", "vertical_lr", "job-1", "coordinator", ("a", "b"),
-                          {"a": ["x"], "b": ["y"]}, "a", "shares", 16, np.zeros(3, np.uint64)))
+                          {"a": ["x"], "b": ["y"]}, "a", "shares", 16, np.zeros(3, np.uint64), 8.0))
     with pytest.raises(Exception, match="a model named 'm1' exists"):
         store.save(make_model("m1", "vertical_lr", "job-2", "coordinator", ("a", "b"),
-                              {"a": ["x"], "b": ["y"]}, "a", "shares", 16, np.ones(3)))
+                              {"a": ["x"], "b": ["y"]}, "a", "shares", 16, np.ones(3), 8.0))
     assert main(["node", "models", "--config", str(config)]) == 0
     [header, row] = capsys.readouterr().out.splitlines()
     assert header.split()[:3] == ["name", "kind", "form"]
@@ -240,6 +240,7 @@ def test_the_vertical_estimator_fits_on_a_psi_result_and_scores_for_the_label_ho
     assert (model.history_["seconds"] > 0).all() and (model.history_["bytes"] > 10_000).all()
     assert len(model.history_) == 3 and model.get_params()["holdout"] == 0.25
     assert auc == model.evaluation_.auc and auc > 0.95
+    assert "holdout_seed" not in model.get_params()
     assert model.evaluation_.auc_error_bound <= 1e-3 and 0.85 < model.evaluation_.accuracy <= 1
     assert scored.recipient == "guest"
     saved = pd.read_csv(layout.party_configs["guest"].parent / "guest-results" / "predictions"

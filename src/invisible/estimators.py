@@ -192,7 +192,7 @@ class VerticalLogisticRegression:
                  bounds: Mapping[str, Sequence[float]], dealer: str, epochs: int = 10,
                  batch_size: int = 1024, learning_rate: float = 0.1, l2: float = 0.0,
                  seed: int = 0, weight_bound: float = 8.0, name: str | None = None,
-                 holdout: float = 0.0, holdout_seed: int = 0, threshold: float = 0.5,
+                 holdout: float = 0.0, threshold: float = 0.5,
                  standardise: bool = False, progress: bool | None = None) -> None:
         self.federation = federation
         self.label = label
@@ -207,7 +207,6 @@ class VerticalLogisticRegression:
         self.weight_bound = weight_bound
         self.name = name
         self.holdout = holdout
-        self.holdout_seed = holdout_seed
         self.threshold = threshold
         self.standardise = standardise
         self.progress = progress
@@ -215,7 +214,7 @@ class VerticalLogisticRegression:
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         return {name: getattr(self, name) for name in (
             "label", "features", "bounds", "dealer", "epochs", "batch_size", "learning_rate",
-            "l2", "seed", "weight_bound", "name", "holdout", "holdout_seed", "threshold",
+            "l2", "seed", "weight_bound", "name", "holdout", "threshold",
             "standardise", "progress")}
 
     @staticmethod
@@ -239,8 +238,7 @@ class VerticalLogisticRegression:
             inputs=self._inputs(alignment, True), dealer=self.dealer, epochs=self.epochs,
             batch_size=self.batch_size, learning_rate=float(self.learning_rate),
             l2=float(self.l2), seed=self.seed, weight_bound=float(self.weight_bound),
-            model=self.name, split=float(self.holdout), split_seed=self.holdout_seed,
-            standardise=self.standardise)
+            model=self.name, split=float(self.holdout), standardise=self.standardise)
 
     def fit(self, alignment: Any, job_id: str | None = None) -> VerticalLogisticRegression:
         """Train on the rows of `alignment`; the model stays at the parties as `model_`."""
@@ -266,8 +264,7 @@ class VerticalLogisticRegression:
         held_out = self.holdout if self._alignment(alignment) == self.alignment_ else 0.0
         params = VerticalEvaluateParams(
             inputs=self._inputs(alignment, True), model=self.model_, dealer=self.dealer,
-            threshold=float(self.threshold), split=float(held_out),
-            split_seed=self.holdout_seed, weight_bound=float(self.weight_bound))
+            threshold=float(self.threshold), split=float(held_out))
         self.evaluation_ = self.federation.run(params, job_id=job_id)
         return self.evaluation_
 
@@ -283,7 +280,7 @@ class VerticalLogisticRegression:
             raise ConfigError("this estimator is not fitted yet: call fit() first")
         params = VerticalPredictParams(
             inputs=self._inputs(alignment, False), model=self.model_, dealer=self.dealer,
-            recipient=self.label[0], weight_bound=float(self.weight_bound))
+            recipient=self.label[0])
         return self.federation.run(params, job_id=job_id)
 
     def plot_history(self, path: str | Path) -> Path:

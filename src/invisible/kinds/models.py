@@ -44,6 +44,8 @@ class Model:
     created: str
     #: This party's part: its share of every weight (ring elements).
     part: np.ndarray
+    #: The bound every |weight| was clipped to in training (later jobs plan their ranges by it).
+    weight_bound: float
     #: (2, columns): this party's columns' means and standard deviations, if standardised.
     scaling: np.ndarray | None = None
 
@@ -51,15 +53,17 @@ class Model:
         return {"name": self.name, "kind": self.kind, "job_id": self.job_id,
                 "requester": self.requester, "parties": list(self.parties),
                 "columns": self.columns, "label_holder": self.label_holder, "form": self.form,
-                "fractional_bits": self.fractional_bits, "created": self.created}
+                "fractional_bits": self.fractional_bits, "created": self.created,
+                "weight_bound": self.weight_bound}
 
 
 def make_model(name: str, kind: str, job_id: str, requester: str, parties: tuple[str, ...],
                columns: dict[str, list[str]], label_holder: str, form: str,
-               fractional_bits: int, part: np.ndarray, scaling: np.ndarray | None = None,
-               ) -> Model:
+               fractional_bits: int, part: np.ndarray, weight_bound: float,
+               scaling: np.ndarray | None = None) -> Model:
     return Model(check_name(name), kind, job_id, requester, tuple(parties), dict(columns),
-                 label_holder, form, fractional_bits, utc_now().strftime(_TIME), part, scaling)
+                 label_holder, form, fractional_bits, utc_now().strftime(_TIME), part,
+                 float(weight_bound), scaling)
 
 
 class ModelStore:
@@ -108,6 +112,6 @@ class ModelStore:
             return Model(meta["name"], meta["kind"], meta["job_id"], meta["requester"],
                          tuple(meta["parties"]), dict(meta["columns"]), meta["label_holder"],
                          meta["form"], int(meta["fractional_bits"]), meta["created"], part,
-                         scaling)
+                         float(meta["weight_bound"]), scaling)
         except (OSError, ValueError, KeyError, TypeError):
             raise ConfigError(f"model file {path} cannot be read") from None

@@ -8,7 +8,7 @@ Steps, at each computing party:
    (steps 1-2 there); the label holder names its 0/1 label column.
 2. With `split` > 0, the label holder draws the test rows, stratified by
    label (:mod:`.splits`): the rows a `vertical_lr` job with the same
-   split and split_seed held out. Otherwise every row is scored.
+   split held out. Otherwise every row is scored.
 3. The scores of those rows on shares (`vertical_predict.model_scores`);
    the label holder input-shares the labels as integers.
 4. :func:`invisible.protocols.mpc.evaluation.metrics`: a secret histogram
@@ -41,8 +41,14 @@ from invisible.kinds.declared import (
 )
 from invisible.kinds.params import ColumnInputs, Params, param
 from invisible.kinds.results import Result, Table
-from invisible.kinds.splits import chosen_rows, held_out_count
-from invisible.kinds.vertical_lr import FRACTIONAL_BITS, not_binary, read_labels, with_label
+from invisible.kinds.splits import check_fraction, chosen_rows, rows_bounds, smallest_class
+from invisible.kinds.vertical_lr import (
+    FRACTIONAL_BITS,
+    MAX_WEIGHT_BOUND,
+    not_binary,
+    read_labels,
+    with_label,
+)
 from invisible.kinds.vertical_predict import WithModel, kept_model, model_scores
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.evaluation import input_labels, metrics
@@ -70,26 +76,28 @@ class VerticalEvaluateParams(WithModel, Params["VerticalEvaluateResult"]):
     recipient: str | None = param("a computing party that receives the metrics (and releases "
                                   "them to the requester)", default=None)
     threshold: float = param("the probability at or above which a row counts as predicted 1 "
-                             "(accuracy)", default=0.5, gt=0, lt=1)
+                             "(accuracy): one of 0.1, 0.2, ..., 0.9 (a free threshold, moved "
+                             "from job to job, would find every row's score)", default=0.5,
+                             gt=0, lt=1)
     bins: int = param("histogram bins per class over scores in [-8, 8) (a power of two; "
                       "finer bins, a smaller AUC error bound)", default=4096, ge=16, le=16384)
     split: float = param("score only the rows the label holder holds out, as the training "
-                         "job's split; 0: every row", default=0.0, ge=0, lt=1)
-    split_seed: int = param("seed of the held-out rows, as the training job's", default=0,
-                            ge=0, lt=2**63)
-    weight_bound: float = param("public bound on every |weight|, as in training", default=8.0,
-                                gt=0, le=1024)
+                         "job's split (0, 0.1, 0.2, 0.25, 0.3 or 0.5); 0: every row",
+                         default=0.0, ge=0, lt=1)
 
     def check(self, parties: tuple[str, ...]) -> None:
         self.check_inputs(parties, labels=1)
         if self.bins & (self.bins - 1):
             raise ConfigError(f"{self.KIND}: 'bins' must be a power of two")
+        if round(self.threshold * 10) != self.threshold * 10:
+            raise ConfigError(f"{self.KIND}: 'threshold' must be one of 0.1, 0.2, ..., 0.9")
+        check_fraction(self.KIND, self.split)
         columns = sum(len(ref.columns) for ref in self.inputs.values())
-        scores = (columns + 1) * self.feature_bound * self.weight_bound
+        scores = (columns + 1) * self.feature_bound * MAX_WEIGHT_BOUND
         try:  # the comparisons and the log loss of step 4 at their widest
             check_range(4 * scores * 2.0**FRACTIONAL_BITS, FRACTIONAL_BITS, f"{self.KIND} scores")
         except ProtocolError as exc:
-            raise ConfigError(f"{exc}: lower the bounds or weight_bound") from None
+            raise ConfigError(f"{exc}: lower the bounds") from None
 
     @property
     def label_holder(self) -> str:
@@ -139,9 +147,16 @@ class VerticalEvaluateKind(JobKind[VerticalEvaluateParams, VerticalEvaluateResul
             return None
         ref = params.inputs[party_id]
         rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
-        scored = held_out_count(rows, params.split) if params.split else rows
-        # Every metric aggregates all the scored rows.
-        return DataUse(scored, scored, not_binary(read_labels(params.KIND, datasets, ref), ref))
+        # Every metric aggregates all the scored rows; the label holder counts the smallest
+        # class among them (an AUC over one positive is that person's rank).
+        cell = rows_bounds(rows, params.split)[0]
+        labels = read_labels(params.KIND, datasets, ref)
+        problem = not_binary(labels, ref)
+        if labels is not None and problem is None:
+            cell = min(cell, smallest_class(labels, params.split))
+            if cell == 0:
+                problem = "the rows to score hold too few rows of one class"
+        return DataUse(rows, cell, problem)
 
     def run(self, params: VerticalEvaluateParams, context: JobContext) -> JobOutcome:
         served = params.serve_as_dealer(context)
@@ -158,13 +173,12 @@ class VerticalEvaluateKind(JobKind[VerticalEvaluateParams, VerticalEvaluateResul
         holder = params.label_holder
         labels = read_labels(params.KIND, context.datasets, ref)
         part = "test" if params.split else "all"
-        rows = chosen_rows(context, parties, holder, labels, alignment, params.split,
-                           params.split_seed, part)
+        rows = chosen_rows(context, parties, holder, labels, alignment, params.split, part)
         features = features[rows]
         labels = None if labels is None else labels[rows]
         ctx = MpcContext(context.channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(context.channel, parties, params.dealer)
-        outcome = JobOutcome(rows_used=int(rows.size))
+        outcome = JobOutcome(rows_used=alignment.size)  # every row is read and checked
         try:
             scores = model_scores(ctx, provider, params, model, features, context)
             y = input_labels(ctx, holder, labels, int(rows.size), context.rng)

@@ -62,7 +62,7 @@ from invisible.kinds.models import make_model
 from invisible.kinds.params import ColumnInputs, ColumnsRef, Params, param
 from invisible.kinds.results import Result, Table
 from invisible.kinds.secure_sum import numeric_column
-from invisible.kinds.splits import chosen_rows, held_out_count
+from invisible.kinds.splits import check_fraction, chosen_rows, rows_bounds, smallest_class
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.logistic import Schedule, taylor_loss, train
 from invisible.protocols.mpc.provider import DealerProvider
@@ -72,6 +72,8 @@ if TYPE_CHECKING:
     import pandas
 
 FRACTIONAL_BITS = 16
+#: The largest weight_bound a training job may declare (later jobs plan their ranges by it).
+MAX_WEIGHT_BOUND = 1024.0
 #: The most a step may shrink the weights by (learning_rate x l2), as for horizontal_lr.
 MAX_DECAY = 0.5
 
@@ -126,17 +128,18 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
     l2: float = param("L2 penalty on the weights and intercept", default=0.0, ge=0, le=100)
     seed: int = param("seed of the batch order (public)", default=0, ge=0, lt=2**63)
     weight_bound: float = param("public bound on every |weight| the fixed-point range is "
-                                "planned for", default=8.0, gt=0, le=1024)
+                                "planned for (kept with the model for later jobs)",
+                                default=8.0, gt=0, le=MAX_WEIGHT_BOUND)
     model: str | None = param("the name the parties keep the model under (default: the job "
                               "id)", default=None, example="late-payments")
     losses: bool = param("open the training loss of each epoch's model", default=True)
     max_rows: int = param("public bound on the alignment's rows (the loss's fixed-point range "
                           "is planned for it)", default=100_000, ge=1, le=10_000_000)
-    split: float = param("the fraction of the alignment's rows held out for testing (the label "
-                         "holder draws them, stratified by label; vertical_evaluate with the "
-                         "same split and split_seed scores them); 0: train on every row",
+    split: float = param("the fraction of the alignment's rows held out for testing, one of "
+                         "0, 0.1, 0.2, 0.25, 0.3, 0.5 (the label holder draws them, stratified "
+                         "by label, one draw per alignment and fraction; vertical_evaluate "
+                         "with the same split scores them); 0: train on every row",
                          default=0.0, ge=0, lt=1)
-    split_seed: int = param("seed of the held-out rows (public)", default=0, ge=0, lt=2**63)
     standardise: bool = param("each party standardises its own columns to mean 0 and "
                               "variance 1 on the training rows, locally (a column never "
                               "leaves its owner), and keeps the means and deviations with "
@@ -154,6 +157,7 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
                 raise ConfigError(f"{kind}: party '{party}' must name an alignment (\"@name\")")
             if ref.bounds is None:
                 raise ConfigError(f"{kind}: party '{party}' must give 'bounds', one per column")
+        check_fraction(kind, self.split)
         if self.learning_rate * self.l2 > MAX_DECAY:
             raise ConfigError(f"{kind}: learning_rate x l2 must be at most {MAX_DECAY}")
         if self.model is not None:
@@ -239,11 +243,15 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             return None
         ref = params.inputs[party_id]
         rows = column_rows(params.KIND, datasets, ref.dataset, ref.columns)
-        trained = rows - held_out_count(rows, params.split)
-        cell = min(trained, params.batch_size)  # a step's gradient averages one mini-batch
+        # A step's gradient averages one mini-batch; with a split, the smallest class's test
+        # rows count too (their pattern is what the feature holders see).
+        cell = min(rows_bounds(rows, params.split)[1], params.batch_size)
         if rows > params.max_rows:
             return DataUse(rows, cell, "the alignment has more rows than the job's max_rows")
-        return DataUse(rows, cell, not_binary(read_labels(params.KIND, datasets, ref), ref))
+        labels = read_labels(params.KIND, datasets, ref)
+        if labels is not None and params.split:
+            cell = min(cell, smallest_class(labels, params.split))
+        return DataUse(rows, cell, not_binary(labels, ref))
 
     def run(self, params: VerticalLrParams, context: JobContext) -> JobOutcome:
         served = params.serve_as_dealer(context)
@@ -260,7 +268,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         alignment = aligned_rows(context, ref.dataset, parties)
         labels = read_labels(params.KIND, context.datasets, ref)
         rows = chosen_rows(context, parties, params.label_holder, labels, alignment,
-                           params.split, params.split_seed, "train")
+                           params.split, "train")
         scaling = None
         if params.standardise:
             scaling = standardising(numeric_matrix(context, params.KIND, ref.dataset,
@@ -286,7 +294,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             weights = train(ctx, provider, counts, bounds, params.label_holder, rows.size,
                             params.schedule(), features, labels, context.rng, after_epoch)
             part, form = weights.share.ravel(), "shares"
-            outcome = JobOutcome(rows_used=rows.size)
+            outcome = JobOutcome(rows_used=alignment.size)  # every row is read and checked
             outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
                                 for o in ctx.record.openings]
             if losses:
@@ -297,7 +305,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         context.models.save(make_model(
             name, params.KIND, context.spec.job_id, context.requester, parties,
             {p: list(params.inputs[p].columns) for p in parties}, params.label_holder, form,
-            FRACTIONAL_BITS, part, scaling))
+            FRACTIONAL_BITS, part, params.weight_bound, scaling))
         epochs = [[round(t1 - t0, 6), b1 - b0] for (t0, b0), (t1, b1) in pairwise(marks)]
         outcome.output = {"model": name, "epochs": epochs, "openings": outcome.openings}
         return outcome

@@ -51,7 +51,6 @@ class WithModel(WithDealer):
 
     inputs: ColumnInputs
     model: str
-    weight_bound: float
 
     @property
     def feature_bound(self) -> float:
@@ -94,7 +93,7 @@ def model_scores(ctx: MpcContext, provider: DealerProvider, params: WithModel, m
     x = share_features(ctx, counts, params.feature_bound, features, features.shape[0],
                        context.rng)
     return shared_scores(ctx, provider, x, params.feature_bound, model.part,
-                         params.weight_bound)
+                         model.weight_bound)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,8 +114,6 @@ class VerticalPredictParams(WithModel, Params["VerticalPredictResult"]):
     recipient: str | None = param("the computing party that receives every row's score (the "
                                   "label holder, or another every policy allows)",
                                   example="bank")
-    weight_bound: float = param("public bound on every |weight|, as in training", default=8.0,
-                                gt=0, le=1024)
 
     def check(self, parties: tuple[str, ...]) -> None:
         self.check_inputs(parties, labels=0)
