@@ -25,7 +25,7 @@ from invisible.protocols.mpc.evaluation import (
 )
 
 MASKED = {"beaver-differences", "masked-truncation-input", "masked-comparison-input",
-          "masked-bucket-input", "masked-bucket-index"}
+          "masked-bucket-input", "masked-bucket-low", "masked-bucket-high"}
 
 
 def evaluate(engine, scores, labels, threshold=0.5, bins=4096, holder="p1", bound=64.0):

@@ -476,12 +476,15 @@ def cmp_holds(r, msb, top, *bits):
     assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64((1 << 62) - 1))
 
 
-def bucket_holds(r, bits, rho, one_hot):
-    assert bits.shape == (5, 50) and one_hot.shape == (50, 16)
-    assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64(31))
-    assert (rho < U64(16)).all() and len(set(rho.tolist())) > 1  # drawn, not constant
-    index = (rho + (r >> U64(5))) & U64(15)
-    assert np.array_equal(one_hot, (np.arange(16) == index[:, None].astype(int)).astype(U64))
+def bucket_holds(r, bits, rho_low, rho_high, low, high):
+    assert bits.shape == (7, 50) and low.shape == (50, 4) and high.shape == (50, 8)
+    assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64(127))
+    assert (rho_low < U64(4)).all() and (rho_high < U64(8)).all()
+    assert len(set(rho_high.tolist())) > 1  # drawn, not constant
+    for one_hot, index in ((low, (rho_low + (r >> U64(5))) & U64(3)),
+                           (high, (rho_high + (r >> U64(7))) & U64(7))):
+        expected = np.arange(one_hot.shape[1]) == index[:, None].astype(int)
+        assert np.array_equal(one_hot, expected.astype(U64))
 
 
 #: For every kind in the catalogue: shapes to ask for, and a check of what its doc promises.
@@ -495,7 +498,7 @@ PROMISES = {
     "gram-trunc": ([(7, 3)], gram_trunc_holds),
     "cmp": ([(50,)], cmp_holds),
     "cmp-narrow": ([(50,), (20,)], narrow_cmp_holds),
-    "bucket": ([(50, 16), (5,)], bucket_holds),
+    "bucket": ([(50, 4), (50, 8), (7,)], bucket_holds),
 }
 
 

@@ -30,7 +30,8 @@ from invisible.protocols.mpc.shared import SharedArray
 #: Openings of masked values, and the bits each one's opened value is uniform on.
 MASKED_BITS = {"beaver-differences": 64, "masked-truncation-input": 64,
                "masked-comparison-input": 64, "masked-bucket-input": 64,
-               "masked-bucket-index": 13}  # mod 2K = 2^13 (K = 4096 bins per class)
+               # the bin's two digits: mod 2^6 and 2^7 (2K = 2^13, K = 4096 bins per class)
+               "masked-bucket-low": 6, "masked-bucket-high": 7}
 DECLARED = "declared-outputs"
 STEP = re.compile(r"mpc/(\d+)/(open|input|reveal)/(.+)")
 

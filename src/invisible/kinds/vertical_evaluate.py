@@ -80,7 +80,7 @@ class VerticalEvaluateParams(WithModel, Params["VerticalEvaluateResult"]):
                              "from job to job, would find every row's score)", default=0.5,
                              gt=0, lt=1)
     bins: int = param("histogram bins per class over scores in [-8, 8) (a power of two; "
-                      "finer bins, a smaller AUC error bound)", default=4096, ge=16, le=16384)
+                      "finer bins, a smaller AUC error bound)", default=16384, ge=16, le=65536)
     split: float = param("score only the rows the label holder holds out, as the training "
                          "job's split (0, 0.1, 0.2, 0.25, 0.3 or 0.5); 0: every row",
                          default=0.0, ge=0, lt=1)

@@ -13,17 +13,19 @@ among the computing parties.
    y [z < theta] and y z, all exact.
 2. The histogram (:func:`histogram`): x = z_c + L lies in [0, 2^(s+b)) for
    K = 2^b bins of width 2^-(f-s) = 2L/K; each row goes to bin
-   u = floor(x / 2^s) + K y of 2K (the label picks the half). With a
-   bucket tuple per group of rows (r uniform, its low s bits, rho uniform
-   in [0, 2K), a one-hot E at (rho + (r >> s)) mod 2K):
-   - open c = x + r (uniform); beta = [c mod 2^s < r mod 2^s] by the prefix
-     comparison on s bits, so floor(x / 2^s) = (c >> s) - (r >> s) - beta
-     modulo 2K, exactly;
-   - open d = (K y - beta + rho) mod 2K (uniform, as rho is);
-   - u = (c >> s) + d - (rho + (r >> s)), so row i's one-hot is E_i read at
-     (c >> s) + d - k for k = 0..2K-1: a public rotation of E_i's shares.
-   Summing the rotated rows gives shares of the negatives n_k and
-   positives p_k per bin; E is never opened.
+   u = floor(x / 2^s) + K y of 2K (the label picks the half), taken as two
+   digits u = h L' + l. With a bucket tuple per group of rows (r uniform,
+   its low bits, rho_l and rho_h uniform, one-hots E_l at
+   (rho_l + (r >> s)) mod L' and E_h at (rho_h + (r >> (s + a))) mod H'):
+   - open c = x + r (uniform); the borrows beta = [c mod 2^s < r mod 2^s]
+     and beta' (the same at s + a bits) by one stacked prefix comparison, so
+     the digits of floor(x / 2^s) are exact;
+   - open d_l = (rho_l - beta) mod L' and d_h = (H'/2 y - beta' + rho_h)
+     mod H' (uniform, as rho_l and rho_h are);
+   - row i's digit one-hots are E_l and E_h read at a public rotation, and
+     the count of bin (h, l) is sum_i onehot_h[i, h] onehot_l[i, l]: one
+     Beaver matrix product of the (H' x N) and (N x L') one-hots.
+   The one-hots are never opened (only masked by the Beaver triple).
 3. AUC. From the counts, U = sum_k n_k (2 P_k + p_k), P_k the positives in
    bins above k (local sums), counts every (positive, negative) pair in
    different bins exactly and a pair in one bin as a half; T = sum_k n_k p_k
@@ -64,6 +66,7 @@ from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.arithmetic import (
     input_from,
+    matmul_ring,
     mul,
     mul_public,
     mul_ring,
@@ -126,26 +129,55 @@ def input_labels(ctx: MpcContext, holder: str, labels: np.ndarray | None, rows: 
 def histogram(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, labels: np.ndarray,
               shift: int, bins: int) -> tuple[np.ndarray, np.ndarray]:
     """Step 2: shares of (negatives per bin, positives per bin), K = `bins` each, for shared
-    ring integers x in [0, bins 2^shift) and shared 0/1 integer labels."""
+    ring integers x in [0, bins 2^shift) and shared 0/1 integer labels.
+
+    The bin u = floor(x / 2^s) + K y of 2K is taken as two digits, u = h L + l
+    (L = 2^a low bins, H = 2K / L high ones), each with its own masked index and
+    one-hot (one stacked prefix comparison gives both borrows: beta at s bits
+    for l, beta' at s + a bits for h); the count of (h, l) is then the matrix
+    product of the rows' high one-hots (transposed) and low one-hots, by a
+    Beaver matrix product: a row costs H + L ring elements instead of 2K."""
     width = 2 * bins
     if bins < 2 or bins & (bins - 1) or not 1 <= shift < 62 or x.shape != labels.shape:
         raise ProtocolError("a histogram needs a power-of-two count of bins, a shift in "
                             "1..61 and a label per value")
-    counts = np.zeros(width, RING_DTYPE)
-    group = max(1, GROUP_ELEMENTS // width)
-    top = np.uint64(width - 1)
+    digits = width.bit_length() - 1
+    low_bits = digits // 2
+    low, high = 1 << low_bits, width >> low_bits
+    total = shift + low_bits  # the bits of r the two borrows need
+    counts = np.zeros((high, low), RING_DTYPE)
+    group = max(1, GROUP_ELEMENTS // (low + high))
     for start in range(0, x.shape[0], group):
         xs, ys = x[start:start + group], labels[start:start + group]
-        r, bits, rho, one_hot = provider.take("bucket", [(xs.shape[0], width), (shift,)]).all()
+        rows = xs.shape[0]
+        r, bits, rho_low, rho_high, one_low, one_high = provider.take(
+            "bucket", [(rows, low), (rows, high), (total,)]).all()
         (c,) = open_all(ctx, [xs + r], "masked-bucket-input")
-        beta = public_less_than_shared(ctx, provider, c & np.uint64((1 << shift) - 1), bits)
-        (d,) = open_all(ctx, [(ys * np.uint64(bins) - beta + rho) & top],
-                        "masked-bucket-index")
-        at = ((c >> np.uint64(shift)) + d) & top  # row i's bin is at - (rho + (r >> s))
-        columns = (at[:, None] - np.arange(width, dtype=RING_DTYPE)[None, :]) & top
-        counts += np.take_along_axis(one_hot, columns.astype(np.intp), axis=1).sum(
-            axis=0, dtype=RING_DTYPE)
-    return counts[:bins], counts[bins:]
+        padded = np.concatenate([bits[:shift], np.zeros((low_bits, rows), RING_DTYPE)])
+        borrows = public_less_than_shared(
+            ctx, provider, np.concatenate([c & np.uint64((1 << shift) - 1),
+                                           c & np.uint64((1 << total) - 1)]),
+            np.concatenate([padded, bits], axis=1))
+        beta, beta_high = borrows[:rows], borrows[rows:]
+        (d_low,) = open_all(ctx, [(rho_low - beta) & np.uint64(low - 1)], "masked-bucket-low")
+        (d_high,) = open_all(ctx, [(ys * np.uint64(high // 2) - beta_high + rho_high)
+                                   & np.uint64(high - 1)], "masked-bucket-high")
+        at_low = ((c >> np.uint64(shift)) + d_low) & np.uint64(low - 1)
+        at_high = ((c >> np.uint64(total)) + d_high) & np.uint64(high - 1)
+        counts += matmul_ring(ctx, provider,
+                              np.ascontiguousarray(_rotate(one_high, at_high).T),
+                              _rotate(one_low, at_low))
+    flat = counts.reshape(-1)  # bin h L + l
+    return flat[:bins], flat[bins:]
+
+
+def _rotate(one_hot: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Row i of the result at k is row i of `one_hot` at (at_i - k) mod width: shares of the
+    one-hot of at_i - (the tuple's index)."""
+    width = one_hot.shape[1]
+    columns = (at[:, None] - np.arange(width, dtype=RING_DTYPE)[None, :]) \
+        & np.uint64(width - 1)
+    return np.take_along_axis(one_hot, columns.astype(np.intp), axis=1)
 
 
 def _auc(ctx: MpcContext, provider: TupleProvider, negatives: np.ndarray,

@@ -81,14 +81,16 @@ def _narrow_cmp(shapes: Sequence[Shape]) -> list[Shape] | None:
 
 
 def _bucket(shapes: Sequence[Shape]) -> list[Shape] | None:
-    """r (n,), bits 0..s-1 of r (s, n), rho (n,), a one-hot E (n, W); asked for as
-    [(n, W), (s,)] with W a power of two and 1 <= s < CMP_BITS."""
-    if len(shapes) != 2 or len(shapes[0]) != 2 or len(shapes[1]) != 1:
+    """r (n,), bits 0..m-1 of r (m, n), rho_low, rho_high (n,) and one-hot E_low (n, L),
+    E_high (n, H); asked for as [(n, L), (n, H), (m,)] with L, H powers of two and
+    log2 L < m < CMP_BITS."""
+    if len(shapes) != 3 or len(shapes[0]) != 2 or len(shapes[1]) != 2 or len(shapes[2]) != 1:
         return None
-    (rows, width), (bits,) = shapes
-    if width < 2 or width & (width - 1) or not 1 <= bits < CMP_BITS:
+    (rows, low), (rows_high, high), (bits,) = shapes
+    if rows != rows_high or any(w < 2 or w & (w - 1) for w in (low, high)) \
+            or not low.bit_length() - 1 < bits < CMP_BITS:
         return None
-    return [(rows,), (bits, rows), (rows,), (rows, width)]
+    return [(rows,), (bits, rows), (rows,), (rows,), (rows, low), (rows, high)]
 
 
 def _truncation_values(r: np.ndarray, high: np.ndarray, low: np.ndarray, f: int) -> None:
@@ -161,14 +163,20 @@ def _fill_narrow_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     _low_bits(r, list(bits))
 
 
+def _one_hot(out: np.ndarray, index: np.ndarray) -> None:
+    out[...] = 0
+    out[np.arange(out.shape[0]), index.astype(np.intp)] = 1
+
+
 def _fill_bucket(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
-    r, bits, rho, one_hot = values
-    width, shift = one_hot.shape[1], bits.shape[0]
+    r, bits, rho_low, rho_high, low, high = values
+    width_low, width_high, total = low.shape[1], high.shape[1], bits.shape[0]
+    shift = total - (width_low.bit_length() - 1)  # the digits: bits shift.. and total..
     _low_bits(r, list(bits))
-    rho[...] = rng.random_uint64(rho.shape) & np.uint64(width - 1)
-    index = (rho + (r >> np.uint64(shift))) & np.uint64(width - 1)
-    one_hot[...] = 0
-    one_hot[np.arange(one_hot.shape[0]), index.astype(np.intp)] = 1
+    rho_low[...] = rng.random_uint64(rho_low.shape) & np.uint64(width_low - 1)
+    rho_high[...] = rng.random_uint64(rho_high.shape) & np.uint64(width_high - 1)
+    _one_hot(low, (rho_low + (r >> np.uint64(shift))) & np.uint64(width_low - 1))
+    _one_hot(high, (rho_high + (r >> np.uint64(total))) & np.uint64(width_high - 1))
 
 
 CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
@@ -201,9 +209,10 @@ CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
               "r uniform; bit m of r; bits 0..m-1 of r, stacked: a comparison of values "
               "below 2^m in magnitude costs m bits where cmp costs 62."),
     TupleKind("bucket", _bucket, 1, _fill_bucket,
-              "r uniform; bits 0..s-1 of r; rho uniform in [0, W); E one-hot at "
-              "(rho + (r >> s)) mod W: places each of n values in one of W bins "
-              "(evaluation.histogram) with E never opened."),
+              "r uniform; bits 0..m-1 of r; rho_low uniform in [0, L), rho_high in [0, H); "
+              "E_low one-hot at (rho_low + (r >> (m - log2 L))) mod L, E_high one-hot at "
+              "(rho_high + (r >> m)) mod H: the two digits of each of n values' bin among "
+              "L H bins (evaluation.histogram), the one-hots never opened."),
     TupleKind("cmp", _elementwise(3 + CMP_BITS), 1, _fill_cmp,
               "r uniform; msb(r), (r mod 2^63) >> 62, and bits 0..61 of r, one by one."),
 )}
