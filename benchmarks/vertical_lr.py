@@ -139,7 +139,7 @@ def run(quick: bool) -> list[Row]:
 
         def params(model: str) -> VerticalLrParams:
             return VerticalLrParams(inputs=inputs, dealer="dealer", model=model,
-                                    split=TEST_SHARE, **schedule)
+                                    split=TEST_SHARE, max_rows=30_000, **schedule)
 
         with NodeProcesses(layout) as nodes, \
                 Federation.from_config(layout.coordinator_config) as fed:

@@ -152,3 +152,19 @@ def test_ring_matmul_takes_the_limb_path_for_large_products_and_stays_exact():
     a = data.integers(0, 2**64, (300, 1100), dtype=np.uint64, endpoint=False)
     b = np.full((1100, 80), 2**64 - 1, dtype=np.uint64)  # every limb at its largest
     assert np.array_equal(ring_matmul(a, b), np.matmul(a, b))
+
+
+def test_indexed_keys_are_rfc5869_hkdf_sha256_as_pycryptodome_computes_it():
+    import os
+
+    from Crypto.Hash import SHA256
+    from Crypto.Protocol.KDF import HKDF
+
+    from invisible.crypto.keyagree import _encode_fields, derive_indexed_key
+
+    for index in (0, 1, 7919, 2**40):
+        master = os.urandom(32)
+        expected = HKDF(master, 32, b"invisible/v1/indexed-key", SHA256,
+                        context=_encode_fields("dealer-tuple", str(index)))
+        assert derive_indexed_key(master, "dealer-tuple", index) == expected
+    assert derive_indexed_key(b"k" * 32, "a", 1) != derive_indexed_key(b"k" * 32, "a", 2)

@@ -29,6 +29,9 @@ _DOMAIN = b"invisible/v1/pairwise-seed"
 _CONFIRM_DOMAIN = b"invisible/v1/key-confirmation"
 
 
+_INDEXED_SALT = b"invisible/v1/indexed-key"
+
+
 def _encode_fields(*fields: str) -> bytes:
     """Unambiguous concatenation: each field UTF-8 with a 4-byte length prefix."""
     out = bytearray()
@@ -74,10 +77,12 @@ def derive_pairwise_seed(
 
 
 def derive_indexed_key(master: bytes, label: str, index: int) -> bytes:
-    """A 32-byte key for item `index` under `label`, from a master seed (HKDF-SHA256)."""
-    key: bytes = HKDF(master, SEED_BYTES, b"invisible/v1/indexed-key", SHA256,
-                      context=_encode_fields(label, str(index)))
-    return key
+    """A 32-byte key for item `index` under `label`, from a master seed: HKDF-SHA256
+    (RFC 5869; salt "invisible/v1/indexed-key", info the encoded label and index), one
+    output block, computed with the standard library's HMAC (a key per dealer tuple:
+    pycryptodome's HKDF took a fifth of a training step's time)."""
+    prk = hmac.digest(_INDEXED_SALT, master, "sha256")  # extract
+    return hmac.digest(prk, _encode_fields(label, str(index)) + b"\x01", "sha256")  # expand
 
 
 def confirmation_tag(seed: bytes, *, sender: str, receiver: str) -> bytes:

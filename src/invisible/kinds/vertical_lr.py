@@ -64,7 +64,7 @@ from invisible.kinds.results import Result, Table
 from invisible.kinds.secure_sum import numeric_column
 from invisible.kinds.splits import check_fraction, chosen_rows, rows_bounds, smallest_class
 from invisible.protocols.mpc.context import MpcContext
-from invisible.protocols.mpc.logistic import Schedule, taylor_loss, train
+from invisible.protocols.mpc.logistic import Schedule, drift, taylor_loss, train
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray, check_range
 
@@ -164,10 +164,15 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
             check_name(self.model)
         # Every range the protocol will check, planned from the parameters alone, so that no
         # error depends on the rows (a batch holds at most 2 batch_size - 1 rows).
+        # Weights may move beyond weight_bound within an epoch (clipped at its end).
+        within = self.weight_bound + drift(self.schedule(), self.feature_bound, self.max_rows)
         scores = (self.columns + 1) * self.feature_bound * self.weight_bound
-        plans = [(scores * 2.0**FRACTIONAL_BITS, "vertical_lr scores"),
-                 ((2 * self.batch_size) * self.feature_bound * 2.0 * 2.0**FRACTIONAL_BITS,
-                  "vertical_lr gradients")]
+        plans = [((self.columns + 1) * self.feature_bound * within * 2.0**FRACTIONAL_BITS,
+                  "vertical_lr scores"),
+                 ((2 * self.batch_size) * self.feature_bound * 8.0 * 2.0**FRACTIONAL_BITS,
+                  "vertical_lr gradients"),
+                 (8.0 * self.feature_bound * self.learning_rate * 2.0**FRACTIONAL_BITS,
+                  "vertical_lr steps")]
         if self.losses:
             plans.append((2.0 * self.max_rows * (scores**2 + 8 * scores), "vertical_lr loss"))
         try:
@@ -190,7 +195,7 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
 
     def schedule(self) -> Schedule:
         return Schedule(self.epochs, self.batch_size, self.learning_rate, self.l2, self.seed,
-                        self.weight_bound)
+                        self.weight_bound, self.max_rows)
 
 
 @dataclass(repr=False, eq=False)

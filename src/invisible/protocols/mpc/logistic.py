@@ -14,19 +14,21 @@ bound on every |weight| that the fixed-point range is planned for.
 3. Per batch B of b rows, on shares:
    - z = X_B w (a Beaver matrix product, truncated);
    - the sigmoid, clipped-linear (SecretFlow's default ``t1``):
-     s = min(max(0.5 + z / 4, 0), 1), with two exact comparisons
-     ([t < 0] and [1 - t < 0] for t = 0.5 + z / 4, stacked in one narrow
-     comparison: on as many bits as t's public bound needs, 32 for
-     default_credit's, not 62) and two exact selections; its largest error
-     against the logistic function is 0.1192, at |z| = 2 (documented,
-     tested);
-   - r = s - y_B; g = X_B^T r (a Beaver matrix product, truncated);
-   - w <- (1 - lr l2) w - (lr / b) g, the factor lr / b applied as
-     lr 2^k / b then an exact truncation by k bits (2^k >= b), so that a
-     small factor loses no precision at f fractional bits;
-   - w is clipped to [-W, W] (one stacked narrow comparison and selection
-     on d + 1 values): every later product stays in the range planned for
-     it (weights beyond W made the sigmoid's comparison wrap silently).
+     s = 0.5 + clip(z, -2, 2) / 4, by one stacked exact comparison
+     ([z < -2], [z > 2], on as many bits as z's public bound needs) and one
+     stacked selection; its largest error against the logistic function is
+     0.1192, at |z| = 2 (documented, tested). The 1/4 is never computed:
+     4 (s - y) = 2 + clip(z, -2, 2) - 4 y is exact;
+   - g = X_B^T 4 (s - y) (a Beaver matrix product, truncated);
+   - w <- (1 - lr l2) w - (lr / 4b) g, the factor lr / 4b encoded with as
+     many bits as g's bound leaves room for (about 40) and applied with one
+     exact truncation.
+   At each epoch's end w is clipped to [-W, W] (one stacked narrow
+   comparison and selection on d + 1 values). Within an epoch a weight
+   moves by at most lr B per step, so every range (and the comparison's
+   width) is planned for W + steps lr B: exact, where weights beyond the
+   planned bound made the comparison wrap silently. (Clipping after every
+   step cost 8 of a step's 21 rounds.)
 4. The weights stay shared: each party ends with its share of w.
 
 What each party learns: only masked openings (Beaver differences, masked
@@ -62,7 +64,7 @@ from invisible.protocols.mpc.comparison import less_than_zero_narrow
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.evaluation import mean_rows
 from invisible.protocols.mpc.provider import TupleProvider
-from invisible.protocols.mpc.shared import SharedArray
+from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray
 
 #: The sigmoid's clipping interval, |z| <= 2 (t = 0.5 + z / 4 in [0, 1]), and its largest
 #: error against the logistic function (at |z| = 2: 1 - 1 / (1 + e^-2)).
@@ -77,8 +79,11 @@ class Schedule:
     learning_rate: float
     l2: float
     seed: int
-    #: A public bound on every |weight| the fixed-point range is planned for.
+    #: A public bound on every |weight|: weights are clipped to it at each epoch's end.
     weight_bound: float = 8.0
+    #: A public bound on the rows (the ranges within an epoch are planned for it; None: the
+    #: rows trained on).
+    max_rows: int | None = None
 
 
 def batch_order(seed: int, epoch: int, rows: int) -> np.ndarray:
@@ -97,10 +102,6 @@ def sigmoid_t1(z: np.ndarray) -> np.ndarray:
     return np.clip(0.5 + 0.25 * np.asarray(z), 0.0, 1.0)
 
 
-def _scale_bits(batch: int) -> int:
-    return max(0, math.ceil(math.log2(batch)))
-
-
 def train_plain(features: np.ndarray, labels: np.ndarray, schedule: Schedule) -> np.ndarray:
     """The same algorithm in float64: d weights, then the intercept."""
     x = np.column_stack([features, np.ones(features.shape[0])])
@@ -110,7 +111,7 @@ def train_plain(features: np.ndarray, labels: np.ndarray, schedule: Schedule) ->
             residual = sigmoid_t1(x[rows] @ w) - labels[rows]
             w = (1.0 - schedule.learning_rate * schedule.l2) * w \
                 - schedule.learning_rate / rows.size * (x[rows].T @ residual)
-            w = np.clip(w, -schedule.weight_bound, schedule.weight_bound)
+        w = np.clip(w, -schedule.weight_bound, schedule.weight_bound)
     return w
 
 
@@ -184,57 +185,65 @@ def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
     y = input_from(ctx, label_holder, labels if ctx.me == label_holder else None, 1.0,
                    (rows,), rng)
     w_bound = schedule.weight_bound
-    w = SharedArray(np.zeros((d + 1, 1), RING_DTYPE), w_bound, f, ctx.is_leader)
+    drifted = w_bound + drift(schedule, feature_bound, rows)  # any |weight| within an epoch
+    w = SharedArray(np.zeros((d + 1, 1), RING_DTYPE), drifted, f, ctx.is_leader)
     decay = 1.0 - schedule.learning_rate * schedule.l2
     for epoch in range(schedule.epochs):
         for batch in batches(schedule, rows, epoch):
             xb = SharedArray(np.ascontiguousarray(x[batch]), feature_bound, f, ctx.is_leader)
             z = matmul(ctx, provider, xb, w)  # (b, 1)
-            s = _sigmoid(ctx, provider, z)
-            residual = s - SharedArray(y.share[batch].reshape(-1, 1), 1.0, f, ctx.is_leader)
+            clipped = _clip(ctx, provider, z, -SIGMOID_LIMIT, SIGMOID_LIMIT)
+            # 4 (s - y) = 2 + clip(z, -2, 2) - 4 y: exact, no truncation for the 1/4.
+            residual = clipped + 2.0 - SharedArray(
+                y.share[batch].reshape(-1, 1) << np.uint64(2), 4.0, f, ctx.is_leader)
             xt = SharedArray(np.ascontiguousarray(xb.share.T), feature_bound, f,
                              ctx.is_leader)
-            gradient = matmul(ctx, provider, xt, residual)  # (d + 1, 1)
-            k = _scale_bits(batch.size)
-            step = mul_public(ctx, provider, gradient,
-                              schedule.learning_rate * 2.0**k / batch.size)
-            if k:
-                step = SharedArray(truncate(ctx, provider, step.share, k),
-                                   schedule.learning_rate * feature_bound * 2.0, f,
-                                   ctx.is_leader)
+            gradient = matmul(ctx, provider, xt, residual)  # 4 X^T (s - y), (d + 1, 1)
+            step = _scaled(ctx, provider, gradient, schedule.learning_rate / (4 * batch.size),
+                           schedule.learning_rate * feature_bound)
             decayed = w if decay == 1.0 else mul_public(ctx, provider, w, decay)
-            w = _clip(ctx, provider, decayed - step, w_bound)
+            w = SharedArray((decayed - step).share, drifted, f, ctx.is_leader)
+        w = _clip(ctx, provider, w, -w_bound, w_bound)
         if on_epoch is not None:
             on_epoch(epoch, w, x, y)
-    return w
+        w = SharedArray(w.share, drifted, f, ctx.is_leader)
+    return SharedArray(w.share, w_bound, f, ctx.is_leader)
 
 
-def _clip(ctx: MpcContext, provider: TupleProvider, w: SharedArray, limit: float,
+def drift(schedule: Schedule, feature_bound: float, rows: int) -> float:
+    """How far a weight can move within an epoch (it is clipped to weight_bound at each
+    epoch's end): a step moves it by at most lr |mean of x_j r| <= lr B (|r| <= 1), and an
+    epoch has at most max(1, rows // batch_size) steps (rows: schedule.max_rows if given)."""
+    steps = max(1, (schedule.max_rows or rows) // schedule.batch_size)
+    return steps * schedule.learning_rate * feature_bound
+
+
+def _scaled(ctx: MpcContext, provider: TupleProvider, x: SharedArray, factor: float,
+            bound: float) -> SharedArray:
+    """x times a small public factor, in one exact truncation: the factor is encoded with as
+    many bits E as x's bound leaves room for (about 40 for a gradient), then E bits are
+    truncated (a factor like lr / b encoded with f bits alone kept few significant ones)."""
+    f = x.fractional_bits
+    room = RANGE_BITS - 1 - math.log2(x.bound * 2.0**f * factor)
+    bits = int(min(RANGE_BITS, math.floor(room)))
+    if bits < f:
+        raise ProtocolError("a scaled product would leave the exact range")
+    encoded = np.uint64(round(factor * 2.0**bits))
+    return SharedArray(truncate(ctx, provider, x.share * encoded, bits), bound, f,
+                       ctx.is_leader)
+
+
+def _clip(ctx: MpcContext, provider: TupleProvider, w: SharedArray, low: float, high: float,
           ) -> SharedArray:
-    """min(max(w, -limit), limit) on shares: weights never leave the bound the fixed-point
-    range is planned for (beyond it the narrow comparison of the sigmoid is not exact)."""
+    """min(max(w, low), high) on shares: one stacked narrow comparison ([w < low],
+    [w > high]) and one stacked selection."""
     f = w.fractional_bits
-    low = w + limit  # < 0: too low
-    high = -w + limit  # < 0: too high
-    both = np.concatenate([low.share, high.share])
-    bits = less_than_zero_narrow(ctx, provider, SharedArray(both, w.bound + limit, f,
-                                                            ctx.is_leader))
-    moved = mul_ring(ctx, provider, bits, both)  # [w < -W] (w + W), [w > W] (W - w)
+    below = w - low  # < 0: too low
+    above = -w + high  # < 0: too high
+    both = np.concatenate([below.share, above.share])
+    bits = less_than_zero_narrow(ctx, provider, SharedArray(
+        both, w.bound + max(abs(low), abs(high)), f, ctx.is_leader))
+    moved = mul_ring(ctx, provider, bits, both)  # [w < low] (w - low), [w > high] (high - w)
     half = w.share.shape[0]
-    return SharedArray(w.share - moved[:half] + moved[half:], limit, f, ctx.is_leader)
-
-
-def _sigmoid(ctx: MpcContext, provider: TupleProvider, z: SharedArray) -> SharedArray:
-    """min(max(0.5 + z / 4, 0), 1) on shares: one stacked comparison, one stacked selection."""
-    f = z.fractional_bits
-    quarter = SharedArray(truncate(ctx, provider, z.share, 2), z.bound / 4, f, ctx.is_leader)
-    t = quarter + 0.5
-    stacked = SharedArray(np.concatenate([t.share, (-t + 1.0).share]), t.bound + 1.0, f,
-                          ctx.is_leader)
-    bits = less_than_zero_narrow(ctx, provider, stacked)  # [t < 0], [t > 1]
-    both = np.concatenate([t.share, t.share])
-    selected = mul_ring(ctx, provider, bits, both)  # [t < 0] t, [t > 1] t
-    half = t.share.shape[0]
-    above = bits[half:] << np.uint64(f)  # [t > 1] as a fixed-point 1
-    share = t.share - selected[:half] - selected[half:] + above
-    return SharedArray(share, 1.0, f, ctx.is_leader)
+    return SharedArray(w.share - moved[:half] + moved[half:], max(abs(low), abs(high)), f,
+                       ctx.is_leader)
