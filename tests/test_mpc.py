@@ -463,10 +463,12 @@ def gram_trunc_holds(b, c_masked, high, low):
     truncation_parts_agree(c_masked - b.T @ b - SHIFT, high, low)
 
 
-def narrow_cmp_holds(r, top, bits):
-    assert bits.shape == (20, 50)
-    assert np.array_equal(top, (r >> U64(20)) & U64(1))
-    assert np.array_equal(sum(bit << U64(i) for i, bit in enumerate(bits)), r & U64((1 << 20) - 1))
+def digit_cmp_holds(r, top, one_hots):
+    assert one_hots.shape == (7, 8, 50)  # 21 bits: seven 3-bit digits
+    assert np.array_equal(top, (r >> U64(21)) & U64(1))
+    digits = [(r >> U64(3 * j)) & U64(7) for j in range(7)]
+    assert np.array_equal(one_hots, np.stack([(np.arange(8)[:, None] == d.astype(int))
+                                              .astype(U64) for d in digits]))
 
 
 def cmp_holds(r, msb, top, *bits):
@@ -497,7 +499,7 @@ PROMISES = {
     "gram": ([(7, 3)], gram_holds),
     "gram-trunc": ([(7, 3)], gram_trunc_holds),
     "cmp": ([(50,)], cmp_holds),
-    "cmp-narrow": ([(50,), (20,)], narrow_cmp_holds),
+    "cmp-digits": ([(50,), (21,)], digit_cmp_holds),
     "bucket": ([(50, 4), (50, 8), (7,)], bucket_holds),
 }
 
@@ -661,12 +663,31 @@ def test_a_narrow_comparison_is_the_sign_of_every_value_below_its_width(parties,
     z = np.concatenate([values, [-limit, limit, -1, 0, 1]])
     bound = limit / 2.0**F
     x = SharedArray(np.zeros(z.shape, RING_DTYPE), bound, F)
-    assert narrow_width(x) <= bits + 1
+    assert narrow_width(x) <= bits + 3 and narrow_width(x) % 3 == 0  # whole 3-bit digits
     engine = inprocess_engine(parties)
     shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
     results = engine.run(lambda ctx, prov: less_than_zero_narrow(
         ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
     assert np.array_equal(open_result(results, engine.parties), (z < 0).astype(np.uint64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(2, 4), st.integers(1, 59), st.data())
+def test_times_negative_is_min_of_x_and_zero_exactly(parties, bits, data):
+    """x [x < 0] in the comparison's rounds: exact at every width, including -1, 0, 1."""
+    from invisible.protocols.mpc.comparison import times_negative
+
+    limit = 2**bits - 1
+    values = data.draw(hnp.arrays(np.int64, st.integers(1, 30),
+                                  elements=st.integers(-limit, limit)))
+    z = np.concatenate([values, [-limit, limit, -1, 0, 1]])
+    bound = limit / 2.0**F
+    engine = inprocess_engine(parties)
+    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
+    results = engine.run(lambda ctx, prov: times_negative(
+        ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
+    assert np.array_equal(open_result(results, engine.parties).view(np.int64),
+                          np.minimum(z, 0))
 
 
 def test_a_narrow_comparison_opens_and_multiplies_less():

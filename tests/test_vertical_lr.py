@@ -27,6 +27,7 @@ from invisible.errors import ConfigError
 from invisible.protocols.mpc.logistic import (
     SIGMOID_MAX_ERROR,
     Schedule,
+    sigmoid_max_error,
     sigmoid_t1,
     train,
     train_plain,
@@ -71,7 +72,8 @@ def test_weights_are_the_float64_algorithms_to_fixed_point(parties):
     else:  # a label holder and two feature holders: the host's columns split in two
         blocks = [joined[guest].to_numpy(), joined[host[:10]].to_numpy(),
                   joined[host[10:]].to_numpy()]
-    schedule = Schedule(epochs=3, batch_size=64, learning_rate=0.1, l2=0.01, seed=5)
+    schedule = Schedule(epochs=3, batch_size=64, learning_rate=0.1, l2=0.01, seed=5,
+                        sigmoid_limit=2.0 if parties == 2 else 1.5)
     weights, results = run(inprocess_engine(parties), blocks, y, schedule)
     x = np.concatenate(blocks, axis=1)
     plain = train_plain(x, y, schedule)
@@ -97,6 +99,9 @@ def test_the_sigmoid_is_clipped_linear_with_its_stated_largest_error():
     assert error.max() == pytest.approx(SIGMOID_MAX_ERROR, abs=1e-6)
     assert abs(z[np.argmax(error)]) == pytest.approx(2.0, abs=1e-3)
     assert sigmoid_t1(np.array([-72.8, 72.8])).tolist() == [0.0, 1.0]  # never NaN
+    for limit in (0.5, 1.5, 2.0):  # the general clip, and its stated largest error
+        error = np.abs(sigmoid_t1(z, limit) - 1 / (1 + np.exp(-z)))
+        assert error.max() == pytest.approx(sigmoid_max_error(limit), abs=1e-6)
 
 
 # --- the kind on party nodes ------------------------------------------------------------------

@@ -132,6 +132,8 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
                                 default=8.0, gt=0, le=MAX_WEIGHT_BOUND)
     model: str | None = param("the name the parties keep the model under (default: the job "
                               "id)", default=None, example="late-payments")
+    sigmoid_limit: float = param("the sigmoid is 0.5 + clip(z, -a, a) / 4 for this a (2: "
+                                 "SecretFlow's t1)", default=2.0, gt=0, le=2)
     losses: bool = param("open the training loss of each epoch's model", default=True)
     max_rows: int = param("public bound on the alignment's rows (the loss's fixed-point range "
                           "is planned for it)", default=100_000, ge=1, le=10_000_000)
@@ -195,7 +197,7 @@ class VerticalLrParams(WithDealer, Params["VerticalLrResult"]):
 
     def schedule(self) -> Schedule:
         return Schedule(self.epochs, self.batch_size, self.learning_rate, self.l2, self.seed,
-                        self.weight_bound, self.max_rows)
+                        self.weight_bound, self.max_rows, self.sigmoid_limit)
 
 
 @dataclass(repr=False, eq=False)

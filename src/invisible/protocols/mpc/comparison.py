@@ -48,7 +48,7 @@ from invisible.protocols.mpc.arithmetic import mul, mul_public, mul_ring, open_a
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import TupleProvider
 from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray, check_range
-from invisible.protocols.mpc.tuples import CMP_BITS
+from invisible.protocols.mpc.tuples import CMP_BITS, DIGIT_BITS
 
 _ONE = np.uint64(1)
 _LOW62 = np.uint64((1 << CMP_BITS) - 1)
@@ -80,14 +80,34 @@ def public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.nda
     if ctx.is_leader:
         xor = xor + public_bits
     eq = np.broadcast_to(_ones(ctx, shape), (width, *shape)) - xor  # 1 - (c_i XOR r_i)
-    while lt.shape[0] > 1:
+    return _merge(ctx, provider, lt, eq)[0]
+
+
+def _merge(ctx: MpcContext, provider: TupleProvider, lt: np.ndarray, eq: np.ndarray,
+           extra: tuple[np.ndarray, np.ndarray] | None = None,
+           ) -> tuple[np.ndarray, np.ndarray | None]:
+    """The binary tree of merges over the (lt, eq) parts, least significant first: shares of
+    lt at the root, and of the product of the `extra` pair, computed in the tree's first
+    round (a product that needs no round of its own)."""
+    extra_product = None
+    while lt.shape[0] > 1 or extra is not None:
         pairs = lt.shape[0] // 2
         lo, hi = slice(0, 2 * pairs, 2), slice(1, 2 * pairs, 2)
         last = lt.shape[0] == 2  # the root: eq_hi eq_lo is not needed
-        left = eq[hi] if last else np.concatenate([eq[hi], eq[hi]])
-        right = lt[lo] if last else np.concatenate([lt[lo], eq[lo]])
-        products = mul_ring(ctx, provider, left.reshape(-1), right.reshape(-1)).reshape(
-            left.shape)
+        left = [eq[hi]] if last else [eq[hi], eq[hi]]
+        right = [lt[lo]] if last else [lt[lo], eq[lo]]
+        flat_left = [a.reshape(-1) for a in left]
+        flat_right = [b.reshape(-1) for b in right]
+        if extra is not None:
+            flat_left.append(extra[0].reshape(-1))
+            flat_right.append(extra[1].reshape(-1))
+        products = mul_ring(ctx, provider, np.concatenate(flat_left),
+                            np.concatenate(flat_right))
+        if extra is not None:
+            extra_product = products[products.size - extra[0].size:].reshape(extra[0].shape)
+            products = products[:products.size - extra[0].size]
+            extra = None
+        products = products.reshape(len(left) * pairs, *lt.shape[1:])
         merged_lt = lt[hi] + products[:pairs]
         merged_eq = None if last else products[pairs:]
         if lt.shape[0] % 2:  # the most significant part has no partner yet: it moves up
@@ -95,7 +115,25 @@ def public_less_than_shared(ctx: MpcContext, provider: TupleProvider, c0: np.nda
             merged_eq = None if merged_eq is None else np.concatenate([merged_eq, eq[-1:]])
         lt = merged_lt
         eq = merged_eq if merged_eq is not None else eq[:0]
-    return np.asarray(lt[0])
+    return np.asarray(lt[0]), extra_product
+
+
+def _digits_less_than(ctx: MpcContext, provider: TupleProvider, c0: np.ndarray,
+                      one_hots: np.ndarray, extra: tuple[np.ndarray, np.ndarray] | None,
+                      ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Shares of [c0 < r0] for public c0 and the one-hots of r0's 3-bit digits: each
+    digit's lt_j = sum_{v > c_j} onehot_j[v] and eq_j = onehot_j[c_j] are local, so the
+    tree merges m / 3 digits instead of m bits (a third of the products, two rounds fewer
+    at 37 bits)."""
+    digits, entries = one_hots.shape[0], one_hots.shape[1]
+    bits = entries.bit_length() - 1
+    public = np.stack([(c0 >> np.uint64(bits * j)) & np.uint64(entries - 1)
+                       for j in range(digits)])  # (digits, *shape)
+    values = np.arange(entries, dtype=RING_DTYPE).reshape(1, entries, *[1] * c0.ndim)
+    above = (values > public[:, None]).astype(RING_DTYPE)
+    lt = (one_hots * above).sum(axis=1, dtype=RING_DTYPE)
+    eq = np.take_along_axis(one_hots, public[:, None].astype(np.intp), axis=1)[:, 0]
+    return _merge(ctx, provider, lt, eq, extra)
 
 
 def less_than_zero(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> np.ndarray:
@@ -115,40 +153,71 @@ def less_than_zero(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> 
 
 
 def narrow_width(x: SharedArray) -> int:
-    """The bits m a narrow comparison of x needs: |x| 2^f < 2^m (at most 61: beyond, the
-    62-bit comparison is as cheap)."""
-    return min(CMP_BITS - 1, max(1, math.ceil(math.log2(x.bound * 2.0**x.fractional_bits + 1))))
+    """The bits m a narrow comparison of x works on: |x| 2^f < 2^m, m a multiple of the
+    digits' 3 bits (at most 60: beyond, the 62-bit comparison is as cheap)."""
+    needed = max(1, math.ceil(math.log2(x.bound * 2.0**x.fractional_bits + 1)))
+    return min(CMP_BITS - 2, DIGIT_BITS * -(-needed // DIGIT_BITS))
+
+
+def _sign_parts(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
+                times: np.ndarray | None = None,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Steps 1-4 of `less_than_zero_narrow` up to the last XOR: shares of a = c_m XOR r_m,
+    of the borrow, and of a `times` (when given, in the tree's first round)."""
+    width = narrow_width(x)
+    offset = np.uint64(1 << width)
+    z = x.share + offset if ctx.is_leader else x.share
+    r, r_top, one_hots = provider.take("cmp-digits", [x.shape, (width,)]).all()
+    (c,) = open_all(ctx, [z + r], "masked-comparison-input")
+    c_top = (c >> np.uint64(width)) & _ONE
+    a = r_top * (_ONE - np.uint64(2) * c_top)  # c_m XOR r_m = r_m (1 - 2 c_m) + c_m
+    if ctx.is_leader:
+        a = a + c_top
+    borrow, a_times = _digits_less_than(ctx, provider, c & (offset - _ONE), one_hots,
+                                        None if times is None else (a, times))
+    return a, borrow, a_times
+
+
+def _narrow(x: SharedArray) -> bool:
+    check_range(x.bound, x.fractional_bits, "narrow comparison")
+    return x.bound * 2.0**x.fractional_bits < 2.0 ** narrow_width(x)
 
 
 def less_than_zero_narrow(ctx: MpcContext, provider: TupleProvider, x: SharedArray,
                           ) -> np.ndarray:
-    """Shares of [x < 0], exact, for |x| 2^f < 2^m with m from x's public bound: the prefix
-    comparison runs over m bits instead of 62 (steps as `less_than_zero`, on m + 1 bits):
+    """Shares of [x < 0], exact, for |x| 2^f < 2^m with m from x's public bound (a multiple
+    of 3): the prefix comparison runs over m / 3 digits instead of 62 bits:
 
     1. z = x + 2^m lies in [0, 2^(m+1)), and x < 0 exactly when bit m of z is 0.
-    2. The dealer gives shares of a uniform r, of its bit m and of its bits 0..m-1.
+    2. The dealer gives shares of a uniform r, of its bit m and of the one-hots of
+       its 3-bit digits below bit m (a cmp-digits tuple).
     3. Open c = z + r (uniform). Modulo 2^(m+1), z = c - r, so bit m of z is
        c_m XOR r_m XOR [c mod 2^m < r mod 2^m] (the borrow out of the low m bits).
-    4. The borrow by the prefix comparison of step 4 of `less_than_zero`, on m bits;
+    4. The borrow by the tree of `_digits_less_than` (ceil(log2(m / 3)) rounds);
        the two XORs with one more product (a XOR b = a + b - 2ab).
     """
-    width = narrow_width(x)
-    check_range(x.bound, x.fractional_bits, "narrow comparison")
-    if x.bound * 2.0**x.fractional_bits >= 2.0**width:
+    if not _narrow(x):
         return less_than_zero(ctx, provider, x)
-    offset = np.uint64(1 << width)
-    z = x.share + offset if ctx.is_leader else x.share
-    r, r_top, bits = provider.take("cmp-narrow", [x.shape, (width,)]).all()
-    (c,) = open_all(ctx, [z + r], "masked-comparison-input")
-    low = c & (offset - _ONE)
-    c_top = (c >> np.uint64(width)) & _ONE
-    borrow = public_less_than_shared(ctx, provider, low, bits)
-    a = r_top * (_ONE - np.uint64(2) * c_top)  # c_m XOR r_m = r_m (1 - 2 c_m) + c_m
-    if ctx.is_leader:
-        a = a + c_top
+    a, borrow, _ = _sign_parts(ctx, provider, x)
     both = mul_ring(ctx, provider, a, borrow)
     bit = a + borrow - np.uint64(2) * both
     return _ones(ctx, x.shape) - bit
+
+
+def times_negative(ctx: MpcContext, provider: TupleProvider, x: SharedArray) -> np.ndarray:
+    """Shares of x [x < 0] = min(x, 0), exact, in the rounds of the comparison alone:
+    [x < 0] = 1 - a - borrow + 2 a borrow, so x [x < 0] = x - a x - borrow x
+    + 2 borrow (a x), where a x is computed in the tree's first round and borrow x,
+    borrow (a x) in the round the last XOR took (one round fewer than the comparison
+    and a product)."""
+    if not _narrow(x):
+        return mul_ring(ctx, provider, less_than_zero(ctx, provider, x), x.share)
+    _, borrow, a_x = _sign_parts(ctx, provider, x, x.share)
+    assert a_x is not None
+    products = mul_ring(ctx, provider, np.concatenate([borrow, borrow]),
+                        np.concatenate([x.share, a_x]))
+    half = x.share.shape[0]
+    return x.share - a_x - products[:half] + np.uint64(2) * products[half:]
 
 
 def less_than(ctx: MpcContext, provider: TupleProvider, x: SharedArray, y: SharedArray,

@@ -13,12 +13,13 @@ bound on every |weight| that the fixed-point range is planned for.
    job's seed (:func:`batch_order`), the same at every party: public.
 3. Per batch B of b rows, on shares:
    - z = X_B w (a Beaver matrix product, truncated);
-   - the sigmoid, clipped-linear (SecretFlow's default ``t1``):
-     s = 0.5 + clip(z, -2, 2) / 4, by one stacked exact comparison
-     ([z < -2], [z > 2], on as many bits as z's public bound needs) and one
-     stacked selection; its largest error against the logistic function is
-     0.1192, at |z| = 2 (documented, tested). The 1/4 is never computed:
-     4 (s - y) = 2 + clip(z, -2, 2) - 4 y is exact;
+   - the sigmoid, clipped-linear: s = 0.5 + clip(z, -a, a) / 4 (a = 2 by
+     default: SecretFlow's ``t1``, largest error 0.1192 at |z| = 2; a = 1.5
+     stops at 0.125 and 0.875, largest error 0.125, and trained better
+     models of default_credit, worse of breast: measured, see RESULTS.md),
+     by one stacked exact comparison ([z < -a], [z > a], on as many bits as
+     z's public bound needs) and one stacked selection. The 1/4 is never
+     computed: 4 (s - y) = 2 + clip(z, -a, a) - 4 y is exact;
    - g = X_B^T 4 (s - y) (a Beaver matrix product, truncated);
    - w <- (1 - lr l2) w - (lr / 4b) g, the factor lr / 4b encoded with as
      many bits as g's bound leaves room for (about 40) and applied with one
@@ -57,19 +58,25 @@ from invisible.protocols.mpc.arithmetic import (
     matmul,
     mul,
     mul_public,
-    mul_ring,
     truncate,
 )
-from invisible.protocols.mpc.comparison import less_than_zero_narrow
+from invisible.protocols.mpc.comparison import times_negative
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.evaluation import mean_rows
-from invisible.protocols.mpc.provider import TupleProvider
+from invisible.protocols.mpc.provider import TupleProvider, TupleSpec
 from invisible.protocols.mpc.shared import RANGE_BITS, SharedArray
 
 #: The sigmoid's clipping interval, |z| <= 2 (t = 0.5 + z / 4 in [0, 1]), and its largest
 #: error against the logistic function (at |z| = 2: 1 - 1 / (1 + e^-2)).
 SIGMOID_LIMIT = 2.0
 SIGMOID_MAX_ERROR = 1.0 - 1.0 / (1.0 + math.exp(-SIGMOID_LIMIT))
+
+
+def sigmoid_max_error(limit: float) -> float:
+    """The largest error of 0.5 + clip(z, -limit, limit) / 4 against the logistic function:
+    at |z| = limit, or as |z| grows when limit < 2 (the flat parts stop short of 0 and 1)."""
+    at_limit = abs(0.5 + limit / 4 - 1.0 / (1.0 + math.exp(-limit)))
+    return max(at_limit, 0.5 - limit / 4)
 
 
 @dataclass(frozen=True)
@@ -84,6 +91,8 @@ class Schedule:
     #: A public bound on the rows (the ranges within an epoch are planned for it; None: the
     #: rows trained on).
     max_rows: int | None = None
+    #: The sigmoid is 0.5 + clip(z, -a, a) / 4 for this a in (0, 2] (2: SecretFlow's t1).
+    sigmoid_limit: float = SIGMOID_LIMIT
 
 
 def batch_order(seed: int, epoch: int, rows: int) -> np.ndarray:
@@ -97,9 +106,10 @@ def batches(schedule: Schedule, rows: int, epoch: int) -> list[np.ndarray]:
     return mini_batches(batch_order(schedule.seed, epoch, rows), schedule.batch_size)
 
 
-def sigmoid_t1(z: np.ndarray) -> np.ndarray:
-    """The clipped-linear sigmoid, in the clear (the reference)."""
-    return np.clip(0.5 + 0.25 * np.asarray(z), 0.0, 1.0)
+def sigmoid_t1(z: np.ndarray, limit: float = SIGMOID_LIMIT) -> np.ndarray:
+    """The clipped-linear sigmoid 0.5 + clip(z, -limit, limit) / 4, in the clear (the
+    reference); limit 2 is SecretFlow's t1."""
+    return 0.5 + 0.25 * np.clip(np.asarray(z), -limit, limit)
 
 
 def train_plain(features: np.ndarray, labels: np.ndarray, schedule: Schedule) -> np.ndarray:
@@ -108,7 +118,7 @@ def train_plain(features: np.ndarray, labels: np.ndarray, schedule: Schedule) ->
     w = np.zeros(x.shape[1])
     for epoch in range(schedule.epochs):
         for rows in batches(schedule, x.shape[0], epoch):
-            residual = sigmoid_t1(x[rows] @ w) - labels[rows]
+            residual = sigmoid_t1(x[rows] @ w, schedule.sigmoid_limit) - labels[rows]
             w = (1.0 - schedule.learning_rate * schedule.l2) * w \
                 - schedule.learning_rate / rows.size * (x[rows].T @ residual)
         w = np.clip(w, -schedule.weight_bound, schedule.weight_bound)
@@ -188,26 +198,49 @@ def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
     drifted = w_bound + drift(schedule, feature_bound, rows)  # any |weight| within an epoch
     w = SharedArray(np.zeros((d + 1, 1), RING_DTYPE), drifted, f, ctx.is_leader)
     decay = 1.0 - schedule.learning_rate * schedule.l2
+    # The tuples a step takes depend on its batch's size alone: each step asks the dealer
+    # for the next step's tuples first (as the first step of that size took them), so the
+    # dealer makes them while the parties compute.
+    sequences: dict[int, list[TupleSpec]] = {}
     for epoch in range(schedule.epochs):
-        for batch in batches(schedule, rows, epoch):
-            xb = SharedArray(np.ascontiguousarray(x[batch]), feature_bound, f, ctx.is_leader)
-            z = matmul(ctx, provider, xb, w)  # (b, 1)
-            clipped = _clip(ctx, provider, z, -SIGMOID_LIMIT, SIGMOID_LIMIT)
-            # 4 (s - y) = 2 + clip(z, -2, 2) - 4 y: exact, no truncation for the 1/4.
-            residual = clipped + 2.0 - SharedArray(
-                y.share[batch].reshape(-1, 1) << np.uint64(2), 4.0, f, ctx.is_leader)
-            xt = SharedArray(np.ascontiguousarray(xb.share.T), feature_bound, f,
-                             ctx.is_leader)
-            gradient = matmul(ctx, provider, xt, residual)  # 4 X^T (s - y), (d + 1, 1)
-            step = _scaled(ctx, provider, gradient, schedule.learning_rate / (4 * batch.size),
-                           schedule.learning_rate * feature_bound)
-            decayed = w if decay == 1.0 else mul_public(ctx, provider, w, decay)
-            w = SharedArray((decayed - step).share, drifted, f, ctx.is_leader)
+        epoch_batches = batches(schedule, rows, epoch)
+        sizes = [b.size for b in epoch_batches]  # every epoch's (the order differs)
+        for i, batch in enumerate(epoch_batches):
+            last = i + 1 == len(sizes)
+            upcoming = sizes[0] if last and epoch + 1 < schedule.epochs else \
+                (sizes[i + 1] if not last else 0)
+            if upcoming in sequences:
+                provider.prefetch(sequences[upcoming])
+            with provider.record() as taken:
+                w = _step(ctx, provider, x, y, w, batch, schedule, feature_bound, drifted,
+                          decay)
+            sequences.setdefault(batch.size, taken)
         w = _clip(ctx, provider, w, -w_bound, w_bound)
         if on_epoch is not None:
             on_epoch(epoch, w, x, y)
         w = SharedArray(w.share, drifted, f, ctx.is_leader)
     return SharedArray(w.share, w_bound, f, ctx.is_leader)
+
+
+def _step(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: SharedArray,
+          w: SharedArray, batch: np.ndarray, schedule: Schedule, feature_bound: float,
+          drifted: float, decay: float) -> SharedArray:
+    """Step 3 on one batch: the weights after it."""
+    f = ctx.fractional_bits
+    xb = SharedArray(np.ascontiguousarray(x[batch]), feature_bound, f, ctx.is_leader)
+    z = matmul(ctx, provider, xb, w)  # (b, 1)
+    limit = schedule.sigmoid_limit
+    clipped = _clip(ctx, provider, z, -limit, limit)
+    # 4 (s - y) = 2 + clip(z, -a, a) - 4 y: exact, no truncation for the 1/4.
+    residual = clipped + 2.0 - SharedArray(
+        y.share[batch].reshape(-1, 1) << np.uint64(2), 4.0, f, ctx.is_leader)
+    xt = SharedArray(np.ascontiguousarray(xb.share.T), feature_bound, f,
+                     ctx.is_leader)
+    gradient = matmul(ctx, provider, xt, residual)  # 4 X^T (s - y), (d + 1, 1)
+    step = _scaled(ctx, provider, gradient, schedule.learning_rate / (4 * batch.size),
+                   schedule.learning_rate * feature_bound)
+    decayed = w if decay == 1.0 else mul_public(ctx, provider, w, decay)
+    return SharedArray((decayed - step).share, drifted, f, ctx.is_leader)
 
 
 def drift(schedule: Schedule, feature_bound: float, rows: int) -> float:
@@ -235,15 +268,15 @@ def _scaled(ctx: MpcContext, provider: TupleProvider, x: SharedArray, factor: fl
 
 def _clip(ctx: MpcContext, provider: TupleProvider, w: SharedArray, low: float, high: float,
           ) -> SharedArray:
-    """min(max(w, low), high) on shares: one stacked narrow comparison ([w < low],
-    [w > high]) and one stacked selection."""
+    """min(max(w, low), high) on shares: min(w - low, 0) and min(high - w, 0) stacked, in
+    the rounds of one narrow comparison (`comparison.times_negative`)."""
     f = w.fractional_bits
     below = w - low  # < 0: too low
     above = -w + high  # < 0: too high
     both = np.concatenate([below.share, above.share])
-    bits = less_than_zero_narrow(ctx, provider, SharedArray(
+    # [w < low] (w - low), [w > high] (high - w): min(., 0) of both, in the comparison's rounds
+    moved = times_negative(ctx, provider, SharedArray(
         both, w.bound + max(abs(low), abs(high)), f, ctx.is_leader))
-    moved = mul_ring(ctx, provider, bits, both)  # [w < low] (w - low), [w > high] (high - w)
     half = w.share.shape[0]
     return SharedArray(w.share - moved[:half] + moved[half:], max(abs(low), abs(high)), f,
                        ctx.is_leader)

@@ -20,7 +20,10 @@ What each party learns: its shares, uniformly random on their own.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from math import prod
 
@@ -85,12 +88,23 @@ class TupleShares:
         return iter(self.all())
 
 
+#: What `take` asks for: a tuple kind, its requested shapes, its fractional bits.
+TupleSpec = tuple[str, tuple[Shape, ...], int]
+
+
 class TupleProvider(ABC):
     """Where a computing party gets correlated randomness; the dealer, or later another.
 
     `request` asks early (the dealer can make the tuple while the parties
-    compute); `collect` returns this party's shares; `take` is both at once.
+    compute); `collect` returns this party's shares; `take` is both at once,
+    or collects a tuple `prefetch` asked for ahead, when it is the next one
+    prefetched and of the same kind, shapes and bits. `record` lists what
+    `take` asks for, so a program can prefetch a loop's next pass. Every
+    party runs the same program, so all number, prefetch and take alike.
     """
+
+    _ahead: deque[tuple[TupleSpec, Ticket]]
+    _recording: list[TupleSpec] | None = None
 
     @abstractmethod
     def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket: ...
@@ -100,7 +114,31 @@ class TupleProvider(ABC):
 
     def take(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0,
              ) -> TupleShares:
+        spec: TupleSpec = (kind, tuple(tuple(s) for s in shapes), fractional_bits)
+        if self._recording is not None:
+            self._recording.append(spec)
+        ahead = getattr(self, "_ahead", None)
+        if ahead and ahead[0][0] == spec:
+            return self.collect(ahead.popleft()[1])
         return self.collect(self.request(kind, shapes, fractional_bits))
+
+    def prefetch(self, specs: Sequence[TupleSpec]) -> None:
+        """Ask now for the tuples `take` will ask for next, in this order (a tuple asked for
+        and never taken is only wasted work for the dealer)."""
+        if not hasattr(self, "_ahead"):
+            self._ahead = deque()
+        for spec in specs:
+            self._ahead.append((spec, self.request(*spec)))
+
+    @contextmanager
+    def record(self) -> Iterator[list[TupleSpec]]:
+        """The specs `take` asks for inside the block, in order."""
+        taken: list[TupleSpec] = []
+        self._recording = taken
+        try:
+            yield taken
+        finally:
+            self._recording = None
 
     @abstractmethod
     def close(self) -> None: ...
@@ -118,6 +156,20 @@ class DealerProvider(TupleProvider):
         me = channel.party_id
         self._leader = me == self.parties[0]
         self._master = channel.recv_bytes(dealer, SEED_STEP, SEED_BYTES)
+        # The leader's requests go out from one thread of their own, in order: asking for a
+        # tuple never waits for the dealer's node to acknowledge it.
+        self._sender = ThreadPoolExecutor(1, "tuple-requests") if self._leader else None
+        self._sent: deque[Future[None]] = deque()
+
+    def _send(self, step: str, message: bytes) -> None:
+        self._check_sent()
+        assert self._sender is not None
+        self._sent.append(self._sender.submit(self.channel.send, self.dealer, step, message))
+
+    def _check_sent(self) -> None:
+        """Raise the failure of a request sent before (the first one), if any."""
+        while self._sent and self._sent[0].done():
+            self._sent.popleft().result()
 
     def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket:
         tuple_id = self._next_id
@@ -125,11 +177,12 @@ class DealerProvider(TupleProvider):
         requested = tuple(tuple(s) for s in shapes)
         parts = tuple(component_shapes(kind, requested))
         if self._leader:
-            self.channel.send(self.dealer, request_step(tuple_id), encode_request(
+            self._send(request_step(tuple_id), encode_request(
                 TupleRequest(kind, tuple_id, requested, fractional_bits)))
         return Ticket(tuple_id, kind, parts)
 
     def collect(self, ticket: Ticket) -> TupleShares:
+        self._check_sent()
         if ticket.tuple_id in self._taken:
             raise ProtocolError(f"tuple {ticket.tuple_id} was already used")
         self._taken.add(ticket.tuple_id)
@@ -148,6 +201,11 @@ class DealerProvider(TupleProvider):
         return TupleShares(shares, len(dependent), receive)
 
     def close(self) -> None:
-        if self._leader:
-            self.channel.send(self.dealer, request_step(self._next_id),
-                              encode_request(TupleRequest(DONE, -1)))
+        if self._sender is None:
+            return
+        try:
+            self._send(request_step(self._next_id), encode_request(TupleRequest(DONE, -1)))
+            while self._sent:
+                self._sent.popleft().result()
+        finally:
+            self._sender.shutdown(wait=True, cancel_futures=True)

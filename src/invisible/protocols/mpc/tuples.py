@@ -71,13 +71,20 @@ def _gram(extra: int) -> Callable[[Sequence[Shape]], list[Shape] | None]:
     return shapes_of
 
 
-def _narrow_cmp(shapes: Sequence[Shape]) -> list[Shape] | None:
-    """r of shape s, then bit m of r (shape s), then bits 0..m-1 of r stacked (m, *s); asked
-    for as [s, (m,)] with 1 <= m < CMP_BITS."""
-    if len(shapes) != 2 or len(shapes[1]) != 1 or not 1 <= shapes[1][0] < CMP_BITS:
+#: A digit comparison's digits have this many bits (one-hots of 2^3 = 8 entries).
+DIGIT_BITS = 3
+
+
+def _digit_cmp(shapes: Sequence[Shape]) -> list[Shape] | None:
+    """r of shape s, then bit m of r (shape s), then the one-hots of r's m / DIGIT_BITS
+    digits below bit m, stacked (m / DIGIT_BITS, 2^DIGIT_BITS, *s); asked for as
+    [s, (m,)] with m a positive multiple of DIGIT_BITS below CMP_BITS."""
+    if len(shapes) != 2 or len(shapes[1]) != 1:
         return None
     shape, width = tuple(shapes[0]), shapes[1][0]
-    return [shape, shape, (width, *shape)]
+    if not 0 < width < CMP_BITS or width % DIGIT_BITS:
+        return None
+    return [shape, shape, (width // DIGIT_BITS, 1 << DIGIT_BITS, *shape)]
 
 
 def _bucket(shapes: Sequence[Shape]) -> list[Shape] | None:
@@ -156,11 +163,15 @@ def _fill_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
     _low_bits(r, values[3:3 + CMP_BITS])
 
 
-def _fill_narrow_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
-    r, top, bits = values[0], values[1], values[2]
-    width = bits.shape[0]
-    np.bitwise_and(r >> np.uint64(width), np.uint64(1), out=top)
-    _low_bits(r, list(bits))
+def _fill_digit_cmp(values: Sequence[np.ndarray], f: int, rng: Prg) -> None:
+    r, r_top, one_hots = values
+    digits = one_hots.shape[0]
+    np.bitwise_and(r >> np.uint64(digits * DIGIT_BITS), np.uint64(1), out=r_top)
+    entries = np.arange(1 << DIGIT_BITS, dtype=np.uint64).reshape(
+        1 << DIGIT_BITS, *[1] * r.ndim)
+    for j in range(digits):
+        digit = (r >> np.uint64(j * DIGIT_BITS)) & np.uint64((1 << DIGIT_BITS) - 1)
+        one_hots[j] = entries == digit
 
 
 def _one_hot(out: np.ndarray, index: np.ndarray) -> None:
@@ -205,9 +216,10 @@ CATALOGUE: dict[str, TupleKind] = {kind.name: kind for kind in (
               "A gram tuple and a truncation tuple for its product in one: B uniform; "
               "C + r + 2^62 (C = B^T @ B, r drawn by the dealer) in place of C; then r's "
               "truncation components, as in trunc."),
-    TupleKind("cmp-narrow", _narrow_cmp, 1, _fill_narrow_cmp,
-              "r uniform; bit m of r; bits 0..m-1 of r, stacked: a comparison of values "
-              "below 2^m in magnitude costs m bits where cmp costs 62."),
+    TupleKind("cmp-digits", _digit_cmp, 1, _fill_digit_cmp,
+              "r uniform; bit m of r; the one-hot of each 3-bit digit of r below bit m, "
+              "stacked: a comparison of values below 2^m in magnitude merges m / 3 digits "
+              "(local [c_j < r_j] and [c_j = r_j]) where cmp merges 62 bits."),
     TupleKind("bucket", _bucket, 1, _fill_bucket,
               "r uniform; bits 0..m-1 of r; rho_low uniform in [0, L), rho_high in [0, H); "
               "E_low one-hot at (rho_low + (r >> (m - log2 L))) mod L, E_high one-hot at "
