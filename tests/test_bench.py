@@ -136,7 +136,7 @@ def test_vertical_lr_quick_emits_every_row_with_every_peer_named(tmp_path):
     peers = {(r["metric"], r.get("peer")) for r in rows}
     assert peers == {("seconds", "spu"), ("seconds", "scikit-learn"), ("auc", "scikit-learn"),
                      ("auc", "float64"), ("auc", "spu"), ("bytes/party", None),
-                     ("messages/epoch", None)}
+                     ("rounds/epoch", None)}
     for row in rows:  # a peer that did not run says why, never silently
         assert row["ours"] > 0 and (row.get("peer_value") is not None or row["note"])
     [plain] = [r for r in rows if r.get("peer") == "float64"]

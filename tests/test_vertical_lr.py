@@ -393,3 +393,50 @@ def test_models_are_each_requesters_own_and_their_parts_must_come_from_one_job(t
                                                "training jobs"):
         fed.run(VerticalPredictParams(inputs=inputs("@a", False), model="same",
                                       dealer="dealer", recipient="guest"))
+
+
+def test_a_weight_moved_to_the_edge_of_its_planned_bound_is_still_clipped_exactly():
+    """The within-epoch bound W + steps lr B had no slack for fixed point: a feature at its
+    bound encodes above it and the step's truncation rounds up, so one step from w = W took
+    a weight 3 ulps beyond the plan and the clip's comparison wrapped it to -24 (a review)."""
+    from test_mpc import F, open_result
+
+    from invisible.crypto.fixedpoint import encode
+    from invisible.crypto.sharing import share
+    from invisible.protocols.mpc import logistic
+    from invisible.protocols.mpc.shared import SharedArray
+
+    bound, limit, rows = 2 + 0.6 * 2**-F, 8.0, 4
+    rate = (16 - 2**-F) / bound  # W + W + lr B = 32 - 2^-16: the clip's width to the ulp
+    schedule = Schedule(epochs=1, batch_size=rows, learning_rate=rate, l2=0.0, seed=0,
+                        weight_bound=limit, max_rows=rows)
+    drifted = limit + logistic.drift(schedule, bound, rows)
+    x = np.tile([-bound, bound, 1.0], (rows, 1))
+    w0 = np.full(3, limit)
+    plain = np.clip(w0 - rate / rows * (x.T @ logistic.sigmoid_t1(x @ w0)), -limit, limit)
+    engine = inprocess_engine(3)
+    xs = share(encode(x, bound, F), 3, Prg.from_os())
+    ys = share(encode(np.zeros(rows), 1, F), 3, Prg.from_os())
+    ws = share(encode(w0.reshape(-1, 1), limit, F), 3, Prg.from_os())
+
+    def program(ctx, provider):
+        w = SharedArray(ws[ctx.index], drifted, F, ctx.is_leader)
+        y = SharedArray(ys[ctx.index], 1.0, F, ctx.is_leader)
+        stepped = logistic._step(ctx, provider, xs[ctx.index], y, w, np.arange(rows),
+                                 schedule, bound, drifted, 1.0)
+        return logistic._clip(ctx, provider, stepped, -limit, limit).share
+
+    for _ in range(3):  # the truncations round up at random
+        got = decode(open_result(engine.run(program), engine.parties), F).ravel()
+        assert np.max(np.abs(got - plain)) <= 4 * 2**-F
+
+
+def test_a_tiny_learning_rate_trains_as_float64_does():
+    """_scaled asked the dealer for a 62-bit truncation for a tiny lr (a review)."""
+    joined, guest, host = breast()
+    y = joined["y"].to_numpy(float)
+    blocks = [joined[guest].to_numpy(), joined[host].to_numpy()]
+    schedule = Schedule(epochs=1, batch_size=256, learning_rate=1e-8, l2=0.0, seed=1)
+    weights, _ = run(inprocess_engine(2), blocks, y, schedule)
+    assert np.max(np.abs(weights - train_plain(np.concatenate(blocks, axis=1), y, schedule))) \
+        <= 1e-4

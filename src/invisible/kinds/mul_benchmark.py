@@ -114,10 +114,12 @@ class MulBenchmarkKind(UsesNoData, JobKind[MulBenchmarkParams, MulBenchmarkResul
         values *= BENCHMARK_BOUND
         started = time.perf_counter()
         provider = DealerProvider(channel, parties, dealer)
-        _, product_seconds, product_bytes = product_program(
-            ctx, provider, values if ctx.index == 0 else None, values if ctx.index == 1 else None,
-            shape, context.rng)
-        provider.close()
+        try:
+            _, product_seconds, product_bytes = product_program(
+                ctx, provider, values if ctx.index == 0 else None,
+                values if ctx.index == 1 else None, shape, context.rng)
+        finally:
+            provider.close()
         return JobOutcome(output={"seconds": time.perf_counter() - started,
                                   "product_seconds": product_seconds,
                                   "product_bytes_sent": product_bytes})

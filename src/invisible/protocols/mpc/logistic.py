@@ -209,6 +209,8 @@ def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
             last = i + 1 == len(sizes)
             upcoming = sizes[0] if last and epoch + 1 < schedule.epochs else \
                 (sizes[i + 1] if not last else 0)
+            if not provider.prefetched and batch.size in sequences:
+                provider.prefetch(sequences[batch.size])  # this step's, the first time
             if upcoming in sequences:
                 provider.prefetch(sequences[upcoming])
             with provider.record() as taken:
@@ -243,12 +245,19 @@ def _step(ctx: MpcContext, provider: TupleProvider, x: np.ndarray, y: SharedArra
     return SharedArray((decayed - step).share, drifted, f, ctx.is_leader)
 
 
+#: The coarsest fixed point training runs at (f = 16): the slack of `drift` is in its ulps.
+FRACTIONAL_SLACK_BITS = 16
+
+
 def drift(schedule: Schedule, feature_bound: float, rows: int) -> float:
     """How far a weight can move within an epoch (it is clipped to weight_bound at each
     epoch's end): a step moves it by at most lr |mean of x_j r| <= lr B (|r| <= 1), and an
     epoch has at most max(1, rows // batch_size) steps (rows: schedule.max_rows if given)."""
     steps = max(1, (schedule.max_rows or rows) // schedule.batch_size)
-    return steps * schedule.learning_rate * feature_bound
+    ulp = 2.0**-FRACTIONAL_SLACK_BITS
+    # Fixed point may move a weight a little more a step: a feature encoded half an ulp
+    # beyond its bound, and the step's and the decay's truncations one ulp each.
+    return steps * (schedule.learning_rate * (feature_bound + ulp) + 4 * ulp)
 
 
 def _scaled(ctx: MpcContext, provider: TupleProvider, x: SharedArray, factor: float,
@@ -258,7 +267,7 @@ def _scaled(ctx: MpcContext, provider: TupleProvider, x: SharedArray, factor: fl
     truncated (a factor like lr / b encoded with f bits alone kept few significant ones)."""
     f = x.fractional_bits
     room = RANGE_BITS - 1 - math.log2(x.bound * 2.0**f * factor)
-    bits = int(min(RANGE_BITS, math.floor(room)))
+    bits = int(min(RANGE_BITS - 1, math.floor(room)))  # a truncation is by fewer than 62
     if bits < f:
         raise ProtocolError("a scaled product would leave the exact range")
     encoded = np.uint64(round(factor * 2.0**bits))

@@ -130,6 +130,11 @@ class TupleProvider(ABC):
         for spec in specs:
             self._ahead.append((spec, self.request(*spec)))
 
+    @property
+    def prefetched(self) -> int:
+        """How many tuples asked for by `prefetch` are not taken yet."""
+        return len(getattr(self, "_ahead", ()))
+
     @contextmanager
     def record(self) -> Iterator[list[TupleSpec]]:
         """The specs `take` asks for inside the block, in order."""
@@ -160,11 +165,14 @@ class DealerProvider(TupleProvider):
         # tuple never waits for the dealer's node to acknowledge it.
         self._sender = ThreadPoolExecutor(1, "tuple-requests") if self._leader else None
         self._sent: deque[Future[None]] = deque()
+        self._requests: dict[int, Future[None]] = {}  # the leader's, until collected
 
-    def _send(self, step: str, message: bytes) -> None:
+    def _send(self, step: str, message: bytes) -> Future[None]:
         self._check_sent()
         assert self._sender is not None
-        self._sent.append(self._sender.submit(self.channel.send, self.dealer, step, message))
+        sent = self._sender.submit(self.channel.send, self.dealer, step, message)
+        self._sent.append(sent)
+        return sent
 
     def _check_sent(self) -> None:
         """Raise the failure of a request sent before (the first one), if any."""
@@ -177,12 +185,13 @@ class DealerProvider(TupleProvider):
         requested = tuple(tuple(s) for s in shapes)
         parts = tuple(component_shapes(kind, requested))
         if self._leader:
-            self._send(request_step(tuple_id), encode_request(
+            self._requests[tuple_id] = self._send(request_step(tuple_id), encode_request(
                 TupleRequest(kind, tuple_id, requested, fractional_bits)))
         return Ticket(tuple_id, kind, parts)
 
     def collect(self, ticket: Ticket) -> TupleShares:
         self._check_sent()
+        request = self._requests.pop(ticket.tuple_id, None)
         if ticket.tuple_id in self._taken:
             raise ProtocolError(f"tuple {ticket.tuple_id} was already used")
         self._taken.add(ticket.tuple_id)
@@ -194,6 +203,8 @@ class DealerProvider(TupleProvider):
         shares = split_components(expand_shares(self._master, ticket.tuple_id, random), random)
 
         def receive() -> list[np.ndarray]:
+            if request is not None:  # a request that never reached the dealer fails here
+                request.result()
             flat = self.channel.recv_array(self.dealer, tuple_step(ticket.tuple_id), RING_DTYPE,
                                            (sum(prod(p) for p in dependent),))
             return split_components(flat, dependent)
