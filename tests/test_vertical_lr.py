@@ -126,6 +126,10 @@ def test_psi_then_training_keeps_the_float64_model_as_shares_at_the_parties(tmp_
         fed.psi({"guest": ("credit", "id"), "host": ("credit", "id")}, alignment="b")
         result = fed.run(params, progress=lambda done, total: seen.append((done, total)))
         aligned = {p: nodes.nodes[p].executor.alignments.get("b").rows for p in ("guest", "host")}
+        for party in ("guest", "host"):  # the epochs are metered at every party
+            [trained] = [e for e in nodes.nodes[party].ledger.entries()
+                         if e.job_id == result.job_id and e.event == "trained"]
+            assert (trained.body["epochs"], trained.body["model"]) == (4, "breast-lr")
     # The same algorithm in float64 on the joined rows, in the alignment's agreed order.
     frames = {p: pd.read_csv(tables[p][0]).iloc[aligned[p]] for p in ("guest", "host")}
     assert (frames["guest"]["id"].to_numpy() == frames["host"]["id"].to_numpy()).all()

@@ -314,6 +314,8 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
             {p: list(params.inputs[p].columns) for p in parties}, params.label_holder, form,
             FRACTIONAL_BITS, part, params.weight_bound, scaling))
         epochs = [[round(t1 - t0, 6), b1 - b0] for (t0, b0), (t1, b1) in pairwise(marks)]
+        # Metered at every computing party: the epochs and the model the job left here.
+        outcome.notes["trained"] = {"epochs": params.epochs, "model": name}
         outcome.output = {"model": name, "epochs": epochs, "openings": outcome.openings}
         return outcome
 
