@@ -128,7 +128,6 @@ def test_prometheus_counters_follow_jobs_and_refusals(tmp_path):
             in text)
 
 
-@pytest.mark.timeout(90)
 def start_a_job_that_waits(fed, job_id):
     """A secure sum accepted everywhere and running at bank and hospital, which wait for telco:
     telco is never told to run it."""
@@ -140,6 +139,7 @@ def start_a_job_that_waits(fed, job_id):
     time.sleep(0.5)
 
 
+@pytest.mark.timeout(90)
 def test_a_node_killed_mid_job_shows_the_job_interrupted_after_restart(tmp_path):
     layout = write_local_federation(tmp_path, PARTIES, sample_datasets(policy()),
                                     limits={"rpc_timeout_s": 30.0})
@@ -170,6 +170,7 @@ def test_a_node_killed_mid_job_shows_the_job_interrupted_after_restart(tmp_path)
     assert verify.returncode == 0 and "ledger intact: 3 entries" in verify.stdout
 
 
+@pytest.mark.timeout(90)
 def test_a_node_stopping_mid_job_records_how_its_jobs_ended(tmp_path):
     layout = write_local_federation(tmp_path, PARTIES, sample_datasets(policy()),
                                     limits={"rpc_timeout_s": 30.0})

@@ -101,6 +101,12 @@ def peer_python(name: str, requirements: Sequence[str], create: bool) -> Path | 
     return python
 
 
+#: What a peer's note says when it did not run here (and why): a peer row without a value
+#: must carry one of them.
+NOT_RUN = ("no venv for ", "could not install ", "not installed", "failed: ", "over ",
+           "did not finish")
+
+
 def run_peer(name: str, requirements: Sequence[str], script: str, args: Sequence[str],
              create: bool, timeout_s: float) -> str | list[str]:
     """Run `script` (python -c) in a peer's venv (see `peer_python`): the lines it printed,
@@ -114,9 +120,9 @@ def run_peer(name: str, requirements: Sequence[str], script: str, args: Sequence
         done = subprocess.run([str(python), "-c", script, *args], capture_output=True,
                               text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return f"{name}: over {timeout_s:g} s"
+        return f"over {timeout_s:g} s: {name}"
     if done.returncode != 0:
-        return f"{name} failed: {done.stderr.strip().splitlines()[-1:]}"
+        return f"failed: {name}: {done.stderr.strip().splitlines()[-1:]}"
     return done.stdout.strip().splitlines()
 
 
