@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -100,6 +101,18 @@ def _node_models(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Set by a harness that starts nodes (NodeProcesses): the pid the node must not outlive.
+EXIT_WITH_PARENT = "INVISIBLE_EXIT_WITH_PARENT"
+
+
+def _parent_to_outlive() -> int | None:
+    """The pid of the process the node was started to die with (a test or benchmark killed
+    on a timeout would otherwise leave its nodes running, re-parented, holding their ports),
+    or None. Read first thing: the parent may be gone before the node has started."""
+    value = os.environ.get(EXIT_WITH_PARENT, "")
+    return int(value) if value.isdigit() else None
+
+
 def _node_serve(args: argparse.Namespace) -> int:
     # Handlers first: a SIGTERM during start-up must still end in a clean stop.
     stop = threading.Event()
@@ -109,6 +122,7 @@ def _node_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    parent = _parent_to_outlive()
 
     from invisible.net.pki import Role
     from invisible.node.config import load_party_config
@@ -126,7 +140,10 @@ def _node_serve(args: argparse.Namespace) -> int:
     node.start()
     print(f"invisible node '{node.party_id}' ({role.value}) serving on {node.address}", flush=True)
     while not stop.wait(0.5):
-        pass
+        if parent is not None and os.getppid() != parent:
+            logging.getLogger(__name__).warning(
+                "the process that started this node (pid %d) is gone: stopping", parent)
+            break
     node.stop()
     print(f"invisible node '{node.party_id}' stopped", flush=True)
     return 0

@@ -182,7 +182,10 @@ class NodeProcesses:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self) -> NodeProcesses:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Each node dies with this process, even killed (it watches its parent), and runs in
+        # a process group of its own (a terminal's Ctrl-C reaches this process, which stops
+        # the nodes in order).
+        env = dict(os.environ, PYTHONUNBUFFERED="1", INVISIBLE_EXIT_WITH_PARENT=str(os.getpid()))
         roles = [(p, c, "party") for p, c in self.layout.party_configs.items()]
         roles += [(d, c, "dealer") for d, c in self.layout.dealer_configs.items()]
         for party, config, role in roles:
@@ -190,7 +193,7 @@ class NodeProcesses:
             self.processes[party] = subprocess.Popen(
                 [sys.executable, "-m", "invisible", "node", "serve", "--config", str(config),
                  "--role", role],
-                stdout=log, stderr=subprocess.STDOUT, env=env,
+                stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
             log.close()
         return self

@@ -1,0 +1,61 @@
+"""A process that started party nodes and is killed (a benchmark's or a test's timeout)
+leaves no node behind: each node watches the process that started it and stops when it is
+gone, and runs in a process group of its own."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+STARTER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from invisible.coordinator.local import NodeProcesses, write_local_federation
+    layout = write_local_federation(Path(sys.argv[1]), ["a", "b"], dealers=["d"])
+    nodes = NodeProcesses(layout).start()
+    print(" ".join(str(p.pid) for p in nodes.processes.values()), flush=True)
+    time.sleep(600)
+""")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for every purpose here (it holds no port, runs no code)
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(") ")[-1].split()[0] != "Z"
+
+
+@pytest.mark.timeout(120)
+def test_killing_the_process_that_started_nodes_leaves_no_node_behind(tmp_path):
+    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path)], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        assert starter.stdout is not None
+        pids = [int(p) for p in starter.stdout.readline().split()]
+        assert len(pids) == 3 and all(alive(p) for p in pids)
+        assert all(os.getpgid(p) == p for p in pids)  # each node leads a group of its own
+        starter.send_signal(signal.SIGKILL)  # as subprocess.run's timeout does
+        starter.wait(10)
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in pids if alive(p)], "nodes outlived the process that started them"
+    finally:
+        for pid in pids:  # never leave one behind, even when the test fails
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if starter.poll() is None:
+            starter.kill()
