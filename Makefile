@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck protos clean
+.PHONY: demo test mutate lint typecheck protos clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "invisible needs Python 3.11 or newer; set PYTHON=python3.11")'
@@ -22,6 +22,11 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# Mutation testing of the security checks (mutmut; the modules and their tests are in
+# pyproject.toml's [tool.mutmut]): prints every surviving mutant. Not part of `make test`.
+mutate: $(STAMP)
+	$(BIN)/python scripts/mutate.py
 
 protos: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py

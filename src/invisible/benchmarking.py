@@ -177,7 +177,8 @@ def table(name: str, rows: Sequence[Row]) -> str:
 
 
 def run_benchmarks(names: Sequence[str], quick: bool, json_path: Path | None) -> int:
-    """Run, print a table per benchmark, and write one JSON document per benchmark."""
+    """Run, print a table per benchmark, and write one JSON document: the machine, then one
+    entry per benchmark with its rows (the same shape for one benchmark or several)."""
     documents = []
     for name in names:
         module = load_benchmark(name)
@@ -185,11 +186,10 @@ def run_benchmarks(names: Sequence[str], quick: bool, json_path: Path | None) ->
         rows: list[Row] = module.run(quick=quick)
         print(table(name, rows), flush=True)
         print()
-        documents.append({
-            "benchmark": name, "python": platform.python_version(), "cpus": os.cpu_count(),
-            "started": started, "quick": quick, "rows": [r.to_json() for r in rows],
-        })
+        documents.append({"benchmark": name, "started": started,
+                          "rows": [r.to_json() for r in rows]})
     if json_path is not None:
-        payload: Any = documents[0] if len(documents) == 1 else documents
+        payload: Any = {"python": platform.python_version(), "cpus": os.cpu_count(),
+                        "quick": quick, "benchmarks": documents}
         json_path.write_text(json.dumps(payload, indent=2) + "\n")
     return 0
