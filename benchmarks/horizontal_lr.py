@@ -277,7 +277,7 @@ def run(quick: bool) -> list[Row]:
                          f"start {outcome['wall_s']:.2f} s; ours/peer "
                          f"{ours.median / outcome['rounds_s']:.3f}")
             rows.append(Row(case, "seconds", "lower", ours.median, peer, value,
-                            f"ours {ours.describe()}; {note}"))
+                            f"ours {ours.describe()}; {note}", timing=ours))
         auc = roc_auc_score(y_test, x_test @ model[:-1] + model[-1])
         data = []
         for party, path in paths.items():

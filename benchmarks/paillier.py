@@ -37,6 +37,8 @@ from invisible.crypto.paillier.packing import Packing
 from invisible.crypto.prg import Prg
 
 PARTIES = ("bank", "hospital", "telco")
+#: Every timed value is the median of this many runs after a warm-up (the contract).
+REPEATS = 5
 BOUND = 1000.0
 FRACTIONAL_BITS = 16
 
@@ -53,23 +55,28 @@ def _heu() -> tuple[object, object, object, object] | str:
 def _single_values(count: int, slice_size: int, heu: tuple | str) -> list[Row]:
     values = np.random.default_rng(1).uniform(-BOUND, BOUND, count).tolist()
     public, _ = generate_keypair(Prg.from_os())
-    started = time.perf_counter()
-    with ObfuscatorPool(public) as pool:
-        encrypt_numbers(public, values, pool)
-    ours = count / (time.perf_counter() - started)
+
+    def encrypt_all() -> None:
+        with ObfuscatorPool(public) as pool:
+            encrypt_numbers(public, values, pool)
+
+    timing = measure(encrypt_all, REPEATS, warmup=1)
+    ours = count / timing.median
     case = f"{count:,} single values, 2048-bit key, from an empty pool"
-    naive = measure(lambda: [public.phe_key.encrypt(v) for v in values[:slice_size]], 1, 0)
+    naive = measure(lambda: [public.phe_key.encrypt(v) for v in values[:slice_size]], REPEATS)
     rows = [Row(case, "encryptions/s", "higher", ours, "phe", slice_size / naive.median,
-                f"ours: {os.cpu_count()} workers, DJN fixed base; phe on {slice_size} values, "
-                "one core")]
+                f"ours: {os.cpu_count()} workers, DJN fixed base, {timing.describe()}; phe on "
+                f"{slice_size} values, one core", timing=timing, per=count)]
     if isinstance(heu, str):
-        rows.append(Row(case, "encryptions/s", "higher", ours, "heu", None, f"heu: {heu}"))
+        rows.append(Row(case, "encryptions/s", "higher", ours, "heu", None, f"heu: {heu}",
+                        timing=timing, per=count))
     else:
         encryptor, _, _, encoder = heu
-        timing = measure(lambda: [encryptor.encrypt(encoder.encode(v))
-                                  for v in values[:slice_size]], 1, 0)
-        rows.append(Row(case, "encryptions/s", "higher", ours, "heu", slice_size / timing.median,
-                        f"heu ZPaillier per value on {slice_size} values, one core"))
+        theirs = measure(lambda: [encryptor.encrypt(encoder.encode(v))
+                                  for v in values[:slice_size]], REPEATS)
+        rows.append(Row(case, "encryptions/s", "higher", ours, "heu", slice_size / theirs.median,
+                        f"heu ZPaillier per value on {slice_size} values, one core",
+                        timing=timing, per=count))
     return rows
 
 
@@ -131,7 +138,7 @@ def run(quick: bool) -> list[Row]:
             results = []
             timing = measure(lambda: results.append(fed.paillier_sum(
                 inputs, BOUND, key_holder="telco", elementwise=True, length=values_per_party,
-                fractional_bits=FRACTIONAL_BITS)), 3 if not quick else 2, warmup=0)
+                fractional_bits=FRACTIONAL_BITS)), REPEATS, warmup=1)
     total = results[-1]
     expected = np.sum(vectors, axis=0)
     if total.total is None or np.max(np.abs(total.total - expected)) > 1e-3:
@@ -148,12 +155,15 @@ def run(quick: bool) -> list[Row]:
                   f"per core, {limit * cores:,.0f} on {cores} cores; ours {timing.describe()}")
     rows.append(Row(case, "values/s", "higher", ours, "phe", phe_rate,
                     f"phe: encrypt, add, decrypt per value on a {3 * slice_size:,}-value slice "
-                    f"({slice_size:,} a party), scaled per value; {limit_note}"))
+                    f"({slice_size:,} a party), scaled per value; {limit_note}", timing=timing,
+                    per=summed_values))
     if isinstance(heu_rate, str):
-        rows.append(Row(case, "values/s", "higher", ours, "heu", None, f"heu: {heu_rate}"))
+        rows.append(Row(case, "values/s", "higher", ours, "heu", None, f"heu: {heu_rate}",
+                        timing=timing, per=summed_values))
     else:
         rows.append(Row(case, "values/s", "higher", ours, "heu", heu_rate,
-                        f"heu per value, no packing, on the same {3 * slice_size:,}-value slice"))
+                        f"heu per value, no packing, on the same {3 * slice_size:,}-value slice",
+                        timing=timing, per=summed_values))
     wire = sum(r.bytes_sent + r.bytes_released for r in total.records.values())
     rows.append(Row(case, "bytes/value", "lower", wire / summed_values,
                     note="payload: public key, 2 ciphertext vectors to the aggregator and the "

@@ -179,7 +179,7 @@ def run(quick: bool) -> list[Row]:
                                 f"ours {ours.describe()}; limit from {hashing:,.0f} "
                                 f"hash-to-group/s and {exponentiation:,.0f} exponentiations/s on "
                                 f"one core (rbcl), {os.cpu_count()} cores; ours/limit "
-                                f"{ours.median / limit:.2f}"))
+                                f"{ours.median / limit:.2f}", timing=ours))
                 sets = [str(datasets[p][f"ids{n}"].path) for p in PARTIES]
                 if n <= OPENMINED_MAX:
                     om, om_note = _peer("openmined-psi", ["openmined-psi==2.0.6"], _OPENMINED,
@@ -189,7 +189,7 @@ def run(quick: bool) -> list[Row]:
                                          f"it took about 30 s at {OPENMINED_MAX:.0e} ids here "
                                          "and grows linearly (several minutes)")
                 rows.append(Row(case, "seconds", "lower", ours.median, "openmined-psi", om,
-                                om_note))
+                                om_note, timing=ours))
                 for offset, (peer, protocol) in enumerate((("spu-ecdh", "PROTOCOL_ECDH"),
                                                            ("spu-rr22", "PROTOCOL_RR22"))):
                     port = 23000 + n % 997 + 10 * offset
@@ -197,9 +197,10 @@ def run(quick: bool) -> list[Row]:
                                           [protocol, *sets, str(folder), str(port)], quick)
                     if peer == "spu-ecdh":
                         note += "; its ECDH maps an id's hash straight to a Curve25519 coordinate"
-                    rows.append(Row(case, "seconds", "lower", ours.median, peer, seconds, note))
+                    rows.append(Row(case, "seconds", "lower", ours.median, peer, seconds, note,
+                                    timing=ours))
                 rows.append(Row(case, "ids/s/side", "higher", n / ours.median, "compute-limit",
-                                n / limit, "n / seconds"))
+                                n / limit, "n / seconds", timing=ours, per=n))
             peak = max(sizes)
             for party, process in nodes.processes.items():
                 rows.append(Row(f"peak memory of node '{party}' after n={peak:.0e}", "MB",

@@ -98,11 +98,13 @@ def run(quick: bool) -> list[Row]:
                 case = f"n={n:.0e} elements, 3 parties, mTLS loopback"
                 rows += [
                     Row(case, "elements/s", "higher", n / ours.median, "numpy", n / plain.median,
-                        f"ours {ours.describe()}; numpy {plain.describe()}"),
+                        f"ours {ours.describe()}; numpy {plain.describe()}", timing=ours,
+                        peer_timing=plain, per=n),
                     Row(case, "elements/s", "higher", n / ours.median, "grpc-raw", n / raw.median,
                         f"raw = one {8 * n:,}-byte vector node->node, {raw.describe()}; CPU "
                         f"(all processes) per secure sum {cpu_ours:.0f} ms, per raw job "
-                        f"{cpu_raw:.0f} ms (includes making the random vector)"),
+                        f"{cpu_raw:.0f} ms (includes making the random vector)", timing=ours,
+                        peer_timing=raw, per=n),
                 ]
                 records = last["result"].records.values()
                 per_party = np.mean([(r.bytes_sent + r.bytes_released) / n for r in records])

@@ -225,7 +225,7 @@ def run(quick: bool) -> list[Row]:
     steps = "share x and y, product with exact truncation, open to all"
     rows = [
         Row(case_in, "mults/s", "higher", n / inprocess.median, "spu", spu_rate,
-            f"ours: {steps}; {inprocess.describe()}; " + spu_note),
+            f"ours: {steps}; {inprocess.describe()}; " + spu_note, timing=inprocess, per=n),
         Row(case_grpc, "mults/s", "higher", grpc.program_rates[n], "spu", spu_rate,
             f"ours: {steps} (dealer tuples included), slowest party; " + spu_note),
         Row(case_grpc, "mults/s", "higher", grpc.product_rates[n], "bandwidth-limit",

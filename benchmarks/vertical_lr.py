@@ -205,9 +205,9 @@ def run(quick: bool) -> list[Row]:
         history = result.history()
         rows.append(Row(case, "seconds", "lower", ours.median, "spu",
                         spu["seconds"] if spu else None, f"ours {ours.describe()} (with the "
-                        f"loss of every epoch on shares); {spu_note}{ratio}"))
+                        f"loss of every epoch on shares); {spu_note}{ratio}", timing=ours))
         rows.append(Row(case, "seconds", "lower", ours.median, "scikit-learn", sklearn_s,
-                        "centralised LogisticRegression (lbfgs), plaintext"))
+                        "centralised LogisticRegression (lbfgs), plaintext", timing=ours))
         on_test = f"on the {len(y_test):,} test rows the label holder held out (stratified)"
         rows.append(Row(case, "auc", "higher", scored.auc, "scikit-learn",
                         float(roc_auc_score(y_test, sklearn.decision_function(x_test))),

@@ -53,7 +53,15 @@ def run_quick(name: str, folder: Path, timeout: float) -> dict:
     document = json.loads(out.read_text())
     assert document["quick"] is True and document["cpus"] >= 1
     [entry] = document["benchmarks"]  # one shape, for one benchmark or several
+    for row in entry["rows"]:  # a timed value carries its runs and quartiles
+        if "runs" in row:
+            assert row["runs"] >= 1 and row["q1"] <= row["ours"] * (1 + 1e-9) \
+                and row["ours"] <= row["q3"] * (1 + 1e-9)
     return entry
+
+
+def timed(rows: list[dict], metric: str) -> list[dict]:
+    return [r for r in rows if r["metric"] == metric]
 
 
 @pytest.mark.timeout(180)
@@ -71,6 +79,7 @@ def test_secure_sum_quick_emits_every_row(tmp_path):
         assert row["ours"] > 0 and row["better"] in ("higher", "lower")
         if "peer" in row:
             assert row["peer_value"] > 0
+    assert all(r["runs"] >= 3 for r in timed(rows, "elements/s"))
     per_party = [r["ours"] for r in rows if r["metric"] == "bytes/element/party"]
     assert all(8.0 <= b < 8.1 for b in per_party)  # one masked 8-byte element per party + keys
 
@@ -91,6 +100,7 @@ def test_paillier_quick_emits_every_row_with_both_peers(tmp_path):
         ("values/s", "heu"), ("bytes/value", None)]
     for row in rows[:4]:  # phe and sf-heu are installed with the dev extra: both run
         assert row["peer_value"] > 0, row["note"]
+        assert row["runs"] == 5  # the median of five after a warm-up
     assert 8.0 < rows[-1]["ours"] < 9.0
 
 

@@ -26,23 +26,6 @@ from typing import Any
 from invisible.errors import ConfigError
 
 
-@dataclass
-class Row:
-    case: str
-    metric: str
-    better: str
-    ours: float
-    peer: str | None = None
-    peer_value: float | None = None
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        if self.peer is None:
-            del data["peer"], data["peer_value"]
-        return data
-
-
 @dataclass(frozen=True)
 class Timing:
     median: float
@@ -53,6 +36,42 @@ class Timing:
     def describe(self) -> str:
         return (f"median {self.median * 1000:.1f} ms "
                 f"(IQR {self.q1 * 1000:.1f}-{self.q3 * 1000:.1f}, n={self.runs})")
+
+
+@dataclass
+class Row:
+    case: str
+    metric: str
+    better: str
+    ours: float
+    peer: str | None = None
+    peer_value: float | None = None
+    note: str = ""
+    #: The timings the values come from (their runs and quartiles go into the JSON, in the
+    #: row's unit): a value is `per` / seconds when `per` is given (a rate), else seconds
+    #: times `scale`.
+    timing: Timing | None = None
+    peer_timing: Timing | None = None
+    per: float | None = None
+    scale: float = 1.0
+
+    def _spread(self, timing: Timing, prefix: str) -> dict[str, Any]:
+        if self.per is not None:
+            low, high = self.per / timing.q3, self.per / timing.q1
+        else:
+            low, high = timing.q1 * self.scale, timing.q3 * self.scale
+        return {f"{prefix}runs": timing.runs, f"{prefix}q1": low, f"{prefix}q3": high}
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: v for k, v in asdict(self).items()
+                if k not in ("timing", "peer_timing", "per", "scale")}
+        if self.peer is None:
+            del data["peer"], data["peer_value"]
+        if self.timing is not None:
+            data |= self._spread(self.timing, "")
+        if self.peer_timing is not None:
+            data |= self._spread(self.peer_timing, "peer_")
+        return data
 
 
 def timing_of(samples: Sequence[float]) -> Timing:
