@@ -37,6 +37,7 @@ import numpy as np
 from invisible.benchmarking import Row, measure, peer_python, timing_of
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import NodeProcesses, write_local_federation
+from invisible.crypto.fixedpoint import decode
 from invisible.crypto.prg import Prg
 from invisible.kinds.mul_benchmark import BENCHMARK_BOUND, MulBenchmarkParams, product_program
 from invisible.net.inprocess import InProcessHub
@@ -44,6 +45,10 @@ from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.dealer import run_dealer
 from invisible.protocols.mpc.provider import DealerProvider
 
+FRACTIONAL_BITS = 16
+#: The most a product on shares may differ from float64: each input is rounded to 2^-17 and
+#: the product truncated to 1 ulp, so |error| <= (|x| + |y|) 2^-17 + 2^-16.
+MAX_ERROR = 2 * BENCHMARK_BOUND * 2.0**-17 + 2.0**-15
 PARTIES = ("bank", "hospital", "telco")
 BOUND = BENCHMARK_BOUND
 
@@ -91,7 +96,10 @@ MPYC_SCRIPT = textwrap.dedent("""
 
 
 
-def _inprocess_once(x: np.ndarray, y: np.ndarray) -> None:
+def _inprocess_once(x: np.ndarray, y: np.ndarray, opened: list[np.ndarray] | None = None,
+                    ) -> None:
+    """One run of the program in one process; the first party's opened product goes into
+    `opened` (checked against x * y in float64)."""
     names = [*PARTIES, "dealer"]
     hub = InProcessHub(names, timeout_s=120)
     channels = hub.channels(f"ss-mul-{time.perf_counter_ns()}")
@@ -101,9 +109,12 @@ def _inprocess_once(x: np.ndarray, y: np.ndarray) -> None:
         try:
             ctx = MpcContext(channels[name], PARTIES, "dealer")
             provider = DealerProvider(channels[name], PARTIES, "dealer")
-            product_program(ctx, provider, x if ctx.index == 0 else None,
-                            y if ctx.index == 1 else None, x.shape, Prg.from_os())
+            product, _, _ = product_program(ctx, provider, x if ctx.index == 0 else None,
+                                            y if ctx.index == 1 else None, x.shape,
+                                            Prg.from_os())
             provider.close()
+            if opened is not None and ctx.index == 0:
+                opened.append(product)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -215,6 +226,11 @@ def run(quick: bool) -> list[Row]:
     data = np.random.default_rng(0)  # benchmark inputs, made before the clock starts
     x, y = data.uniform(-BOUND, BOUND, n), data.uniform(-BOUND, BOUND, n)
     inprocess = measure(lambda: _inprocess_once(x, y), repeats)
+    opened: list[np.ndarray] = []
+    _inprocess_once(x, y, opened)  # against the plaintext answer, as the peers report theirs
+    error = float(np.max(np.abs(decode(opened[0], FRACTIONAL_BITS) - x * y)))
+    if error > MAX_ERROR:
+        raise RuntimeError(f"the products on shares are off by {error:.2e} (over {MAX_ERROR})")
     spu_rate, spu_note = _spu(n, repeats, quick)
     mpyc = _mpyc(20.0 if quick else 120.0)
     sizes = sorted({n, mpyc[0]} if isinstance(mpyc, tuple) else {n})
@@ -225,7 +241,8 @@ def run(quick: bool) -> list[Row]:
     steps = "share x and y, product with exact truncation, open to all"
     rows = [
         Row(case_in, "mults/s", "higher", n / inprocess.median, "spu", spu_rate,
-            f"ours: {steps}; {inprocess.describe()}; " + spu_note, timing=inprocess, per=n),
+            f"ours: {steps}; {inprocess.describe()}; max error {error:.1e} against float64; "
+            + spu_note, timing=inprocess, per=n),
         Row(case_grpc, "mults/s", "higher", grpc.program_rates[n], "spu", spu_rate,
             f"ours: {steps} (dealer tuples included), slowest party; " + spu_note),
         Row(case_grpc, "mults/s", "higher", grpc.product_rates[n], "bandwidth-limit",
