@@ -266,11 +266,11 @@ def run(quick: bool) -> list[Row]:
         x_test, y_test = test[features].to_numpy(float), test["y"].to_numpy()
         case = (f"default_credit_homo, 3 party nodes over mTLS, {rounds} rounds, 1 local epoch, "
                 "batch 1024, lr 0.1")
-        flower = {}
+        flower, why_not = {}, {}
         for mode, peer in (("plain", "flwr"), ("secagg", "flwr-secagg+")):
             outcome, note = _flower(_FLOWER_LR, [mode, str(folder), str(rounds), "1024", "0.1",
                                                  "0", ",".join(paths)], quick)
-            flower[peer] = outcome
+            flower[peer], why_not[peer] = outcome, note
             value = None if outcome is None else outcome["rounds_s"]
             if outcome is not None:
                 note += (f"; its rounds {outcome['rounds_s']:.2f} s, its wall time with Ray's "
@@ -296,7 +296,8 @@ def run(quick: bool) -> list[Row]:
         for peer, outcome in flower.items():
             rows.append(Row(case, "auc", "higher", auc, peer,
                             None if outcome is None else outcome["auc"],
-                            "its final model on _test" if outcome else "did not run"))
+                            "its final model on _test" if outcome
+                            else f"did not run: {why_not[peer]}"))
         ms = _aggregation_ms(folder, elements)
         vector, note = _flower(_FLOWER_VECTOR, [str(elements), "3" if quick else "5"], quick)
         rows.append(Row(f"secure aggregation alone: one round of a {elements:.0e}-element "
