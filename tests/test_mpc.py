@@ -651,24 +651,35 @@ def test_a_domain_at_the_edge_of_the_exact_range_still_runs(function):
     assert np.all(np.abs(result - expected) <= ULP * (4 + 2 / x))
 
 
+def values_within(data, bits):
+    """Ring integers below 2^bits in magnitude (drawn, then the ends, -1, 0 and 1), and their
+    bound as a fixed-point value."""
+    limit = 2**bits - 1
+    values = data.draw(hnp.arrays(np.int64, st.integers(1, 40),
+                                  elements=st.integers(-limit, limit)))
+    return np.concatenate([values, [-limit, limit, -1, 0, 1]]), limit / 2.0**F
+
+
+def run_on_values(function, parties, z, bound):
+    """`function(ctx, provider, x)` on shares of z among `parties`; the opened result."""
+    engine = inprocess_engine(parties)
+    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
+    results = engine.run(lambda ctx, prov: function(
+        ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
+    return open_result(results, engine.parties)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.integers(2, 4), st.integers(1, 60), st.data())
 def test_a_narrow_comparison_is_the_sign_of_every_value_below_its_width(parties, bits, data):
     """For |x| 2^f < 2^m, the comparison on m bits is exact: including -1, 0 and the ends."""
     from invisible.protocols.mpc.comparison import less_than_zero_narrow, narrow_width
 
-    limit = 2**bits - 1
-    values = data.draw(hnp.arrays(np.int64, st.integers(1, 40),
-                                  elements=st.integers(-limit, limit)))
-    z = np.concatenate([values, [-limit, limit, -1, 0, 1]])
-    bound = limit / 2.0**F
+    z, bound = values_within(data, bits)
     x = SharedArray(np.zeros(z.shape, RING_DTYPE), bound, F)
     assert narrow_width(x) <= bits + 3 and narrow_width(x) % 3 == 0  # whole 3-bit digits
-    engine = inprocess_engine(parties)
-    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
-    results = engine.run(lambda ctx, prov: less_than_zero_narrow(
-        ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
-    assert np.array_equal(open_result(results, engine.parties), (z < 0).astype(np.uint64))
+    opened = run_on_values(less_than_zero_narrow, parties, z, bound)
+    assert np.array_equal(opened, (z < 0).astype(np.uint64))
 
 
 @settings(max_examples=25, deadline=None)
@@ -677,17 +688,9 @@ def test_times_negative_is_min_of_x_and_zero_exactly(parties, bits, data):
     """x [x < 0] in the comparison's rounds: exact at every width, including -1, 0, 1."""
     from invisible.protocols.mpc.comparison import times_negative
 
-    limit = 2**bits - 1
-    values = data.draw(hnp.arrays(np.int64, st.integers(1, 30),
-                                  elements=st.integers(-limit, limit)))
-    z = np.concatenate([values, [-limit, limit, -1, 0, 1]])
-    bound = limit / 2.0**F
-    engine = inprocess_engine(parties)
-    shares = share(z.view(RING_DTYPE), parties, Prg.from_os())
-    results = engine.run(lambda ctx, prov: times_negative(
-        ctx, prov, SharedArray(shares[ctx.index], bound, F, ctx.is_leader)))
-    assert np.array_equal(open_result(results, engine.parties).view(np.int64),
-                          np.minimum(z, 0))
+    z, bound = values_within(data, bits)
+    opened = run_on_values(times_negative, parties, z, bound)
+    assert np.array_equal(opened.view(np.int64), np.minimum(z, 0))
 
 
 def test_a_narrow_comparison_opens_and_multiplies_less():

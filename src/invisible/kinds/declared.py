@@ -104,8 +104,7 @@ def release(ctx: MpcContext, context: JobContext, outputs: SharedArray,
         if opened is not None:
             outcome.arrays[SHARES_ARRAY] = opened  # the recipient releases the values
     outcome.values_opened = size
-    outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
-                        for o in ctx.record.openings]
+    outcome.openings = ctx.record.listed()
 
 
 def opened_outputs(job: JobResult, parties: Sequence[str], recipient: str | None,
@@ -173,9 +172,19 @@ def bounded_columns(context: JobContext, kind: str, dataset_id: str, columns: Se
     (value - scaling[0]) / scaling[1] when given), after the job was refused at every party
     alike if any value lies beyond its column's public bound (never clipped: clipping to a
     requester's bound can single one person out)."""
-    values = numeric_matrix(context, kind, dataset_id, columns)
-    if scaling is not None:
-        values = (values - scaling[0]) / scaling[1]
+    values = standardised(numeric_matrix(context, kind, dataset_id, columns), scaling)
+    return within_bounds(context, kind, values, bounds, parties)
+
+
+def standardised(values: np.ndarray, scaling: np.ndarray | None) -> np.ndarray:
+    """(value - scaling[0]) / scaling[1] per column, or the values as they are."""
+    return values if scaling is None else (values - scaling[0]) / scaling[1]
+
+
+def within_bounds(context: JobContext, kind: str, values: np.ndarray,
+                  bounds: Sequence[float] | None, parties: Sequence[str]) -> np.ndarray:
+    """`values`, after the job was refused at every party alike if any lies beyond its
+    column's public bound (see `bounded_columns`)."""
     if bounds is not None:
         beyond = bool((np.abs(values) > np.asarray(bounds)).any())
         refuse_alike(context, parties, beyond, OUT_OF_BOUND_RULE,

@@ -52,11 +52,12 @@ from invisible.kinds.base import (
 from invisible.kinds.declared import (
     WithDealer,
     aligned_rows,
-    bounded_columns,
     column_rows,
     numeric_matrix,
     opened_outputs,
     release,
+    standardised,
+    within_bounds,
 )
 from invisible.kinds.models import make_model
 from invisible.kinds.params import ColumnInputs, ColumnsRef, Params, param
@@ -276,12 +277,10 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
         labels = read_labels(params.KIND, context.datasets, ref)
         rows = chosen_rows(context, parties, params.label_holder, labels, alignment,
                            params.split, "train")
-        scaling = None
-        if params.standardise:
-            scaling = standardising(numeric_matrix(context, params.KIND, ref.dataset,
-                                                   ref.columns)[rows])
-        features = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
-                                   parties, scaling)[rows]
+        raw = numeric_matrix(context, params.KIND, ref.dataset, ref.columns)  # read once
+        scaling = standardising(raw[rows]) if params.standardise else None
+        features = within_bounds(context, params.KIND, standardised(raw, scaling), ref.bounds,
+                                 parties)[rows]
         labels = None if labels is None else labels[rows]
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)
@@ -302,8 +301,7 @@ class VerticalLrKind(JobKind[VerticalLrParams, VerticalLrResult]):
                             params.schedule(), features, labels, context.rng, after_epoch)
             part, form = weights.share.ravel(), "shares"
             outcome = JobOutcome(rows_used=alignment.size)  # every row is read and checked
-            outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
-                                for o in ctx.record.openings]
+            outcome.openings = ctx.record.listed()
             if losses:
                 release(ctx, context, SharedArray(np.concatenate(losses), 0.0, FRACTIONAL_BITS,
                                                   ctx.is_leader), params.recipient, outcome)

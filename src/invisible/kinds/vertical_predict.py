@@ -184,8 +184,7 @@ class VerticalPredictKind(JobKind[VerticalPredictParams, VerticalPredictResult])
             np.savetxt(folder / f"{context.spec.job_id}.csv", pd_rows, delimiter=",",
                        header="row,score,probability", comments="", fmt=["%d", "%.6f", "%.6f"])
         outcome.values_opened = alignment.size
-        outcome.openings = [{"what": o.what, "to": list(o.to), "values": o.values}
-                            for o in ctx.record.openings]
+        outcome.openings = ctx.record.listed()
         return outcome
 
     def finish(self, params: VerticalPredictParams, job: JobResult) -> VerticalPredictResult:

@@ -31,6 +31,10 @@ class OpenRecord:
     def values(self) -> int:
         return sum(o.values for o in self.openings)
 
+    def listed(self) -> list[dict[str, object]]:
+        """The openings as the job's output and ledger entry list them."""
+        return [{"what": o.what, "to": list(o.to), "values": o.values} for o in self.openings]
+
     def summary(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for opening in self.openings:

@@ -206,9 +206,10 @@ def train(ctx: MpcContext, provider: TupleProvider, counts: tuple[int, ...],
         epoch_batches = batches(schedule, rows, epoch)
         sizes = [b.size for b in epoch_batches]  # every epoch's (the order differs)
         for i, batch in enumerate(epoch_batches):
-            last = i + 1 == len(sizes)
-            upcoming = sizes[0] if last and epoch + 1 < schedule.epochs else \
-                (sizes[i + 1] if not last else 0)
+            # The next step's batch: this epoch's next, else the next epoch's first (the
+            # sizes repeat), and none after the last step of the last epoch.
+            final = epoch + 1 == schedule.epochs and i + 1 == len(sizes)
+            upcoming = 0 if final else sizes[(i + 1) % len(sizes)]
             if not provider.prefetched and batch.size in sequences:
                 provider.prefetch(sequences[batch.size])  # this step's, the first time
             if upcoming in sequences:

@@ -103,8 +103,9 @@ class TupleProvider(ABC):
     party runs the same program, so all number, prefetch and take alike.
     """
 
-    _ahead: deque[tuple[TupleSpec, Ticket]]
-    _recording: list[TupleSpec] | None = None
+    def __init__(self) -> None:
+        self._ahead: deque[tuple[TupleSpec, Ticket]] = deque()
+        self._recording: list[TupleSpec] | None = None
 
     @abstractmethod
     def request(self, kind: str, shapes: Sequence[Shape], fractional_bits: int = 0) -> Ticket: ...
@@ -117,23 +118,20 @@ class TupleProvider(ABC):
         spec: TupleSpec = (kind, tuple(tuple(s) for s in shapes), fractional_bits)
         if self._recording is not None:
             self._recording.append(spec)
-        ahead = getattr(self, "_ahead", None)
-        if ahead and ahead[0][0] == spec:
-            return self.collect(ahead.popleft()[1])
+        if self._ahead and self._ahead[0][0] == spec:
+            return self.collect(self._ahead.popleft()[1])
         return self.collect(self.request(kind, shapes, fractional_bits))
 
     def prefetch(self, specs: Sequence[TupleSpec]) -> None:
         """Ask now for the tuples `take` will ask for next, in this order (a tuple asked for
         and never taken is only wasted work for the dealer)."""
-        if not hasattr(self, "_ahead"):
-            self._ahead = deque()
         for spec in specs:
             self._ahead.append((spec, self.request(*spec)))
 
     @property
     def prefetched(self) -> int:
         """How many tuples asked for by `prefetch` are not taken yet."""
-        return len(getattr(self, "_ahead", ()))
+        return len(self._ahead)
 
     @contextmanager
     def record(self) -> Iterator[list[TupleSpec]]:
@@ -153,6 +151,7 @@ class DealerProvider(TupleProvider):
     """A computing party's end of the dealer protocol (steps in the module docstring)."""
 
     def __init__(self, channel: Channel, parties: Sequence[str], dealer: str) -> None:
+        super().__init__()
         self.channel = channel
         self.parties = tuple(parties)
         self.dealer = dealer
