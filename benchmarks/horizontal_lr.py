@@ -9,8 +9,7 @@ seed, party, round and epoch), last partial batch included.
 
 Rows:
 - `seconds` (lower is better): ours, `Federation.run` of the job end to end,
-  three party node processes over mTLS on loopback (median of 3 after a
-  warm-up), against `flwr` (Flower 1.42's FedAvg simulation, plaintext
+  three party node processes over mTLS on loopback, against `flwr` (Flower 1.42's FedAvg simulation, plaintext
   aggregation) and `flwr-secagg+` (the same with its SecAgg+ workflow), in a
   venv of their own (`.bench-venvs/flwr`; Flower brings Ray). A Flower run's
   time is its rounds only (from the workflow's start to its end, its own
@@ -20,9 +19,12 @@ Rows:
   centralised `LogisticRegression`), and each Flower run's final model.
 - `ms/round`: secure aggregation alone, one round of a 10^6-element update
   (--quick: 10^5) among three parties: ours, the masked all-to-all sum of
-  `fedavg` over gRPC and mTLS between three nodes of one process (median of
-  5 rounds after the pairwise keys), against `flwr-secagg+` on the same
-  vector size (its median round).
+  `fedavg` over gRPC and mTLS between three nodes of one process (rounds
+  after the pairwise keys), against `flwr-secagg+` on the same vector size
+  (its rounds after the first).
+
+Every timing is the median of five runs after a warm-up, with its quartiles
+(a Flower simulation runs six times in one process, the first unmeasured).
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from invisible.benchmarking import Row, measure, run_peer
+from invisible.benchmarking import Row, Timing, measure, run_peer, timing_of
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import (
     OPEN_POLICY,
@@ -58,7 +60,9 @@ from invisible.protocols.seeds import agree_pairwise_secrets
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 PARTIES = {"guest": "guest", "host-1": "host_1", "host-2": "host_2"}
 FLOWER = ["flwr[simulation]==1.42.*", "pandas", "scikit-learn"]
-_PEER_TIMEOUT_S = 900
+_PEER_TIMEOUT_S = 1800
+#: Timed runs of ours and of every peer, each after a warm-up.
+REPEATS = 5
 
 #: Flower's FedAvg of the same model, schedule and batch orders (the client's local epoch is
 #: `local_update` of invisible.protocols.fedavg, copied: the peer's venv has no invisible).
@@ -76,7 +80,7 @@ _FLOWER_LR = textwrap.dedent("""
 
     mode, folder, rounds, batch, lr, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
         int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
-    parties = sys.argv[7].split(",")
+    parties, repeats = sys.argv[7].split(","), int(sys.argv[8])
     frames = [pd.read_csv(f"{folder}/{p}.csv") for p in parties]
     features = [c for c in frames[0].columns if c.startswith("x")]
     data = [(f[features].to_numpy(float), f["y"].to_numpy(float)) for f in frames]
@@ -127,16 +131,19 @@ _FLOWER_LR = textwrap.dedent("""
             if mode == "secagg" else DefaultWorkflow()
         workflow(grid, legacy)
 
-    started = time.perf_counter()
-    run_simulation(server_app=server, client_app=app, num_supernodes=len(parties),
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                   "init_args": {"num_cpus": 2, "include_dashboard": False,
-                                                 "logging_level": logging.ERROR}})
-    wall = time.perf_counter() - started
+    times, walls = [], []
+    for _ in range(repeats + 1):  # the first is the warm-up
+        result.clear()
+        started = time.perf_counter()
+        run_simulation(server_app=server, client_app=app, num_supernodes=len(parties),
+                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                       "init_args": {"num_cpus": 2, "include_dashboard": False,
+                                                     "logging_level": logging.ERROR}})
+        walls.append(time.perf_counter() - started)
+        times.append(result[rounds][0] - result[0][0])
     w, b = result[rounds][1]
     auc = roc_auc_score(test["y"], test[features].to_numpy(float) @ w + b[0])
-    print("RESULT", json.dumps({"rounds_s": result[rounds][0] - result[0][0], "wall_s": wall,
-                                "auc": auc}))
+    print("RESULT", json.dumps({"rounds_s": times[1:], "wall_s": walls[1:], "auc": auc}))
 """)
 
 #: Flower's SecAgg+ on one d-element vector, 3 clients: the median time of a round.
@@ -184,7 +191,7 @@ _FLOWER_VECTOR = textwrap.dedent("""
                                    "init_args": {"num_cpus": 2, "include_dashboard": False,
                                                  "logging_level": logging.ERROR}})
     per_round = np.diff([stamps[r] for r in range(rounds + 1)])
-    print("RESULT", json.dumps({"median_round_s": float(np.median(per_round))}))
+    print("RESULT", json.dumps({"round_s": per_round[1:].tolist()}))  # the first: warm-up
 """)
 
 
@@ -209,8 +216,9 @@ def _write_data(folder: Path) -> tuple[dict[str, Path], list[str], pd.DataFrame]
     return paths, [c for c in test.columns if c.startswith("x")], test
 
 
-def _aggregation_ms(folder: Path, elements: int, rounds: int = 5) -> float:
-    """Median ms of one masked all-to-all sum of `elements` values among three nodes."""
+def _aggregation(folder: Path, elements: int, rounds: int = REPEATS + 1) -> Timing:
+    """One masked all-to-all sum of `elements` values among three nodes: the slowest
+    party's time of each round after the first (the warm-up)."""
     names = list(PARTIES)
     layout = write_local_federation(folder / "aggregation", names,
                                     limits={"rpc_timeout_s": 120.0,
@@ -238,7 +246,7 @@ def _aggregation_ms(folder: Path, elements: int, rounds: int = 5) -> float:
         for channel in channels.values():
             channel.close()
     slowest = np.max([times[p] for p in names], axis=0)
-    return float(np.median(slowest)) * 1000
+    return timing_of(slowest[1:].tolist())
 
 
 def run(quick: bool) -> list[Row]:
@@ -261,7 +269,7 @@ def run(quick: bool) -> list[Row]:
                 Federation.from_config(layout.coordinator_config) as fed:
             fed.health(timeout_s=120)
             nodes.check_alive()
-            ours = measure(lambda: results.append(fed.run(params)), repeats=3, warmup=1)
+            ours = measure(lambda: results.append(fed.run(params)), REPEATS, warmup=1)
         model = results[-1].model
         x_test, y_test = test[features].to_numpy(float), test["y"].to_numpy()
         case = (f"default_credit_homo, 3 party nodes over mTLS, {rounds} rounds, 1 local epoch, "
@@ -269,15 +277,16 @@ def run(quick: bool) -> list[Row]:
         flower, why_not = {}, {}
         for mode, peer in (("plain", "flwr"), ("secagg", "flwr-secagg+")):
             outcome, note = _flower(_FLOWER_LR, [mode, str(folder), str(rounds), "1024", "0.1",
-                                                 "0", ",".join(paths)], quick)
+                                                 "0", ",".join(paths), str(REPEATS)], quick)
             flower[peer], why_not[peer] = outcome, note
-            value = None if outcome is None else outcome["rounds_s"]
-            if outcome is not None:
-                note += (f"; its rounds {outcome['rounds_s']:.2f} s, its wall time with Ray's "
-                         f"start {outcome['wall_s']:.2f} s; ours/peer "
-                         f"{ours.median / outcome['rounds_s']:.3f}")
-            rows.append(Row(case, "seconds", "lower", ours.median, peer, value,
-                            f"ours {ours.describe()}; {note}", timing=ours))
+            theirs = None if outcome is None else timing_of(outcome["rounds_s"])
+            if outcome is not None and theirs is not None:
+                note += (f"; its rounds {theirs.describe()}, its wall time with Ray's start "
+                         f"{timing_of(outcome['wall_s']).median:.2f} s (median); ours/peer "
+                         f"{ours.median / theirs.median:.3f}")
+            rows.append(Row(case, "seconds", "lower", ours.median, peer,
+                            None if theirs is None else theirs.median,
+                            f"ours {ours.describe()}; {note}", timing=ours, peer_timing=theirs))
         auc = roc_auc_score(y_test, x_test @ model[:-1] + model[-1])
         data = []
         for party, path in paths.items():
@@ -298,11 +307,14 @@ def run(quick: bool) -> list[Row]:
                             None if outcome is None else outcome["auc"],
                             "its final model on _test" if outcome
                             else f"did not run: {why_not[peer]}"))
-        ms = _aggregation_ms(folder, elements)
-        vector, note = _flower(_FLOWER_VECTOR, [str(elements), "3" if quick else "5"], quick)
+        aggregation = _aggregation(folder, elements)
+        vector, note = _flower(_FLOWER_VECTOR, [str(elements), str(REPEATS + 1)], quick)
+        rounds_of = None if vector is None else timing_of(vector["round_s"])
         rows.append(Row(f"secure aggregation alone: one round of a {elements:.0e}-element "
-                        "update, 3 parties", "ms/round", "lower", ms, "flwr-secagg+",
-                        None if vector is None else vector["median_round_s"] * 1000,
+                        "update, 3 parties", "ms/round", "lower", aggregation.median * 1000,
+                        "flwr-secagg+", None if rounds_of is None else rounds_of.median * 1000,
                         "ours: masked all-to-all sum between 3 nodes of one process over gRPC "
-                        f"and mTLS, slowest party, median of 5; {note}"))
+                        f"and mTLS, slowest party, {aggregation.describe()}; {note}"
+                        + ("" if rounds_of is None else f", its rounds {rounds_of.describe()}"),
+                        timing=aggregation, peer_timing=rounds_of, scale=1000))
     return rows

@@ -11,7 +11,8 @@ Rows:
   the job's path but takes CPU on a 2-core machine).
 - `entries/s`, higher is better: `meter verify` (hash chain and Ed25519
   signatures, signatures in parallel worker processes) over a ledger of
-  10^5 entries (--quick: 10^4), from reading the SQLite file to the verdict.
+  10^5 entries (--quick: 10^4), from reading the SQLite file to the verdict:
+  the median of five runs after a warm-up.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from invisible.benchmarking import Row, measure, timing_of
+from invisible.benchmarking import Row, Timing, measure, timing_of
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import NodeProcesses, write_local_federation
 from invisible.metering.entries import PendingEntry
@@ -36,7 +37,7 @@ PARTIES = tuple(SAMPLE_COLUMNS)
 PAUSE_S = 0.05
 
 
-def _job_latency(folder: Path, store: str, repeats: int) -> float:
+def _job_latency(folder: Path, store: str, repeats: int) -> Timing:
     layout = write_local_federation(folder, PARTIES, sample_datasets())
     for config in layout.party_configs.values():
         config.write_text(config.read_text() + f'\n[ledger]\nstore = "{store}"\n')
@@ -54,10 +55,10 @@ def _job_latency(folder: Path, store: str, repeats: int) -> float:
 
         samples: list[float] = []
         measure(isolated_job, repeats, warmup=3)
-    return timing_of(samples[3:]).median
+    return timing_of(samples[3:])
 
 
-def _meter_calls(folder: Path, store: str, repeats: int) -> float:
+def _meter_calls(folder: Path, store: str, repeats: int) -> Timing:
     """Median time of one job's metering at one node (admit, then close), in this process."""
     policy = parse_policy({"allow": [{"requesters": ["*"], "kinds": ["*"], "columns": ["*"]}]},
                           "benchmark")
@@ -77,10 +78,10 @@ def _meter_calls(folder: Path, store: str, repeats: int) -> float:
         meter.close(job, "finished", {"bytes_sent": 64, "bytes_received": 64}, rows=240,
                     outputs={"to": "coordinator"})
 
-    return measure(one_job, repeats, warmup=5).median
+    return measure(one_job, repeats, warmup=5)
 
 
-def _verify_rate(folder: Path, entries: int) -> tuple[float, float]:
+def _verify_timing(folder: Path, entries: int, repeats: int) -> Timing:
     generate_signing_key(folder / "n-ledger.key", folder / "n-ledger.pub")
     ledger = Ledger(folder / "n.sqlite", "n", load_signing_key(folder / "n-ledger.key"))
     batch = [PendingEntry(f"job-{i // 4}", ("requested", "accepted", "finished", "witnessed")[i % 4],
@@ -91,14 +92,15 @@ def _verify_rate(folder: Path, entries: int) -> tuple[float, float]:
         ledger.append(*batch[start:start + 10_000])
     ledger.close()
     key = load_public_key(folder / "n-ledger.pub")
-    started = time.perf_counter()
-    reader = Ledger(folder / "n.sqlite", "n", None)
-    report = verify_rows(reader.raw_rows(), key)  # what `invisible meter verify` runs
-    seconds = time.perf_counter() - started
-    reader.close()
-    if not report.ok or report.entries != entries:
-        raise RuntimeError(f"benchmark ledger did not verify: {report}")
-    return entries / seconds, seconds
+
+    def verify() -> None:
+        reader = Ledger(folder / "n.sqlite", "n", None)
+        report = verify_rows(reader.raw_rows(), key)  # what `invisible meter verify` runs
+        reader.close()
+        if not report.ok or report.entries != entries:
+            raise RuntimeError(f"benchmark ledger did not verify: {report}")
+
+    return measure(verify, repeats)
 
 
 def run(quick: bool) -> list[Row]:
@@ -111,21 +113,30 @@ def run(quick: bool) -> list[Row]:
         for round_ in range(2):
             on.append(_job_latency(root / f"on{round_}", "sqlite", repeats))
             off.append(_job_latency(root / f"off{round_}", "none", repeats))
-        ledger_on, ledger_off = min(on), min(off)
+        ledger_on = min(on, key=lambda t: t.median)
+        ledger_off = min(off, key=lambda t: t.median)
         calls_on = _meter_calls(root, "sqlite", repeats * 10)
         calls_off = _meter_calls(root, "none", repeats * 10)
-        rate, seconds = _verify_rate(root, entries)
-    added = ledger_on - ledger_off
+        verified = _verify_timing(root, entries, repeats=5)
+    added = ledger_on.median - ledger_off.median
+
+    def medians(timings: list[Timing]) -> list[str]:
+        return [f"{t.median * 1000:.1f}" for t in timings]
+
     return [
         Row("small secure sum (3 nodes, 720 rows), mTLS loopback", "ms/job/node", "lower",
-            ledger_on * 1000, "no-ledger", ledger_off * 1000,
+            ledger_on.median * 1000, "no-ledger", ledger_off.median * 1000,
             f"added by metering: {added * 1000:.2f} ms per job (each node meters in parallel); "
-            f"best of 2 rounds of medians over {repeats} jobs: on {[f'{x*1000:.1f}' for x in on]}"
-            f", off {[f'{x*1000:.1f}' for x in off]}"),
+            f"best of 2 rounds of medians over {repeats} jobs after 3 warm-up jobs: on "
+            f"{medians(on)}, off {medians(off)}",
+            timing=ledger_on, peer_timing=ledger_off, scale=1000),
         Row("one node's metering of one job (admit + close), in process", "ms/job/node", "lower",
-            calls_on * 1000, "no-ledger", calls_off * 1000,
-            f"added: {(calls_on - calls_off) * 1000:.2f} ms: policy check, quota read, 3 signed "
-            "entries in 2 durable SQLite transactions (WAL, synchronous=FULL)"),
-        Row(f"meter verify, ledger of {entries:,} entries", "entries/s", "higher", rate,
-            note=f"{seconds:.2f} s for the whole ledger (goal for 10^5: under 10 s)"),
+            calls_on.median * 1000, "no-ledger", calls_off.median * 1000,
+            f"added: {(calls_on.median - calls_off.median) * 1000:.2f} ms: policy check, quota "
+            "read, 3 signed entries in 2 durable SQLite transactions (WAL, synchronous=FULL)",
+            timing=calls_on, peer_timing=calls_off, scale=1000),
+        Row(f"meter verify, ledger of {entries:,} entries", "entries/s", "higher",
+            entries / verified.median,
+            note=f"{verified.describe()} for the whole ledger (goal for 10^5: under 10 s)",
+            timing=verified, per=entries),
     ]

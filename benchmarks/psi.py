@@ -14,6 +14,8 @@ Rows per size n (10^5, 10^6; --quick: 10^4, 10^5):
   - `compute-limit`: the time the ristretto255 operations alone take at this
     machine's single-operation rates, measured in this run: hash-to-group
     plus two exponentiations per id per side, both sides on every core.
+Every timing is the median of five runs after a warm-up (ours at the second
+size: after the first size's runs on the same nodes), with its quartiles.
 - `MB` at 10^6 (--quick: 10^5): the peak resident memory (VmHWM) of each node
   process, which loaded both sizes' tables.
 """
@@ -21,6 +23,7 @@ Rows per size n (10^5, 10^6; --quick: 10^4, 10^5):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 import textwrap
@@ -29,7 +32,7 @@ from pathlib import Path
 
 import rbcl
 
-from invisible.benchmarking import Row, measure, run_peer
+from invisible.benchmarking import Row, Timing, measure, run_peer, timing_of
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import OPEN_POLICY, LocalDataset, NodeProcesses, write_local_federation
 
@@ -38,6 +41,8 @@ FULL_SIZES = (10**5, 10**6)
 QUICK_SIZES = (10**4, 10**5)
 OPENMINED_MAX = 10**5
 _PEER_TIMEOUT_S = 1800
+#: Timed runs of ours and of every peer, each after a warm-up (see `run`).
+REPEATS = 5
 
 
 def _ids(start: int, n: int) -> list[str]:
@@ -74,23 +79,26 @@ def _compute_limit(n: int, hashing: float, exponentiation: float) -> float:
 
 
 _OPENMINED = textwrap.dedent("""
-    import sys, time
+    import json, sys, time
     import private_set_intersection.python as psi
-    n = int(sys.argv[1])
+    n, repeats = int(sys.argv[1]), int(sys.argv[2])
     server_items = [f"user-{i:012d}" for i in range(n)]
     client_items = [f"user-{i:012d}" for i in range(n // 2, n // 2 + n)]
-    started = time.perf_counter()
-    server = psi.server.CreateWithNewKey(True)
-    client = psi.client.CreateWithNewKey(True)
-    setup = server.CreateSetupMessage(1e-9, n, server_items, psi.DataStructure.RAW)
-    request = client.CreateRequest(client_items)
-    response = server.ProcessRequest(request)
-    common = client.GetIntersection(setup, response)
-    print(time.perf_counter() - started, len(common))
+    times = []
+    for _ in range(repeats + 1):  # the first is the warm-up
+        started = time.perf_counter()
+        server = psi.server.CreateWithNewKey(True)
+        client = psi.client.CreateWithNewKey(True)
+        setup = server.CreateSetupMessage(1e-9, n, server_items, psi.DataStructure.RAW)
+        request = client.CreateRequest(client_items)
+        response = server.ProcessRequest(request)
+        common = client.GetIntersection(setup, response)
+        times.append(time.perf_counter() - started)
+    print(json.dumps({"times": times[1:], "common": len(common)}))
 """)
 
 _SPU = textwrap.dedent("""
-    import multiprocessing as mp, os, sys, time
+    import json, multiprocessing as mp, os, sys, time
     import spu.libspu as libspu
     from spu import psi
 
@@ -115,33 +123,39 @@ _SPU = textwrap.dedent("""
         link.stop_link()
 
     if __name__ == "__main__":
-        protocol, a, b, folder, port = sys.argv[1:6]
-        queue = mp.Queue()
-        started = time.perf_counter()
-        procs = [mp.Process(target=party, args=(r, protocol, [a, b][r],
-                                                os.path.join(folder, f"out{r}.csv"),
-                                                int(port), queue)) for r in range(2)]
-        [p.start() for p in procs]
-        [p.join() for p in procs]
-        if any(p.exitcode for p in procs):
-            sys.exit("a party failed")
-        counts = [queue.get() for _ in procs]  # the party that is not the receiver says -1
-        print(time.perf_counter() - started, max(counts))
+        protocol, a, b, folder, port, repeats = sys.argv[1:7]
+        times = []
+        for run in range(int(repeats) + 1):  # the first is the warm-up
+            queue = mp.Queue()
+            started = time.perf_counter()
+            procs = [mp.Process(target=party, args=(r, protocol, [a, b][r],
+                                                    os.path.join(folder, f"out{r}.csv"),
+                                                    int(port) + 2 * run, queue))
+                     for r in range(2)]
+            [p.start() for p in procs]
+            [p.join() for p in procs]
+            if any(p.exitcode for p in procs):
+                sys.exit("a party failed")
+            counts = [queue.get() for _ in procs]  # the party not the receiver says -1
+            times.append(time.perf_counter() - started)
+        print(json.dumps({"times": times[1:], "common": max(counts)}))
 """)
 
 
 def _peer(name: str, requirements: list[str], script: str, args: list[str], quick: bool,
-          ) -> tuple[float | None, str]:
-    """Seconds a peer took (its own clock, around the whole protocol), or why none."""
-    lines = run_peer(name, requirements, script, args, not quick, _PEER_TIMEOUT_S)
+          ) -> tuple[Timing | None, str]:
+    """The seconds a peer took (its own clock, around the whole protocol: REPEATS runs after
+    a warm-up), or why none."""
+    lines = run_peer(name, requirements, script, [*args, str(REPEATS)], not quick,
+                     _PEER_TIMEOUT_S)
     if isinstance(lines, str):
         return None, lines
     try:  # the last line is ours (a peer may log to stdout before it)
-        seconds, common = lines[-1].split()[:2]
-        float(seconds)
-    except (IndexError, ValueError):
+        printed = json.loads(lines[-1])
+        timing, common = timing_of([float(t) for t in printed["times"]]), printed["common"]
+    except (IndexError, ValueError, KeyError, TypeError):
         return None, f"{name} printed no timing"
-    return float(seconds), f"{name}: {float(seconds):.2f} s, {common} in common"
+    return timing, f"{name}: {timing.describe()}, {common} in common"
 
 
 def _peak_mb(pid: int) -> float:
@@ -170,8 +184,8 @@ def run(quick: bool) -> list[Row]:
                 def intersect(inputs: dict = inputs, seen: list = sizes_seen) -> None:
                     seen.append(fed.psi(inputs, release_size=True, timeout_s=3600).size)
 
-                ours = measure(intersect, repeats=1 if n >= 10**6 else 3,
-                               warmup=0 if n >= 10**6 else 1)
+                # The nodes are warm at the second size (the first size's runs warmed them).
+                ours = measure(intersect, REPEATS, warmup=1 if n == sizes[0] else 0)
                 assert set(sizes_seen) == {n // 2}, sizes_seen
                 case = f"n={n:.0e} ids per side, half shared, 2 party nodes, mTLS loopback"
                 limit = _compute_limit(n, hashing, exponentiation)
@@ -188,17 +202,19 @@ def run(quick: bool) -> list[Row]:
                     om, om_note = None, (f"openmined-psi not run at n={n:.0e}: one process, "
                                          f"it took about 30 s at {OPENMINED_MAX:.0e} ids here "
                                          "and grows linearly (several minutes)")
-                rows.append(Row(case, "seconds", "lower", ours.median, "openmined-psi", om,
-                                om_note, timing=ours))
+                rows.append(Row(case, "seconds", "lower", ours.median, "openmined-psi",
+                                om.median if om else None, om_note, timing=ours,
+                                peer_timing=om))
                 for offset, (peer, protocol) in enumerate((("spu-ecdh", "PROTOCOL_ECDH"),
                                                            ("spu-rr22", "PROTOCOL_RR22"))):
-                    port = 23000 + n % 997 + 10 * offset
-                    seconds, note = _peer("spu", ["spu==0.9.5"], _SPU,
-                                          [protocol, *sets, str(folder), str(port)], quick)
+                    port = 23000 + n % 997 + 20 * offset
+                    spu, note = _peer("spu", ["spu==0.9.5"], _SPU,
+                                      [protocol, *sets, str(folder), str(port)], quick)
                     if peer == "spu-ecdh":
                         note += "; its ECDH maps an id's hash straight to a Curve25519 coordinate"
-                    rows.append(Row(case, "seconds", "lower", ours.median, peer, seconds, note,
-                                    timing=ours))
+                    rows.append(Row(case, "seconds", "lower", ours.median, peer,
+                                    spu.median if spu else None, note, timing=ours,
+                                    peer_timing=spu))
                 rows.append(Row(case, "ids/s/side", "higher", n / ours.median, "compute-limit",
                                 n / limit, "n / seconds", timing=ours, per=n))
             peak = max(sizes)

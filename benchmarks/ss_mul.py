@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from invisible.benchmarking import Row, measure, peer_python, timing_of
+from invisible.benchmarking import Row, Timing, measure, peer_python, timing_of
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import NodeProcesses, write_local_federation
 from invisible.crypto.fixedpoint import decode
@@ -73,7 +73,7 @@ MPYC_SCRIPT = textwrap.dedent("""
     import json, sys, time
     import numpy as np
     from mpyc.runtime import mpc
-    n = int(sys.argv[1])
+    n, repeats = int(sys.argv[1]), int(sys.argv[2])
     secfxp = mpc.SecFxp(64, 16)
     async def main():
         await mpc.start()
@@ -82,15 +82,17 @@ MPYC_SCRIPT = textwrap.dedent("""
         # integral=False at every party: MPyC infers integrality from the local values, and
         # parties that disagree on it (zeros are integral) wait for each other forever.
         mine = secfxp.array({0: x, 1: y}.get(mpc.pid, np.zeros(n)), integral=False)
-        started = time.perf_counter()
-        a = mpc.input(mine, senders=0)
-        b = mpc.input(mine, senders=1)
-        z = await mpc.output(a * b)
-        seconds = time.perf_counter() - started
+        times = []
+        for _ in range(repeats + 1):  # the first is the warm-up
+            started = time.perf_counter()
+            a = mpc.input(mine, senders=0)
+            b = mpc.input(mine, senders=1)
+            z = await mpc.output(a * b)
+            times.append(time.perf_counter() - started)
         await mpc.shutdown()
         if mpc.pid == 0:
             error = float(np.max(np.abs(np.asarray(z, dtype=float) - x * y)))
-            print(json.dumps({"seconds": seconds, "error": error}))
+            print(json.dumps({"times": times[1:], "error": error}))
     mpc.run(main())
 """)
 
@@ -129,27 +131,30 @@ def _inprocess_once(x: np.ndarray, y: np.ndarray, opened: list[np.ndarray] | Non
         raise errors[0]
 
 
-def _spu(n: int, repeats: int, quick: bool) -> tuple[float | None, str]:
+def _spu(n: int, repeats: int, quick: bool) -> tuple[float | None, str, Timing | None]:
+    """SPU's mults/s (the median of `repeats` timed runs after a warm-up), a note, and the
+    timing; or no rate and why."""
     python = peer_python("spu", ["spu==0.9.5"], create=not quick)
     if isinstance(python, str):
-        return None, f"spu: {python}"
+        return None, f"spu: {python}", None
     done = subprocess.run([str(python), "-c", SPU_SCRIPT, str(n), str(repeats)],
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
-        return None, f"spu failed: {done.stderr.strip().splitlines()[-1:]}"
+        return None, f"spu failed: {done.stderr.strip().splitlines()[-1:]}", None
     result = json.loads(done.stdout.strip().splitlines()[-1])
     timing = timing_of(result["times"])
     return n / timing.median, (f"spu SEMI2K 3 parties FM64, sim_jax(x * y), "
-                               f"{timing.describe()}, max error {result['error']:.1e}")
+                               f"{timing.describe()}, max error {result['error']:.1e}"), timing
 
 
-def _mpyc(limit_s: float) -> tuple[int, float, float] | str:
-    """(size, seconds, max error) of the largest size MPyC finished in time, or why none."""
+def _mpyc(limit_s: float, repeats: int) -> tuple[int, Timing, float] | str:
+    """(size, timing, max error) of the largest size at which MPyC finished a warm-up and
+    `repeats` timed runs within `limit_s`, or why none."""
     try:
         import mpyc  # noqa: F401
     except ImportError:
         return "mpyc not installed (the bench extra)"
-    best: tuple[int, float, float] | str = "mpyc did not finish its smallest size"
+    best: tuple[int, Timing, float] | str = "mpyc did not finish its smallest size"
     with tempfile.TemporaryDirectory() as folder:
         script = Path(folder) / "mpyc_mul.py"
         script.write_text(MPYC_SCRIPT)
@@ -157,7 +162,8 @@ def _mpyc(limit_s: float) -> tuple[int, float, float] | str:
         for n, following in zip(sizes, (*sizes[1:], 0), strict=True):
             started = time.perf_counter()
             processes = [subprocess.Popen(
-                [sys.executable, str(script), str(n), "-M3", f"-I{i}", "--no-log"],
+                [sys.executable, str(script), str(n), str(repeats), "-M3", f"-I{i}",
+                 "--no-log"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
                 for i in range(3)]
             try:
@@ -173,7 +179,7 @@ def _mpyc(limit_s: float) -> tuple[int, float, float] | str:
                         process.wait()
             try:
                 result = json.loads(output.strip().splitlines()[-1])
-                best = (n, float(result["seconds"]), float(result["error"]))
+                best = (n, timing_of(result["times"]), float(result["error"]))
             except (ValueError, IndexError, KeyError):
                 break
             if (time.perf_counter() - started) * following / n > limit_s:
@@ -186,17 +192,22 @@ class GrpcRun:
     """Per size, mults/s of the whole program and of the product alone; the raw channel's
     bytes/s; the bytes each party sends per product."""
 
-    program_rates: dict[int, float]
-    product_rates: dict[int, float]
-    raw_bytes_per_s: float
+    program: dict[int, Timing]
+    product: dict[int, Timing]
+    raw: Timing
+    raw_bytes: int
     bytes_per_mult: float
+
+    @property
+    def raw_bytes_per_s(self) -> float:
+        return self.raw_bytes / self.raw.median
 
 
 def _over_grpc(sizes: list[int], repeats: int) -> GrpcRun:
     with tempfile.TemporaryDirectory(prefix="invisible-bench-") as folder:
         layout = write_local_federation(Path(folder), PARTIES, dealers=["dealer"],
                                         limits={"rpc_timeout_s": 300.0})
-        run = GrpcRun({}, {}, 0.0, 0.0)
+        program_timings, product_timings = {}, {}
         with NodeProcesses(layout), Federation.from_config(layout.coordinator_config) as fed:
             fed.health(timeout_s=120)
             job_parties = (*PARTIES, "dealer")
@@ -209,20 +220,20 @@ def _over_grpc(sizes: list[int], repeats: int) -> GrpcRun:
                     program.append(max(result.seconds_by_party[p] for p in PARTIES))
                     product.append(max(result.product_seconds[p] for p in PARTIES))
                     sent = [result.product_bytes_sent[p] for p in PARTIES]
-                run.program_rates[n] = n / timing_of(program[1:]).median
-                run.product_rates[n] = n / timing_of(product[1:]).median
-                run.bytes_per_mult = float(np.mean(sent)) / n
+                program_timings[n] = timing_of(program[1:])
+                product_timings[n] = timing_of(product[1:])
+                bytes_per_mult = float(np.mean(sent)) / n
             largest = max(sizes)
             raw = []
             for _ in range(repeats + 1):
                 raw.append(fed.bandwidth("bank", "hospital", largest).send_seconds)
-            run.raw_bytes_per_s = 8 * largest / timing_of(raw[1:]).median
-    return run
+    return GrpcRun(program_timings, product_timings, timing_of(raw[1:]), 8 * largest,
+                   bytes_per_mult)
 
 
 def run(quick: bool) -> list[Row]:
     n = 10**5 if quick else 10**6
-    repeats = 3 if quick else 9
+    repeats = 5 if quick else 9
     data = np.random.default_rng(0)  # benchmark inputs, made before the clock starts
     x, y = data.uniform(-BOUND, BOUND, n), data.uniform(-BOUND, BOUND, n)
     inprocess = measure(lambda: _inprocess_once(x, y), repeats)
@@ -231,8 +242,8 @@ def run(quick: bool) -> list[Row]:
     error = float(np.max(np.abs(decode(opened[0], FRACTIONAL_BITS) - x * y)))
     if error > MAX_ERROR:
         raise RuntimeError(f"the products on shares are off by {error:.2e} (over {MAX_ERROR})")
-    spu_rate, spu_note = _spu(n, repeats, quick)
-    mpyc = _mpyc(20.0 if quick else 120.0)
+    spu_rate, spu_note, spu_timing = _spu(n, repeats, quick)
+    mpyc = _mpyc(20.0 if quick else 120.0, repeats)
     sizes = sorted({n, mpyc[0]} if isinstance(mpyc, tuple) else {n})
     grpc = _over_grpc(sizes, repeats)
     per_party = grpc.bytes_per_mult
@@ -242,26 +253,30 @@ def run(quick: bool) -> list[Row]:
     rows = [
         Row(case_in, "mults/s", "higher", n / inprocess.median, "spu", spu_rate,
             f"ours: {steps}; {inprocess.describe()}; max error {error:.1e} against float64; "
-            + spu_note, timing=inprocess, per=n),
-        Row(case_grpc, "mults/s", "higher", grpc.program_rates[n], "spu", spu_rate,
-            f"ours: {steps} (dealer tuples included), slowest party; " + spu_note),
-        Row(case_grpc, "mults/s", "higher", grpc.product_rates[n], "bandwidth-limit",
+            + spu_note, timing=inprocess, peer_timing=spu_timing, per=n),
+        Row(case_grpc, "mults/s", "higher", n / grpc.program[n].median, "spu", spu_rate,
+            f"ours: {steps} (dealer tuples included), slowest party; " + spu_note,
+            timing=grpc.program[n], peer_timing=spu_timing, per=n),
+        # The limit is a rate of products: the raw bytes/s over the bytes one product sends.
+        Row(case_grpc, "mults/s", "higher", n / grpc.product[n].median, "bandwidth-limit",
             grpc.raw_bytes_per_s / per_party,
             f"ours: the product alone; raw {grpc.raw_bytes_per_s / 1e6:.0f} MB/s node to node "
-            f"/ {per_party:.1f} bytes/mult/party"),
+            f"/ {per_party:.1f} bytes/mult/party", timing=grpc.product[n], per=n,
+            peer_timing=grpc.raw, peer_per=grpc.raw_bytes / per_party),
     ]
     if isinstance(mpyc, tuple):
-        size, seconds, error = mpyc
+        size, timing, error = mpyc
         rows.append(Row(f"n={size:.0e}, 3 processes/nodes on 127.0.0.1", "mults/s", "higher",
-                        grpc.program_rates[size], "mpyc", size / seconds,
+                        size / grpc.program[size].median, "mpyc", size / timing.median,
                         f"mpyc 0.11 secfxp(64, 16) arrays, 3 processes, the same steps (input x "
-                        f"and y, product, output), largest size within the time limit "
-                        f"({seconds:.1f} s, max error {error:.1e}); ours over mTLS at the "
-                        f"same size"))
+                        f"and y, product, output), largest size whose warm-up and {repeats} "
+                        f"runs finished within the time limit ({timing.describe()}, max error "
+                        f"{error:.1e}); ours over mTLS at the same size",
+                        timing=grpc.program[size], peer_timing=timing, per=size))
     else:
         rows.append(Row("3 processes/nodes on 127.0.0.1", "mults/s", "higher",
-                        grpc.program_rates[n],
-                        "mpyc", None, f"mpyc: {mpyc}"))
+                        n / grpc.program[n].median,
+                        "mpyc", None, f"mpyc: {mpyc}", timing=grpc.program[n], per=n))
     rows.append(Row(case_grpc, "bytes/mult/party", "lower", per_party,
                     note="payload of the product: Beaver differences (2 x 8 B to each peer) "
                          "and the masked truncation input (8 B to each peer)"))

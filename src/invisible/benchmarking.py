@@ -49,28 +49,30 @@ class Row:
     note: str = ""
     #: The timings the values come from (their runs and quartiles go into the JSON, in the
     #: row's unit): a value is `per` / seconds when `per` is given (a rate), else seconds
-    #: times `scale`.
+    #: times `scale`; the peer's the same, unless `peer_per` says its rate counts otherwise.
     timing: Timing | None = None
     peer_timing: Timing | None = None
     per: float | None = None
     scale: float = 1.0
+    peer_per: float | None = None
 
-    def _spread(self, timing: Timing, prefix: str) -> dict[str, Any]:
-        if self.per is not None:
-            low, high = self.per / timing.q3, self.per / timing.q1
+    def _spread(self, timing: Timing, prefix: str, per: float | None) -> dict[str, Any]:
+        if per is not None:
+            low, high = per / timing.q3, per / timing.q1
         else:
             low, high = timing.q1 * self.scale, timing.q3 * self.scale
         return {f"{prefix}runs": timing.runs, f"{prefix}q1": low, f"{prefix}q3": high}
 
     def to_json(self) -> dict[str, Any]:
         data = {k: v for k, v in asdict(self).items()
-                if k not in ("timing", "peer_timing", "per", "scale")}
+                if k not in ("timing", "peer_timing", "per", "scale", "peer_per")}
         if self.peer is None:
             del data["peer"], data["peer_value"]
         if self.timing is not None:
-            data |= self._spread(self.timing, "")
+            data |= self._spread(self.timing, "", self.per)
         if self.peer_timing is not None:
-            data |= self._spread(self.peer_timing, "peer_")
+            data |= self._spread(self.peer_timing, "peer_",
+                                 self.per if self.peer_per is None else self.peer_per)
         return data
 
 
