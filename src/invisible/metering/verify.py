@@ -221,14 +221,15 @@ def verify_against_receipts(node: str, hashes: Mapping[int, str],
     """What the node's ledger no longer contains or contradicts, among receipts and witnesses.
 
     `hashes` maps the ledger's sequence numbers to entry hashes. `evidence`
-    holds receipts (entries signed by `node`) and `witnessed` entries of its
-    peers, which record `node`'s chain head as they saw it. Each should
-    already have been checked with its signer's key.
+    holds receipts (entries signed by `node`: any of its entries, its own
+    `witnessed` ones included) and `witnessed` entries of its peers, which
+    record `node`'s chain head as they saw it. Each should already have been
+    checked with its signer's key.
     """
     last = max(hashes, default=0)
     problems = []
     for item in evidence:
-        if item.node == node and item.event != "witnessed":
+        if item.node == node:
             claims = [(item.seq, item.hash, f"receipt for job '{item.job_id}'")]
         elif item.event == "witnessed" and node in item.body.get("heads", {}):
             seq, digest = item.body["heads"][node]

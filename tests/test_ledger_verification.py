@@ -1,0 +1,99 @@
+"""The ledger's verification rules one by one, on small chains built here.
+
+Guards `invisible.metering.verify`: rows read back from SQLite are the entries that were
+signed (field by field); an export's first entry must link to the genesis; and a ledger is
+checked against every receipt and countersigned head that a requester or a peer holds — a
+gap, a cut-off tail or a contradicting hash is named, and evidence about other nodes is not
+taken as a claim about this one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from test_metering import fill
+
+from invisible.metering.entries import GENESIS_HASH, LedgerEntry
+from invisible.metering.ledger import Ledger
+from invisible.metering.signing import generate_signing_key, load_signing_key
+from invisible.metering.verify import (
+    entry_row,
+    row_entry,
+    sequence_problems,
+    verify_against_receipts,
+)
+
+
+@pytest.fixture
+def chain(tmp_path) -> list[LedgerEntry]:
+    generate_signing_key(tmp_path / "bank.key", tmp_path / "bank.pub")
+    ledger = Ledger(tmp_path / "bank.sqlite", "bank", load_signing_key(tmp_path / "bank.key"))
+    try:
+        return fill(ledger, jobs=3)
+    finally:
+        ledger.close()
+
+
+def entry(node: str, seq: int, digest: str, event: str = "finished",
+          body: dict | None = None) -> LedgerEntry:
+    return LedgerEntry(node, seq, "2026-11-30T00:00:00Z", f"job-{seq}", event, "analyst",
+                       "secure_sum", "loans", 100, body or {}, "prev", digest, "sig")
+
+
+def test_a_stored_row_reads_back_as_the_entry_that_was_signed(chain):
+    for written in chain:
+        assert row_entry(entry_row(written)) == written
+    # every field goes back to its own place: no two fields could be swapped unnoticed
+    assert len({str(v) for v in dataclasses.astuple(chain[0])}) == len(dataclasses.fields(chain[0]))
+
+
+def test_an_export_whose_first_entry_does_not_link_to_the_genesis_is_named(chain):
+    assert sequence_problems(chain, first_seq=1) == []
+    assert chain[0].prev_hash == GENESIS_HASH
+    rechained = [dataclasses.replace(chain[0], prev_hash="f" * 64), *chain[1:]]
+    assert sequence_problems(rechained, first_seq=1) == [
+        "entry 1 of 'bank' does not link to the entry before it (replaced or re-chained)"]
+    # A run that may start anywhere is checked from its second entry on, not against genesis.
+    assert sequence_problems(chain[2:], first_seq=None) == []
+    relinked = [chain[2], dataclasses.replace(chain[3], prev_hash="f" * 64), *chain[4:]]
+    assert sequence_problems(relinked, first_seq=None) == [
+        "entry 4 of 'bank' does not link to the entry before it (replaced or re-chained)"]
+
+
+def test_a_receipt_against_an_empty_ledger_says_it_ends_at_entry_zero():
+    assert verify_against_receipts("bank", {}, [entry("bank", 3, "h3")]) == [
+        "the ledger no longer contains entry 3 (receipt for job 'job-3'); it ends at entry 0"]
+
+
+def test_a_receipt_for_an_entry_missing_inside_the_ledger_is_named():
+    hashes = {1: "h1", 2: "h2", 4: "h4"}
+    assert verify_against_receipts("bank", hashes, [entry("bank", 3, "h3")]) == [
+        "the ledger no longer contains entry 3 (receipt for job 'job-3'); it ends at entry 4"]
+
+
+def test_a_countersigned_head_that_the_ledger_contradicts_is_named():
+    hashes = {1: "h1", 2: "h2"}
+    witness = entry("telco", 9, "t9", "witnessed", {"heads": {"bank": [2, "forged"]}})
+    assert verify_against_receipts("bank", hashes, [witness]) == [
+        "entry 2 contradicts the head countersigned by 'telco'"]
+    agreeing = entry("telco", 9, "t9", "witnessed", {"heads": {"bank": [2, "h2"]}})
+    assert verify_against_receipts("bank", hashes, [agreeing]) == []
+
+
+def test_evidence_about_other_nodes_is_no_claim_about_this_one_and_does_not_stop_the_check():
+    hashes = {1: "h1", 2: "h2"}
+    others = [
+        entry("telco", 7, "t7"),  # the peer's own receipt: its seq means nothing here
+        entry("telco", 8, "t8", "witnessed", {"heads": {"hospital": [5, "x"]}}),
+        entry("telco", 9, "t9", "witnessed"),  # a witnessed entry without heads
+    ]
+    assert verify_against_receipts("bank", hashes, others) == []
+    assert verify_against_receipts("bank", hashes, [*others, entry("bank", 2, "altered")]) == [
+        "entry 2 contradicts the receipt for job 'job-2'"]
+
+
+def test_any_entry_the_node_signed_is_a_receipt_its_own_witnessed_entries_included():
+    own = entry("bank", 5, "h5", "witnessed", {"heads": {"telco": [9, "t9"]}})
+    assert verify_against_receipts("bank", {1: "h1", 2: "h2"}, [own]) == [
+        "the ledger no longer contains entry 5 (receipt for job 'job-5'); it ends at entry 2"]
