@@ -237,6 +237,22 @@ def test_re_randomising_changes_every_ciphertext_and_no_plaintext(keys, obfuscat
     assert np.array_equal(cipher.decrypt(keys[1], fresh), 2 * values)
 
 
+@pytest.mark.parametrize("change", [-1, 1])
+def test_obfuscators_are_matched_one_to_one_with_plaintexts(keys, obfuscators, change):
+    """A pool that hands out one obfuscator too few or too many fails the encryption and the
+    re-randomisation: no plaintext is dropped or left without fresh randomness."""
+    vector = encrypted(keys, obfuscators, np.arange(300))
+
+    class Miscounting:
+        def take(self, count):
+            return obfuscators.take(count + change)
+
+    with pytest.raises(ValueError, match="zip"):
+        cipher.encrypt(keys[0], vector.packing, np.arange(300, dtype=np.int64), Miscounting())
+    with pytest.raises(ValueError, match="zip"):
+        cipher.rerandomise(vector, Miscounting())
+
+
 def test_decryption_refuses_a_vector_under_another_key(keys, obfuscators):
     other_key = generate_keypair(Prg.from_os())
     vector = encrypted(other_key, InlineObfuscators(other_key[0]), [1])

@@ -88,6 +88,13 @@ def test_roles_outside_the_job_are_refused(key_holder, aggregator):
         assert str(error) == "the key holder and the aggregator must be parties of the job"
 
 
+def test_the_key_holder_cannot_be_the_aggregator():
+    outcome = run(("alpha", "gamma"), lambda ch: honest(ch, aggregator="gamma"))
+    for error in outcome.values():
+        assert isinstance(error, ProtocolError)
+        assert str(error) == "the aggregator must be a party other than the key holder"
+
+
 def test_the_key_holder_makes_a_key_of_the_size_asked_for():
     received = []
     real = PublicKey.from_bytes
