@@ -42,7 +42,8 @@ EXPONENT_BITS_FRACTION = 2
 
 
 def random_below(rng: Prg, bound: int) -> int:
-    """Uniform in [0, bound) by rejection, from the cryptographic generator."""
+    """Uniform in [0, bound) up to a bias under 2^-64: |bound| + 64 bits from the cryptographic
+    generator, reduced modulo bound (no rejection loop)."""
     nbytes = (bound.bit_length() + 7) // 8 + 8  # 64 spare bits: negligible bias
     return int.from_bytes(rng.random_bytes(nbytes), "big") % bound
 
