@@ -24,7 +24,8 @@ Rows:
   (its rounds after the first).
 
 Every timing is the median of five runs after a warm-up, with its quartiles
-(a Flower simulation runs six times in one process, the first unmeasured).
+(a Flower simulation runs six times in one process, the first unmeasured);
+--quick runs each Flower simulation once, as it starts Ray every time.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ _FLOWER_LR = textwrap.dedent("""
 
     mode, folder, rounds, batch, lr, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
         int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
-    parties, repeats = sys.argv[7].split(","), int(sys.argv[8])
+    parties, runs = sys.argv[7].split(","), int(sys.argv[8])
     frames = [pd.read_csv(f"{folder}/{p}.csv") for p in parties]
     features = [c for c in frames[0].columns if c.startswith("x")]
     data = [(f[features].to_numpy(float), f["y"].to_numpy(float)) for f in frames]
@@ -132,7 +133,7 @@ _FLOWER_LR = textwrap.dedent("""
         workflow(grid, legacy)
 
     times, walls = [], []
-    for _ in range(repeats + 1):  # the first is the warm-up
+    for _ in range(runs):
         result.clear()
         started = time.perf_counter()
         run_simulation(server_app=server, client_app=app, num_supernodes=len(parties),
@@ -143,7 +144,7 @@ _FLOWER_LR = textwrap.dedent("""
         times.append(result[rounds][0] - result[0][0])
     w, b = result[rounds][1]
     auc = roc_auc_score(test["y"], test[features].to_numpy(float) @ w + b[0])
-    print("RESULT", json.dumps({"rounds_s": times[1:], "wall_s": walls[1:], "auc": auc}))
+    print("RESULT", json.dumps({"rounds_s": times, "wall_s": walls, "auc": auc}))
 """)
 
 #: Flower's SecAgg+ on one d-element vector, 3 clients: the median time of a round.
@@ -251,6 +252,8 @@ def _aggregation(folder: Path, elements: int, rounds: int = REPEATS + 1) -> Timi
 
 def run(quick: bool) -> list[Row]:
     rounds = 3 if quick else 10
+    # A Flower simulation starts Ray each time (about 5 s here): --quick runs it once.
+    runs, warmup = (1, 0) if quick else (REPEATS + 1, 1)
     elements = 10**5 if quick else 10**6
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="invisible-bench-") as name:
@@ -277,12 +280,12 @@ def run(quick: bool) -> list[Row]:
         flower, why_not = {}, {}
         for mode, peer in (("plain", "flwr"), ("secagg", "flwr-secagg+")):
             outcome, note = _flower(_FLOWER_LR, [mode, str(folder), str(rounds), "1024", "0.1",
-                                                 "0", ",".join(paths), str(REPEATS)], quick)
+                                                 "0", ",".join(paths), str(runs)], quick)
             flower[peer], why_not[peer] = outcome, note
-            theirs = None if outcome is None else timing_of(outcome["rounds_s"])
+            theirs = None if outcome is None else timing_of(outcome["rounds_s"][warmup:])
             if outcome is not None and theirs is not None:
                 note += (f"; its rounds {theirs.describe()}, its wall time with Ray's start "
-                         f"{timing_of(outcome['wall_s']).median:.2f} s (median); ours/peer "
+                         f"{timing_of(outcome['wall_s'][warmup:]).median:.2f} s (median); ours/peer "
                          f"{ours.median / theirs.median:.3f}")
             rows.append(Row(case, "seconds", "lower", ours.median, peer,
                             None if theirs is None else theirs.median,

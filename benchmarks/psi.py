@@ -15,7 +15,8 @@ Rows per size n (10^5, 10^6; --quick: 10^4, 10^5):
     machine's single-operation rates, measured in this run: hash-to-group
     plus two exponentiations per id per side, both sides on every core.
 Every timing is the median of five runs after a warm-up (ours at the second
-size: after the first size's runs on the same nodes), with its quartiles.
+size: after the first size's runs on the same nodes), with its quartiles;
+--quick runs each peer once (each run starts processes).
 - `MB` at 10^6 (--quick: 10^5): the peak resident memory (VmHWM) of each node
   process, which loaded both sizes' tables.
 """
@@ -27,7 +28,6 @@ import json
 import os
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import rbcl
@@ -60,17 +60,17 @@ def _write_sets(folder: Path, sizes: tuple[int, ...]) -> dict[str, dict[str, Loc
     return datasets
 
 
-def _rates(samples: int = 4000) -> tuple[float, float]:
-    """Hash-to-group and exponentiations per second on one core (rbcl, this machine)."""
+def _rates(samples: int = 2000) -> tuple[float, float]:
+    """Hash-to-group and exponentiations per second on one core (rbcl, this machine): the
+    medians of REPEATS runs over `samples` after a warm-up."""
     digests = [hashlib.sha512(b"%d" % i).digest() for i in range(samples)]
-    started = time.perf_counter()
     points = [rbcl.crypto_core_ristretto255_from_hash(d) for d in digests]
-    hashing = samples / (time.perf_counter() - started)
     scalar = rbcl.crypto_core_ristretto255_scalar_random()
-    started = time.perf_counter()
-    for point in points:
-        rbcl.crypto_scalarmult_ristretto255(scalar, point)
-    return hashing, samples / (time.perf_counter() - started)
+    hashing = measure(lambda: [rbcl.crypto_core_ristretto255_from_hash(d) for d in digests],
+                      REPEATS)
+    powers = measure(lambda: [rbcl.crypto_scalarmult_ristretto255(scalar, p) for p in points],
+                     REPEATS)
+    return samples / hashing.median, samples / powers.median
 
 
 def _compute_limit(n: int, hashing: float, exponentiation: float) -> float:
@@ -81,11 +81,11 @@ def _compute_limit(n: int, hashing: float, exponentiation: float) -> float:
 _OPENMINED = textwrap.dedent("""
     import json, sys, time
     import private_set_intersection.python as psi
-    n, repeats = int(sys.argv[1]), int(sys.argv[2])
+    n, runs = int(sys.argv[1]), int(sys.argv[2])
     server_items = [f"user-{i:012d}" for i in range(n)]
     client_items = [f"user-{i:012d}" for i in range(n // 2, n // 2 + n)]
     times = []
-    for _ in range(repeats + 1):  # the first is the warm-up
+    for _ in range(runs):
         started = time.perf_counter()
         server = psi.server.CreateWithNewKey(True)
         client = psi.client.CreateWithNewKey(True)
@@ -94,7 +94,7 @@ _OPENMINED = textwrap.dedent("""
         response = server.ProcessRequest(request)
         common = client.GetIntersection(setup, response)
         times.append(time.perf_counter() - started)
-    print(json.dumps({"times": times[1:], "common": len(common)}))
+    print(json.dumps({"times": times, "common": len(common)}))
 """)
 
 _SPU = textwrap.dedent("""
@@ -123,9 +123,9 @@ _SPU = textwrap.dedent("""
         link.stop_link()
 
     if __name__ == "__main__":
-        protocol, a, b, folder, port, repeats = sys.argv[1:7]
+        protocol, a, b, folder, port, runs = sys.argv[1:7]
         times = []
-        for run in range(int(repeats) + 1):  # the first is the warm-up
+        for run in range(int(runs)):
             queue = mp.Queue()
             started = time.perf_counter()
             procs = [mp.Process(target=party, args=(r, protocol, [a, b][r],
@@ -138,21 +138,23 @@ _SPU = textwrap.dedent("""
                 sys.exit("a party failed")
             counts = [queue.get() for _ in procs]  # the party not the receiver says -1
             times.append(time.perf_counter() - started)
-        print(json.dumps({"times": times[1:], "common": max(counts)}))
+        print(json.dumps({"times": times, "common": max(counts)}))
 """)
 
 
 def _peer(name: str, requirements: list[str], script: str, args: list[str], quick: bool,
           ) -> tuple[Timing | None, str]:
     """The seconds a peer took (its own clock, around the whole protocol: REPEATS runs after
-    a warm-up), or why none."""
-    lines = run_peer(name, requirements, script, [*args, str(REPEATS)], not quick,
+    a warm-up; --quick: one run, as each starts processes), or why none."""
+    runs, warmup = (1, 0) if quick else (REPEATS + 1, 1)
+    lines = run_peer(name, requirements, script, [*args, str(runs)], not quick,
                      _PEER_TIMEOUT_S)
     if isinstance(lines, str):
         return None, lines
     try:  # the last line is ours (a peer may log to stdout before it)
         printed = json.loads(lines[-1])
-        timing, common = timing_of([float(t) for t in printed["times"]]), printed["common"]
+        times = [float(t) for t in printed["times"]][warmup:]
+        timing, common = timing_of(times), printed["common"]
     except (IndexError, ValueError, KeyError, TypeError):
         return None, f"{name} printed no timing"
     return timing, f"{name}: {timing.describe()}, {common} in common"

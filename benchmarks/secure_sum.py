@@ -66,7 +66,7 @@ def _cpu_per_call(action: Callable[[], object], pids: list[int], calls: int) -> 
 
 def run(quick: bool) -> list[Row]:
     sizes = QUICK_SIZES if quick else FULL_SIZES
-    repeats = 3 if quick else 7
+    repeats = 5 if quick else 7
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="invisible-bench-") as folder:
         datasets = _write_vectors(Path(folder), sizes)

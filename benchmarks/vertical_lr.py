@@ -26,6 +26,9 @@ Rows:
   benchmarks/vertical_lr_curve.png;
 - `bytes/party` (what the guest node sent in the job) and `rounds/epoch`
   (the guest's messages to the host per epoch: one per opening).
+
+Every timing is the median of five runs after a warm-up (SPU's warm-up
+compiles its epoch), with its quartiles.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from invisible.benchmarking import Row, measure, run_peer
+from invisible.benchmarking import Row, measure, run_peer, timing_of
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import (
     OPEN_POLICY,
@@ -71,6 +74,8 @@ LEARNING_RATE = 0.2
 SIGMOID_LIMIT = 1.5
 CURVE = Path(__file__).resolve().parent / "vertical_lr_curve.png"
 _PEER_TIMEOUT_S = 1800
+#: Timed runs of ours and of every peer, each after a warm-up.
+REPEATS = 5
 
 _SPU = textwrap.dedent("""
     import json, sys, time
@@ -80,6 +85,7 @@ _SPU = textwrap.dedent("""
     import spu.utils.simulation as spsim
 
     folder, batch, lr, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+    repeats = int(sys.argv[5])
     data = np.load(f"{folder}/spu.npz")
     x, y, orders = data["x"], data["y"], data["orders"]
     rows, d = x.shape
@@ -100,12 +106,14 @@ _SPU = textwrap.dedent("""
     config = libspu.RuntimeConfig(protocol=libspu.ProtocolKind.SEMI2K,
                                   field=libspu.FieldType.FM64, fxp_fraction_bits=18)
     fn = spsim.sim_jax(spsim.Simulator(2, config), epoch)
-    w = np.zeros((d + 1, 1))
-    started = time.perf_counter()
-    for order in orders:
-        w = fn(x[order], y[order], w)
-    print("RESULT", json.dumps({"seconds": time.perf_counter() - started,
-                                "w": np.asarray(w).ravel().tolist()}))
+    times = []
+    for _ in range(repeats + 1):  # the first is the warm-up (it compiles the epoch)
+        w = np.zeros((d + 1, 1))
+        started = time.perf_counter()
+        for order in orders:
+            w = fn(x[order], y[order], w)
+        times.append(time.perf_counter() - started)
+    print("RESULT", json.dumps({"seconds": times[1:], "w": np.asarray(w).ravel().tolist()}))
 """)
 
 
@@ -155,7 +163,7 @@ def run(quick: bool) -> list[Row]:
             def train_once() -> None:
                 models.append(fed.run(params(f"m{len(models)}"), timeout_s=3600))
 
-            ours = measure(train_once, repeats=1 if quick else 2, warmup=0)
+            ours = measure(train_once, REPEATS, warmup=1)
             result = models[-1]
             started = time.perf_counter()
             scored = fed.run(VerticalEvaluateParams(inputs=inputs, model=result.model,
@@ -185,13 +193,14 @@ def run(quick: bool) -> list[Row]:
                 f"lr {LEARNING_RATE}, sigmoid 0.5 + clip(z, -{SIGMOID_LIMIT}, "
                 f"{SIGMOID_LIMIT})/4")
         plain = train_plain(x_train, y_train, params("x").schedule())
-        started = time.perf_counter()
-        sklearn = LogisticRegression(max_iter=1000).fit(x_train, y_train)
-        sklearn_s = time.perf_counter() - started
+        fitted = []
+        sklearn = measure(lambda: fitted.append(LogisticRegression(max_iter=1000).fit(
+            x_train, y_train)), REPEATS)
         orders = np.stack([batch_order(0, e, len(y_train)) for e in range(epochs)])
         np.savez(folder / "spu.npz", x=x_train, y=y_train, orders=orders)
         printed = run_peer("spu", ["spu==0.9.5"], _SPU,
-                           [str(folder), "1024", str(LEARNING_RATE), str(SIGMOID_LIMIT)],
+                           [str(folder), "1024", str(LEARNING_RATE), str(SIGMOID_LIMIT),
+                            str(REPEATS)],
                            not quick, _PEER_TIMEOUT_S)
         spu = None
         if isinstance(printed, str):
@@ -201,16 +210,20 @@ def run(quick: bool) -> list[Row]:
             spu = json.loads(lines[-1].removeprefix("RESULT ")) if lines else None
             spu_note = ("SPU 0.9.5 simulator, SEMI2K, 2 parties, FM64, the same rows in the "
                         "same order, the same sigmoid" if spu else "spu printed no result")
-        ratio = f"; ours/peer {ours.median / spu['seconds']:.2f}" if spu else ""
+        spu_timing = timing_of(spu["seconds"]) if spu else None
+        ratio = (f"; spu {spu_timing.describe()}; ours/peer "
+                 f"{ours.median / spu_timing.median:.2f}" if spu_timing else "")
         history = result.history()
         rows.append(Row(case, "seconds", "lower", ours.median, "spu",
-                        spu["seconds"] if spu else None, f"ours {ours.describe()} (with the "
-                        f"loss of every epoch on shares); {spu_note}{ratio}", timing=ours))
-        rows.append(Row(case, "seconds", "lower", ours.median, "scikit-learn", sklearn_s,
-                        "centralised LogisticRegression (lbfgs), plaintext", timing=ours))
+                        spu_timing.median if spu_timing else None, f"ours {ours.describe()} "
+                        f"(with the loss of every epoch on shares); {spu_note}{ratio}",
+                        timing=ours, peer_timing=spu_timing))
+        rows.append(Row(case, "seconds", "lower", ours.median, "scikit-learn", sklearn.median,
+                        "centralised LogisticRegression (lbfgs), plaintext",
+                        timing=ours, peer_timing=sklearn))
         on_test = f"on the {len(y_test):,} test rows the label holder held out (stratified)"
         rows.append(Row(case, "auc", "higher", scored.auc, "scikit-learn",
-                        float(roc_auc_score(y_test, sklearn.decision_function(x_test))),
+                        float(roc_auc_score(y_test, fitted[-1].decision_function(x_test))),
                         f"ours: vertical_evaluate's AUC on shares (error bound "
                         f"{scored.auc_error_bound:.1e}; {evaluate_s:.1f} s), {on_test}; "
                         f"from the rebuilt weights {auc(w):.5f}"))
