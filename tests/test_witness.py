@@ -130,10 +130,9 @@ def test_a_node_restarted_on_a_cut_chain_is_refused_by_its_peers(tmp_path):
     from invisible.node.config import load_party_config
     from invisible.node.node import PartyNode
 
-    nodes = InProcessNodes.__new__(InProcessNodes)  # a restarted with the flag, b as it was
-    nodes.nodes = {"a": PartyNode(load_party_config(layout.party_configs["a"]),
-                                  accept_broken_ledger=True),
-                   "b": PartyNode(load_party_config(layout.party_configs["b"]))}
+    nodes = InProcessNodes(layout, {  # a restarted with the flag, b as it was
+        "a": PartyNode(load_party_config(layout.party_configs["a"]), accept_broken_ledger=True),
+        "b": PartyNode(load_party_config(layout.party_configs["b"]))})
     with nodes, Federation.from_config(layout.coordinator_config) as fed:
         # a announces its new, shorter head when it starts
         wait_for(lambda: "a" in nodes.nodes["b"].witness._contradicted, 10)
@@ -197,10 +196,9 @@ def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witn
     from invisible.node.config import load_party_config
     from invisible.node.node import PartyNode
 
-    nodes = InProcessNodes.__new__(InProcessNodes)
-    nodes.nodes = {"a": PartyNode(load_party_config(layout.party_configs["a"]),
-                                  accept_broken_ledger=True),
-                   "b": PartyNode(load_party_config(layout.party_configs["b"]))}
+    nodes = InProcessNodes(layout, {
+        "a": PartyNode(load_party_config(layout.party_configs["a"]), accept_broken_ledger=True),
+        "b": PartyNode(load_party_config(layout.party_configs["b"]))})
     with nodes, Federation.from_config(layout.coordinator_config) as fed:
         a, b = nodes.nodes["a"], nodes.nodes["b"]
         wait_for(lambda: "a" in b.witness._contradicted, 10)  # a's head announced at start
@@ -215,8 +213,8 @@ def test_a_node_on_a_cut_chain_stays_refused_after_its_chain_grows_past_the_witn
         with pytest.raises(ProtocolError, match="no proof from head 1000000 can be given"):
             a._prove("b", encode_prove(10**6))  # beyond its head: nothing is sent
     # b restarts: what it recorded of a's chain holds (it forgot it on an earlier main)
-    nodes.nodes = {name: PartyNode(load_party_config(layout.party_configs[name]))
-                   for name in ("a", "b")}
+    nodes = InProcessNodes(layout, {name: PartyNode(load_party_config(layout.party_configs[name]))
+                                    for name in ("a", "b")})
     with nodes, Federation.from_config(layout.coordinator_config) as fed:
         assert nodes.nodes["b"].witness._contradicted == {"a": witnessed}
         nodes.nodes["a"]._announce_head(["b"])

@@ -115,13 +115,18 @@ def _parent_to_outlive() -> int | None:
 
 def _node_serve(args: argparse.Namespace) -> int:
     # Handlers first: a SIGTERM during start-up must still end in a clean stop.
-    stop = threading.Event()
+    stop, wake = threading.Event(), threading.Event()
 
     def request_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
+        wake.set()
+
+    def request_reload(signum: int, frame: FrameType | None) -> None:
+        wake.set()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGHUP, request_reload)
     parent = _parent_to_outlive()
 
     from invisible.net.pki import Role
@@ -139,7 +144,16 @@ def _node_serve(args: argparse.Namespace) -> int:
                      accept_broken_ledger=args.accept_broken_ledger)
     node.start()
     print(f"invisible node '{node.party_id}' ({role.value}) serving on {node.address}", flush=True)
-    while not stop.wait(0.5):
+    while not stop.is_set():
+        if wake.wait(0.5) and not stop.is_set():  # SIGHUP: peers and policies again
+            wake.clear()
+            try:
+                changed = node.reload()
+            except InvisibleError as exc:
+                logging.getLogger(__name__).error("reload refused, nothing changed: %s", exc)
+            else:
+                print(f"invisible node '{node.party_id}' reloaded (new or moved peers: "
+                      f"{', '.join(changed) or 'none'})", flush=True)
         if parent is not None and os.getppid() != parent:
             logging.getLogger(__name__).warning(
                 "the process that started this node (pid %d) is gone: stopping", parent)

@@ -2,15 +2,23 @@
 
 Used by the demo, the tests and the benchmarks. :func:`write_local_federation`
 creates a CA, one certificate per party plus a coordinator, and one TOML per
-party and for the coordinator, all on free ports of 127.0.0.1. The nodes
-then run either as real processes (:class:`NodeProcesses`, through the CLI)
-or as threads of the calling process (:class:`InProcessNodes`).
+party and for the coordinator, on 127.0.0.1. The nodes then run either as
+real processes (:class:`NodeProcesses`, through the CLI) or as threads of the
+calling process (:class:`InProcessNodes`).
+
+Ports: by default every node listens on port 0, so the system gives each a
+free port as it binds (a port picked beforehand and bound later can be taken
+in between). Starting the nodes then publishes the ports they got: every
+config's address book is rewritten (:func:`publish_addresses`) and each node
+reloads its peers (`SIGHUP` to a node process, :meth:`PartyNode.reload` in
+process) before anyone runs a job.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -28,6 +36,8 @@ from invisible.node.config import load_party_config
 from invisible.node.node import PartyNode
 
 LOOPBACK = "127.0.0.1"
+#: How long a node process may take to start serving (imports and loading its data).
+START_TIMEOUT_S = 120.0
 
 
 def free_port() -> int:
@@ -93,11 +103,12 @@ def write_local_federation(
 ) -> LocalLayout:
     """Certificates and TOML configs for `parties`, dealers and coordinators on loopback.
 
-    `ports`: one per party then per dealer, in that order (default: free ones)."""
+    `ports`: one per party then per dealer, in that order (default: port 0 for each, the
+    port it binds published when the nodes start)."""
     nodes = [*parties, *dealers]
-    chosen = list(ports) if ports is not None else free_ports(len(nodes))
-    if len(chosen) < len(nodes) or not all(
-            isinstance(p, int) and 0 < p < 65536 for p in chosen[:len(nodes)]):
+    chosen = [0] * len(nodes) if ports is None else list(ports)
+    if ports is not None and (len(chosen) < len(nodes) or not all(
+            isinstance(p, int) and 0 < p < 65536 for p in chosen[:len(nodes)])):
         raise ConfigError(f"ports: give {len(nodes)} ports (1-65535), one per party then per "
                           "dealer")
     directory.mkdir(parents=True, exist_ok=True)
@@ -155,15 +166,52 @@ def write_local_federation(
     return LocalLayout(directory, party_configs, coordinator_configs, addresses, dealer_configs)
 
 
-class InProcessNodes:
-    """Party nodes as threads of this process (real gRPC and mTLS, no subprocesses)."""
+#: The tables of a local federation's configs that map node ids to addresses.
+_ADDRESS_TABLES = ("peers", "dealers", "parties")
 
-    def __init__(self, layout: LocalLayout) -> None:
+
+def publish_addresses(layout: LocalLayout, bound: Mapping[str, str]) -> None:
+    """Write the addresses the nodes `bound` into every config's address tables (a node's
+    own `listen` stays as it was: port 0 binds a fresh port at each start) and into
+    `layout.addresses`."""
+    layout.addresses.update(bound)
+    configs = [*layout.party_configs.values(), *layout.dealer_configs.values(),
+               *layout.coordinator_configs.values()]
+    for path in configs:
+        lines, table = [], ""
+        for line in path.read_text().splitlines():
+            if line.startswith("[") and line.endswith("]"):
+                table = line.strip("[]")
+            name, sep, _ = line.partition(" = ")
+            if sep and table in _ADDRESS_TABLES and name in bound:
+                line = f"{name} = {toml_string(bound[name])}"
+            lines.append(line)
+        path.write_text("\n".join(lines) + "\n")
+
+
+class InProcessNodes:
+    """Party nodes as threads of this process (real gRPC and mTLS, no subprocesses).
+
+    `nodes` replaces the nodes made from the layout's configs (a test that starts one with
+    other options); each binds its port when made, and the ports are published before any
+    node starts."""
+
+    def __init__(self, layout: LocalLayout, nodes: Mapping[str, PartyNode] | None = None,
+                 ) -> None:
+        self.layout = layout
+        if nodes is not None:
+            self.nodes = dict(nodes)
+            return
         self.nodes = {p: PartyNode(load_party_config(c)) for p, c in layout.party_configs.items()}
         self.nodes.update({d: PartyNode(load_party_config(c), role=Role.DEALER)
                            for d, c in layout.dealer_configs.items()})
 
     def __enter__(self) -> InProcessNodes:
+        bound = {name: node.address for name, node in self.nodes.items()}
+        if any(self.layout.addresses.get(n) != a for n, a in bound.items()):
+            publish_addresses(self.layout, bound)
+            for node in self.nodes.values():
+                node.reload()
         for node in self.nodes.values():
             node.start()
         return self
@@ -196,7 +244,48 @@ class NodeProcesses:
                 stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
             )
             log.close()
+        self._publish_ports()
         return self
+
+    def _lines(self, party: str, pattern: re.Pattern[str]) -> list[re.Match[str]]:
+        with contextlib.suppress(OSError):
+            text = (self.log_dir / f"{party}.log").read_text(errors="replace")
+            return [m for m in map(pattern.match, text.splitlines()) if m]
+        return []
+
+    def _wait_for(self, pattern: str, count: Mapping[str, int]) -> dict[str, re.Match[str]]:
+        """The `count[party]`-th line matching `pattern` in each running node's log, as each
+        prints it (a node that exits meanwhile is left to `check_alive` to report)."""
+        compiled = re.compile(pattern)
+        found: dict[str, re.Match[str]] = {}
+        deadline, waiting = time.monotonic() + START_TIMEOUT_S, list(self.processes)
+        while time.monotonic() < deadline:
+            for party in self.processes:
+                matches = self._lines(party, compiled) if party not in found else []
+                if len(matches) >= count[party]:
+                    found[party] = matches[count[party] - 1]
+            waiting = [p for p, proc in self.processes.items()
+                       if p not in found and proc.poll() is None]
+            if not waiting:
+                return found
+            time.sleep(0.05)
+        raise InvisibleError(f"node(s) {', '.join(waiting)} did not say '{pattern}' within "
+                             f"{START_TIMEOUT_S:g} s")
+
+    def _publish_ports(self) -> None:
+        """Wait until every node serves, publish the ports they bound, and have each node
+        reload its peers (and wait until it has)."""
+        serving = self._wait_for(r"invisible node '.*' \(\w+\) serving on (\S+)$",
+                                 dict.fromkeys(self.processes, 1))
+        bound = {party: match.group(1) for party, match in serving.items()}
+        if all(self.layout.addresses.get(p) == a for p, a in bound.items()):
+            return
+        reloaded = r"invisible node '.*' reloaded"
+        before = {p: len(self._lines(p, re.compile(reloaded))) for p in serving}
+        publish_addresses(self.layout, bound)
+        for party in serving:
+            self.processes[party].send_signal(signal.SIGHUP)
+        self._wait_for(reloaded, {p: before.get(p, 0) + 1 for p in self.processes})
 
     def check_alive(self) -> None:
         for party, process in self.processes.items():

@@ -81,6 +81,8 @@ class NodeClient:
     ) -> None:
         self.peer_id = peer_id
         self.address = address
+        self.role = role
+        self._closed = False
         self.timeout_s = timeout_s
         self.chunk_bytes = chunk_bytes
         self.max_output_bytes = max_output_bytes
@@ -98,7 +100,14 @@ class NodeClient:
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
 
+    @property
+    def known(self) -> bool:
+        """Whether the peer's address is known: port 0 stands for one not published yet
+        (a local federation's nodes bind port 0 and publish the port they got)."""
+        return not self.address.endswith(":0")
+
     def close(self) -> None:
+        self._closed = True
         self._channel.close()
 
     def __enter__(self) -> NodeClient:
@@ -110,6 +119,9 @@ class NodeClient:
     def _call(self, what: str, attempt: Callable[[float], T], timeout_s: float | None,
               interrupted: Callable[[], str | None] | None = None) -> T:
         deadline = time.monotonic() + (self.timeout_s if timeout_s is None else timeout_s)
+        if not self.known:
+            raise PartyUnavailableError(self.peer_id, f"{what}: its address is not known yet "
+                                                      f"({self.address})")
         while True:
             stopped_by = interrupted() if interrupted else None
             if stopped_by:
@@ -122,6 +134,12 @@ class NodeClient:
                 )
             try:
                 return attempt(remaining)
+            except ValueError:
+                if not self._closed:
+                    raise
+                # closed under a call: the node stopped, or a reload moved the peer
+                raise PartyUnavailableError(self.peer_id, f"{what}: the connection to "
+                                            f"{self.address} was closed") from None
             except grpc.RpcError as error:
                 if is_transient_failure(error) and deadline - time.monotonic() > _RETRY_PAUSE_S:
                     time.sleep(_RETRY_PAUSE_S)

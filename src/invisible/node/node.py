@@ -25,7 +25,7 @@ from invisible.net.mailbox import Mailbox
 from invisible.net.pki import Role
 from invisible.net.server import ExchangeServicer, HealthServicer, JobsServicer, build_server
 from invisible.net.tls import TlsMaterial
-from invisible.node.config import PartyConfig
+from invisible.node.config import PartyConfig, load_party_config
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
 from invisible.node.witness import (
@@ -80,12 +80,10 @@ class PartyNode:
                 log.warning("%d job(s) open when the node last stopped are marked interrupted",
                             len(interrupted))
         # Connections last: a node refused at start (a broken ledger) leaves none open.
-        self.clients = {
-            peer: NodeClient(self.tls, peer, address, role=peer_role,
-                             timeout_s=config.limits.rpc_timeout_s)
-            for peers, peer_role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
-            for peer, address in peers.items()
-        }
+        self.clients: dict[str, NodeClient] = {}
+        self._update_clients(config)
+        self._reloading = threading.Lock()
+        self._serving = False
         policies = {d: c.policy for d, c in config.datasets.items()}
         self.meter = Meter(config.party_id, store, policies, self.metrics, config.node_policy)
         self.witness = HeadWitness(self.meter, self._ask_proof)
@@ -123,6 +121,67 @@ class PartyNode:
     @property
     def party_id(self) -> str:
         return self.config.party_id
+
+    def _update_clients(self, config: PartyConfig) -> list[str]:
+        """Connect to the peers and dealers `config` names, keeping the connections whose
+        address is unchanged; the peers that are new or moved (a removed one is closed).
+        The dict is updated in place: channels and the announcer hold it."""
+        wanted = {peer: (address, role)
+                  for peers, role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
+                  for peer, address in peers.items()}
+        changed = []
+        for peer in [p for p in self.clients if p not in wanted]:
+            self.clients.pop(peer).close()
+        for peer, (address, role) in wanted.items():
+            old = self.clients.get(peer)
+            if old is not None and old.address == address and old.role is role:
+                continue
+            self.clients[peer] = NodeClient(self.tls, peer, address, role=role,
+                                            timeout_s=config.limits.rpc_timeout_s)
+            if old is not None:
+                old.close()
+            changed.append(peer)
+        return changed
+
+    def reload(self) -> list[str]:
+        """Read the config file again and apply its peers, dealers and policies (the node's
+        and each dataset's) without a restart: what `SIGHUP` to `invisible node serve` does.
+        Returns the peers that are new or moved. Anything else changed in the file (listen,
+        TLS, datasets, ledger, limits) needs a restart, and a warning says so.
+
+        The new file is read and checked whole before anything changes: a bad file leaves
+        the node as it was (a ConfigError says why).
+        """
+        with self._reloading:
+            fresh = load_party_config(self.config.source)
+            old = self.config
+            if fresh.party_id != old.party_id:
+                raise ConfigError(f"{fresh.source}: party id changed from '{old.party_id}' to "
+                                  f"'{fresh.party_id}'; that needs a restart")
+            unknown = sorted(set(fresh.datasets) ^ set(old.datasets))
+            if unknown:
+                raise ConfigError(f"{fresh.source}: dataset(s) {', '.join(unknown)} added or "
+                                  "removed; that needs a restart")
+            policies = {d: c.policy for d, c in fresh.datasets.items()}
+            self.meter.policies, self.meter.node_policy = policies, fresh.node_policy
+            changed = self._update_clients(fresh)
+            pending = [name for name, a, b in (
+                ("listen", old.listen, fresh.listen), ("tls", old.tls, fresh.tls),
+                ("limits", old.limits, fresh.limits), ("ledger", old.ledger, fresh.ledger),
+                ("metrics", old.metrics_listen, fresh.metrics_listen),
+                ("results_dir", old.results_dir, fresh.results_dir),
+                ("datasets", {d: (c.path, c.columns, c.missing) for d, c in old.datasets.items()},
+                 {d: (c.path, c.columns, c.missing) for d, c in fresh.datasets.items()}),
+            ) if a != b]
+            if pending:
+                log.warning("%s: %s changed; a restart applies that", fresh.source,
+                            ", ".join(pending))
+            self.config = fresh
+            log.info("node %s reloaded %s: peers and policies applied (%s new or moved)",
+                     self.party_id, fresh.source, ", ".join(changed) or "none")
+        if self._serving:  # a node not started yet announces to every peer when it starts
+            self._announce_head([p for p in changed if p in fresh.peers and self.clients[p].known])
+        return changed
 
     @property
     def address(self) -> str:
@@ -176,11 +235,14 @@ class PartyNode:
 
     def start(self) -> PartyNode:
         self._server.start()
+        self._serving = True
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         log.info("node %s serving on %s", self.tls.identity, self.address)
-        # Peers compare it with what they countersigned: a cut or rewritten chain shows now.
-        self._announce_head([p for p in self.clients if p in self.config.peers])
+        # Peers compare it with what they countersigned: a cut or rewritten chain shows now
+        # (to those whose address is known: the others when it is, see `reload`).
+        self._announce_head([p for p, c in self.clients.items()
+                             if p in self.config.peers and c.known])
         return self
 
     def stop(self, grace_s: float = 2.0) -> None:
