@@ -145,6 +145,8 @@ class CertificateAuthority:
         key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{directory / 'ca.key'} is not an EC private key")
+        if key.public_key() != cert.public_key():  # it would issue what its certificate disowns
+            raise ConfigError(f"{directory / 'ca.key'} is not the key of {directory / 'ca.pem'}")
         return cls(cert, key)
 
     def save(self, directory: Path) -> None:
