@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from invisible.errors import JobAbortedError
+from invisible.errors import JobAbortedError, ProtocolError
 from invisible.net import wire
 from invisible.net.mailbox import _REMEMBERED_JOBS, ABORT_STEP, Mailbox, Reservation
 
@@ -93,3 +93,29 @@ def test_pending_jobs_are_the_jobs_with_a_message_waiting_to_be_taken():
     assert reservation is not None
     mailbox.fill(reservation, b"y")
     assert mailbox.pending_jobs() == {"k"}
+
+
+def test_a_job_closed_twice_still_drops_a_late_message_from_its_parties_and_keeps_nothing():
+    """A second close forgot the job's parties: a late message from one was refused as from
+    a stranger."""
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.put("j", "s", "a", b"unread")
+    mailbox.close_job("j")
+    mailbox.close_job("j")
+    assert mailbox.reserve("j", "t", "b", 1) is None  # dropped, its body never read
+    with pytest.raises(ProtocolError, match="'outsider' is not a party of job 'j'"):
+        mailbox.reserve("j", "t", "outsider", 1)
+    assert (mailbox._queues, mailbox._held, mailbox._delivered) == ({}, {}, {})
+
+
+def test_the_memory_of_closed_jobs_is_bounded_and_forgets_the_oldest_first():
+    mailbox = Mailbox()
+    jobs = [f"j{i}" for i in range(_REMEMBERED_JOBS + 1)]
+    for job in jobs:
+        mailbox.open_job(job, ("a", "b"))
+        mailbox.close_job(job)
+    for remembered in (jobs[1], jobs[-1]):  # the oldest remembered, and the newest
+        assert mailbox.reserve(remembered, "s", "a", 1) is None
+    with pytest.raises(ProtocolError, match="no job 'j0' is prepared"):
+        mailbox.reserve(jobs[0], "s", "a", 1)
