@@ -246,7 +246,8 @@ class Mailbox:
         """Drop every queued message of a job and ignore later ones."""
         with self._lock:
             self._drop_queues(job_id)
-            parties = self._open.pop(job_id, frozenset())
+            # a second close keeps the parties: a late message of theirs is still dropped
+            parties = self._open.pop(job_id, self._closed.get(job_id, frozenset()))
             self._delivered.pop(job_id, None)
             self._closed[job_id] = parties
             while len(self._closed) > _REMEMBERED_JOBS:

@@ -93,7 +93,8 @@ def _name(common_name: str, unit: str) -> x509.Name:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    path.unlink(missing_ok=True)  # a file that existed would keep its mode, however open
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
 
@@ -145,6 +146,8 @@ class CertificateAuthority:
         key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{directory / 'ca.key'} is not an EC private key")
+        if key.public_key() != cert.public_key():  # it would issue what its certificate disowns
+            raise ConfigError(f"{directory / 'ca.key'} is not the key of {directory / 'ca.pem'}")
         return cls(cert, key)
 
     def save(self, directory: Path) -> None:

@@ -1,0 +1,121 @@
+"""The mailbox's rules for aborts and waiting jobs, without nodes or sockets.
+
+Guards who may abort a job, what the error of an aborted job tells its
+receivers (who aborted, and why only when a reason was given), that the
+memory of aborted jobs stays bounded and forgets the oldest first, and which
+jobs count as having messages waiting.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from invisible.errors import JobAbortedError, ProtocolError
+from invisible.net import wire
+from invisible.net.mailbox import _REMEMBERED_JOBS, ABORT_STEP, Mailbox, Reservation
+
+
+def aborted_error(mailbox: Mailbox, job_id: str) -> JobAbortedError:
+    with pytest.raises(JobAbortedError) as caught:
+        mailbox.get(job_id, "any-step", "a", 1.0)
+    return caught.value
+
+
+def test_only_a_party_of_a_job_prepared_here_may_abort_it():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    assert mailbox.may_abort("j", "a")
+    assert mailbox.may_abort("j", "b")
+    assert not mailbox.may_abort("j", "outsider")
+    assert not mailbox.may_abort("no-such-job", "a")
+    mailbox.close_job("j")
+    assert not mailbox.may_abort("j", "a")
+
+
+def test_an_abort_delivered_by_a_party_wakes_the_job_naming_that_party():
+    from invisible.net.server import ExchangeServicer
+
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    servicer = ExchangeServicer(mailbox, lambda: {"a", "b"})
+    servicer._deliver("b", wire.encode_raw_frames("j", ABORT_STEP, b""))
+    error = aborted_error(mailbox, "j")
+    assert error.by == "b"
+    assert str(error) == "job 'j' was aborted by 'b'"
+
+
+def test_an_abort_without_a_reason_names_who_and_nothing_more():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.abort_job("j", "b")
+    error = aborted_error(mailbox, "j")
+    assert error.by == "b"
+    assert str(error) == "job 'j' was aborted by 'b'"
+
+
+def test_an_abort_with_a_reason_gives_it_and_a_second_abort_changes_nothing():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.abort_job("j", "a", "its data set is gone")
+    mailbox.abort_job("j", "b", "too late")
+    error = aborted_error(mailbox, "j")
+    assert error.by == "a"
+    assert str(error) == "job 'j' was aborted by 'a': its data set is gone"
+
+
+@pytest.mark.timeout(30)  # forgetting that never shrinks the memory would loop for ever
+def test_the_memory_of_aborted_jobs_is_bounded_and_forgets_the_oldest_first():
+    mailbox = Mailbox()
+    jobs = [f"j{i}" for i in range(_REMEMBERED_JOBS + 2)]
+    for job in jobs:
+        mailbox.open_job(job, ("a", "b"))
+    mailbox.abort_job(jobs[0], "a", "an old reason")
+    for job in jobs[1:]:  # the second oldest is aborted without a reason
+        mailbox.abort_job(job, "b")
+    for remembered in (jobs[2], jobs[-1]):  # still refused: the oldest remembered, the newest
+        assert mailbox.reserve(remembered, "s", "a", 1) is None
+        assert aborted_error(mailbox, remembered).by == "b"
+    assert isinstance(mailbox.reserve(jobs[1], "s", "a", 1), Reservation)  # forgotten
+    mailbox.abort_job(jobs[0], "b")  # forgotten too, with its reason: a new abort tells its own
+    assert str(aborted_error(mailbox, jobs[0])) == "job 'j0' was aborted by 'b'"
+
+
+def test_pending_jobs_are_the_jobs_with_a_message_waiting_to_be_taken():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.open_job("k", ("a", "b"))
+    assert mailbox.pending_jobs() == set()
+    mailbox.put("j", "step", "a", b"x")
+    reservation = mailbox.reserve("k", "step", "a", 1)  # admitted, its body not yet arrived
+    assert mailbox.pending_jobs() == {"j"}
+    assert mailbox.get("j", "step", "a", 1.0) == b"x"
+    assert mailbox.pending_jobs() == set()
+    assert reservation is not None
+    mailbox.fill(reservation, b"y")
+    assert mailbox.pending_jobs() == {"k"}
+
+
+def test_a_job_closed_twice_still_drops_a_late_message_from_its_parties_and_keeps_nothing():
+    """A second close forgot the job's parties: a late message from one was refused as from
+    a stranger."""
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    mailbox.put("j", "s", "a", b"unread")
+    mailbox.close_job("j")
+    mailbox.close_job("j")
+    assert mailbox.reserve("j", "t", "b", 1) is None  # dropped, its body never read
+    with pytest.raises(ProtocolError, match="'outsider' is not a party of job 'j'"):
+        mailbox.reserve("j", "t", "outsider", 1)
+    assert (mailbox._queues, mailbox._held, mailbox._delivered) == ({}, {}, {})
+
+
+def test_the_memory_of_closed_jobs_is_bounded_and_forgets_the_oldest_first():
+    mailbox = Mailbox()
+    jobs = [f"j{i}" for i in range(_REMEMBERED_JOBS + 1)]
+    for job in jobs:
+        mailbox.open_job(job, ("a", "b"))
+        mailbox.close_job(job)
+    for remembered in (jobs[1], jobs[-1]):  # the oldest remembered, and the newest
+        assert mailbox.reserve(remembered, "s", "a", 1) is None
+    with pytest.raises(ProtocolError, match="no job 'j0' is prepared"):
+        mailbox.reserve(jobs[0], "s", "a", 1)
