@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_metering import fill
 
 from invisible.metering.entries import GENESIS_HASH, LedgerEntry
@@ -22,6 +23,7 @@ from invisible.metering.verify import (
     row_entry,
     sequence_problems,
     verify_against_receipts,
+    verify_receipt,
 )
 
 
@@ -97,3 +99,20 @@ def test_any_entry_the_node_signed_is_a_receipt_its_own_witnessed_entries_includ
     own = entry("bank", 5, "h5", "witnessed", {"heads": {"telco": [9, "t9"]}})
     assert verify_against_receipts("bank", {1: "h1", 2: "h2"}, [own]) == [
         "the ledger no longer contains entry 5 (receipt for job 'job-5'); it ends at entry 2"]
+
+
+def test_a_key_rotated_receipt_must_carry_the_new_key_s_signature_too(tmp_path):
+    generate_signing_key(tmp_path / "bank.key", tmp_path / "bank.pub")
+    old = load_signing_key(tmp_path / "bank.key")
+    ledger = Ledger(tmp_path / "bank.sqlite", "bank", old)
+    try:
+        fill(ledger, jobs=1)
+        rotated = ledger.rotate_key(Ed25519PrivateKey.generate())
+    finally:
+        ledger.close()
+    assert verify_receipt(rotated, old.public_key()) is None
+    unproven = dataclasses.replace(rotated, key_signature="")  # intact hash, old signature
+    assert unproven.problem(old.public_key()) is None
+    assert verify_receipt(unproven, old.public_key()) == (
+        "its key rotation lacks a valid signature by the new key it names (no proof the node "
+        "holds that key)")

@@ -271,3 +271,15 @@ def test_a_decryption_worker_decrypts_as_the_owner_does(keys, obfuscators, monke
     assert cipher._decrypt_batch([]) == []
     assert all(isinstance(p, int) for p in cipher._decrypt_batch(batch))
 
+
+
+def test_a_vector_split_across_worker_processes_decrypts_to_every_value_once(keys, obfuscators):
+    """Long enough for the pool (4 ciphertexts a worker or more), in uneven parts."""
+    private = keys[1]
+    values = np.arange(-700, 700, dtype=np.int64)
+    vector = encrypted(keys, obfuscators, values, additions=1)
+    assert len(vector.ciphertexts) >= 4 * 3 and len(vector.ciphertexts) % 3 != 0
+    with cipher.decryption_pool(private, workers=3) as pool:
+        split = cipher.decrypt(private, vector, pool=pool, workers=3)
+    assert np.array_equal(split, cipher.decrypt(private, vector))
+    assert np.array_equal(split, values)
