@@ -1,6 +1,8 @@
 """The `invisible` command.
 
-    invisible pki init DIR --parties bank,hospital,telco [--coordinators c] [--dealers d]
+    invisible pki init DIR [--parties bank,hospital,telco] [--coordinators c] [--dealers d]
+    invisible pki request --id bank [--role party] [--out DIR]
+    invisible pki sign bank.csr --ca DIR [--out bank.pem] [--days N] [--yes]
     invisible node serve --config parties/bank/party.toml [--role dealer] [--accept-broken-ledger]
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml [--json]
@@ -41,8 +43,13 @@ def _split_ids(text: str) -> list[str]:
 
 
 def _pki_init(args: argparse.Namespace) -> int:
-    from invisible.net.pki import init_pki
+    from invisible.net.pki import init_ca, init_pki
 
+    if args.parties is None:
+        init_ca(Path(args.directory), overwrite=args.force)
+        print(f"CA written to {args.directory} (ca.pem, and ca.key, which never leaves this "
+              "machine); sign each institution's request with `invisible pki sign`")
+        return 0
     issued = init_pki(
         Path(args.directory), _split_ids(args.parties), _split_ids(args.coordinators),
         _split_ids(args.dealers), overwrite=args.force,
@@ -53,6 +60,45 @@ def _pki_init(args: argparse.Namespace) -> int:
     if issued.kept_ledger_keys:
         print("ledger signing keys kept (never replaced by a PKI command): "
               + ", ".join(issued.kept_ledger_keys))
+    return 0
+
+
+def _pki_request(args: argparse.Namespace) -> int:
+    from invisible.net.pki import Identity, Role, read_request, write_request
+
+    identity = Identity(args.id, Role(args.role))
+    key_path, csr_path = write_request(Path(args.out), identity)
+    request = read_request(csr_path.read_bytes(), str(csr_path))
+    print(f"key {key_path} (mode 0600: it stays on this machine) and request {csr_path} for "
+          f"{identity}; public key SHA-256 {request.fingerprint}")
+    print(f"send {csr_path.name} to whoever holds the federation's CA, and compare this "
+          "fingerprint with the one `invisible pki sign` shows them")
+    return 0
+
+
+def _pki_sign(args: argparse.Namespace) -> int:
+    from invisible.net.pki import CertificateAuthority, read_request
+
+    source = Path(args.request)
+    try:
+        pem = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+    request = read_request(pem, str(source))
+    out = Path(args.out) if args.out else source.with_suffix(".pem")
+    if out.exists():
+        raise ConfigError(f"{out} exists: give another --out (a certificate is never replaced)")
+    ca = CertificateAuthority.load(Path(args.ca))
+    print(f"request {source}: {request.identity}, valid {args.days} days from now, "
+          f"public key SHA-256 {request.fingerprint}")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("not signed: confirm with --yes when not asked at a terminal")
+        if input("sign it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not signed")
+            return 1
+    out.write_bytes(ca.sign_request(request, args.days))
+    print(f"certificate for {request.identity} written to {out}")
     return 0
 
 
@@ -334,14 +380,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     pki = commands.add_parser("pki", help="development certificates").add_subparsers(
         dest="pki_command", required=True)
-    init = pki.add_parser("init", help="create a CA and a certificate per identity")
+    init = pki.add_parser("init", help="create a CA (and, for development, a key and "
+                          "certificate per identity named)")
     init.add_argument("directory")
-    init.add_argument("--parties", required=True, help="comma-separated party ids")
+    init.add_argument("--parties", help="comma-separated party ids (none: the CA alone)")
     init.add_argument("--coordinators", default="coordinator", help="comma-separated ids")
     init.add_argument("--dealers", default="", help="comma-separated ids")
     init.add_argument("--force", action="store_true", help="replace an existing CA and TLS "
                       "certificates (ledger signing keys are always kept)")
     init.set_defaults(handler=_pki_init)
+    request = pki.add_parser("request", help="make this institution's key and a certificate "
+                             "signing request (the key never leaves the machine)")
+    request.add_argument("--id", required=True, help="the identity's id, e.g. bank")
+    request.add_argument("--role", choices=["party", "dealer", "coordinator"], default="party")
+    request.add_argument("--out", default=".", help="folder for <id>.key and <id>.csr")
+    request.set_defaults(handler=_pki_request)
+    sign = pki.add_parser("sign", help="sign a request with the federation's CA, after "
+                          "showing what will be signed")
+    sign.add_argument("request", help="the <id>.csr file")
+    sign.add_argument("--ca", required=True, help="the folder holding ca.pem and ca.key")
+    sign.add_argument("--out", help="the certificate to write (default: <request>.pem)")
+    sign.add_argument("--days", type=int, default=365, help="validity (default 365)")
+    sign.add_argument("--yes", action="store_true", help="sign without asking")
+    sign.set_defaults(handler=_pki_sign)
 
     node = commands.add_parser("node", help="run a party node").add_subparsers(
         dest="node_command", required=True)

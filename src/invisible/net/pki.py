@@ -68,13 +68,17 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         raise ConfigError("certificate has no subject alternative name") from None
+    return _one_identity(san, "certificate")
+
+
+def _one_identity(san: x509.SubjectAlternativeName, what: str) -> Identity:
     found: set[Identity] = set()
     for name in san.get_values_for_type(x509.DNSName):
         parts = name.split(".")
         if len(parts) == 3 and parts[2] == _SUFFIX and parts[1] in Role._value2member_map_:
             found.add(Identity(parts[0], Role(parts[1])))
     if len(found) != 1:
-        raise ConfigError("certificate does not name exactly one invisible identity")
+        raise ConfigError(f"{what} does not name exactly one invisible identity")
     return found.pop()
 
 
@@ -142,8 +146,13 @@ class CertificateAuthority:
 
     @classmethod
     def load(cls, directory: Path) -> CertificateAuthority:
-        cert = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        try:
+            cert_pem, key_pem = (directory / "ca.pem").read_bytes(), (directory / "ca.key").read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"no CA to sign with in {directory}: cannot read {exc.filename} "
+                              f"({exc.strerror})") from None
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, None)
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{directory / 'ca.key'} is not an EC private key")
         if key.public_key() != cert.public_key():  # it would issue what its certificate disowns
@@ -158,14 +167,28 @@ class CertificateAuthority:
     def issue(self, identity: Identity,
               validity_days: int = DEFAULT_VALIDITY_DAYS) -> tuple[bytes, bytes]:
         """A new key and certificate for an identity, as (key PEM, certificate PEM)."""
-        check_party_id(identity.party_id)
         key = ec.generate_private_key(ec.SECP256R1())
+        return _key_pem(key), self.certify(identity, key.public_key(), validity_days)
+
+    def sign_request(self, request: SigningRequest,
+                     validity_days: int = DEFAULT_VALIDITY_DAYS) -> bytes:
+        """The certificate (PEM) for a checked request: its identity and public key, and
+        nothing else from it (this CA's own extensions, never the requested ones)."""
+        return self.certify(request.identity, request.public_key, validity_days)
+
+    def certify(self, identity: Identity, public_key: ec.EllipticCurvePublicKey,
+                validity_days: int = DEFAULT_VALIDITY_DAYS) -> bytes:
+        """A certificate (PEM) binding `public_key` to `identity`."""
+        check_party_id(identity.party_id)
+        if validity_days < 1:
+            raise ConfigError(f"a certificate must be valid for at least a day, not "
+                              f"{validity_days}")
         now = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(_name(identity.party_id, identity.role.value))
             .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(minutes=5))
             .not_valid_after(now + dt.timedelta(days=validity_days))
@@ -190,7 +213,7 @@ class CertificateAuthority:
             )
             .sign(self.key, hashes.SHA256())
         )
-        return _key_pem(key), cert.public_bytes(serialization.Encoding.PEM)
+        return cert.public_bytes(serialization.Encoding.PEM)
 
     def issue_to(self, directory: Path, identity: Identity) -> tuple[Path, Path]:
         """Issue and write ``<id>.key`` (mode 0600) and ``<id>.pem``; returns their paths."""
@@ -200,6 +223,89 @@ class CertificateAuthority:
         _write_private(key_path, key_pem)
         cert_path.write_bytes(cert_pem)
         return key_path, cert_path
+
+
+@dataclass(frozen=True)
+class SigningRequest:
+    """A certificate signing request, checked: signed by the key it carries (so its sender
+    holds that key), a P-256 key, and exactly one identity named as a certificate would."""
+
+    identity: Identity
+    public_key: ec.EllipticCurvePublicKey
+
+    @property
+    def fingerprint(self) -> str:
+        """SHA-256 of the public key (DER), for the requester and the CA to compare."""
+        der = self.public_key.public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+        digest = hashes.Hash(hashes.SHA256())
+        digest.update(der)
+        return digest.finalize().hex(":")
+
+
+def make_request(identity: Identity) -> tuple[bytes, bytes]:
+    """A new key and a signing request for `identity`, as (key PEM, request PEM): the key
+    stays with its institution, the request goes to whoever holds the federation's CA."""
+    check_party_id(identity.party_id)
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(_name(identity.party_id, identity.role.value))
+        .add_extension(x509.SubjectAlternativeName([
+            x509.DNSName(identity.party_id),
+            x509.DNSName(target_name(identity.party_id, identity.role))]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
+
+
+def read_request(pem: bytes, source: str = "the request") -> SigningRequest:
+    """A signing request, checked (see :class:`SigningRequest`); a ConfigError names what
+    is wrong with it."""
+    try:
+        csr = x509.load_pem_x509_csr(pem)
+    except ValueError:
+        raise ConfigError(f"{source} is not a PEM certificate signing request") from None
+    if not csr.is_signature_valid:
+        raise ConfigError(f"{source} is not signed by the key it carries (altered, or its "
+                          "sender does not hold that key)")
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise ConfigError(f"{source} carries another key than an EC P-256 key")
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        raise ConfigError(f"{source} names no identity (no subject alternative name)") from None
+    identity = _one_identity(san, source)
+    check_party_id(identity.party_id)
+    return SigningRequest(identity, key)
+
+
+def write_request(directory: Path, identity: Identity) -> tuple[Path, Path]:
+    """Write ``<id>.key`` (mode 0600) and ``<id>.csr`` for `identity`, and for a node a ledger
+    key pair unless it has one; refuses to replace an existing TLS key."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_path, csr_path = directory / f"{identity.party_id}.key", directory / f"{identity.party_id}.csr"
+    if key_path.exists():
+        raise ConfigError(f"{key_path} exists: move it away first (a request never replaces a "
+                          "key)")
+    key_pem, csr_pem = make_request(identity)
+    if identity.role in (Role.PARTY, Role.DEALER):
+        ensure_signing_key(directory / f"{identity.party_id}-ledger.key",
+                           directory / f"{identity.party_id}-ledger.pub")
+    _write_private(key_path, key_pem)
+    csr_path.write_bytes(csr_pem)
+    return key_path, csr_path
+
+
+def init_ca(directory: Path, *, overwrite: bool = False) -> CertificateAuthority:
+    """Only the federation's CA (``ca.pem``, ``ca.key`` mode 0600): each institution then
+    makes its own key and request (:func:`write_request`), and the CA signs the request."""
+    if (directory / "ca.key").exists() and not overwrite:
+        raise ConfigError(f"{directory} already holds a CA; pass --force to replace it")
+    ca = CertificateAuthority.create()
+    ca.save(directory)
+    return ca
 
 
 @dataclass(frozen=True)
