@@ -68,6 +68,31 @@ def test_missing_and_wrong_keys_are_named(tmp_path):
             '[datasets.d]\npath = "x.csv"\ncolumns = { age = "decimal" }\n')))
 
 
+BASE = '[party]\nid = "bank"\nlisten = "127.0.0.1:1"\n[tls]\nca="a"\ncert="b"\nkey="c"\n'
+
+
+@pytest.mark.parametrize(("extra", "named"), [
+    ('[metric]\nlisten = "127.0.0.1:9101"\n', "metric is not a table of this file"),
+    ("[metrics]\nlisen = 1\n", "metrics.lisen is not a key of this table (known: listen)"),
+    ("[limits]\nrpc_timeout = 5\n", "limits.rpc_timeout is not a key of this table"),
+    ('[ledger]\nstorage = "none"\n', "ledger.storage is not a key of this table"),
+    ('[datasets.d]\npath = "x.csv"\ncolumns = { a = "int" }\nmising = "drop"\n',
+     "datasets.d.mising is not a key of this table (known: columns, missing, path, policy)"),
+])
+def test_an_unknown_table_or_key_anywhere_is_named_not_ignored(tmp_path, extra, named):
+    """A misspelt table was silently ignored: `[metric]` served no metrics."""
+    with pytest.raises(ConfigError) as refused:
+        load_party_config(write(tmp_path / "bank.toml", BASE + extra))
+    assert f"bank.toml: {named}" in str(refused.value)
+    for key, table in (("lsten", "party"), ("certificate", "tls")):
+        text = BASE.replace(f"[{table}]\n", f"[{table}]\n{key} = 1\n")
+        with pytest.raises(ConfigError, match=f"{table}.{key} is not a key of this table"):
+            load_party_config(write(tmp_path / "b.toml", text))
+    coordinator = '[coordinator]\nid = "c"\nreceipt_dir = "r"\n[parties]\nbank = "127.0.0.1:1"\n'
+    with pytest.raises(ConfigError, match="coordinator.receipt_dir is not a key of this table"):
+        load_coordinator_config(write(tmp_path / "c.toml", coordinator))
+
+
 def test_a_dataset_file_or_column_that_does_not_exist_is_named(tmp_path):
     with pytest.raises(ConfigError, match="dataset 'loans': file not found: .*loans.csv"):
         load_dataset(DatasetConfig("loans", tmp_path / "loans.csv", {"amount": "float"}))

@@ -70,8 +70,10 @@ class CoordinatorConfig:
 
 def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
     source = Path(path).resolve()
-    root = TomlReader(source, load_toml(source), "")
-    coordinator = root.table_at("coordinator")
+    root = TomlReader(source, load_toml(source), "").only(
+        "coordinator", "tls", "parties", "dealers", "limits")
+    coordinator = root.table_at("coordinator").only("id", "federation", "receipts_dir",
+                                                    "ledger_keys")
     book = read_address_book(root, coordinator, ("parties", "dealers"))
     if book is not None:
         parties, dealers = book.parties, book.dealers

@@ -76,6 +76,7 @@ book. A file gives either ``federation`` or ``[peers]``/``[dealers]``, not both.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,6 +171,16 @@ class TomlReader:
         prefix = f"{self.where}." if self.where else ""
         return ConfigError(f"{self.source}: {prefix}{key} {problem}")
 
+    def only(self, *known: str) -> TomlReader:
+        """This table, if it holds no other keys than `known` (a misspelt table or key would
+        otherwise be ignored: `[metric]` for `[metrics]` served no metrics)."""
+        unknown = sorted(set(self.table) - set(known))
+        if unknown:
+            raise self.fail(unknown[0], f"is not a key of this table (known: "
+                            f"{', '.join(sorted(known))})" if self.where else
+                            f"is not a table of this file (known: {', '.join(sorted(known))})")
+        return self
+
     def table_at(self, key: str, required: bool = True) -> TomlReader:
         value = self.table.get(key)
         if value is None:
@@ -249,13 +260,19 @@ def read_address_book(root: TomlReader, table: TomlReader,
     return AddressBook(path, parties, dealers)
 
 
+#: The tables of a party's (or dealer's) TOML.
+PARTY_TABLES = ("party", "tls", "peers", "dealers", "limits", "datasets", "ledger", "metrics",
+                "policy")
+
+
 def read_tls(reader: TomlReader) -> TlsFiles:
-    tls = reader.table_at("tls")
+    tls = reader.table_at("tls").only("ca", "cert", "key")
     return TlsFiles(ca=tls.path("ca"), cert=tls.path("cert"), key=tls.path("key"))
 
 
 def read_limits(reader: TomlReader) -> Limits:
-    limits = reader.table_at("limits", required=False)
+    limits = reader.table_at("limits", required=False).only(
+        *(f.name for f in dataclasses.fields(Limits)))
     defaults = Limits()
     return Limits(
         max_message_bytes=limits.number(
@@ -273,7 +290,7 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
     tables = reader.table_at("datasets", required=False)
     out = {}
     for dataset_id in tables.table:
-        entry = tables.table_at(dataset_id)
+        entry = tables.table_at(dataset_id).only("path", "columns", "policy", "missing")
         columns = entry.table_at("columns")
         if not columns.table:
             raise entry.fail("columns", "must name at least one column")
@@ -292,7 +309,7 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
 
 
 def _ledger(root: TomlReader, party_id: str, tls: TlsFiles) -> LedgerConfig:
-    table = root.table_at("ledger", required=False)
+    table = root.table_at("ledger", required=False).only("path", "signing_key", "store")
     path = (table.path("path") if "path" in table.table
             else root.source.parent / f"{party_id}-ledger.sqlite")
     key = (table.path("signing_key") if "signing_key" in table.table
@@ -326,12 +343,12 @@ def _nodes(root: TomlReader, party: TomlReader,
 
 def load_party_config(path: Path | str) -> PartyConfig:
     source = Path(path).resolve()
-    root = TomlReader(source, load_toml(source), "")
-    party = root.table_at("party")
+    root = TomlReader(source, load_toml(source), "").only(*PARTY_TABLES)
+    party = root.table_at("party").only("id", "listen", "federation", "results_dir")
     party_id = check_party_id(party.string("id"))
     peers, dealers, listen = _nodes(root, party, party_id)
     tls = read_tls(root)
-    metrics = root.table_at("metrics", required=False)
+    metrics = root.table_at("metrics", required=False).only("listen")
     return PartyConfig(
         source=source, party_id=party_id, listen=listen, tls=tls,
         peers=peers, dealers=dealers, limits=read_limits(root), datasets=_datasets(root),
