@@ -10,6 +10,7 @@ wrong, and a certificate made this way is accepted by a node's TLS like one `pki
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,27 @@ def test_an_altered_request_is_refused_as_not_signed_by_its_key():
     forged = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
     with pytest.raises(ConfigError, match="is not signed by the key it carries"):
         read_request(forged)
+
+
+def test_node_check_loads_everything_a_node_would_and_names_what_would_stop_it(tmp_path):
+    from invisible.coordinator.local import write_local_federation
+    from invisible.operator import check_node
+    from invisible.samples import SAMPLE_COLUMNS, sample_datasets
+
+    layout = write_local_federation(tmp_path, tuple(SAMPLE_COLUMNS), sample_datasets(),
+                                    dealers=["dealer"])
+    done = subprocess.run([sys.executable, "-m", "invisible", "node", "check", "--config",
+                           str(layout.party_configs["bank"])], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "bank (party), listening on 127.0.0.1:0" in done.stdout
+    assert re.search(r"certificate .*bank\.pem: 36[45] days left\n", done.stdout)
+    assert "dataset customers: 240 rows; customer_id int" in done.stdout
+    assert done.stdout.rstrip().endswith("ok: the node would start with this config")
+    assert any("dealer" in line for line in check_node(layout.dealer_configs["dealer"],
+                                                        Role.DEALER))
+    with pytest.raises(ConfigError, match="bank.pem is a party certificate; this needs a dealer"):
+        check_node(layout.party_configs["bank"], Role.DEALER)
+    (tmp_path / "pki" / "bank-ledger.key").unlink()
+    with pytest.raises(ConfigError, match="the ledger signing key .*bank-ledger.key is missing"):
+        check_node(layout.party_configs["bank"], Role.PARTY)

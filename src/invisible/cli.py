@@ -4,6 +4,7 @@
     invisible pki request --id bank [--role party] [--out DIR]
     invisible pki sign bank.csr --ca DIR [--out bank.pem] [--days N] [--yes]
     invisible node serve --config parties/bank/party.toml [--role dealer] [--accept-broken-ledger]
+    invisible node check --config parties/bank/party.toml [--role dealer]
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml [--json]
     invisible job kinds [--markdown]
@@ -64,41 +65,28 @@ def _pki_init(args: argparse.Namespace) -> int:
 
 
 def _pki_request(args: argparse.Namespace) -> int:
-    from invisible.net.pki import Identity, Role, read_request, write_request
+    from invisible.net.pki import Identity, Role
+    from invisible.operator import pki_request
 
-    identity = Identity(args.id, Role(args.role))
-    key_path, csr_path = write_request(Path(args.out), identity)
-    request = read_request(csr_path.read_bytes(), str(csr_path))
-    print(f"key {key_path} (mode 0600: it stays on this machine) and request {csr_path} for "
-          f"{identity}; public key SHA-256 {request.fingerprint}")
-    print(f"send {csr_path.name} to whoever holds the federation's CA, and compare this "
-          "fingerprint with the one `invisible pki sign` shows them")
+    for line in pki_request(Identity(args.id, Role(args.role)), Path(args.out)):
+        print(line)
     return 0
 
 
 def _pki_sign(args: argparse.Namespace) -> int:
-    from invisible.net.pki import CertificateAuthority, read_request
+    from invisible.operator import pki_sign
 
-    source = Path(args.request)
-    try:
-        pem = source.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
-    request = read_request(pem, str(source))
-    out = Path(args.out) if args.out else source.with_suffix(".pem")
-    if out.exists():
-        raise ConfigError(f"{out} exists: give another --out (a certificate is never replaced)")
-    ca = CertificateAuthority.load(Path(args.ca))
-    print(f"request {source}: {request.identity}, valid {args.days} days from now, "
-          f"public key SHA-256 {request.fingerprint}")
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("not signed: confirm with --yes when not asked at a terminal")
-        if input("sign it? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("not signed")
-            return 1
-    out.write_bytes(ca.sign_request(request, args.days))
-    print(f"certificate for {request.identity} written to {out}")
+    return pki_sign(Path(args.request), Path(args.ca), Path(args.out) if args.out else None,
+                    args.days, args.yes)
+
+
+def _node_check(args: argparse.Namespace) -> int:
+    from invisible.net.pki import Role
+    from invisible.operator import check_node
+
+    for line in check_node(Path(args.config), Role(args.role)):
+        print(line)
+    print("ok: the node would start with this config")
     return 0
 
 
@@ -414,6 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="start even if the node's ledger fails its check at start (edited, "
                        "cut or missing); the choice and what was wrong are signed into it")
     serve.set_defaults(handler=_node_serve)
+    check = node.add_parser("check", help="load and check a node's config, certificate, "
+                            "datasets and policies without serving")
+    check.add_argument("--config", required=True, help="the party's TOML file")
+    check.add_argument("--role", choices=["party", "dealer"], default="party")
+    check.set_defaults(handler=_node_check)
     listing = node.add_parser("alignments", help="list the alignments (rows of set "
                               "intersections) this node keeps; expired ones are deleted")
     listing.add_argument("--config", required=True, help="the party's TOML file")

@@ -1,0 +1,103 @@
+"""What an institution's operator runs beside a node: certificate requests, and checks.
+
+- :func:`pki_request` and :func:`pki_sign`: a key and certificate signing request made
+  where the key stays, signed by whoever holds the federation's CA after showing what it
+  will sign (`invisible pki request`, `invisible pki sign`).
+- :func:`check_node`: everything a node would load at start (its config, certificate,
+  datasets and policies), loaded and described without serving (`invisible node check`).
+
+The values of a dataset are read (to check their types) and never shown; its rows and
+columns are, to the operator of the node that holds it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from invisible.errors import ConfigError
+from invisible.net.pki import CertificateAuthority, Identity, Role, read_request, write_request
+
+#: A certificate with fewer days left than this is flagged by `check_node`.
+RENEW_WITHIN_DAYS = 30
+
+
+def pki_request(identity: Identity, out: Path) -> list[str]:
+    key_path, csr_path = write_request(out, identity)
+    request = read_request(csr_path.read_bytes(), str(csr_path))
+    return [f"key {key_path} (mode 0600: it stays on this machine) and request {csr_path} "
+            f"for {identity}; public key SHA-256 {request.fingerprint}",
+            f"send {csr_path.name} to whoever holds the federation's CA, and compare this "
+            "fingerprint with the one `invisible pki sign` shows them"]
+
+
+def pki_sign(source: Path, ca_dir: Path, out: Path | None, days: int, yes: bool) -> int:
+    """Sign the request `source` with the CA in `ca_dir`, asking first unless `yes`."""
+    try:
+        pem = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {source}: {exc.strerror}") from None
+    request = read_request(pem, str(source))
+    out = out or source.with_suffix(".pem")
+    if out.exists():
+        raise ConfigError(f"{out} exists: give another --out (a certificate is never replaced)")
+    ca = CertificateAuthority.load(ca_dir)
+    print(f"request {source}: {request.identity}, valid {days} days from now, "
+          f"public key SHA-256 {request.fingerprint}")
+    if not yes:
+        if not sys.stdin.isatty():
+            raise ConfigError("not signed: confirm with --yes when not asked at a terminal")
+        if input("sign it? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not signed")
+            return 1
+    out.write_bytes(ca.sign_request(request, days))
+    print(f"certificate for {request.identity} written to {out}")
+    return 0
+
+
+def days_left(cert_pem: bytes, now: dt.datetime | None = None) -> float:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    return (cert.not_valid_after_utc - (now or dt.datetime.now(dt.UTC))).total_seconds() / 86400
+
+
+def check_node(config_path: Path, role: Role) -> list[str]:
+    """What the node at `config_path` would load at start, checked; a ConfigError names the
+    first thing that would stop it."""
+    from invisible.net.tls import TlsMaterial
+    from invisible.node.config import load_party_config
+    from invisible.node.datasets import DatasetRegistry
+
+    config = load_party_config(config_path)
+    tls = TlsMaterial.load(config.tls, expected_role=role)
+    if tls.identity.party_id != config.party_id:
+        raise ConfigError(f"{config.source}: party id is '{config.party_id}' but certificate "
+                          f"{config.tls.cert} was issued to '{tls.identity.party_id}'")
+    if role is Role.DEALER and config.datasets:
+        raise ConfigError(f"{config.source}: a dealer holds no data; remove its datasets")
+    left = days_left(tls.cert_pem)
+    if left <= 0:
+        raise ConfigError(f"certificate {config.tls.cert} has expired")
+    lines = [f"{config.source}: {tls.identity}, listening on {config.listen}",
+             f"certificate {config.tls.cert}: {left:.0f} days left"
+             + (" (renew it soon)" if left < RENEW_WITHIN_DAYS else ""),
+             f"peers: {', '.join(f'{p} {a}' for p, a in config.peers.items()) or 'none'}",
+             f"dealers: {', '.join(f'{d} {a}' for d, a in config.dealers.items()) or 'none'}"]
+    registry = DatasetRegistry.load(config.datasets)
+    for dataset_id, dataset_config in config.datasets.items():
+        dataset = registry.get(dataset_id)
+        columns = ", ".join(f"{c} {t}" for c, t in dataset_config.columns.items())
+        policy = dataset_config.policy
+        rules = ("no policy: every job refused" if policy is None else
+                 f"{len(policy.allow)} allow rule(s), k = {policy.min_rows}")
+        lines.append(f"dataset {dataset_id}: {dataset.rows} rows; {columns}; {rules}")
+    lines.append("jobs without data: " + ("refused (no [policy])" if config.node_policy is None
+                                          else "allowed by [policy]"))
+    ledger = config.ledger
+    if ledger.store == "sqlite" and not ledger.signing_key.exists():
+        raise ConfigError(f"the ledger signing key {ledger.signing_key} is missing")
+    lines.append(f"ledger {ledger.path}" + (" (none: nothing is recorded)"
+                                            if ledger.store == "none" else ""))
+    return lines
