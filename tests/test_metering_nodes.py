@@ -14,7 +14,7 @@ import pytest
 from invisible.api import meter_report
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, NodeProcesses, write_local_federation
-from invisible.errors import PolicyError
+from invisible.errors import InvisibleError, PolicyError
 from invisible.jobspec import JobSpec
 from invisible.metering.ledger import Ledger
 from invisible.node.config import load_party_config
@@ -118,10 +118,15 @@ def test_prometheus_counters_follow_jobs_and_refusals(tmp_path):
                 fed.secure_sum(sum_inputs(), 1e5, max_rows=1000)
             except PolicyError:
                 pass
+        for made_up in ("kind-a", "kind-b"):  # any name a requester sends: no series of its own
+            with pytest.raises(InvisibleError, match="kind"):
+                fed.clients["bank"].start_job(JobSpec(f"j-{made_up}", made_up, tuple(PARTIES), {}))
         port = nodes.nodes["bank"].metrics_port
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
             text = response.read().decode()
     assert 'invisible_jobs_total{kind="secure_sum",outcome="finished"} 2.0' in text
+    assert 'invisible_jobs_total{kind="unknown",outcome="refused"} 2.0' in text
+    assert "kind-a" not in text and "kind-b" not in text
     assert 'invisible_refusals_total{rule="quota"} 1.0' in text
     assert 'invisible_rows_touched_total{dataset="customers"} 480.0' in text
     assert ('invisible_quota_remaining{dataset="customers",requester="coordinator",unit="jobs"} 0.0'

@@ -66,7 +66,8 @@ class PartyNode:
         self.alignments = AlignmentStore(config.alignments_dir)
         self.datasets = DatasetRegistry.load(config.datasets, self.alignments)
         self.mailbox = Mailbox(config.limits.max_message_bytes)
-        self.metrics = NodeMetrics()
+        kinds = kinds or kinds_by_name()
+        self.metrics = NodeMetrics(kinds)
         self.ledger: Ledger | None = None
         store: LedgerStore
         if config.ledger.store == "none":
@@ -88,7 +89,7 @@ class PartyNode:
         self.meter = Meter(config.party_id, store, policies, self.metrics, config.node_policy)
         self.witness = HeadWitness(self.meter, self._ask_proof)
         self.executor = JobExecutor(
-            config.party_id, kinds or kinds_by_name(), self.datasets, self._open_channel,
+            config.party_id, kinds, self.datasets, self._open_channel,
             config.results_dir, self.meter, run_deadline_s=2 * config.limits.rpc_timeout_s,
             announce_head=self._announce_head, expect_heads=self.witness.expect,
             check_peers=self.witness.check_peers,
