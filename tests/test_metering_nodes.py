@@ -127,6 +127,7 @@ def test_prometheus_counters_follow_jobs_and_refusals(tmp_path):
     assert 'invisible_jobs_total{kind="secure_sum",outcome="finished"} 2.0' in text
     assert 'invisible_jobs_total{kind="unknown",outcome="refused"} 2.0' in text
     assert "kind-a" not in text and "kind-b" not in text
+    assert 'invisible_job_duration_seconds_count{kind="secure_sum"} 2.0' in text
     assert 'invisible_refusals_total{rule="quota"} 1.0' in text
     assert 'invisible_rows_touched_total{dataset="customers"} 480.0' in text
     assert ('invisible_quota_remaining{dataset="customers",requester="coordinator",unit="jobs"} 0.0'

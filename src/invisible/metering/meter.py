@@ -282,6 +282,8 @@ class Meter:
                 body["outputs"] = {**body["outputs"], "values_opened": 0}
         entry = self.store.append(job.pending(event, rows=rows, **record, **body))[-1]
         self.metrics.jobs(job.kind, event).inc()
+        if "duration_s" in record:
+            self.metrics.observe_duration(job.kind, float(record["duration_s"]))
         if event == "finished" and job.use is not None:
             self.metrics.rows.labels(job.use.dataset).inc(touched)
         self.metrics.bytes.labels("sent").inc(record.get("bytes_sent", 0))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 #: The `kind` label of a job whose kind is not registered at the node.
 UNKNOWN_KIND = "unknown"
@@ -21,6 +21,10 @@ class NodeMetrics:
         self._kinds = None if kinds is None else frozenset(kinds)
         self._jobs = Counter("invisible_jobs", "Jobs by kind and outcome", ["kind", "outcome"],
                              registry=self.registry)
+        self._duration = Histogram(
+            "invisible_job_duration_seconds", "How long admitted jobs ran here, by kind",
+            ["kind"], registry=self.registry,
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800, float("inf")))
         self.rows = Counter("invisible_rows_touched", "Rows touched by finished jobs",
                             ["dataset"], registry=self.registry)
         self.bytes = Counter("invisible_bytes", "Protocol payload bytes", ["direction"],
@@ -32,9 +36,14 @@ class NodeMetrics:
             "reservation", ["dataset", "requester", "unit"], registry=self.registry)
         self._server: Any = None
 
+    def _kind(self, kind: str) -> str:
+        return kind if self._kinds is None or kind in self._kinds else UNKNOWN_KIND
+
     def jobs(self, kind: str, outcome: str) -> Any:
-        known = self._kinds is None or kind in self._kinds
-        return self._jobs.labels(kind if known else UNKNOWN_KIND, outcome)
+        return self._jobs.labels(self._kind(kind), outcome)
+
+    def observe_duration(self, kind: str, seconds: float) -> None:
+        self._duration.labels(self._kind(kind)).observe(seconds)
 
     def serve(self, address: str) -> int:
         """Expose /metrics on host:port (port 0 picks one); returns the port."""
