@@ -63,7 +63,7 @@ def test_missing_and_wrong_keys_are_named(tmp_path):
         load_party_config(write(tmp_path / "d.toml", base + "[limits]\nrpc_timeout_s = -1\n"))
     with pytest.raises(ConfigError, match="peers names the party itself"):
         load_party_config(write(tmp_path / "e.toml", base + '[peers]\nbank = "127.0.0.1:2"\n'))
-    with pytest.raises(ConfigError, match="columns.age must be one of float, int, str"):
+    with pytest.raises(ConfigError, match="columns.age must be one of float, int, str, string, bool, date"):
         load_party_config(write(tmp_path / "f.toml", base + (
             '[datasets.d]\npath = "x.csv"\ncolumns = { age = "decimal" }\n')))
 
@@ -77,7 +77,8 @@ BASE = '[party]\nid = "bank"\nlisten = "127.0.0.1:1"\n[tls]\nca="a"\ncert="b"\nk
     ("[limits]\nrpc_timeout = 5\n", "limits.rpc_timeout is not a key of this table"),
     ('[ledger]\nstorage = "none"\n', "ledger.storage is not a key of this table"),
     ('[datasets.d]\npath = "x.csv"\ncolumns = { a = "int" }\nmising = "drop"\n',
-     "datasets.d.mising is not a key of this table (known: columns, missing, path, policy)"),
+     "datasets.d.mising is not a key of this table (known: columns, delimiter, format, "
+     "missing, path, policy)"),
 ])
 def test_an_unknown_table_or_key_anywhere_is_named_not_ignored(tmp_path, extra, named):
     """A misspelt table was silently ignored: `[metric]` served no metrics."""

@@ -29,9 +29,12 @@ A party's file::
     refused_per_s = 1.0          #   to wait (no ledger entry), refilled at this rate
 
     [datasets.customers]
-    path = "customers.csv"
-    columns = { balance = "float", age = "int", segment = "str" }
-    missing = "refuse"           # or "drop": rows with an empty or non-finite number
+    path = "customers.csv"       # or .csv.gz, or .parquet (see invisible.node.sources)
+    columns = { balance = "float", age = "int", segment = "str", active = "bool",
+                opened = "date" }
+    missing = "refuse"           # or "drop": rows with an empty or non-finite value
+    # format = "csv"             # default: from the file's name; "parquet"
+    # delimiter = ";"            # a CSV's delimiter (default ",")
 
     [datasets.customers.policy]  # see invisible.metering.policy; without it, all is refused
     min_rows = 10
@@ -88,7 +91,14 @@ from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import check_party_id
 from invisible.net.tls import TlsFiles
 
-COLUMN_TYPES = ("float", "int", "str")
+COLUMN_TYPES = ("float", "int", "str", "string", "bool", "date")
+#: How a dataset file is read (invisible.node.sources).
+FORMATS = ("csv", "parquet")
+
+
+def format_of(path: Path) -> str:
+    """The format a file's name says: Parquet for `.parquet` or `.pq`, else CSV."""
+    return "parquet" if path.suffix.lower() in (".parquet", ".pq") else "csv"
 MISSING_CHOICES = ("refuse", "drop")
 
 
@@ -102,6 +112,10 @@ class DatasetConfig:
     #: Rows with a missing or non-finite number: "refuse" the dataset at load (naming the
     #: column), or "drop" them (the count goes to the node's log).
     missing: str = "refuse"
+    #: "csv" or "parquet" (default: from the file's name, see invisible.node.sources).
+    format: str = "csv"
+    #: A CSV's field delimiter.
+    delimiter: str = ","
 
 
 @dataclass(frozen=True)
@@ -290,7 +304,8 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
     tables = reader.table_at("datasets", required=False)
     out = {}
     for dataset_id in tables.table:
-        entry = tables.table_at(dataset_id).only("path", "columns", "policy", "missing")
+        entry = tables.table_at(dataset_id).only("path", "columns", "policy", "missing",
+                                                 "format", "delimiter")
         columns = entry.table_at("columns")
         if not columns.table:
             raise entry.fail("columns", "must name at least one column")
@@ -303,8 +318,15 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
         missing = entry.table.get("missing", "refuse")
         if missing not in MISSING_CHOICES:
             raise entry.fail("missing", f"must be one of {', '.join(MISSING_CHOICES)}")
-        out[dataset_id] = DatasetConfig(dataset_id, entry.path("path"), dict(columns.table), policy,
-                                        missing)
+        path = entry.path("path")
+        file_format = entry.table.get("format", format_of(path))
+        if file_format not in FORMATS:
+            raise entry.fail("format", f"must be one of {', '.join(FORMATS)}")
+        delimiter = entry.table.get("delimiter", ",")
+        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
+            raise entry.fail("delimiter", "must be one character (not a quote or line break)")
+        out[dataset_id] = DatasetConfig(dataset_id, path, dict(columns.table), policy, missing,
+                                        file_format, delimiter)
     return out
 
 

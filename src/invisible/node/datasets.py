@@ -1,4 +1,4 @@
-"""The datasets a party node registers: CSV files with declared, typed columns.
+"""The datasets a party node registers: CSV or Parquet files with declared, typed columns.
 
 Files are read and type-checked when the node starts, so a wrong path, a
 missing column or a value of the wrong type stops the node with a clear
@@ -8,7 +8,6 @@ arrays; the values themselves never appear in an error message.
 
 from __future__ import annotations
 
-import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,9 @@ import numpy as np
 from invisible.errors import ConfigError
 from invisible.kinds.alignments import ALIGNMENT_PREFIX, Alignment, AlignmentStore, ids_digest
 from invisible.node.config import DatasetConfig
+from invisible.node.sources import Source, read_columns
 
 log = logging.getLogger(__name__)
-
-_NUMPY_TYPES = {"float": np.float64, "int": np.int64, "str": np.str_}
-
 
 @dataclass(frozen=True)
 class Dataset:
@@ -44,40 +41,13 @@ class Dataset:
 
 
 def load_dataset(config: DatasetConfig) -> Dataset:
-    try:
-        handle = config.path.open(newline="", encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(
-            f"dataset '{config.dataset_id}': file not found: {config.path}") from None
-    except OSError as exc:
-        raise ConfigError(
-            f"dataset '{config.dataset_id}': file unreadable: {config.path} ({exc.strerror})"
-        ) from None
-    with handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None:
-            raise ConfigError(f"dataset '{config.dataset_id}': {config.path} is empty")
-        header = [name.strip() for name in header]
-        missing = [c for c in config.columns if c not in header]
-        if missing:
-            raise ConfigError(
-                f"dataset '{config.dataset_id}': {config.path} has no column "
-                f"{', '.join(repr(c) for c in missing)}"
-            )
-        indices = {name: header.index(name) for name in config.columns}
-        raw: dict[str, list[str]] = {name: [] for name in config.columns}
-        for line_no, row in enumerate(reader, start=2):
-            if len(row) != len(header):
-                raise ConfigError(
-                    f"dataset '{config.dataset_id}': {config.path} line {line_no} has "
-                    f"{len(row)} fields, the header has {len(header)}"
-                )
-            for name, index in indices.items():
-                raw[name].append(row[index])
-    columns = {name: _parse_column(config, name, kind, raw[name])
-               for name, kind in config.columns.items()}
-    usable = np.ones(len(next(iter(raw.values()), [])), dtype=bool)
+    """Read and type-check a dataset's declared columns (:mod:`invisible.node.sources`),
+    then apply its `missing` rule: refuse the dataset naming the column, or drop the rows
+    and count them in the log."""
+    columns = read_columns(Source(config.dataset_id, config.path, config.columns,
+                                  config.format, config.delimiter))
+    rows = len(next(iter(columns.values()))[0]) if columns else 0
+    usable = np.ones(rows, dtype=bool)
     for name, (_, present) in columns.items():
         if not present.all() and config.missing == "refuse":
             raise ConfigError(
@@ -91,27 +61,6 @@ def load_dataset(config: DatasetConfig) -> Dataset:
     return Dataset(config.dataset_id, config.path,
                    {name: values[usable] if dropped else values
                     for name, (values, _) in columns.items()})
-
-
-def _parse_column(config: DatasetConfig, name: str, kind: str, texts: list[str],
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """A column's values, and which rows hold one (numbers: not empty and finite)."""
-    if kind == "str":
-        return np.array(texts, dtype=np.str_), np.ones(len(texts), dtype=bool)
-    present = np.array([t.strip() != "" for t in texts], dtype=bool)
-    filler = "0" if kind == "int" else "nan"
-    try:
-        values: np.ndarray = np.array(
-            [t if ok else filler for t, ok in zip(texts, present, strict=True)],
-            dtype=_NUMPY_TYPES[kind])
-    except ValueError:
-        raise ConfigError(
-            f"dataset '{config.dataset_id}': column '{name}' of {config.path} "
-            f"holds a value that is not {kind}"
-        ) from None
-    if kind == "float":
-        present &= np.isfinite(values)
-    return values, present
 
 
 @dataclass(frozen=True)
