@@ -283,3 +283,20 @@ def test_a_vector_split_across_worker_processes_decrypts_to_every_value_once(key
         split = cipher.decrypt(private, vector, pool=pool, workers=3)
     assert np.array_equal(split, cipher.decrypt(private, vector))
     assert np.array_equal(split, values)
+
+
+def test_a_public_key_message_shorter_than_its_width_field_is_too_short():
+    for data in (b"", b"\x00\x00\x01"):
+        with pytest.raises(ValueError, match="^a Paillier public key message is too short$"):
+            PublicKey.from_bytes(data)
+    # four bytes are a width (of 0): read as a key of 0 bits, refused as such
+    with pytest.raises(ValueError, match=r"^Paillier keys under 2048 bits are refused \(got 0\)$"):
+        PublicKey.from_bytes(b"\x00\x00\x00\x00")
+
+
+def test_decryption_workers_are_spawned_not_forked_and_as_many_as_asked(keys):
+    """Forking a node's process (its gRPC threads) can deadlock the child: the pool starts
+    clean interpreters, which get only n, p and q."""
+    with cipher.decryption_pool(keys[1], workers=3) as pool:
+        assert pool._mp_context.get_start_method() == "spawn"
+        assert pool._max_workers == 3

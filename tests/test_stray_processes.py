@@ -59,3 +59,42 @@ def test_killing_the_process_that_started_nodes_leaves_no_node_behind(tmp_path):
                 os.kill(pid, signal.SIGKILL)
         if starter.poll() is None:
             starter.kill()
+
+
+POOL_STARTER = textwrap.dedent("""
+    import time
+    from invisible.crypto.paillier import djn, vector
+    from invisible.crypto.paillier.keys import generate_keypair
+    from invisible.crypto.prg import Prg
+    public, private = generate_keypair(Prg.from_os())
+    decryptors = vector.decryption_pool(private, 2)
+    obfuscators = djn.ObfuscatorPool(public, 2)
+    obfuscators.take(4)
+    list(decryptors.map(abs, [1, 2]))  # both kinds of workers are up
+    pids = [*decryptors._processes, *obfuscators._executor._processes]
+    print(" ".join(str(p) for p in pids), flush=True)
+    time.sleep(600)
+""")
+
+
+@pytest.mark.timeout(120)
+def test_a_killed_process_leaves_no_paillier_worker_behind(tmp_path):
+    starter = subprocess.Popen([sys.executable, "-c", POOL_STARTER], cwd=ROOT,
+                               stdout=subprocess.PIPE, text=True)
+    pids: list[int] = []
+    try:
+        assert starter.stdout is not None
+        pids = [int(p) for p in starter.stdout.readline().split()]
+        assert len(pids) >= 3 and all(alive(p) for p in pids)
+        starter.send_signal(signal.SIGKILL)
+        starter.wait(10)
+        deadline = time.monotonic() + 30
+        while any(alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in pids if alive(p)], "pool workers outlived their process"
+    finally:
+        for pid in pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if starter.poll() is None:
+            starter.kill()

@@ -14,6 +14,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
+import threading
+import time
 
 from invisible.text import printable
 
@@ -52,3 +55,19 @@ class OneLineFormatter(logging.Formatter):
             return super().format(record)
         finally:
             record.msg, record.args = saved
+
+
+def exit_with_parent(interval_s: float = 0.5) -> None:
+    """In a worker process (a pool of obfuscators or decryptors): exit as soon as the
+    process that started it is gone. A node or test killed with SIGKILL left its pool's
+    workers running, re-parented, each holding its memory (and a decryptor its key share):
+    a mutation run that killed timed-out tests left hundreds and ran the machine out of
+    memory."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()

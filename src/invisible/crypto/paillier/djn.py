@@ -23,6 +23,7 @@ import gmpy2
 
 from invisible.crypto.paillier.keys import PublicKey, random_below
 from invisible.crypto.prg import Prg
+from invisible.runtime import exit_with_parent
 
 WINDOW_BITS = 8
 BATCH = 256
@@ -64,6 +65,7 @@ _WORKER: dict[str, object] = {}
 
 
 def _init_worker(nsquare: int, hs: int, exponent_bits: int) -> None:
+    exit_with_parent()
     _WORKER["table"] = FixedBaseTable(hs, nsquare, exponent_bits)
     _WORKER["rng"] = Prg.from_os()
 

@@ -27,6 +27,7 @@ from phe import paillier
 from invisible.crypto.paillier.djn import ObfuscatorPool
 from invisible.crypto.paillier.keys import PrivateKey, PublicKey
 from invisible.crypto.paillier.packing import Packing
+from invisible.runtime import exit_with_parent
 
 MAGIC = b"IVPC"
 VERSION = 1
@@ -133,6 +134,7 @@ _DECRYPTOR: dict[str, paillier.PaillierPrivateKey] = {}
 
 
 def _init_decryptor(n: int, p: int, q: int) -> None:
+    exit_with_parent()
     _DECRYPTOR["key"] = paillier.PaillierPrivateKey(paillier.PaillierPublicKey(n), p, q)
 
 
