@@ -116,3 +116,66 @@ def test_a_key_rotated_receipt_must_carry_the_new_key_s_signature_too(tmp_path):
     assert verify_receipt(unproven, old.public_key()) == (
         "its key rotation lacks a valid signature by the new key it names (no proof the node "
         "holds that key)")
+
+
+def rotated_chain(tmp_path):
+    """Three jobs, a key rotation, two more jobs: (rows, history of keys)."""
+    from invisible.metering.keys import KeyHistory
+    from invisible.metering.signing import public_raw
+    from invisible.metering.verify import entry_row
+
+    generate_signing_key(tmp_path / "bank.key", tmp_path / "bank.pub")
+    old = load_signing_key(tmp_path / "bank.key")
+    new = Ed25519PrivateKey.generate()
+    ledger = Ledger(tmp_path / "bank.sqlite", "bank", old)
+    try:
+        fill(ledger, jobs=3)
+        rotated = ledger.rotate_key(new)
+        fill(ledger, jobs=2)
+        rows = [entry_row(e) for e in ledger.entries()]
+    finally:
+        ledger.close()
+    history = KeyHistory(((1, public_raw(old.public_key())),
+                          (rotated.seq + 1, public_raw(new.public_key()))))
+    return rows, history, rotated.seq
+
+
+def retold(row, **changes):
+    fields = list(row)
+    for index, value in changes.items():
+        fields[int(index.removeprefix("f"))] = value
+    return tuple(fields)
+
+
+def test_each_row_s_own_problem_is_named_exactly_with_the_key_in_force(tmp_path):
+    from invisible.metering.verify import verify_rows
+
+    rows, history, rotation = rotated_chain(tmp_path)
+    assert verify_rows(rows, history).ok
+    altered = [*rows[:2], retold(rows[2], f8=999), *rows[3:]]
+    report = verify_rows(altered, history)
+    assert (report.seq, report.problem) == (3, "its content does not match its hash (altered)")
+    for at, since in ((1, ""), (rotation + 2, f" in force since the key rotation at entry "
+                                                f"{rotation}")):
+        for signature in ("00" * 64, "not hex"):
+            forged = [*rows[:at], retold(rows[at], f12=signature), *rows[at + 1:]]
+            report = verify_rows(forged, history)
+            assert (report.seq, report.problem) == (
+                at + 1, f"its signature does not verify with the node's public key{since}")
+
+
+def test_long_ledgers_are_checked_in_worker_processes_with_the_same_verdict(tmp_path,
+                                                                          monkeypatch):
+    from invisible.metering import verify
+
+    rows, history, _ = rotated_chain(tmp_path)
+    monkeypatch.setattr(verify, "_PARALLEL_FROM", 4)  # every ledger here is long
+    monkeypatch.setattr(verify, "_BATCH", 3)  # in uneven batches
+    assert verify.verify_rows(rows, history).ok
+    last = len(rows) - 1
+    broken = [*rows[:last], retold(rows[last], f8=999)]
+    report = verify.verify_rows(broken, history)
+    assert (report.seq, report.entries) == (last + 1, len(rows))
+    assert report.problem == "its content does not match its hash (altered)"
+    first = verify.verify_rows([retold(rows[0], f8=999), *rows[1:]], history)
+    assert (first.seq, first.problem) == (1, "its content does not match its hash (altered)")
