@@ -289,6 +289,10 @@ def test_a_public_key_message_shorter_than_its_width_field_is_too_short():
     for data in (b"", b"\x00\x00\x01"):
         with pytest.raises(ValueError, match="^a Paillier public key message is too short$"):
             PublicKey.from_bytes(data)
+    for data in (b"\x00\x00\x00\x02\x01", b"\x00\x00\x00\x01\x01\x02\x03"):
+        with pytest.raises(ValueError,
+                           match="^a Paillier public key message has the wrong length$"):
+            PublicKey.from_bytes(data)
     # four bytes are a width (of 0): read as a key of 0 bits, refused as such
     with pytest.raises(ValueError, match=r"^Paillier keys under 2048 bits are refused \(got 0\)$"):
         PublicKey.from_bytes(b"\x00\x00\x00\x00")
