@@ -33,7 +33,8 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert ("no benchmark 'nope' (known: horizontal_lr, metering, paillier, psi, secure_sum, "
+    assert ("no benchmark 'nope' (known: datasets, horizontal_lr, metering, paillier, psi, "
+            "secure_sum, "
             "ss_mul, vertical_lr)") in done.stderr
 
 
@@ -172,3 +173,11 @@ def test_vertical_lr_quick_emits_every_row_with_every_peer_named(tmp_path):
         assert row["ours"] > 0 and ("peer" not in row or ran_or_said_why(row)), row["note"]
     [plain] = [r for r in rows if r.get("peer") == "float64"]
     assert plain["ours"] == pytest.approx(plain["peer_value"], abs=1e-3)
+
+
+@pytest.mark.timeout(240)
+def test_datasets_quick_emits_every_row_against_pandas(tmp_path):
+    rows = run_quick("datasets", tmp_path, 230)["rows"]
+    assert [(r["metric"], r["peer"]) for r in rows] == [("seconds", "pandas"), ("MB", "pandas")] * 2
+    assert all(r["ours"] > 0 and r["peer_value"] > 0 for r in rows)
+    assert ["csv" in rows[0]["case"], "parquet" in rows[2]["case"]] == [True, True]

@@ -264,6 +264,7 @@ def test_a_decryption_worker_decrypts_as_the_owner_does(keys, obfuscators, monke
     """What each worker process runs, run here: its key is rebuilt from n, p and q alone."""
     public, private = keys
     monkeypatch.setattr(cipher, "_DECRYPTOR", {})
+    monkeypatch.setattr(cipher, "exit_with_parent", lambda: None)  # not this test's process
     cipher._init_decryptor(public.n, int(private.phe_key.p), int(private.phe_key.q))
     vector = encrypted(keys, obfuscators, np.arange(100, dtype=np.int64))
     batch = list(vector.ciphertexts)
