@@ -305,3 +305,14 @@ def test_decryption_workers_are_spawned_not_forked_and_as_many_as_asked(keys):
     with cipher.decryption_pool(keys[1], workers=3) as pool:
         assert pool._mp_context.get_start_method() == "spawn"
         assert pool._max_workers == 3
+
+
+def test_a_public_key_round_trips_its_message_and_a_wrong_base_is_named(keys):
+    public = keys[0]
+    message = public.to_bytes()
+    back = PublicKey.from_bytes(message)
+    assert (back.n, back.hs) == (public.n, public.hs)
+    forged = message[:-1] + bytes([message[-1] ^ 1])  # the obfuscation base's last byte
+    with pytest.raises(ValueError, match="^a Paillier public key's obfuscation base does not "
+                                         "follow the public rule$"):
+        PublicKey.from_bytes(forged)

@@ -169,3 +169,19 @@ def test_node_check_loads_everything_a_node_would_and_names_what_would_stop_it(t
     (tmp_path / "pki" / "bank-ledger.key").unlink()
     with pytest.raises(ConfigError, match="the ledger signing key .*bank-ledger.key is missing"):
         check_node(layout.party_configs["bank"], Role.PARTY)
+
+
+def test_init_names_what_it_refuses_and_never_replaces_a_ledger_key(tmp_path):
+    from invisible.net.pki import init_pki
+
+    with pytest.raises(ConfigError, match="^name at least one party$"):
+        init_pki(tmp_path / "a", [])
+    with pytest.raises(ConfigError, match=r"^every identity needs its own id \(a party, "
+                                          r"coordinator or dealer twice\)$"):
+        init_pki(tmp_path / "b", ["bank"], ["bank"])
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "bank-ledger.pub").write_text("kept")
+    with pytest.raises(ConfigError, match=r"bank-ledger.pub exists without its private key "
+                                          r"bank-ledger.key; restore that key \(a PKI command "
+                                          r"never replaces a ledger key\)$"):
+        init_pki(tmp_path / "c", ["bank"])
