@@ -179,3 +179,26 @@ def test_long_ledgers_are_checked_in_worker_processes_with_the_same_verdict(tmp_
     assert report.problem == "its content does not match its hash (altered)"
     first = verify.verify_rows([retold(rows[0], f8=999), *rows[1:]], history)
     assert (first.seq, first.problem) == (1, "its content does not match its hash (altered)")
+
+
+def test_a_gap_a_step_back_and_a_broken_link_are_each_named_exactly(tmp_path):
+    from invisible.metering.verify import entry_row, verify_rows
+
+    generate_signing_key(tmp_path / "bank.key", tmp_path / "bank.pub")
+    key = load_signing_key(tmp_path / "bank.key")
+    ledger = Ledger(tmp_path / "bank.sqlite", "bank", key)
+    try:
+        chain = fill(ledger, jobs=2)
+    finally:
+        ledger.close()
+    rows = [entry_row(e) for e in chain]
+    gap = verify_rows([*rows[:2], *rows[3:]], key.public_key())
+    assert (gap.seq, gap.problem) == (3, "entry 3 is missing (the sequence jumps to 4)")
+    assert gap.keys is not None and gap.keys.raw_keys()  # a failed report still says its keys
+    back = verify_rows([*rows[:3], rows[1], *rows[3:]], key.public_key())
+    assert (back.seq, back.problem) == (4, "the sequence goes backwards (reordered)")
+    # entry 3 re-chained: intact on its own (hashed and signed again), but its link is not
+    rechained = dataclasses.replace(chain[2], prev_hash="f" * 64).sealed(key)
+    link = verify_rows([*rows[:2], entry_row(rechained), *rows[3:]], key.public_key())
+    assert (link.seq, link.problem) == (
+        3, "it does not link to the entry before it (reordered, replaced or re-chained)")
