@@ -202,3 +202,37 @@ def test_a_gap_a_step_back_and_a_broken_link_are_each_named_exactly(tmp_path):
     link = verify_rows([*rows[:2], entry_row(rechained), *rows[3:]], key.public_key())
     assert (link.seq, link.problem) == (
         3, "it does not link to the entry before it (reordered, replaced or re-chained)")
+
+
+def test_the_chain_s_keys_are_checked_against_the_published_history_up_to_its_end(tmp_path):
+    from invisible.metering.keys import KeyHistory
+    from invisible.metering.signing import public_raw
+    from invisible.metering.verify import entry_row, verify_rows
+
+    def chain_of(first: Ed25519PrivateKey, *then: Ed25519PrivateKey) -> list:
+        path = tmp_path / f"{len(list(tmp_path.iterdir()))}.sqlite"
+        ledger = Ledger(path, "bank", first)
+        try:
+            fill(ledger, jobs=1)  # entries 1-3
+            for key in then:
+                ledger.rotate_key(key)  # entries 4, 5, ...
+            fill(ledger, jobs=1)
+            return [entry_row(e) for e in ledger.entries()]
+        finally:
+            ledger.close()
+
+    a, b, c, d = (Ed25519PrivateKey.generate() for _ in range(4))
+    raw = {k: public_raw(k.public_key()) for k in (a, b, c, d)}
+    published = KeyHistory(((1, raw[a]), (5, raw[b])))  # A, rotated to B at entry 4
+    # a chain whose rotations are all its own, under keys the node never published
+    forged = verify_rows(chain_of(c, d), KeyHistory.single(a.public_key()))
+    assert (forged.seq, forged.problem) == (
+        1, "none of the keys its key-rotated entries name is a key the node published")
+    # signed from entry 1 by another key than the published one, then rotated to B
+    other_start = verify_rows(chain_of(c, b), published)
+    assert (other_start.seq, other_start.problem) == (
+        1, "it is signed by another key than the node's published keys history says was in "
+           "force")
+    # a rotation newer than the published history (B to D at entry 5) is the chain's own
+    # to prove: it is checked by its signatures, not against keys the verifier lacks
+    assert verify_rows(chain_of(a, b, d), published).ok
