@@ -120,9 +120,13 @@ class BackgroundNodes:
     def start(self, command: list[str]) -> None:
         name = Path(command[command.index("--config") + 1]).parent.name
         with (self.log_dir / f"{name}.log").open("wb") as log:
+            # as NodeProcesses does: a test process killed (a timeout, a CPU limit) must not
+            # leave the walkthrough's nodes running (one run left four, holding their ports)
             self.processes[name] = subprocess.Popen(
                 command, cwd=self.cwd, stdout=log, stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                env=dict(os.environ, PYTHONUNBUFFERED="1",
+                         INVISIBLE_EXIT_WITH_PARENT=str(os.getpid())),
+                start_new_session=True,
             )
         self.ready = False
 
