@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import multiprocessing
 import os
 import threading
 import time
@@ -63,7 +64,10 @@ def exit_with_parent(interval_s: float = 0.5) -> None:
     workers running, re-parented, each holding its memory (and a decryptor its key share):
     a mutation run that killed timed-out tests left hundreds and ran the machine out of
     memory."""
-    parent = os.getppid()
+    # The pid the worker was started by, not its parent now: a worker still starting when
+    # its parent was killed would take init (1) for its parent and wait for ever.
+    spawner = multiprocessing.parent_process()
+    parent = spawner.pid if spawner is not None and spawner.pid else os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:
