@@ -4,12 +4,14 @@ gone, and runs in a process group of its own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,22 +39,17 @@ def alive(pid: int) -> bool:
         return stat.read().split(") ")[-1].split()[0] != "Z"
 
 
-@pytest.mark.timeout(120)
-def test_killing_the_process_that_started_nodes_leaves_no_node_behind(tmp_path):
-    starter = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path)], cwd=ROOT,
+@contextlib.contextmanager
+def started(script: str, *args: str) -> Iterator[tuple[subprocess.Popen[str], list[int]]]:
+    """`script` run as a process that prints the pids it started on its first line: the
+    process and those pids; whatever happens, none of them is left running."""
+    starter = subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT,
                                stdout=subprocess.PIPE, text=True)
     pids: list[int] = []
     try:
         assert starter.stdout is not None
-        pids = [int(p) for p in starter.stdout.readline().split()]
-        assert len(pids) == 3 and all(alive(p) for p in pids)
-        assert all(os.getpgid(p) == p for p in pids)  # each node leads a group of its own
-        starter.send_signal(signal.SIGKILL)  # as subprocess.run's timeout does
-        starter.wait(10)
-        deadline = time.monotonic() + 30
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [p for p in pids if alive(p)], "nodes outlived the process that started them"
+        pids.extend(int(p) for p in starter.stdout.readline().split())
+        yield starter, pids
     finally:
         for pid in pids:  # never leave one behind, even when the test fails
             if alive(pid):
@@ -60,6 +57,24 @@ def test_killing_the_process_that_started_nodes_leaves_no_node_behind(tmp_path):
         if starter.poll() is None:
             starter.kill()
 
+
+def killed_leaves_none(starter: subprocess.Popen[str], pids: list[int]) -> list[int]:
+    """SIGKILL the starter, as subprocess.run's timeout does; the pids still alive 30 s on."""
+    starter.send_signal(signal.SIGKILL)
+    starter.wait(10)
+    deadline = time.monotonic() + 30
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return [p for p in pids if alive(p)]
+
+
+@pytest.mark.timeout(120)
+def test_killing_the_process_that_started_nodes_leaves_no_node_behind(tmp_path):
+    with started(STARTER, str(tmp_path)) as (starter, pids):
+        assert len(pids) == 3 and all(alive(p) for p in pids)
+        assert all(os.getpgid(p) == p for p in pids)  # each node leads a group of its own
+        assert not killed_leaves_none(starter, pids), \
+            "nodes outlived the process that started them"
 
 POOL_STARTER = textwrap.dedent("""
     import time
@@ -78,23 +93,7 @@ POOL_STARTER = textwrap.dedent("""
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_process_leaves_no_paillier_worker_behind(tmp_path):
-    starter = subprocess.Popen([sys.executable, "-c", POOL_STARTER], cwd=ROOT,
-                               stdout=subprocess.PIPE, text=True)
-    pids: list[int] = []
-    try:
-        assert starter.stdout is not None
-        pids = [int(p) for p in starter.stdout.readline().split()]
+def test_a_killed_process_leaves_no_paillier_worker_behind():
+    with started(POOL_STARTER) as (starter, pids):
         assert len(pids) >= 3 and all(alive(p) for p in pids)
-        starter.send_signal(signal.SIGKILL)
-        starter.wait(10)
-        deadline = time.monotonic() + 30
-        while any(alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not [p for p in pids if alive(p)], "pool workers outlived their process"
-    finally:
-        for pid in pids:
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        if starter.poll() is None:
-            starter.kill()
+        assert not killed_leaves_none(starter, pids), "pool workers outlived their process"
