@@ -1,7 +1,9 @@
 """Benchmark `datasets`: loading a node's dataset, against pandas on the same file.
 
 A table of 2,000,000 rows and 10 columns (--quick: 200,000): 5 int64 and 5
-float64 columns of random values, written once as CSV and as Parquet.
+float64 columns of random values, written once as CSV and as Parquet, and loaded
+into a PostgreSQL table of a server the benchmark starts (`pgserver`, a real
+PostgreSQL from PyPI, over its Unix socket).
 
 Rows:
 - `seconds` (lower is better): `invisible.node.datasets.load_dataset` of the
@@ -9,7 +11,9 @@ Rows:
   parser, `read_csv` with the same dtypes), each the median of five runs after
   a warm-up, each run in a fresh process (so no run finds the file's pages
   parsed by another); and the same for the Parquet file (`pandas`:
-  `read_parquet`).
+  `read_parquet`); and the same for the PostgreSQL table (ours: ADBC's Arrow
+  batches; `pandas`: `read_sql` of the same SELECT over an ADBC connection,
+  what pandas' documentation recommends; without a server, no such row).
 - `MB` (lower is better): the peak resident memory (VmHWM) of the process that
   loaded the file, minus that of a process that only imported the same
   modules; the note gives the loaded columns' own size (8 bytes a value).
@@ -17,15 +21,19 @@ Rows:
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from invisible.benchmarking import Row, Timing, timing_of
 
@@ -38,13 +46,22 @@ _LOAD = textwrap.dedent("""
     which, path, fmt, load = sys.argv[1], Path(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
     columns = json.loads(sys.argv[5])
     import numpy as np, pandas as pd
-    from invisible.node.config import DatasetConfig
+    from invisible.node.config import DatasetConfig, PostgresSource
     from invisible.node.datasets import load_dataset
     import pyarrow.csv, pyarrow.parquet
+    if fmt == "postgres":
+        import adbc_driver_postgresql.dbapi as adbc
     started = time.perf_counter()
     if load and which == "ours":
-        dataset = load_dataset(DatasetConfig("d", path, columns, format=fmt))
+        source = PostgresSource(table="t", connection_env="BENCH_PG")
+        dataset = load_dataset(
+            DatasetConfig("d", None, columns, format=fmt, database=source)
+            if fmt == "postgres" else DatasetConfig("d", path, columns, format=fmt))
         rows = dataset.rows
+    elif load and fmt == "postgres":
+        with adbc.connect(sys.argv[2]) as connection:  # the URI (not a path)
+            frame = pd.read_sql("SELECT " + ", ".join(columns) + " FROM t", connection)
+        rows = len(frame)
     elif load:
         dtypes = {c: np.int64 if t == "int" else np.float64 for c, t in columns.items()}
         frame = (pd.read_csv(path, dtype=dtypes, usecols=list(columns)) if fmt == "csv"
@@ -59,14 +76,17 @@ _LOAD = textwrap.dedent("""
 """)
 
 
-def _run(which: str, path: Path, fmt: str, load: bool = True) -> dict:
+def _run(which: str, path: Path | str, fmt: str, load: bool = True) -> dict:
+    """One load in a fresh process; `path` is the server's URI for PostgreSQL (handed to
+    ours in an environment variable, as a node's config asks)."""
+    env = {**os.environ, "BENCH_PG": str(path)} if fmt == "postgres" else None
     done = subprocess.run([sys.executable, "-c", _LOAD, which, str(path), fmt,
                            "1" if load else "0", json.dumps(COLUMNS)],
-                          capture_output=True, text=True, timeout=600, check=True)
+                          capture_output=True, text=True, timeout=600, check=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _measure(which: str, path: Path, fmt: str, rows: int) -> tuple[Timing, float]:
+def _measure(which: str, path: Path | str, fmt: str, rows: int) -> tuple[Timing, float]:
     """The load's timing (fresh processes, the first unmeasured) and its peak MB above a
     process that only imported the modules."""
     runs = [_run(which, path, fmt) for _ in range(REPEATS + 1)][1:]
@@ -84,16 +104,23 @@ def run(quick: bool) -> list[Row]:
                           else rng.normal(size=rows) * 1000 for c, t in COLUMNS.items()})
     size_mb = rows * len(COLUMNS) * 8 / 2**20
     out: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="invisible-bench-") as folder:
-        files = {"csv": Path(folder) / "t.csv", "parquet": Path(folder) / "t.parquet"}
+    with tempfile.TemporaryDirectory(prefix="invisible-bench-") as folder, \
+            contextlib.ExitStack() as stack:
+        files: dict[str, Path | str] = {"csv": Path(folder) / "t.csv",
+                                        "parquet": Path(folder) / "t.parquet"}
         frame.to_csv(files["csv"], index=False)
         frame.to_parquet(files["parquet"], index=False)
+        uri = stack.enter_context(_postgres(frame))
+        if uri is not None:
+            files["postgres"] = uri
         del frame
         for fmt, path in files.items():
             ours, ours_mb = _measure("ours", path, fmt, rows)
             theirs, their_mb = _measure("pandas", path, fmt, rows)
+            stored = (f"{path.stat().st_size / 2**20:.0f} MB file" if isinstance(path, Path)
+                      else "a table of a local server, over its Unix socket")
             case = (f"{rows:,} rows x {len(COLUMNS)} columns (5 int, 5 float), {fmt} "
-                    f"({path.stat().st_size / 2**20:.0f} MB file)")
+                    f"({stored})")
             out.append(Row(case, "seconds", "lower", ours.median, "pandas", theirs.median,
                            f"ours {ours.describe()}; pandas {theirs.describe()}",
                            timing=ours, peer_timing=theirs))
@@ -101,3 +128,27 @@ def run(quick: bool) -> list[Row]:
                            f"peak resident memory of the loading process above one that only "
                            f"imported; the loaded columns are {size_mb:.0f} MB"))
     return out
+
+
+@contextlib.contextmanager
+def _postgres(frame: pd.DataFrame) -> Iterator[str | None]:
+    """A PostgreSQL server of the benchmark's own holding `frame` as table t, and its URI;
+    None where no server can start here (the PostgreSQL rows are then left out)."""
+    try:
+        import adbc_driver_postgresql.dbapi as adbc
+        import pgserver
+    except ImportError:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="invisible-bench-pg-") as folder:
+        os.chmod(folder, 0o755)  # as root, pgserver runs the server as a user of its own
+        server = pgserver.get_server(folder, cleanup_mode="delete")
+        try:
+            uri = server.get_uri()
+            with adbc.connect(uri, autocommit=True) as connection, \
+                    connection.cursor() as cursor:
+                cursor.adbc_ingest("t", pa.Table.from_pandas(frame, preserve_index=False))
+                cursor.execute("VACUUM ANALYZE t")
+            yield uri
+        finally:
+            server.cleanup()

@@ -77,8 +77,8 @@ BASE = '[party]\nid = "bank"\nlisten = "127.0.0.1:1"\n[tls]\nca="a"\ncert="b"\nk
     ("[limits]\nrpc_timeout = 5\n", "limits.rpc_timeout is not a key of this table"),
     ('[ledger]\nstorage = "none"\n', "ledger.storage is not a key of this table"),
     ('[datasets.d]\npath = "x.csv"\ncolumns = { a = "int" }\nmising = "drop"\n',
-     "datasets.d.mising is not a key of this table (known: columns, delimiter, format, "
-     "missing, path, policy)"),
+     "datasets.d.mising is not a key of this table (known: columns, connection_env, "
+     "connection_file, delimiter, format, missing, path, policy, query, table)"),
 ])
 def test_an_unknown_table_or_key_anywhere_is_named_not_ignored(tmp_path, extra, named):
     """A misspelt table was silently ignored: `[metric]` served no metrics."""

@@ -36,6 +36,12 @@ A party's file::
     # format = "csv"             # default: from the file's name; "parquet"
     # delimiter = ";"            # a CSV's delimiter (default ",")
 
+    [datasets.accounts]          # a PostgreSQL table, or a read-only query
+    table = "public.accounts"    # or: query = "SELECT id, balance FROM accounts WHERE ..."
+    connection_env = "BANK_PG"   # the variable holding a libpq connection string or URI;
+    # connection_file = "pg.dsn" #   or a file holding it (no access for group or others)
+    columns = { id = "str", balance = "float" }
+
     [datasets.customers.policy]  # see invisible.metering.policy; without it, all is refused
     min_rows = 10
     [[datasets.customers.policy.allow]]
@@ -92,8 +98,10 @@ from invisible.net.pki import check_party_id
 from invisible.net.tls import TlsFiles
 
 COLUMN_TYPES = ("float", "int", "str", "string", "bool", "date")
-#: How a dataset file is read (invisible.node.sources).
-FORMATS = ("csv", "parquet")
+#: How a dataset is read (invisible.node.sources): a file, or a PostgreSQL table or query.
+FORMATS = ("csv", "parquet", "postgres")
+#: Keys that would put a database credential in the config itself, which is refused.
+CREDENTIAL_KEYS = ("connection", "dsn", "uri", "url", "password")
 
 
 def format_of(path: Path) -> str:
@@ -103,19 +111,43 @@ MISSING_CHOICES = ("refuse", "drop")
 
 
 @dataclass(frozen=True)
+class PostgresSource:
+    """A dataset read from PostgreSQL: a table (``schema.name`` or ``name``) or one
+    read-only query, over a connection string found in an environment variable or a file
+    (never in the config)."""
+
+    table: str | None = None
+    query: str | None = None
+    connection_env: str | None = None
+    connection_file: Path | None = None
+
+    def describe(self) -> str:
+        return (f"PostgreSQL table {self.table}" if self.table is not None
+                else "its PostgreSQL query")
+
+
+@dataclass(frozen=True)
 class DatasetConfig:
     dataset_id: str
-    path: Path
+    #: The file (None for a PostgreSQL dataset).
+    path: Path | None
     columns: dict[str, str]
     #: None: no policy table, so every job on the dataset is refused.
     policy: DatasetPolicy | None = None
     #: Rows with a missing or non-finite number: "refuse" the dataset at load (naming the
     #: column), or "drop" them (the count goes to the node's log).
     missing: str = "refuse"
-    #: "csv" or "parquet" (default: from the file's name, see invisible.node.sources).
+    #: "csv", "parquet" (default: from the file's name, see invisible.node.sources) or
+    #: "postgres".
     format: str = "csv"
     #: A CSV's field delimiter.
     delimiter: str = ","
+    #: Where a "postgres" dataset is read from.
+    database: PostgresSource | None = None
+
+    def describe(self) -> str:
+        """Where the dataset is read from, for messages: the file, or the table."""
+        return self.database.describe() if self.database is not None else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -304,8 +336,14 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
     tables = reader.table_at("datasets", required=False)
     out = {}
     for dataset_id in tables.table:
-        entry = tables.table_at(dataset_id).only("path", "columns", "policy", "missing",
-                                                 "format", "delimiter")
+        entry = tables.table_at(dataset_id)
+        for key in CREDENTIAL_KEYS:
+            if key in entry.table:
+                raise entry.fail(key, "would put a credential in the config: name an "
+                                 "environment variable (connection_env) or a file "
+                                 "(connection_file) that holds the connection string")
+        entry.only("path", "columns", "policy", "missing", "format", "delimiter", "table",
+                   "query", "connection_env", "connection_file")
         columns = entry.table_at("columns")
         if not columns.table:
             raise entry.fail("columns", "must name at least one column")
@@ -318,16 +356,49 @@ def _datasets(reader: TomlReader) -> dict[str, DatasetConfig]:
         missing = entry.table.get("missing", "refuse")
         if missing not in MISSING_CHOICES:
             raise entry.fail("missing", f"must be one of {', '.join(MISSING_CHOICES)}")
-        path = entry.path("path")
-        file_format = entry.table.get("format", format_of(path))
-        if file_format not in FORMATS:
-            raise entry.fail("format", f"must be one of {', '.join(FORMATS)}")
-        delimiter = entry.table.get("delimiter", ",")
-        if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
-            raise entry.fail("delimiter", "must be one character (not a quote or line break)")
+        database = None
+        if entry.table.get("format") == "postgres" or "table" in entry.table \
+                or "query" in entry.table:
+            database = _postgres(entry)
+            path, file_format, delimiter = None, "postgres", ","
+        else:
+            for key in ("connection_env", "connection_file"):
+                if key in entry.table:
+                    raise entry.fail(key, "is for a PostgreSQL dataset (table or query)")
+            path = entry.path("path")
+            file_format = entry.table.get("format", format_of(path))
+            if file_format not in FORMATS:
+                raise entry.fail("format", f"must be one of {', '.join(FORMATS)}")
+            delimiter = entry.table.get("delimiter", ",")
+            if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
+                raise entry.fail("delimiter", "must be one character (not a quote or line break)")
         out[dataset_id] = DatasetConfig(dataset_id, path, dict(columns.table), policy, missing,
-                                        file_format, delimiter)
+                                        file_format, delimiter, database)
     return out
+
+
+def _postgres(entry: TomlReader) -> PostgresSource:
+    """A PostgreSQL dataset's table or query and where its connection string is."""
+    for key in ("path", "delimiter"):
+        if key in entry.table:
+            raise entry.fail(key, "is for a file: a PostgreSQL dataset has a table or a query")
+    if entry.table.get("format", "postgres") != "postgres":
+        raise entry.fail("format", "must be \"postgres\" for a table or a query")
+    if ("table" in entry.table) == ("query" in entry.table):
+        raise entry.fail("table", "a PostgreSQL dataset needs one of table and query")
+    if ("connection_env" in entry.table) == ("connection_file" in entry.table):
+        raise entry.fail("connection_env", "a PostgreSQL dataset needs one of connection_env "
+                         "and connection_file")
+    table = entry.string("table") if "table" in entry.table else None
+    if table is not None and not all(part.strip() for part in table.split(".", 1)):
+        raise entry.fail("table", "must be a table name, or schema.name")
+    return PostgresSource(
+        table=table,
+        query=entry.string("query") if "query" in entry.table else None,
+        connection_env=entry.string("connection_env") if "connection_env" in entry.table
+        else None,
+        connection_file=entry.path("connection_file") if "connection_file" in entry.table
+        else None)
 
 
 def _ledger(root: TomlReader, party_id: str, tls: TlsFiles) -> LedgerConfig:

@@ -1,4 +1,5 @@
-"""The datasets a party node registers: CSV or Parquet files with declared, typed columns.
+"""The datasets a party node registers: CSV or Parquet files, or PostgreSQL tables or
+queries, with declared, typed columns.
 
 Files are read and type-checked when the node starts, so a wrong path, a
 missing column or a value of the wrong type stops the node with a clear
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Dataset:
     dataset_id: str
-    path: Path
+    #: Where it was read from: the file, or the PostgreSQL table.
+    origin: str
     columns: dict[str, np.ndarray]
 
     @property
@@ -45,20 +46,20 @@ def load_dataset(config: DatasetConfig) -> Dataset:
     then apply its `missing` rule: refuse the dataset naming the column, or drop the rows
     and count them in the log."""
     columns = read_columns(Source(config.dataset_id, config.path, config.columns,
-                                  config.format, config.delimiter))
+                                  config.format, config.delimiter, config.database))
     rows = len(next(iter(columns.values()))[0]) if columns else 0
     usable = np.ones(rows, dtype=bool)
     for name, (_, present) in columns.items():
         if not present.all() and config.missing == "refuse":
             raise ConfigError(
-                f"dataset '{config.dataset_id}': column '{name}' of {config.path} has missing "
+                f"dataset '{config.dataset_id}': column '{name}' of {config.describe()} has missing "
                 "or non-finite values; set missing = \"drop\" to drop those rows")
         usable &= present
     dropped = int(usable.size - np.count_nonzero(usable))
     if dropped:
         log.warning("dataset '%s': %d row(s) with missing or non-finite values dropped",
                     config.dataset_id, dropped)
-    return Dataset(config.dataset_id, config.path,
+    return Dataset(config.dataset_id, config.describe(),
                    {name: values[usable] if dropped else values
                     for name, (values, _) in columns.items()})
 
