@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import sqlite3
 import stat
@@ -134,11 +135,19 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
         with Federation.from_config(layout.coordinator_config) as federation:
             health = federation.health(timeout_s=20)
         assert all(h.serving and h.datasets == ("customers",) for h in health.values())
+        assert all(364 < h.certificate_days_left <= 365 and 364 < h.ca_days_left <= 365
+                   and (h.revocation_list_number, h.revoked_certificates) == (1, 0)
+                   for h in health.values())
         nodes.check_alive()
 
         report = invisible("health", "--coordinator", str(layout.coordinator_config))
         assert report.returncode == 0, report.stdout + report.stderr
         assert report.stdout.count("serving") == 3
+        assert report.stdout.count("certificate 365 days left, CA 365; revocation list 1 "
+                                   "(0 revoked)") == 3
+        # each node lists its datasets at start, in its operator's log only
+        assert re.search(r"dataset customers \(.*bank\.csv\): 240 rows; customer_id int, ",
+                         (layout.directory / "bank.log").read_text())
 
         job = tmp_path / "connectivity.job.toml"
         job.write_text('[job]\nkind = "connectivity"\ncoordinator = "coordinator.toml"\n')

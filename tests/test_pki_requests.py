@@ -44,7 +44,7 @@ def cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def test_a_request_signed_by_the_ca_is_a_certificate_a_node_loads(tmp_path):
     ca_dir, bank_dir = tmp_path / "ca", tmp_path / "bank"
     assert cli("init", str(ca_dir)).returncode == 0
-    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.key", "ca.pem"]  # the CA alone
+    assert sorted(p.name for p in ca_dir.iterdir()) == ["ca.crl", "ca.key", "ca.pem"]  # CA, list
     made = cli("request", "--id", "bank", "--out", str(bank_dir))
     assert made.returncode == 0, made.stderr
     assert sorted(p.name for p in bank_dir.iterdir()) == [
@@ -67,7 +67,7 @@ def test_signing_asks_first_and_refuses_without_an_answer_or_over_a_certificate(
     _, csr = write_request(tmp_path, Identity("telco", Role.DEALER))
     refused = cli("sign", str(csr), "--ca", str(tmp_path / "ca"))  # stdin is not a terminal
     assert refused.returncode == 2
-    assert "not signed: confirm with --yes when not asked at a terminal" in refused.stderr
+    assert "nothing done: confirm with --yes when not asked at a terminal" in refused.stderr
     assert not (tmp_path / "telco.pem").exists()
     assert cli("sign", str(csr), "--ca", str(tmp_path / "ca"), "--yes").returncode == 0
     assert identity_from_pem((tmp_path / "telco.pem").read_bytes()) == Identity(
@@ -161,6 +161,8 @@ def test_node_check_loads_everything_a_node_would_and_names_what_would_stop_it(t
     assert "bank (party), listening on 127.0.0.1:0" in done.stdout
     assert re.search(r"certificate .*bank\.pem: 36[45] days left\n", done.stdout)
     assert "dataset customers: 240 rows; customer_id int" in done.stdout
+    assert re.search(r"revocation list .*ca\.crl: number 1, 0 certificate\(s\) revoked; next "
+                     r"update due \d{4}-\d\d-\d\d\n", done.stdout)
     assert done.stdout.rstrip().endswith("ok: the node would start with this config")
     assert any("dealer" in line for line in check_node(layout.dealer_configs["dealer"],
                                                         Role.DEALER))

@@ -36,7 +36,7 @@ def serve_health(tls: TlsMaterial):
     """A bare server presenting `tls`, whatever its role; returns (server, address)."""
     address = f"127.0.0.1:{free_port()}"
     server, _ = build_server(
-        tls, address, health=HealthServicer(tls.identity, list), exchange=None, jobs=None
+        tls, address, health=HealthServicer(tls, list), exchange=None, jobs=None
     )
     server.start()
     return server, address

@@ -3,6 +3,7 @@
     invisible pki init DIR [--parties bank,hospital,telco] [--coordinators c] [--dealers d]
     invisible pki request --id bank [--role party] [--out DIR]
     invisible pki sign bank.csr --ca DIR [--out bank.pem] [--days N] [--yes]
+    invisible pki revoke bank.pem --ca DIR [--reason key-compromise] [--yes]
     invisible node serve --config parties/bank/party.toml [--role dealer] [--accept-broken-ledger]
     invisible node check --config parties/bank/party.toml [--role dealer]
     invisible health --coordinator parties/coordinator.toml
@@ -48,8 +49,9 @@ def _pki_init(args: argparse.Namespace) -> int:
 
     if args.parties is None:
         init_ca(Path(args.directory), overwrite=args.force)
-        print(f"CA written to {args.directory} (ca.pem, and ca.key, which never leaves this "
-              "machine); sign each institution's request with `invisible pki sign`")
+        print(f"CA written to {args.directory} (ca.pem; ca.crl, its revocation list, empty, for "
+              "every node's [tls] crl; and ca.key, which never leaves this machine); sign each "
+              "institution's request with `invisible pki sign`")
         return 0
     issued = init_pki(
         Path(args.directory), _split_ids(args.parties), _split_ids(args.coordinators),
@@ -78,6 +80,13 @@ def _pki_sign(args: argparse.Namespace) -> int:
 
     return pki_sign(Path(args.request), Path(args.ca), Path(args.out) if args.out else None,
                     args.days, args.yes)
+
+
+def _pki_revoke(args: argparse.Namespace) -> int:
+    from invisible.operator import pki_revoke
+
+    return pki_revoke(Path(args.ca), Path(args.certificate) if args.certificate else None,
+                      args.serial, args.reason, args.yes)
 
 
 def _node_check(args: argparse.Namespace) -> int:
@@ -206,7 +215,12 @@ def _health(args: argparse.Namespace) -> int:
             try:
                 info = federation.clients[party].health(timeout_s=args.timeout)
                 state = "serving" if info.serving else "stopping"
-                print(f"{party:<16} {state:<9} datasets: {', '.join(info.datasets) or '-'}")
+                revocation = (f"revocation list {info.revocation_list_number} "
+                              f"({info.revoked_certificates} revoked)"
+                              if info.revocation_list_number else "no revocation list")
+                print(f"{party:<16} {state:<9} datasets: {', '.join(info.datasets) or '-'}; "
+                      f"certificate {info.certificate_days_left:.0f} days left, CA "
+                      f"{info.ca_days_left:.0f}; {revocation}")
             except InvisibleError as exc:
                 failures += 1
                 print(f"{party:<16} DOWN      {exc}")
@@ -366,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"invisible {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    from invisible.net.pki import REVOCATION_REASONS
+
     pki = commands.add_parser("pki", help="development certificates").add_subparsers(
         dest="pki_command", required=True)
     init = pki.add_parser("init", help="create a CA (and, for development, a key and "
@@ -391,6 +407,14 @@ def build_parser() -> argparse.ArgumentParser:
     sign.add_argument("--days", type=int, default=365, help="validity (default 365)")
     sign.add_argument("--yes", action="store_true", help="sign without asking")
     sign.set_defaults(handler=_pki_sign)
+    revoke = pki.add_parser("revoke", help="add a certificate to the CA's revocation list "
+                            "(ca.crl), after showing whose it is")
+    revoke.add_argument("certificate", nargs="?", help="the certificate (.pem) to revoke")
+    revoke.add_argument("--serial", help="or its serial number (hex), without the file")
+    revoke.add_argument("--ca", required=True, help="the folder holding ca.pem and ca.key")
+    revoke.add_argument("--reason", default="unspecified", choices=list(REVOCATION_REASONS))
+    revoke.add_argument("--yes", action="store_true", help="revoke without asking")
+    revoke.set_defaults(handler=_pki_revoke)
 
     node = commands.add_parser("node", help="run a party node").add_subparsers(
         dest="node_command", required=True)

@@ -3,6 +3,8 @@
 - :func:`pki_request` and :func:`pki_sign`: a key and certificate signing request made
   where the key stays, signed by whoever holds the federation's CA after showing what it
   will sign (`invisible pki request`, `invisible pki sign`).
+- :func:`pki_revoke`: a certificate added to the CA's revocation list, after showing
+  whose it is (`invisible pki revoke`); nodes refuse it from the moment they read the list.
 - :func:`check_node`: everything a node would load at start (its config, certificate,
   datasets and policies), loaded and described without serving (`invisible node check`).
 
@@ -12,14 +14,20 @@ columns are, to the operator of the node that holds it.
 
 from __future__ import annotations
 
-import datetime as dt
 import sys
 from pathlib import Path
 
 from cryptography import x509
 
 from invisible.errors import ConfigError
-from invisible.net.pki import CertificateAuthority, Identity, Role, read_request, write_request
+from invisible.net.pki import (
+    CertificateAuthority,
+    Identity,
+    Role,
+    identity_from_certificate,
+    read_request,
+    write_request,
+)
 
 #: A certificate with fewer days left than this is flagged by `check_node`.
 RENEW_WITHIN_DAYS = 30
@@ -47,26 +55,65 @@ def pki_sign(source: Path, ca_dir: Path, out: Path | None, days: int, yes: bool)
     ca = CertificateAuthority.load(ca_dir)
     print(f"request {source}: {request.identity}, valid {days} days from now, "
           f"public key SHA-256 {request.fingerprint}")
-    if not yes:
-        if not sys.stdin.isatty():
-            raise ConfigError("not signed: confirm with --yes when not asked at a terminal")
-        if input("sign it? [y/N] ").strip().lower() not in ("y", "yes"):
-            print("not signed")
-            return 1
+    if not _confirm("sign it?", yes):
+        print("not signed")
+        return 1
     out.write_bytes(ca.sign_request(request, days))
     print(f"certificate for {request.identity} written to {out}")
     return 0
 
 
-def days_left(cert_pem: bytes, now: dt.datetime | None = None) -> float:
-    cert = x509.load_pem_x509_certificate(cert_pem)
-    return (cert.not_valid_after_utc - (now or dt.datetime.now(dt.UTC))).total_seconds() / 86400
+def _confirm(question: str, yes: bool) -> bool:
+    """True if `yes`, or if the operator answers yes at a terminal (refused elsewhere)."""
+    if yes:
+        return True
+    if not sys.stdin.isatty():
+        raise ConfigError("nothing done: confirm with --yes when not asked at a terminal")
+    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+
+
+def pki_revoke(ca_dir: Path, certificate: Path | None, serial: str | None, reason: str,
+               yes: bool) -> int:
+    """Revoke `certificate` (or the certificate numbered `serial`, hex) in the CA's list
+    ``ca.crl`` in `ca_dir`, asking first unless `yes`."""
+    if (certificate is None) == (serial is None):
+        raise ConfigError("name the certificate to revoke, or give --serial (not both)")
+    ca = CertificateAuthority.load(ca_dir)
+    if certificate is not None:
+        try:
+            cert = x509.load_pem_x509_certificate(certificate.read_bytes())
+        except OSError as exc:
+            raise ConfigError(f"cannot read {certificate}: {exc.strerror}") from None
+        except ValueError:
+            raise ConfigError(f"not a PEM certificate: {certificate}") from None
+        try:
+            cert.verify_directly_issued_by(ca.certificate)
+        except Exception:
+            raise ConfigError(f"{certificate} was not issued by the CA in {ca_dir}") from None
+        number = cert.serial_number
+        told = (f"{certificate}: {identity_from_certificate(cert)}, serial {number:x}, "
+                f"valid until {cert.not_valid_after_utc:%Y-%m-%d}")
+    else:
+        try:
+            number = int(str(serial), 16)
+        except ValueError:
+            raise ConfigError(f"--serial {serial!r} is not a hexadecimal number") from None
+        told = f"the certificate with serial {number:x}"
+    print(f"revoke {told} (reason: {reason})")
+    if not _confirm("revoke it?", yes):
+        print("not revoked")
+        return 1
+    path = ca.revoke(ca_dir, number, reason)
+    print(f"revoked: {path} now lists it; copy {path.name} to every node (its [tls] crl), "
+          "which refuses the certificate from the moment it reads the file (within a second "
+          "of the file changing, or at `invisible node reload`)")
+    return 0
 
 
 def check_node(config_path: Path, role: Role) -> list[str]:
     """What the node at `config_path` would load at start, checked; a ConfigError names the
     first thing that would stop it."""
-    from invisible.net.tls import TlsMaterial
+    from invisible.net.tls import Revocations, TlsMaterial, days_left
     from invisible.node.config import load_party_config
     from invisible.node.datasets import DatasetRegistry
 
@@ -77,12 +124,16 @@ def check_node(config_path: Path, role: Role) -> list[str]:
                           f"{config.tls.cert} was issued to '{tls.identity.party_id}'")
     if role is Role.DEALER and config.datasets:
         raise ConfigError(f"{config.source}: a dealer holds no data; remove its datasets")
+    revocations = Revocations(tls.ca_pem, config.tls.crl)
+    revocations.refuse_own(config.tls)
     left = days_left(tls.cert_pem)
     if left <= 0:
         raise ConfigError(f"certificate {config.tls.cert} has expired")
     lines = [f"{config.source}: {tls.identity}, listening on {config.listen}",
              f"certificate {config.tls.cert}: {left:.0f} days left"
              + (" (renew it soon)" if left < RENEW_WITHIN_DAYS else ""),
+             f"CA certificate {config.tls.ca}: {days_left(tls.ca_pem):.0f} days left",
+             revocations.describe(),
              f"peers: {', '.join(f'{p} {a}' for p, a in config.peers.items()) or 'none'}",
              f"dealers: {', '.join(f'{d} {a}' for d, a in config.dealers.items()) or 'none'}"]
     registry = DatasetRegistry.load(config.datasets)

@@ -82,7 +82,7 @@ def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
         dealers = root.table_at("dealers", required=False).addresses()
     if not parties:
         raise ConfigError(f"{source}: parties must name at least one party")
-    tls = read_tls(root)
+    tls = read_tls(root, serves=False)
     return CoordinatorConfig(
         source=source, coordinator_id=check_party_id(coordinator.string("id")),
         tls=tls, parties=parties, limits=read_limits(root),

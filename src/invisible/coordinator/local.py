@@ -120,13 +120,18 @@ def write_local_federation(
     policy_lines = ([] if node_policy is None else
                     ["[policy]", *[f"{k} = {toml_value(v)}" for k, v in node_policy.items()], ""])
     party_configs, dealer_configs = {}, {}
+
+    def tls_lines(node: str) -> list[str]:
+        return ["[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
+                f"cert = {toml_string(str(pki / f'{node}.pem'))}",
+                f"key = {toml_string(str(pki / f'{node}.key'))}",
+                f"crl = {toml_string(str(pki / 'ca.crl'))}"]
+
     for dealer in dealers:  # a dealer's peers are the parties; it holds no data
         path = directory / f"{dealer}.toml"
         path.write_text("\n".join([
             "[party]", f"id = {toml_string(dealer)}", f"listen = {toml_string(addresses[dealer])}",
-            "", "[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
-            f"cert = {toml_string(str(pki / f'{dealer}.pem'))}",
-            f"key = {toml_string(str(pki / f'{dealer}.key'))}", "", "[peers]",
+            "", *tls_lines(dealer), "", "[peers]",
             *[f"{p} = {toml_string(addresses[p])}" for p in parties],
             "", "[limits]", *limit_lines, "", *policy_lines,
         ]))
@@ -134,9 +139,7 @@ def write_local_federation(
     for party in parties:
         lines = [
             "[party]", f"id = {toml_string(party)}", f"listen = {toml_string(addresses[party])}",
-            "", "[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
-            f"cert = {toml_string(str(pki / f'{party}.pem'))}",
-            f"key = {toml_string(str(pki / f'{party}.key'))}", "", "[peers]",
+            "", *tls_lines(party), "", "[peers]",
             *[f"{p} = {toml_string(addresses[p])}" for p in parties if p != party],
             "", *dealer_lines, "[limits]", *limit_lines, "", *policy_lines,
         ]

@@ -27,6 +27,9 @@ GENESIS_HASH = "0" * 64
 #: `clipped` notes how many values a job clipped to its bound (this node's record only);
 #: witnessed entries countersign peers.
 TERMINAL_EVENTS = frozenset({"refused", "finished", "failed", "cancelled", "interrupted"})
+#: A call made with a revoked certificate was refused (the first since the revocation list
+#: in force was loaded; later ones are counted in the metrics only).
+REVOKED_REFUSED = "revoked-refused"
 #: The event of a job's rows kept out of its receipt (an alignment whose size its requester
 #: was not told): in the node's own ledger only.
 PRIVATE_ROWS = "rows"

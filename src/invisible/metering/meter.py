@@ -23,7 +23,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from invisible.metering.entries import PRIVATE_ROWS, LedgerEntry, PendingEntry
+from invisible.metering.entries import PRIVATE_ROWS, REVOKED_REFUSED, LedgerEntry, PendingEntry
 from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
@@ -295,6 +295,15 @@ class Meter:
         extends it again), for this node's own ledger."""
         return self.store.append(PendingEntry("-", event, kind="witness",
                                               body={"peer": peer, **body}))[-1]
+
+    def note_revoked(self, caller: str, role: str, serial: int, first: bool) -> None:
+        """A call made with a revoked certificate was refused: counted, and recorded in the
+        ledger the first time since the list in force was loaded (a revoked caller that
+        retries cannot fill the ledger)."""
+        self.metrics.revoked_calls.labels(role).inc()
+        if first:
+            self.store.append(PendingEntry("-", REVOKED_REFUSED, kind="tls", body={
+                "caller": caller, "role": role, "serial": f"{serial:x}"}))
 
     def witness_heads(self, heads: dict[str, tuple[int, str]]) -> LedgerEntry:
         """Countersign peers' chain heads as received over mutual TLS (a `witnessed` entry)."""

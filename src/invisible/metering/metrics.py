@@ -31,6 +31,12 @@ class NodeMetrics:
                              registry=self.registry)
         self.refusals = Counter("invisible_refusals", "Jobs refused, by rule", ["rule"],
                                 registry=self.registry)
+        self.certificate_days_left = Gauge(
+            "invisible_certificate_days_left", "Days until a certificate expires: the node's "
+            "own, and the CA's", ["certificate"], registry=self.registry)
+        self.revoked_calls = Counter(
+            "invisible_revoked_calls", "Calls refused for a revoked certificate, by the "
+            "caller's role", ["role"], registry=self.registry)
         self.quota_remaining = Gauge(
             "invisible_quota_remaining", "What is left of a daily quota after the last "
             "reservation", ["dataset", "requester", "unit"], registry=self.registry)

@@ -21,7 +21,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invisible.errors import ConfigError
-from invisible.metering.entries import PRIVATE_ROWS, TERMINAL_EVENTS, LedgerEntry
+from invisible.metering.entries import (
+    PRIVATE_ROWS,
+    REVOKED_REFUSED,
+    TERMINAL_EVENTS,
+    LedgerEntry,
+)
 from invisible.metering.keys import KEY_ROTATED
 from invisible.metering.ledger import Ledger
 from invisible.metering.startup import ACCEPTED_BROKEN
@@ -35,7 +40,7 @@ _COUNTED = {"finished": "jobs", "failed": "failed", "refused": "refused",
             "interrupted": "interrupted"}
 #: Every event a node writes (see invisible.metering.entries).
 KNOWN_EVENTS = frozenset({"requested", "accepted", *TERMINAL_EVENTS, "clipped", "witnessed",
-                          ACCEPTED_BROKEN, KEY_ROTATED})
+                          ACCEPTED_BROKEN, KEY_ROTATED, REVOKED_REFUSED})
 
 
 def parse_since(text: str) -> str:

@@ -63,6 +63,11 @@ class HealthInfo:
     role: str
     version: str
     datasets: tuple[str, ...]
+    certificate_days_left: float = 0.0
+    ca_days_left: float = 0.0
+    #: The CA's revocation list the node enforces (0: none) and how many it revokes.
+    revocation_list_number: int = 0
+    revoked_certificates: int = 0
 
 
 class NodeClient:
@@ -174,6 +179,10 @@ class NodeClient:
             serving=response.status == health_pb2.HealthCheckResponse.STATUS_SERVING,
             party_id=response.party_id, role=response.role, version=response.version,
             datasets=tuple(response.datasets),
+            certificate_days_left=response.certificate_days_left,
+            ca_days_left=response.ca_days_left,
+            revocation_list_number=response.revocation_list_number,
+            revoked_certificates=response.revoked_certificates,
         )
 
     def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> bool:

@@ -7,6 +7,11 @@ client dials a node with the TLS target name pinned to
 same id in another role (a coordinator certificate posing as a party), fails
 the handshake. Servers read the caller's identity from the verified client
 certificate with :func:`identity_from_pem`.
+
+Revocation: the CA keeps ``ca.crl``, a certificate revocation list it signs
+(:meth:`CertificateAuthority.revoke`, `invisible pki revoke`); nodes load it
+(``[tls] crl``) and refuse every call made with a certificate it lists (see
+invisible.net.tls.Revocations).
 """
 
 from __future__ import annotations
@@ -29,6 +34,18 @@ from invisible.metering.signing import ensure_signing_key
 _ID_PATTERN = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
 _SUFFIX = "invisible"
 DEFAULT_VALIDITY_DAYS = 365
+#: How long a revocation list says it holds before the CA issues the next (nodes keep
+#: enforcing a list past it, and warn): as long as a certificate, since every revocation
+#: signs the list anew.
+CRL_VALIDITY_DAYS = DEFAULT_VALIDITY_DAYS
+#: Why a certificate is revoked, in the words of `pki revoke --reason` (RFC 5280).
+REVOCATION_REASONS = {
+    "key-compromise": x509.ReasonFlags.key_compromise,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessation-of-operation": x509.ReasonFlags.cessation_of_operation,
+    "affiliation-changed": x509.ReasonFlags.affiliation_changed,
+    "unspecified": x509.ReasonFlags.unspecified,
+}
 
 
 class Role(StrEnum):
@@ -151,8 +168,12 @@ class CertificateAuthority:
         except OSError as exc:
             raise ConfigError(f"no CA to sign with in {directory}: cannot read {exc.filename} "
                               f"({exc.strerror})") from None
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        key = serialization.load_pem_private_key(key_pem, None)
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+            key = serialization.load_pem_private_key(key_pem, None)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{directory} holds no usable CA: ca.pem must be a PEM "
+                              "certificate and ca.key its unencrypted PEM key") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise ConfigError(f"{directory / 'ca.key'} is not an EC private key")
         if key.public_key() != cert.public_key():  # it would issue what its certificate disowns
@@ -160,9 +181,13 @@ class CertificateAuthority:
         return cls(cert, key)
 
     def save(self, directory: Path) -> None:
+        """Write ``ca.pem``, ``ca.key`` (mode 0600) and an empty revocation list ``ca.crl``
+        (a new CA has revoked nothing; its list is what nodes load)."""
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "ca.pem").write_bytes(self.certificate.public_bytes(serialization.Encoding.PEM))
         _write_private(directory / "ca.key", _key_pem(self.key))
+        (directory / "ca.crl").write_bytes(
+            self.revocation_list({}, 1).public_bytes(serialization.Encoding.PEM))
 
     def issue(self, identity: Identity,
               validity_days: int = DEFAULT_VALIDITY_DAYS) -> tuple[bytes, bytes]:
@@ -214,6 +239,50 @@ class CertificateAuthority:
             .sign(self.key, hashes.SHA256())
         )
         return cert.public_bytes(serialization.Encoding.PEM)
+
+    def revocation_list(self, revoked: dict[int, tuple[dt.datetime, x509.ReasonFlags]],
+                        number: int) -> x509.CertificateRevocationList:
+        """A list signed by this CA naming the serials `revoked` (serial -> (when, why))."""
+        now = dt.datetime.now(dt.UTC)
+        builder = (x509.CertificateRevocationListBuilder()
+                   .issuer_name(self.certificate.subject)
+                   .last_update(now - dt.timedelta(minutes=5))
+                   .next_update(now + dt.timedelta(days=CRL_VALIDITY_DAYS))
+                   .add_extension(x509.CRLNumber(number), critical=False)
+                   .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                       self.key.public_key()), critical=False))
+        for serial, (when, reason) in sorted(revoked.items()):
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when)
+                .add_extension(x509.CRLReason(reason), critical=False).build())
+        return builder.sign(self.key, hashes.SHA256())
+
+    def revoke(self, directory: Path, serial: int, reason: str = "unspecified") -> Path:
+        """Add `serial` to the CA's list ``ca.crl`` in `directory` (made if missing; one
+        this CA did not sign is refused) and sign it anew; returns its path. Revoking a
+        serial twice keeps its first date and reason."""
+        if reason not in REVOCATION_REASONS:
+            raise ConfigError(f"unknown revocation reason '{reason}' (one of "
+                              f"{', '.join(REVOCATION_REASONS)})")
+        path = directory / "ca.crl"
+        revoked: dict[int, tuple[dt.datetime, x509.ReasonFlags]] = {}
+        number = 1
+        if path.exists():
+            current = load_revocation_list(path.read_bytes(), self.certificate, str(path))
+            for entry in current:
+                try:
+                    why = entry.extensions.get_extension_for_class(x509.CRLReason).value.reason
+                except x509.ExtensionNotFound:
+                    why = x509.ReasonFlags.unspecified
+                revoked[entry.serial_number] = (entry.revocation_date_utc, why)
+            number = current.extensions.get_extension_for_class(x509.CRLNumber).value \
+                .crl_number + 1
+        revoked.setdefault(serial, (dt.datetime.now(dt.UTC), REVOCATION_REASONS[reason]))
+        crl = self.revocation_list(revoked, number)
+        temporary = path.with_suffix(".crl.tmp")
+        temporary.write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+        os.replace(temporary, path)  # a node reading it meanwhile sees the old or the new
+        return path
 
     def issue_to(self, directory: Path, identity: Identity) -> tuple[Path, Path]:
         """Issue and write ``<id>.key`` (mode 0600) and ``<id>.pem``; returns their paths."""
@@ -357,3 +426,23 @@ def init_pki(
                  if not ensure_signing_key(directory / f"{node}-ledger.key",
                                            directory / f"{node}-ledger.pub"))
     return PkiInit(identities, kept)
+
+
+def load_revocation_list(data: bytes, ca: x509.Certificate,
+                         source: str) -> x509.CertificateRevocationList:
+    """A revocation list (PEM or DER) checked to be signed by `ca` and to carry a number."""
+    try:
+        crl = (x509.load_pem_x509_crl(data) if data.lstrip().startswith(b"-----")
+               else x509.load_der_x509_crl(data))
+    except ValueError:
+        raise ConfigError(f"{source} is not a certificate revocation list") from None
+    public_key = ca.public_key()
+    if crl.issuer != ca.subject or not isinstance(public_key, ec.EllipticCurvePublicKey) \
+            or not crl.is_signature_valid(public_key):
+        raise ConfigError(f"{source} is not signed by the federation's CA")
+    try:
+        crl.extensions.get_extension_for_class(x509.CRLNumber)
+    except x509.ExtensionNotFound:
+        raise ConfigError(f"{source} has no CRL number (make it with `invisible pki "
+                          "revoke`)") from None
+    return crl

@@ -34,8 +34,14 @@ from invisible.net import wire
 from invisible.net.errors_grpc import RECEIPTS_METADATA, status_code_for
 from invisible.net.jobs_api import JobService, spec_from_proto, status_to_proto
 from invisible.net.mailbox import ABORT_STEP, Mailbox
-from invisible.net.pki import Identity, Role
-from invisible.net.tls import TlsMaterial, caller_identity, require_role
+from invisible.net.pki import Role
+from invisible.net.tls import (
+    Revocations,
+    TlsMaterial,
+    caller_identity,
+    days_left,
+    require_role,
+)
 from invisible.v1 import (
     exchange_pb2,
     health_pb2,
@@ -118,10 +124,21 @@ class Slots:
                         del self._held[who]
 
 
+class _Servicer:
+    """A servicer whose calls are refused when made with a revoked certificate (the list
+    is given by :func:`build_server`)."""
+
+    revocations: Revocations | None = None
+
+
 def _domain_errors_to_status(method: F) -> F:
+    """Refuse a revoked caller, then run the method; a domain error becomes the call's
+    status (and its receipt, if it was recorded)."""
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    def wrapper(self: _Servicer, request: Any, context: grpc.ServicerContext) -> Any:
         try:
+            if self.revocations is not None:
+                self.revocations.check(context)
             return method(self, request, context)
         except InvisibleError as exc:
             log.info("%s refused: %s", method.__name__, exc)
@@ -136,9 +153,10 @@ def _domain_errors_to_status(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-class HealthServicer(health_pb2_grpc.HealthServicer):
-    def __init__(self, identity: Identity, datasets: Callable[[], list[str]]) -> None:
-        self._identity = identity
+class HealthServicer(health_pb2_grpc.HealthServicer, _Servicer):
+    def __init__(self, tls: TlsMaterial, datasets: Callable[[], list[str]]) -> None:
+        self._tls = tls
+        self._identity = tls.identity
         self._datasets = datasets
         self.stopping = False
 
@@ -151,10 +169,14 @@ class HealthServicer(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse(
             status=status, party_id=self._identity.party_id, role=self._identity.role.value,
             version=__version__, datasets=self._datasets(),
+            certificate_days_left=days_left(self._tls.cert_pem),
+            ca_days_left=days_left(self._tls.ca_pem),
+            revocation_list_number=self.revocations.number if self.revocations else 0,
+            revoked_certificates=len(self.revocations.serials) if self.revocations else 0,
         )
 
 
-class ExchangeServicer:
+class ExchangeServicer(_Servicer):
     """PeerExchange.Deliver, taking serialised frames (see `wire.parse_raw_frame`)."""
 
     def __init__(self, mailbox: Mailbox, known_peers: Callable[[], set[str]],
@@ -235,7 +257,7 @@ def _check_notice(sender: str, nbytes: int) -> None:
                             f"the cap of {MAX_NOTICE_BYTES}")
 
 
-class JobsServicer:
+class JobsServicer(_Servicer):
     """The Jobs service; FetchOutput streams serialised frames (see `wire.encode_raw_frames`)."""
 
     def __init__(self, jobs: JobService) -> None:
@@ -312,8 +334,13 @@ def build_server(
     exchange: ExchangeServicer | None,
     jobs: JobsServicer | None,
     max_workers: int = WORKERS,
+    revocations: Revocations | None = None,
 ) -> tuple[grpc.Server, int]:
-    """A started-but-not-yet-serving server bound to `address`; returns (server, port)."""
+    """A started-but-not-yet-serving server bound to `address`; returns (server, port).
+    Every call to its services is refused if made with a certificate `revocations` lists."""
+    for servicer in (health, exchange, jobs):
+        if servicer is not None:
+            servicer.revocations = revocations
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="invisible-rpc"),
         options=[

@@ -14,6 +14,7 @@ A party's file::
     ca = "../pki/ca.pem"
     cert = "../pki/bank.pem"
     key = "../pki/bank.key"
+    crl = "../pki/ca.crl"        # optional: the CA's revocation list, reloaded on change
 
     [peers]                      # party id -> address
     hospital = "127.0.0.1:50052"
@@ -311,9 +312,12 @@ PARTY_TABLES = ("party", "tls", "peers", "dealers", "limits", "datasets", "ledge
                 "policy")
 
 
-def read_tls(reader: TomlReader) -> TlsFiles:
-    tls = reader.table_at("tls").only("ca", "cert", "key")
-    return TlsFiles(ca=tls.path("ca"), cert=tls.path("cert"), key=tls.path("key"))
+def read_tls(reader: TomlReader, *, serves: bool = True) -> TlsFiles:
+    """The [tls] table; a revocation list (`crl`) only for what serves calls (a node), since
+    only a server can check the certificate of the other end."""
+    tls = reader.table_at("tls").only("ca", "cert", "key", *(("crl",) if serves else ()))
+    return TlsFiles(ca=tls.path("ca"), cert=tls.path("cert"), key=tls.path("key"),
+                    crl=tls.path("crl") if "crl" in tls.table else None)
 
 
 def read_limits(reader: TomlReader) -> Limits:

@@ -22,9 +22,9 @@ from invisible.metering.startup import open_node_ledger
 from invisible.net.client import NodeClient
 from invisible.net.grpc_channel import GrpcChannel
 from invisible.net.mailbox import Mailbox
-from invisible.net.pki import Role
+from invisible.net.pki import Identity, Role
 from invisible.net.server import ExchangeServicer, HealthServicer, JobsServicer, build_server
-from invisible.net.tls import TlsMaterial
+from invisible.net.tls import Revocations, TlsMaterial, days_left
 from invisible.node.config import PartyConfig, load_party_config
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
@@ -63,6 +63,8 @@ class PartyNode:
                 f"{config.source}: party id is '{config.party_id}' but certificate "
                 f"{config.tls.cert} was issued to '{self.tls.identity.party_id}'"
             )
+        self.revocations = Revocations(self.tls.ca_pem, config.tls.crl, self._revoked_call)
+        self.revocations.refuse_own(config.tls)
         self.alignments = AlignmentStore(config.alignments_dir)
         self.datasets = DatasetRegistry.load(config.datasets, self.alignments)
         self.mailbox = Mailbox(config.limits.max_message_bytes)
@@ -103,7 +105,11 @@ class PartyNode:
             self.announcer = HeadAnnouncer(
                 ledger.head, self.clients, min(5.0, config.limits.rpc_timeout_s),
                 lambda seq: list(ledger.entries(after_seq=seq - 1)))
-        self._health = HealthServicer(self.tls.identity, self.datasets.ids)
+        self._health = HealthServicer(self.tls, self.datasets.ids)
+        self.metrics.certificate_days_left.labels("node").set_function(
+            lambda: days_left(self.tls.cert_pem))
+        self.metrics.certificate_days_left.labels("ca").set_function(
+            lambda: days_left(self.tls.ca_pem))
         self._server, self.port = build_server(
             self.tls, config.listen, health=self._health,
             exchange=ExchangeServicer(
@@ -112,6 +118,7 @@ class PartyNode:
                 stream_timeout_s=config.limits.rpc_timeout_s,
             ),
             jobs=JobsServicer(self.executor),
+            revocations=self.revocations,
         )
         self._stopped = threading.Event()
         self.metrics_port: int | None = None
@@ -144,11 +151,18 @@ class PartyNode:
             changed.append(peer)
         return changed
 
+    def _revoked_call(self, caller: Identity, serial: int, first: bool) -> None:
+        if first:  # later calls are counted in the metrics, not logged one by one
+            log.warning("refused a call from %s: its certificate (serial %x) is revoked",
+                        caller, serial)
+        self.meter.note_revoked(caller.party_id, caller.role.value, serial, first)
+
     def reload(self) -> list[str]:
         """Read the config file again and apply its peers, dealers and policies (the node's
         and each dataset's) without a restart: what `SIGHUP` to `invisible node serve` does.
-        Returns the peers that are new or moved. Anything else changed in the file (listen,
-        TLS, datasets, ledger, limits) needs a restart, and a warning says so.
+        Returns the peers that are new or moved. The CA's revocation list is read again too
+        (it is also read whenever its file changes). Anything else changed in the file
+        (listen, TLS files, datasets, ledger, limits) needs a restart, and a warning says so.
 
         The new file is read and checked whole before anything changes: a bad file leaves
         the node as it was (a ConfigError says why).
@@ -156,6 +170,7 @@ class PartyNode:
         with self._reloading:
             fresh = load_party_config(self.config.source)
             old = self.config
+            self.revocations.load()  # the CA's list, read again even if the file is as it was
             if fresh.party_id != old.party_id:
                 raise ConfigError(f"{fresh.source}: party id changed from '{old.party_id}' to "
                                   f"'{fresh.party_id}'; that needs a restart")
@@ -240,6 +255,11 @@ class PartyNode:
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
         log.info("node %s serving on %s", self.tls.identity, self.address)
+        for dataset_id, dataset_config in self.config.datasets.items():  # the operator's log
+            dataset = self.datasets.get(dataset_id)
+            log.info("dataset %s (%s): %d rows; %s", dataset_id, dataset_config.describe(),
+                     dataset.rows, ", ".join(f"{c} {t}" for c, t in
+                                             dataset_config.columns.items()))
         # Peers compare it with what they countersigned: a cut or rewritten chain shows now
         # (to those whose address is known: the others when it is, see `reload`).
         self._announce_head([p for p, c in self.clients.items()

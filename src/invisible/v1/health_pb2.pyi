@@ -12,7 +12,7 @@ class HealthCheckRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class HealthCheckResponse(_message.Message):
-    __slots__ = ("status", "party_id", "role", "version", "datasets")
+    __slots__ = ("status", "party_id", "role", "version", "datasets", "certificate_days_left", "ca_days_left", "revocation_list_number", "revoked_certificates")
     class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         STATUS_UNSPECIFIED: _ClassVar[HealthCheckResponse.Status]
@@ -26,9 +26,17 @@ class HealthCheckResponse(_message.Message):
     ROLE_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DATASETS_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_DAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    CA_DAYS_LEFT_FIELD_NUMBER: _ClassVar[int]
+    REVOCATION_LIST_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_CERTIFICATES_FIELD_NUMBER: _ClassVar[int]
     status: HealthCheckResponse.Status
     party_id: str
     role: str
     version: str
     datasets: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., party_id: _Optional[str] = ..., role: _Optional[str] = ..., version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ...) -> None: ...
+    certificate_days_left: float
+    ca_days_left: float
+    revocation_list_number: int
+    revoked_certificates: int
+    def __init__(self, status: _Optional[_Union[HealthCheckResponse.Status, str]] = ..., party_id: _Optional[str] = ..., role: _Optional[str] = ..., version: _Optional[str] = ..., datasets: _Optional[_Iterable[str]] = ..., certificate_days_left: _Optional[float] = ..., ca_days_left: _Optional[float] = ..., revocation_list_number: _Optional[int] = ..., revoked_certificates: _Optional[int] = ...) -> None: ...

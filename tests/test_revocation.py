@@ -1,0 +1,236 @@
+"""Revocation: the CA's signed list of revoked certificates, enforced by every node.
+
+Guards `CertificateAuthority.revoke` / `invisible pki revoke` (the list signed anew, each
+serial kept with its first date and reason, a list that is not the CA's refused),
+`Revocations` (a listed certificate refused on every call, the first refusal recorded,
+the file read again when it changes, a broken file leaving the list in force), and, over
+gRPC with mTLS, nodes refusing a revoked party and a revoked coordinator within a second
+of the list changing, while a party renewed with a second certificate (overlap) goes on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import InProcessNodes, write_local_federation
+from invisible.errors import ConfigError, InvisibleError, PolicyError
+from invisible.metering.audit import verify_ledger
+from invisible.metering.signing import load_public_key
+from invisible.net.pki import CertificateAuthority, Identity, Role, init_ca, init_pki
+from invisible.net.tls import Revocations
+from invisible.node.config import load_party_config
+from invisible.node.node import PartyNode
+from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTIES = tuple(SAMPLE_COLUMNS)
+INPUTS = {p: (SAMPLE_DATASET, "monthly_spend") for p in PARTIES}
+
+
+class Context:
+    """The part of a gRPC servicer context that names the caller."""
+
+    def __init__(self, pem: bytes) -> None:
+        self._auth = {"x509_pem_cert": [pem]}
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return self._auth
+
+
+@pytest.fixture
+def pki(tmp_path) -> Path:
+    init_pki(tmp_path, ["alpha", "beta"])
+    return tmp_path
+
+
+def serial(path: Path) -> int:
+    return x509.load_pem_x509_certificate(path.read_bytes()).serial_number
+
+
+def listed(path: Path) -> dict[int, x509.ReasonFlags]:
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    return {e.serial_number: e.extensions.get_extension_for_class(x509.CRLReason).value.reason
+            for e in crl}
+
+
+def test_a_new_ca_lists_nothing_and_each_revocation_signs_the_list_anew(pki):
+    ca = CertificateAuthority.load(pki)
+    assert listed(pki / "ca.crl") == {}
+    ca.revoke(pki, serial(pki / "alpha.pem"), "key-compromise")
+    first = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
+    ca.revoke(pki, serial(pki / "beta.pem"), "superseded")
+    ca.revoke(pki, serial(pki / "alpha.pem"), "unspecified")  # a second time: kept as it was
+    crl = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
+    assert listed(pki / "ca.crl") == {serial(pki / "alpha.pem"): x509.ReasonFlags.key_compromise,
+                                      serial(pki / "beta.pem"): x509.ReasonFlags.superseded}
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 4
+    assert crl.is_signature_valid(ca.certificate.public_key())
+    alpha = crl.get_revoked_certificate_by_serial_number(serial(pki / "alpha.pem"))
+    assert alpha.revocation_date_utc == first.get_revoked_certificate_by_serial_number(
+        serial(pki / "alpha.pem")).revocation_date_utc
+    with pytest.raises(ConfigError, match="unknown revocation reason 'lost'"):
+        ca.revoke(pki, 1, "lost")
+
+
+def test_a_list_that_is_not_the_ca_s_is_refused_at_start_and_never_replaces_one(pki, tmp_path):
+    other = tmp_path / "other"
+    init_ca(other)
+    ca_pem = (pki / "ca.pem").read_bytes()
+    with pytest.raises(ConfigError, match="other/ca.crl is not signed by the federation's CA"):
+        Revocations(ca_pem, other / "ca.crl")
+    tampered = bytearray(x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
+                         .public_bytes(serialization.Encoding.DER))
+    tampered[-1] ^= 0x01  # the signature's last byte
+    (tmp_path / "bad.crl").write_bytes(bytes(tampered))
+    with pytest.raises(ConfigError, match="bad.crl is not signed by the federation's CA|"
+                                          "bad.crl is not a certificate revocation list"):
+        Revocations(ca_pem, tmp_path / "bad.crl")
+    (tmp_path / "junk.crl").write_bytes(b"not a list")
+    with pytest.raises(ConfigError, match="junk.crl is not a certificate revocation list"):
+        Revocations(ca_pem, tmp_path / "junk.crl")
+    with pytest.raises(ConfigError, match="revocation list unreadable: .*missing.crl"):
+        Revocations(ca_pem, tmp_path / "missing.crl")
+    # the other CA's list signs nothing here: revoking with this CA refuses to build on it
+    (pki / "ca.crl").write_bytes((other / "ca.crl").read_bytes())
+    with pytest.raises(ConfigError, match="is not signed by the federation's CA"):
+        CertificateAuthority.load(pki).revoke(pki, 5)
+
+
+def test_a_revoked_certificate_is_refused_on_every_call_and_recorded_once(pki, caplog):
+    ca = CertificateAuthority.load(pki)
+    seen: list[tuple[Identity, int, bool]] = []
+    revocations = Revocations((pki / "ca.pem").read_bytes(), pki / "ca.crl",
+                              lambda *call: seen.append(call))
+    revocations.RECHECK_S = 0.0
+    alpha, beta = (pki / "alpha.pem").read_bytes(), (pki / "beta.pem").read_bytes()
+    revocations.check(Context(alpha))
+    ca.revoke(pki, serial(pki / "alpha.pem"), "key-compromise")
+    for _ in range(3):  # read again because the file changed; refused every time
+        with pytest.raises(PolicyError, match=f"the certificate of alpha .party. .serial "
+                                              f"{serial(pki / 'alpha.pem'):x}. is revoked"):
+            revocations.check(Context(alpha))
+    revocations.check(Context(beta))  # only the listed serial
+    assert seen == [(Identity("alpha", Role.PARTY), serial(pki / "alpha.pem"), first)
+                    for first in (True, False, False)]
+    # a new file that does not load leaves the list in force, and says why
+    good = (pki / "ca.crl").read_bytes()
+    (pki / "ca.crl").write_bytes(b"-----BEGIN X509 CRL-----\ngarbage\n-----END X509 CRL-----\n")
+    with pytest.raises(PolicyError):
+        revocations.check(Context(alpha))
+    assert "the list loaded before stays in force" in caplog.text
+    (pki / "ca.crl").write_bytes(good)
+    assert revocations.number == 2
+
+
+def test_a_list_past_its_next_update_is_still_enforced_with_a_warning(pki, caplog):
+    revocations = Revocations((pki / "ca.pem").read_bytes(), pki / "ca.crl")
+    assert not revocations.stale()
+    assert revocations.stale(dt.datetime.now(dt.UTC) + dt.timedelta(days=400))
+
+
+def test_pki_revoke_shows_whose_certificate_and_asks_first(pki):
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "invisible", "pki", "revoke", *args],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60,
+                              stdin=subprocess.DEVNULL)
+
+    refused = cli(str(pki / "alpha.pem"), "--ca", str(pki))
+    assert refused.returncode != 0 and "nothing done: confirm with --yes" in refused.stderr
+    assert "revoke " in refused.stdout and "alpha (party)" in refused.stdout
+    assert listed(pki / "ca.crl") == {}
+    done = cli(str(pki / "alpha.pem"), "--ca", str(pki), "--reason", "key-compromise", "--yes")
+    assert done.returncode == 0, done.stderr
+    assert listed(pki / "ca.crl") == {serial(pki / "alpha.pem"): x509.ReasonFlags.key_compromise}
+    by_serial = cli("--serial", f"{serial(pki / 'beta.pem'):x}", "--ca", str(pki), "--yes")
+    assert by_serial.returncode == 0, by_serial.stderr
+    assert serial(pki / "beta.pem") in listed(pki / "ca.crl")
+    foreign = pki / "foreign"
+    init_pki(foreign, ["alpha"])
+    stranger = cli(str(foreign / "alpha.pem"), "--ca", str(pki), "--yes")
+    assert "was not issued by the CA in" in stranger.stderr
+    assert cli("--ca", str(pki), "--yes").returncode != 0  # neither a file nor a serial
+
+
+def renew(pki: Path, party: str) -> tuple[Path, Path]:
+    """A second key and certificate for `party`, as an institution renewing before expiry."""
+    ca = CertificateAuthority.load(pki)
+    key_pem, cert_pem = ca.issue(Identity(party, Role.PARTY))
+    key, cert = pki / f"{party}-renewed.key", pki / f"{party}-renewed.pem"
+    key.write_bytes(key_pem)
+    key.chmod(0o600)
+    cert.write_bytes(cert_pem)
+    return key, cert
+
+
+def within(seconds: float, attempt):
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return attempt()
+        except InvisibleError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.mark.timeout(180)
+def test_nodes_refuse_a_revoked_party_and_coordinator_and_accept_a_renewed_certificate(tmp_path):
+    layout = write_local_federation(tmp_path, PARTIES, sample_datasets())
+    pki = tmp_path / "pki"
+    ca = CertificateAuthority.load(pki)
+    telco = layout.party_configs["telco"]
+    with InProcessNodes(layout) as nodes, \
+            Federation.from_config(layout.coordinator_config) as fed:
+        expected = fed.secure_sum(INPUTS, 1e5).total
+        # telco renews: a second certificate, served after a restart, while the first is
+        # still valid; its peers need nothing (same CA, same identity)
+        key, cert = renew(pki, "telco")
+        old_serial = serial(pki / "telco.pem")
+        text = telco.read_text()
+        telco.write_text(text.replace(str(pki / "telco.pem"), str(cert))
+                         .replace(str(pki / "telco.key"), str(key)))
+        nodes.nodes["telco"].stop(grace_s=0.5)
+        listen = nodes.nodes["telco"].address
+        telco.write_text(telco.read_text().replace('listen = "127.0.0.1:0"',
+                                                   f'listen = "{listen}"'))
+        nodes.nodes["telco"] = PartyNode(load_party_config(telco)).start()
+        assert within(20, lambda: fed.secure_sum(INPUTS, 1e5).total) == pytest.approx(expected)
+        # the old certificate is revoked: nothing changes for telco's renewed one
+        ca.revoke(pki, old_serial, "superseded")
+        time.sleep(1.2)
+        assert fed.secure_sum(INPUTS, 1e5).total == pytest.approx(expected)
+        # telco's renewed certificate revoked: bank and hospital refuse its calls
+        ca.revoke(pki, serial(cert), "key-compromise")
+        time.sleep(1.2)
+        with pytest.raises(InvisibleError):
+            fed.secure_sum(INPUTS, 1e5)
+        bank = nodes.nodes["bank"]
+        refusals = [e for e in bank.ledger.entries() if e.event == "revoked-refused"]
+        assert [e.body for e in refusals] == [
+            {"caller": "telco", "role": "party", "serial": f"{serial(cert):x}"}]
+        assert bank.metrics.revoked_calls.labels("party")._value.get() >= 1
+        sample = bank.metrics.registry.get_sample_value
+        assert 364 < sample("invisible_certificate_days_left", {"certificate": "node"}) <= 365
+        assert 364 < sample("invisible_certificate_days_left", {"certificate": "ca"}) <= 365
+        config = bank.config
+        report, problems = verify_ledger(config.ledger.path, "bank", load_public_key(
+            config.ledger.signing_key.with_suffix(".pub")))
+        assert report.ok and not problems  # the refusal is a signed entry of the chain
+        # the coordinator's certificate revoked: every node refuses it, saying why
+        ca.revoke(pki, serial(pki / "coordinator.pem"), "cessation-of-operation")
+        time.sleep(1.2)
+        with pytest.raises(PolicyError, match="coordinator .coordinator. .serial [0-9a-f]+. is "
+                                              "revoked by the federation's CA"):
+            fed.secure_sum({p: INPUTS[p] for p in ("bank", "hospital")}, 1e5)
+    # a node whose own certificate is revoked does not start
+    with pytest.raises(ConfigError, match="is revoked by the CA's list"):
+        PartyNode(load_party_config(telco))
