@@ -40,6 +40,7 @@ from invisible.net.tls import (
     TlsMaterial,
     caller_identity,
     days_left,
+    renewable_server_credentials,
     require_role,
 )
 from invisible.v1 import (
@@ -154,9 +155,12 @@ def _domain_errors_to_status(method: F) -> F:
 
 
 class HealthServicer(health_pb2_grpc.HealthServicer, _Servicer):
-    def __init__(self, tls: TlsMaterial, datasets: Callable[[], list[str]]) -> None:
-        self._tls = tls
-        self._identity = tls.identity
+    """`tls`: the node's material, or a callable giving what it serves now (renewed)."""
+
+    def __init__(self, tls: TlsMaterial | Callable[[], TlsMaterial],
+                 datasets: Callable[[], list[str]]) -> None:
+        self._tls = tls if callable(tls) else (lambda: tls)
+        self._identity = self._tls().identity
         self._datasets = datasets
         self.stopping = False
 
@@ -169,8 +173,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer, _Servicer):
         return health_pb2.HealthCheckResponse(
             status=status, party_id=self._identity.party_id, role=self._identity.role.value,
             version=__version__, datasets=self._datasets(),
-            certificate_days_left=days_left(self._tls.cert_pem),
-            ca_days_left=days_left(self._tls.ca_pem),
+            certificate_days_left=days_left(self._tls().cert_pem),
+            ca_days_left=days_left(self._tls().ca_pem),
             revocation_list_number=self.revocations.number if self.revocations else 0,
             revoked_certificates=len(self.revocations.serials) if self.revocations else 0,
         )
@@ -327,7 +331,7 @@ class JobsServicer(_Servicer):
 
 
 def build_server(
-    tls: TlsMaterial,
+    tls: TlsMaterial | Callable[[], TlsMaterial],
     address: str,
     *,
     health: HealthServicer,
@@ -337,7 +341,9 @@ def build_server(
     revocations: Revocations | None = None,
 ) -> tuple[grpc.Server, int]:
     """A started-but-not-yet-serving server bound to `address`; returns (server, port).
-    Every call to its services is refused if made with a certificate `revocations` lists."""
+    Every call to its services is refused if made with a certificate `revocations` lists.
+    `tls` may be a callable: each new connection is then served the material it returns
+    (a renewed certificate, without a restart)."""
     for servicer in (health, exchange, jobs):
         if servicer is not None:
             servicer.revocations = revocations
@@ -355,7 +361,9 @@ def build_server(
     if jobs is not None:
         jobs.add_to(server)
     try:
-        port = server.add_secure_port(address, tls.server_credentials())
+        credentials = (tls.server_credentials() if isinstance(tls, TlsMaterial)
+                       else renewable_server_credentials(tls))
+        port = server.add_secure_port(address, credentials)
     except RuntimeError as exc:
         raise InvisibleError(f"cannot listen on {address}: {exc}") from None
     if port == 0:

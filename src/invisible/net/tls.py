@@ -120,12 +120,33 @@ class TlsMaterial:
             require_client_auth=True,
         )
 
+    def certificate_configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(self.key_pem, self.cert_pem)], root_certificates=self.ca_pem)
+
     def channel_credentials(self) -> grpc.ChannelCredentials:
         return grpc.ssl_channel_credentials(
             root_certificates=self.ca_pem,
             private_key=self.key_pem,
             certificate_chain=self.cert_pem,
         )
+
+
+def renewable_server_credentials(current: Callable[[], TlsMaterial]) -> grpc.ServerCredentials:
+    """Server credentials that present the certificate `current()` returns at each new
+    connection: a node renewed with a new certificate (while the old one is still valid)
+    serves it without a restart; connections already open keep the old one."""
+    served = [current()]
+
+    def fetch() -> grpc.ServerCertificateConfiguration | None:
+        now = current()
+        if now is served[0]:
+            return None  # unchanged
+        served[0] = now
+        return now.certificate_configuration()
+
+    return grpc.dynamic_ssl_server_credentials(
+        served[0].certificate_configuration(), fetch, require_client_authentication=True)
 
 
 @functools.lru_cache(maxsize=256)

@@ -105,13 +105,13 @@ class PartyNode:
             self.announcer = HeadAnnouncer(
                 ledger.head, self.clients, min(5.0, config.limits.rpc_timeout_s),
                 lambda seq: list(ledger.entries(after_seq=seq - 1)))
-        self._health = HealthServicer(self.tls, self.datasets.ids)
+        self._health = HealthServicer(lambda: self.tls, self.datasets.ids)
         self.metrics.certificate_days_left.labels("node").set_function(
             lambda: days_left(self.tls.cert_pem))
         self.metrics.certificate_days_left.labels("ca").set_function(
             lambda: days_left(self.tls.ca_pem))
         self._server, self.port = build_server(
-            self.tls, config.listen, health=self._health,
+            lambda: self.tls, config.listen, health=self._health,
             exchange=ExchangeServicer(
                 self.mailbox, lambda: set(self.clients),
                 {HEAD_STEP: self.witness.record, PROVE_STEP: self._prove},
@@ -130,10 +130,11 @@ class PartyNode:
     def party_id(self) -> str:
         return self.config.party_id
 
-    def _update_clients(self, config: PartyConfig) -> list[str]:
+    def _update_clients(self, config: PartyConfig, reconnect: bool = False) -> list[str]:
         """Connect to the peers and dealers `config` names, keeping the connections whose
-        address is unchanged; the peers that are new or moved (a removed one is closed).
-        The dict is updated in place: channels and the announcer hold it."""
+        address is unchanged (unless `reconnect`: a renewed certificate); the peers that
+        are new or moved (a removed one is closed). The dict is updated in place: channels
+        and the announcer hold it."""
         wanted = {peer: (address, role)
                   for peers, role in ((config.peers, Role.PARTY), (config.dealers, Role.DEALER))
                   for peer, address in peers.items()}
@@ -142,7 +143,8 @@ class PartyNode:
             self.clients.pop(peer).close()
         for peer, (address, role) in wanted.items():
             old = self.clients.get(peer)
-            if old is not None and old.address == address and old.role is role:
+            if old is not None and old.address == address and old.role is role \
+                    and not reconnect:
                 continue
             self.clients[peer] = NodeClient(self.tls, peer, address, role=role,
                                             timeout_s=config.limits.rpc_timeout_s)
@@ -161,8 +163,10 @@ class PartyNode:
         """Read the config file again and apply its peers, dealers and policies (the node's
         and each dataset's) without a restart: what `SIGHUP` to `invisible node serve` does.
         Returns the peers that are new or moved. The CA's revocation list is read again too
-        (it is also read whenever its file changes). Anything else changed in the file
-        (listen, TLS files, datasets, ledger, limits) needs a restart, and a warning says so.
+        (it is also read whenever its file changes), and a renewed certificate (new files,
+        or the same files rewritten, for the same identity from the same CA) is served to
+        every new connection and used for every call from here on. Anything else changed
+        (listen, the CA, datasets, ledger, limits) needs a restart, and a warning says so.
 
         The new file is read and checked whole before anything changes: a bad file leaves
         the node as it was (a ConfigError says why).
@@ -178,16 +182,24 @@ class PartyNode:
             if unknown:
                 raise ConfigError(f"{fresh.source}: dataset(s) {', '.join(unknown)} added or "
                                   "removed; that needs a restart")
+            renewed = self._renewed(fresh)
             policies = {d: c.policy for d, c in fresh.datasets.items()}
             self.meter.policies, self.meter.node_policy = policies, fresh.node_policy
-            changed = self._update_clients(fresh)
+            if renewed is not None:
+                self.tls = renewed
+                log.info("node %s now presents its renewed certificate %s (%.0f days left)",
+                         self.party_id, fresh.tls.cert, days_left(renewed.cert_pem))
+            changed = self._update_clients(fresh, reconnect=renewed is not None)
             pending = [name for name, a, b in (
-                ("listen", old.listen, fresh.listen), ("tls", old.tls, fresh.tls),
+                ("listen", old.listen, fresh.listen),
+                ("tls ca or crl", (old.tls.ca, old.tls.crl), (fresh.tls.ca, fresh.tls.crl)),
                 ("limits", old.limits, fresh.limits), ("ledger", old.ledger, fresh.ledger),
                 ("metrics", old.metrics_listen, fresh.metrics_listen),
                 ("results_dir", old.results_dir, fresh.results_dir),
-                ("datasets", {d: (c.path, c.columns, c.missing) for d, c in old.datasets.items()},
-                 {d: (c.path, c.columns, c.missing) for d, c in fresh.datasets.items()}),
+                ("datasets", {d: (c.describe(), c.columns, c.missing, c.database)
+                              for d, c in old.datasets.items()},
+                 {d: (c.describe(), c.columns, c.missing, c.database)
+                  for d, c in fresh.datasets.items()}),
             ) if a != b]
             if pending:
                 log.warning("%s: %s changed; a restart applies that", fresh.source,
@@ -198,6 +210,22 @@ class PartyNode:
         if self._serving:  # a node not started yet announces to every peer when it starts
             self._announce_head([p for p in changed if p in fresh.peers and self.clients[p].known])
         return changed
+
+    def _renewed(self, fresh: PartyConfig) -> TlsMaterial | None:
+        """The node's certificate and key as `fresh` names them, if they differ from those
+        in use and may replace them: the same identity, from the same CA, not revoked
+        (ConfigError otherwise, and nothing changes)."""
+        material = TlsMaterial.load(fresh.tls, expected_role=self.role)
+        if material.ca_pem != self.tls.ca_pem:
+            raise ConfigError(f"{fresh.source}: the CA certificate {fresh.tls.ca} changed; "
+                              "that needs a restart")
+        if material.identity != self.tls.identity:
+            raise ConfigError(f"{fresh.source}: certificate {fresh.tls.cert} is issued to "
+                              f"{material.identity}; this node is {self.tls.identity}")
+        self.revocations.refuse_own(fresh.tls)
+        if (material.cert_pem, material.key_pem) == (self.tls.cert_pem, self.tls.key_pem):
+            return None
+        return material
 
     @property
     def address(self) -> str:
