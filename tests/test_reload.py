@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -124,11 +126,20 @@ def test_an_address_not_published_yet_fails_at_once_naming_the_party(layout):
 
 
 @pytest.mark.timeout(120)
-def test_sighup_makes_a_node_process_reload_and_say_so(layout):
+@pytest.mark.parametrize("how", ["SIGHUP", "invisible node reload"])
+def test_a_signal_or_node_reload_makes_a_node_process_reload_and_say_so(layout, how):
+    telco = layout.party_configs["telco"]
     with NodeProcesses(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         fed.secure_sum(INPUTS, 1e5)
-        edit(layout.party_configs["telco"], OPEN, CLOSED)
-        nodes.processes["telco"].send_signal(signal.SIGHUP)
+        edit(telco, OPEN, CLOSED)
+        if how == "SIGHUP":
+            nodes.processes["telco"].send_signal(signal.SIGHUP)
+        else:
+            asked = subprocess.run([sys.executable, "-m", "invisible", "node", "reload",
+                                    "--config", str(telco)], capture_output=True, text=True,
+                                   timeout=60)
+            assert asked.returncode == 0, asked.stderr
+            assert f"(pid {nodes.processes['telco'].pid}) to read {telco} again" in asked.stdout
         deadline = time.monotonic() + 30
         while "reloaded" not in nodes.log_tail("telco", 1) and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -136,3 +147,26 @@ def test_sighup_makes_a_node_process_reload_and_say_so(layout):
         with pytest.raises(PolicyError, match="party 'telco' refused.*rule 'not-allowed'"):
             fed.secure_sum(INPUTS, 1e5)
         nodes.check_alive()
+
+
+def test_node_reload_refuses_when_no_node_serves_the_config(layout, tmp_path):
+    telco = layout.party_configs["telco"]
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "invisible", "node", "reload", "--config",
+                               str(telco)], capture_output=True, text=True, timeout=60)
+
+    refused = reload()
+    assert refused.returncode == 2 and "no node serving" in refused.stderr
+    # a pid left by a node that died, now some other process: never signalled
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        pid_file = load_party_config(telco).ledger.path.with_suffix(".sqlite.pid")
+        pid_file.write_text(f"{other.pid}\n")
+        refused = reload()
+        assert refused.returncode == 2
+        assert f"names pid {other.pid}, which is not a node serving" in refused.stderr
+        assert other.poll() is None  # still running: no SIGHUP reached it
+    finally:
+        other.kill()
+        other.wait()

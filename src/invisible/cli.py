@@ -6,6 +6,7 @@
     invisible pki revoke bank.pem --ca DIR [--reason key-compromise] [--yes]
     invisible node serve --config parties/bank/party.toml [--role dealer] [--accept-broken-ledger]
     invisible node check --config parties/bank/party.toml [--role dealer]
+    invisible node reload --config parties/bank/party.toml
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml [--json]
     invisible job kinds [--markdown]
@@ -33,9 +34,13 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from invisible import __version__
 from invisible.errors import ConfigError, InvisibleError
+
+if TYPE_CHECKING:
+    from invisible.node.node import PartyNode
 
 EXIT_USAGE = 2
 
@@ -87,6 +92,13 @@ def _pki_revoke(args: argparse.Namespace) -> int:
 
     return pki_revoke(Path(args.ca), Path(args.certificate) if args.certificate else None,
                       args.serial, args.reason, args.yes)
+
+
+def _node_reload(args: argparse.Namespace) -> int:
+    from invisible.operator import reload_node
+
+    print(reload_node(Path(args.config)))
+    return 0
 
 
 def _node_check(args: argparse.Namespace) -> int:
@@ -175,6 +187,7 @@ def _node_serve(args: argparse.Namespace) -> int:
     from invisible.net.pki import Role
     from invisible.node.config import load_party_config
     from invisible.node.node import PartyNode
+    from invisible.operator import serving
     from invisible.runtime import OneLineFormatter, keep_freed_memory
 
     keep_freed_memory()
@@ -187,6 +200,16 @@ def _node_serve(args: argparse.Namespace) -> int:
                      accept_broken_ledger=args.accept_broken_ledger)
     node.start()
     print(f"invisible node '{node.party_id}' ({role.value}) serving on {node.address}", flush=True)
+    with serving(node.config.ledger.path):
+        _serve_until_stopped(node, stop, wake, parent)
+    node.stop()
+    print(f"invisible node '{node.party_id}' stopped", flush=True)
+    return 0
+
+
+def _serve_until_stopped(node: PartyNode, stop: threading.Event, wake: threading.Event,
+                         parent: int | None) -> None:
+    """Reload on SIGHUP (`wake`) until SIGTERM or SIGINT (`stop`), or the parent is gone."""
     while not stop.is_set():
         if wake.wait(0.5) and not stop.is_set():  # SIGHUP: peers and policies again
             wake.clear()
@@ -201,9 +224,6 @@ def _node_serve(args: argparse.Namespace) -> int:
             logging.getLogger(__name__).warning(
                 "the process that started this node (pid %d) is gone: stopping", parent)
             break
-    node.stop()
-    print(f"invisible node '{node.party_id}' stopped", flush=True)
-    return 0
 
 
 def _health(args: argparse.Namespace) -> int:
@@ -431,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, help="the party's TOML file")
     check.add_argument("--role", choices=["party", "dealer"], default="party")
     check.set_defaults(handler=_node_check)
+    reload = node.add_parser("reload", help="ask the node serving a config on this machine to "
+                             "read it again (peers, policies, a renewed certificate), as "
+                             "SIGHUP does")
+    reload.add_argument("--config", required=True, help="the party's TOML file")
+    reload.set_defaults(handler=_node_reload)
     listing = node.add_parser("alignments", help="list the alignments (rows of set "
                               "intersections) this node keeps; expired ones are deleted")
     listing.add_argument("--config", required=True, help="the party's TOML file")

@@ -5,6 +5,8 @@
   will sign (`invisible pki request`, `invisible pki sign`).
 - :func:`pki_revoke`: a certificate added to the CA's revocation list, after showing
   whose it is (`invisible pki revoke`); nodes refuse it from the moment they read the list.
+- :func:`serving` and :func:`reload_node`: a serving node's pid beside its ledger, and
+  `invisible node reload`, which signals that node to read its config again.
 - :func:`check_node`: everything a node would load at start (its config, certificate,
   datasets and policies), loaded and described without serving (`invisible node check`).
 
@@ -14,7 +16,11 @@ columns are, to the operator of the node that holds it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from cryptography import x509
@@ -152,3 +158,45 @@ def check_node(config_path: Path, role: Role) -> list[str]:
     lines.append(f"ledger {ledger.path}" + (" (none: nothing is recorded)"
                                             if ledger.store == "none" else ""))
     return lines
+
+
+def _pid_file(ledger: Path) -> Path:
+    return ledger.with_name(ledger.name + ".pid")
+
+
+@contextlib.contextmanager
+def serving(ledger: Path) -> Iterator[None]:
+    """While a node serves: its pid in ``<ledger>.pid`` (on the node's state volume, beside
+    its ledger), for `invisible node reload`; removed when it stops."""
+    path, mine = _pid_file(ledger), f"{os.getpid()}\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(mine)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if path.read_text() == mine:
+                path.unlink()
+
+
+def reload_node(config_path: Path) -> str:
+    """Ask the node serving `config_path` on this machine to read its config again (SIGHUP):
+    the pid beside its ledger, checked to be an `invisible node serve` of that config (a
+    pid left by a node that died may name another process by now)."""
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(config_path)
+    path = _pid_file(config.ledger.path)
+    try:
+        pid = int(path.read_text().strip())
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        raise ConfigError(f"no node serving {config.source} runs on this machine (no "
+                          f"{path.name} with a running process beside its ledger)") from None
+    if b"serve" not in command or not any(
+            part.endswith(config.source.name.encode()) for part in command):
+        raise ConfigError(f"{path} names pid {pid}, which is not a node serving "
+                          f"{config.source} (left by a node that stopped?)")
+    os.kill(pid, signal.SIGHUP)
+    return (f"asked node '{config.party_id}' (pid {pid}) to read {config.source} again; its "
+            "log says what it applied, or why it refused the file")
