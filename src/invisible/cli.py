@@ -15,6 +15,7 @@
     invisible meter verify --config party.toml [--receipts DIR]
     invisible meter verify-receipt RECEIPT --public-key bank-ledger.pub [--public-key ...]
     invisible meter export --config party.toml --out FILE [--event witnessed]
+    invisible meter backup --config party.toml --out FILE
     invisible meter rotate-key --config party.toml
     invisible bench NAME... [--quick] [--json PATH]
     invisible demo
@@ -321,6 +322,18 @@ def _meter_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok and not problems else 1
 
 
+def _meter_backup(args: argparse.Namespace) -> int:
+    from invisible.metering.audit import backup_ledger
+    from invisible.metering.keys import load_key_history
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(args.config)
+    key = load_key_history(_public_key_path(config.ledger.signing_key, None))
+    report = backup_ledger(config.ledger.path, config.party_id, key, Path(args.out))
+    print(f"{config.ledger.path} backed up to {args.out}; the copy: {report}")
+    return 0 if report.ok else 1
+
+
 def _meter_verify_receipt(args: argparse.Namespace) -> int:
     from invisible.metering.audit import audit_file
 
@@ -519,6 +532,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--event", action="append", help="only these events (repeatable)")
     export.add_argument("--since", help="an ISO date or time (UTC), e.g. 2026-11-01")
     export.set_defaults(handler=_meter_export)
+    backup = meters.add_parser("backup", help="copy a node's ledger while it runs (a "
+                               "consistent snapshot) and verify the copy's chain")
+    backup.add_argument("--config", required=True, help="the party's TOML file")
+    backup.add_argument("--out", required=True, help="the copy to write (never replaced)")
+    backup.set_defaults(handler=_meter_backup)
     rotate = meters.add_parser("rotate-key", help="hand the ledger on to a new signing key, "
                                "recorded in it and signed by both keys (node stopped)")
     rotate.add_argument("--config", required=True, help="the party's TOML file")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,3 +281,27 @@ def _evidence_about(node: str, evidence_dir: Path, problems: list[str],
             if item.node == node or (item.event == "witnessed" and isinstance(heads, dict)
                                      and node in heads):
                 yield path, item
+
+
+def backup_ledger(ledger_path: Path, node: str, key: Keys, out: Path) -> VerifyReport:
+    """Copy a node's ledger to `out` with SQLite's online backup (a consistent snapshot while
+    the node writes), then verify the copy's whole chain; ConfigError if `out` exists."""
+    if out.exists():
+        raise ConfigError(f"{out} exists: give another --out (a backup never replaces a file)")
+    if not ledger_path.exists():
+        raise ConfigError(f"no ledger at {ledger_path}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    source = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(out)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    ledger = Ledger(out, node, None)
+    try:
+        return verify_rows(ledger.raw_rows(), key)
+    finally:
+        ledger.close()
