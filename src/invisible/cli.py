@@ -7,6 +7,7 @@
     invisible node serve --config parties/bank/party.toml [--role dealer] [--accept-broken-ledger]
     invisible node check --config parties/bank/party.toml [--role dealer]
     invisible node reload --config parties/bank/party.toml
+    invisible node probe --config parties/bank/party.toml [--role dealer] [--timeout S]
     invisible health --coordinator parties/coordinator.toml
     invisible job run job.toml [--json]
     invisible job kinds [--markdown]
@@ -99,6 +100,18 @@ def _node_reload(args: argparse.Namespace) -> int:
     from invisible.operator import reload_node
 
     print(reload_node(Path(args.config)))
+    return 0
+
+
+def _node_probe(args: argparse.Namespace) -> int:
+    from invisible.net.pki import Role
+    from invisible.operator import probe_node
+
+    try:
+        print(probe_node(Path(args.config), Role(args.role), args.timeout))
+    except InvisibleError as exc:  # 1, not 2: a container engine reserves 2 in health checks
+        print(f"invisible: not serving: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -464,6 +477,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--config", required=True, help="the party's TOML file")
     check.add_argument("--role", choices=["party", "dealer"], default="party")
     check.set_defaults(handler=_node_check)
+    probe = node.add_parser("probe", help="ask the node serving a config on this machine, "
+                            "over its port and with its certificate, whether it serves "
+                            "(exit 0) or not: a container's health check")
+    probe.add_argument("--config", required=True, help="the party's TOML file")
+    probe.add_argument("--role", choices=["party", "dealer"], default="party")
+    probe.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
+    probe.set_defaults(handler=_node_probe)
     reload = node.add_parser("reload", help="ask the node serving a config on this machine to "
                              "read it again (peers, policies, a renewed certificate), as "
                              "SIGHUP does")

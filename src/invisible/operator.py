@@ -7,6 +7,8 @@
   whose it is (`invisible pki revoke`); nodes refuse it from the moment they read the list.
 - :func:`serving` and :func:`reload_node`: a serving node's pid beside its ledger, and
   `invisible node reload`, which signals that node to read its config again.
+- :func:`probe_node`: the node on this machine asked whether it serves, over its own port
+  with its own certificate (`invisible node probe`: a container's health check).
 - :func:`check_node`: everything a node would load at start (its config, certificate,
   datasets and policies), loaded and described without serving (`invisible node check`).
 
@@ -200,3 +202,27 @@ def reload_node(config_path: Path) -> str:
     os.kill(pid, signal.SIGHUP)
     return (f"asked node '{config.party_id}' (pid {pid}) to read {config.source} again; its "
             "log says what it applied, or why it refused the file")
+
+
+def probe_node(config_path: Path, role: Role, timeout_s: float) -> str:
+    """Ask the node that serves `config_path` on this machine over its own port, with its
+    own certificate, whether it serves (the Health call every node answers); a container's
+    health check. ConfigError, or an error naming why the call failed, if it does not."""
+    from invisible.net.client import NodeClient
+    from invisible.net.tls import TlsMaterial
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(config_path)
+    host, _, port = config.listen.rpartition(":")
+    if port in ("", "0"):
+        raise ConfigError(f"{config.source}: listen {config.listen} names no port to probe")
+    # a node listening on every interface answers on loopback
+    local = "127.0.0.1" if host in ("0.0.0.0", "", "[::]", "::") else host  # noqa: S104
+    tls = TlsMaterial.load(config.tls, expected_role=role)
+    with NodeClient(tls, config.party_id, f"{local}:{port}", role=role,
+                    timeout_s=timeout_s) as client:
+        info = client.health(timeout_s=timeout_s)
+    if not info.serving:
+        raise ConfigError(f"node '{config.party_id}' answers but is stopping")
+    return (f"node '{info.party_id}' ({info.role}) serves on {local}:{port}; certificate "
+            f"{info.certificate_days_left:.0f} days left")
