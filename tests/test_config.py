@@ -73,7 +73,8 @@ BASE = '[party]\nid = "bank"\nlisten = "127.0.0.1:1"\n[tls]\nca="a"\ncert="b"\nk
 
 @pytest.mark.parametrize(("extra", "named"), [
     ('[metric]\nlisten = "127.0.0.1:9101"\n', "metric is not a table of this file"),
-    ("[metrics]\nlisen = 1\n", "metrics.lisen is not a key of this table (known: listen)"),
+    ("[metrics]\nlisen = 1\n", "metrics.lisen is not a key of this table (known: cert, "
+     "client_ca, key, listen)"),
     ("[limits]\nrpc_timeout = 5\n", "limits.rpc_timeout is not a key of this table"),
     ('[ledger]\nstorage = "none"\n', "ledger.storage is not a key of this table"),
     ('[datasets.d]\npath = "x.csv"\ncolumns = { a = "int" }\nmising = "drop"\n',

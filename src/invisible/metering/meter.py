@@ -253,7 +253,6 @@ class Meter:
 
     def _export_remaining(self, policy: DatasetPolicy, rule: Any, use: UseRequest,
                           mine: Usage, overall: Usage) -> None:
-        gauge = self.metrics.quota_remaining
         for limit, used, who, unit in (
             (rule.jobs_per_day, mine.jobs + 1, use.requester, "jobs"),
             (rule.rows_per_day, mine.rows + use.rows, use.requester, "rows"),
@@ -261,7 +260,7 @@ class Meter:
             (policy.rows_per_day, overall.rows + use.rows, "*", "rows"),
         ):
             if limit is not None:
-                gauge.labels(use.dataset, who, unit).set(max(0, limit - used))
+                self.metrics.quota_remaining.set(use.dataset, who, unit, limit, limit - used)
 
     def close(self, job: JobMeta, event: str, record: dict[str, Any], rows: int = 0,
               **body: Any) -> LedgerEntry:

@@ -1,14 +1,67 @@
-"""Live counters of one node for Prometheus (prometheus-client), in a registry of its own."""
+"""Live counters of one node for Prometheus (prometheus-client), in a registry of its own.
+
+Every label takes a bounded set of values: `kind` the registered kinds (else `unknown`),
+`dataset` the node's datasets, `requester` the identities a policy rule admitted (so
+certificates of the federation's CA), `rule` and `role` fixed names. The endpoint listens
+on loopback unless told otherwise, and can be served over TLS (with client certificates
+required, if a CA for them is given).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import datetime as dt
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 #: The `kind` label of a job whose kind is not registered at the node.
 UNKNOWN_KIND = "unknown"
+
+
+@dataclass(frozen=True)
+class MetricsTls:
+    """The metrics endpoint over HTTPS: its certificate and key, and optionally the CA whose
+    client certificates it requires (the scrapers')."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+def utc_day() -> str:
+    return dt.datetime.now(dt.UTC).date().isoformat()
+
+
+class QuotaRemaining(Collector):
+    """`invisible_quota_remaining`: what is left today of each daily quota, as of the last
+    reservation; a quota last reserved on an earlier (UTC) day shows its whole limit, since
+    quotas start again each day (a plain gauge kept yesterday's last value until the next
+    job)."""
+
+    def __init__(self, today: Callable[[], str] = utc_day) -> None:
+        self._today = today
+        self._lock = threading.Lock()
+        self._left: dict[tuple[str, str, str], tuple[str, int, int]] = {}
+
+    def set(self, dataset: str, requester: str, unit: str, limit: int, left: int) -> None:
+        with self._lock:
+            self._left[(dataset, requester, unit)] = (self._today(), limit, max(0, left))
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        today = self._today()
+        family = GaugeMetricFamily(
+            "invisible_quota_remaining", "What is left today of a daily quota",
+            labels=["dataset", "requester", "unit"])
+        with self._lock:
+            for labels, (day, limit, left) in sorted(self._left.items()):
+                family.add_metric(list(labels), left if day == today else limit)
+        yield family
 
 
 class NodeMetrics:
@@ -16,7 +69,8 @@ class NodeMetrics:
     `unknown` (a label per made-up name would let any requester grow the series without
     end). None: every kind as given (tests of metering alone)."""
 
-    def __init__(self, kinds: Iterable[str] | None = None) -> None:
+    def __init__(self, kinds: Iterable[str] | None = None,
+                 today: Callable[[], str] = utc_day) -> None:
         self.registry = CollectorRegistry()
         self._kinds = None if kinds is None else frozenset(kinds)
         self._jobs = Counter("invisible_jobs", "Jobs by kind and outcome", ["kind", "outcome"],
@@ -37,9 +91,8 @@ class NodeMetrics:
         self.revoked_calls = Counter(
             "invisible_revoked_calls", "Calls refused for a revoked certificate, by the "
             "caller's role", ["role"], registry=self.registry)
-        self.quota_remaining = Gauge(
-            "invisible_quota_remaining", "What is left of a daily quota after the last "
-            "reservation", ["dataset", "requester", "unit"], registry=self.registry)
+        self.quota_remaining = QuotaRemaining(today)
+        self.registry.register(self.quota_remaining)
         self._server: Any = None
 
     def _kind(self, kind: str) -> str:
@@ -51,10 +104,17 @@ class NodeMetrics:
     def observe_duration(self, kind: str, seconds: float) -> None:
         self._duration.labels(self._kind(kind)).observe(seconds)
 
-    def serve(self, address: str) -> int:
-        """Expose /metrics on host:port (port 0 picks one); returns the port."""
+    def serve(self, address: str, tls: MetricsTls | None = None) -> int:
+        """Expose /metrics on host:port (port 0 picks one), over TLS if `tls`; returns the
+        port."""
         host, _, port = address.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host, registry=self.registry)
+        options: dict[str, Any] = {}
+        if tls is not None:
+            options = {"certfile": str(tls.cert), "keyfile": str(tls.key)}
+            if tls.client_ca is not None:
+                options.update(client_cafile=str(tls.client_ca), client_auth_required=True)
+        server, _thread = start_http_server(int(port), addr=host, registry=self.registry,
+                                            **options)
         self._server = server
         return int(server.server_port)
 

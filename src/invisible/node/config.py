@@ -62,7 +62,10 @@ A party's file::
     max_bytes = 268435456
 
     [metrics]                    # optional: Prometheus endpoint
-    listen = "127.0.0.1:9101"
+    listen = "9101"              # a port alone: 127.0.0.1 (this machine only); or host:port
+    # cert = "metrics.pem"       # serve it over HTTPS (needed off loopback, or a warning)
+    # key = "metrics.key"
+    # client_ca = "scrapers.pem" # and require a scraper certificate from this CA
 
 Instead of ``[peers]`` and ``[dealers]``, a party (or dealer) may name the
 federation's address book, one file shared by every node and coordinator::
@@ -93,6 +96,7 @@ from pathlib import Path
 from typing import Any
 
 from invisible.errors import ConfigError
+from invisible.metering.metrics import MetricsTls
 from invisible.metering.policy import DatasetPolicy, NodePolicy, parse_node_policy, parse_policy
 from invisible.net.mailbox import DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import check_party_id
@@ -187,6 +191,7 @@ class PartyConfig:
     ledger: LedgerConfig = LedgerConfig(Path("ledger.sqlite"), Path("ledger.key"))
     #: host:port for the Prometheus endpoint, or None for none.
     metrics_listen: str | None = None
+    metrics_tls: MetricsTls | None = None
     #: The node's rule for jobs that use none of its data; None: they are refused.
     node_policy: NodePolicy | None = None
 
@@ -438,6 +443,32 @@ def _nodes(root: TomlReader, party: TomlReader,
     return peers, dealers, party.string("listen") if "listen" in party.table else own
 
 
+def _metrics(table: TomlReader) -> tuple[str | None, MetricsTls | None]:
+    """The metrics endpoint's address (a port alone means loopback) and its TLS files."""
+    tls = None
+    if ("cert" in table.table) != ("key" in table.table):
+        raise table.fail("cert", "HTTPS needs both cert and key")
+    if "cert" in table.table:
+        tls = MetricsTls(table.path("cert"), table.path("key"),
+                         table.path("client_ca") if "client_ca" in table.table else None)
+    elif "client_ca" in table.table:
+        raise table.fail("client_ca", "requires cert and key (client certificates need HTTPS)")
+    if "listen" not in table.table:
+        if table.table:
+            raise table.fail("listen", "is missing")
+        return None, None
+    value = table.table["listen"]
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not value:
+        raise table.fail("listen", "must be a port, or host:port")
+    listen = f"127.0.0.1:{value}" if value.isdigit() else value
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        raise table.fail("listen", "must be a port, or host:port")
+    return listen, tls
+
+
 def load_party_config(path: Path | str) -> PartyConfig:
     source = Path(path).resolve()
     root = TomlReader(source, load_toml(source), "").only(*PARTY_TABLES)
@@ -445,14 +476,16 @@ def load_party_config(path: Path | str) -> PartyConfig:
     party_id = check_party_id(party.string("id"))
     peers, dealers, listen = _nodes(root, party, party_id)
     tls = read_tls(root)
-    metrics = root.table_at("metrics", required=False).only("listen")
+    metrics = root.table_at("metrics", required=False).only("listen", "cert", "key",
+                                                            "client_ca")
+    metrics_listen, metrics_tls = _metrics(metrics)
     return PartyConfig(
         source=source, party_id=party_id, listen=listen, tls=tls,
         peers=peers, dealers=dealers, limits=read_limits(root), datasets=_datasets(root),
         results_dir=party.path("results_dir") if "results_dir" in party.table
         else source.parent / f"{party_id}-results",
         ledger=_ledger(root, party_id, tls),
-        metrics_listen=metrics.string("listen") if "listen" in metrics.table else None,
+        metrics_listen=metrics_listen, metrics_tls=metrics_tls,
         node_policy=parse_node_policy(root.table["policy"], f"{source}: policy")
         if "policy" in root.table else None,
     )

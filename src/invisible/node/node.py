@@ -194,7 +194,8 @@ class PartyNode:
                 ("listen", old.listen, fresh.listen),
                 ("tls ca or crl", (old.tls.ca, old.tls.crl), (fresh.tls.ca, fresh.tls.crl)),
                 ("limits", old.limits, fresh.limits), ("ledger", old.ledger, fresh.ledger),
-                ("metrics", old.metrics_listen, fresh.metrics_listen),
+                ("metrics", (old.metrics_listen, old.metrics_tls),
+                 (fresh.metrics_listen, fresh.metrics_tls)),
                 ("results_dir", old.results_dir, fresh.results_dir),
                 ("datasets", {d: (c.describe(), c.columns, c.missing, c.database)
                               for d, c in old.datasets.items()},
@@ -281,7 +282,14 @@ class PartyNode:
         self._server.start()
         self._serving = True
         if self.config.metrics_listen:
-            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
+            self.metrics_port = self.metrics.serve(self.config.metrics_listen,
+                                                   self.config.metrics_tls)
+            host = self.config.metrics_listen.rpartition(":")[0]
+            if self.config.metrics_tls is None and host not in ("127.0.0.1", "localhost",
+                                                                "::1", "[::1]"):
+                log.warning("metrics served over plain HTTP on %s, beyond this machine: give "
+                            "[metrics] cert and key to serve them over HTTPS",
+                            self.config.metrics_listen)
         log.info("node %s serving on %s", self.tls.identity, self.address)
         for dataset_id, dataset_config in self.config.datasets.items():  # the operator's log
             dataset = self.datasets.get(dataset_id)
