@@ -81,6 +81,17 @@ def read_columns(source: Source) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return columns.finish()
 
 
+def _memory_pool() -> pa.MemoryPool:
+    """pyarrow's mimalloc pool where it is built in, which hands freed blocks back as it
+    goes. Peak resident memory loading a 2,000,000 x 10 CSV (153 MB of columns), above the
+    imports: glibc malloc (pyarrow's system pool) 339-365 MB, jemalloc 318 MB, mimalloc
+    271-286 MB (three runs, a busy machine; memory does not depend on the load)."""
+    try:
+        return pa.mimalloc_memory_pool()
+    except NotImplementedError:
+        return pa.system_memory_pool()
+
+
 #: Bytes of CSV text pyarrow parses at a time: the peak holds one such block in flight per
 #: core besides the columns themselves.
 BLOCK_BYTES = 1 << 22
@@ -171,7 +182,7 @@ def _csv_batches(source: Source) -> Iterator[pa.RecordBatch]:
             convert_options=pcsv.ConvertOptions(
                 include_columns=list(source.columns),
                 column_types={c: ARROW_TYPES[t] for c, t in source.columns.items()}),
-            memory_pool=pa.system_memory_pool())
+            memory_pool=_memory_pool())
         yield from reader
     except pa.ArrowInvalid as exc:
         raise _csv_problem(source, header, str(exc), bad_rows) from None
