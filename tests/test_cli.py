@@ -145,6 +145,9 @@ def test_three_node_processes_reach_each_other_and_stop_cleanly(tmp_path):
         assert report.stdout.count("serving") == 3
         assert report.stdout.count("certificate 365 days left, CA 365; revocation list 1 "
                                    "(0 revoked)") == 3
+        # a requester is told the columns its policy lets it use, never a row count
+        assert "customers (customer_id:int district:int monthly_spend:float balance:float " \
+            "late_payment:int)" in report.stdout
         # each node lists its datasets at start, in its operator's log only
         assert re.search(r"dataset customers \(.*bank\.csv\): 240 rows; customer_id int, ",
                          (layout.directory / "bank.log").read_text())

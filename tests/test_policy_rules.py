@@ -21,6 +21,7 @@ from invisible.metering.policy import (
     authorise,
     authorise_without_data,
     group_problem,
+    usable_columns,
     parse_node_policy,
     parse_policy,
     quota_problem,
@@ -212,3 +213,17 @@ def test_each_quota_allows_exactly_its_limit_and_names_itself_beyond_it(field, u
     mine, overall = (more, (0, 0)) if field.startswith("rule") else ((0, 0), more)
     assert quota_problem(policy, rule, request(rows=100), mine, overall) == (
         "quota", f"{what} would be exceeded")
+
+
+def test_a_requester_is_told_only_the_columns_some_rule_lets_it_use():
+    declared = ["id", "spend", "age", "diagnosis"]
+    policy = parse_policy({"allow": [
+        {"requesters": ["analyst"], "kinds": ["secure_sum"], "columns": ["spend"]},
+        {"requesters": ["analyst"], "kinds": ["psi"], "columns": ["id"]},
+        {"requesters": ["*"], "kinds": ["statistics"], "columns": ["age"]},
+        {"requesters": ["auditor"], "kinds": ["*"], "columns": ["*"]},
+    ]}, WHERE)
+    assert usable_columns(policy, "analyst", declared) == ["id", "spend", "age"]
+    assert usable_columns(policy, "marketing", declared) == ["age"]  # the "*" rule only
+    assert usable_columns(policy, "auditor", declared) == declared
+    assert usable_columns(None, "auditor", declared) == []  # no policy: nothing is usable

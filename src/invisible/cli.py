@@ -252,7 +252,10 @@ def _health(args: argparse.Namespace) -> int:
                 revocation = (f"revocation list {info.revocation_list_number} "
                               f"({info.revoked_certificates} revoked)"
                               if info.revocation_list_number else "no revocation list")
-                print(f"{party:<16} {state:<9} datasets: {', '.join(info.datasets) or '-'}; "
+                datasets = ", ".join(
+                    f"{d} ({' '.join(info.usable_columns.get(d, ())) or 'no column for you'})"
+                    for d in info.datasets) or "-"
+                print(f"{party:<16} {state:<9} datasets: {datasets}; "
                       f"certificate {info.certificate_days_left:.0f} days left, CA "
                       f"{info.ca_days_left:.0f}; {revocation}")
             except InvisibleError as exc:

@@ -66,6 +66,19 @@ class AllowRule:
                 and (ANY in self.kinds or kind in self.kinds))
 
 
+def usable_columns(policy: DatasetPolicy | None, requester: str,
+                   declared: list[str]) -> list[str]:
+    """The declared columns some rule lets `requester` use, in declared order (none without
+    a policy): what it may be told a dataset holds."""
+    if policy is None:
+        return []
+    allowed: set[str] = set()
+    for rule in policy.allow:
+        if ANY in rule.requesters or requester in rule.requesters:
+            allowed |= set(declared) if ANY in rule.columns else set(rule.columns)
+    return [c for c in declared if c in allowed]
+
+
 @dataclass(frozen=True)
 class DatasetPolicy:
     allow: tuple[AllowRule, ...] = ()

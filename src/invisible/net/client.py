@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import grpc
@@ -68,6 +68,8 @@ class HealthInfo:
     #: The CA's revocation list the node enforces (0: none) and how many it revokes.
     revocation_list_number: int = 0
     revoked_certificates: int = 0
+    #: Each dataset's columns ("name:type") the caller's policy lets it use (a requester).
+    usable_columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class NodeClient:
@@ -183,6 +185,7 @@ class NodeClient:
             ca_days_left=response.ca_days_left,
             revocation_list_number=response.revocation_list_number,
             revoked_certificates=response.revoked_certificates,
+            usable_columns={d.dataset: tuple(d.columns) for d in response.usable_columns},
         )
 
     def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> bool:

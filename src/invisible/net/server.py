@@ -34,7 +34,7 @@ from invisible.net import wire
 from invisible.net.errors_grpc import RECEIPTS_METADATA, status_code_for
 from invisible.net.jobs_api import JobService, spec_from_proto, status_to_proto
 from invisible.net.mailbox import ABORT_STEP, Mailbox
-from invisible.net.pki import Role
+from invisible.net.pki import Identity, Role
 from invisible.net.tls import (
     Revocations,
     TlsMaterial,
@@ -158,16 +158,19 @@ class HealthServicer(health_pb2_grpc.HealthServicer, _Servicer):
     """`tls`: the node's material, or a callable giving what it serves now (renewed)."""
 
     def __init__(self, tls: TlsMaterial | Callable[[], TlsMaterial],
-                 datasets: Callable[[], list[str]]) -> None:
+                 datasets: Callable[[], list[str]],
+                 usable: Callable[[Identity], dict[str, list[str]]] | None = None) -> None:
         self._tls = tls if callable(tls) else (lambda: tls)
         self._identity = self._tls().identity
         self._datasets = datasets
+        self._usable = usable
         self.stopping = False
 
     @_domain_errors_to_status
     def Check(self, request: health_pb2.HealthCheckRequest,
               context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
-        caller_identity(context)
+        caller = caller_identity(context)
+        usable = self._usable(caller) if self._usable is not None else {}
         status = (health_pb2.HealthCheckResponse.STATUS_STOPPING if self.stopping
                   else health_pb2.HealthCheckResponse.STATUS_SERVING)
         return health_pb2.HealthCheckResponse(
@@ -177,6 +180,8 @@ class HealthServicer(health_pb2_grpc.HealthServicer, _Servicer):
             ca_days_left=days_left(self._tls().ca_pem),
             revocation_list_number=self.revocations.number if self.revocations else 0,
             revoked_certificates=len(self.revocations.serials) if self.revocations else 0,
+            usable_columns=[health_pb2.DatasetColumns(dataset=d, columns=c)
+                            for d, c in usable.items()],
         )
 
 

@@ -18,6 +18,7 @@ from invisible.kinds.registry import AnyKind, kinds_by_name
 from invisible.metering.ledger import Ledger
 from invisible.metering.meter import LedgerStore, Meter, NullLedgerStore
 from invisible.metering.metrics import NodeMetrics
+from invisible.metering.policy import usable_columns
 from invisible.metering.startup import open_node_ledger
 from invisible.net.client import NodeClient
 from invisible.net.grpc_channel import GrpcChannel
@@ -105,7 +106,7 @@ class PartyNode:
             self.announcer = HeadAnnouncer(
                 ledger.head, self.clients, min(5.0, config.limits.rpc_timeout_s),
                 lambda seq: list(ledger.entries(after_seq=seq - 1)))
-        self._health = HealthServicer(lambda: self.tls, self.datasets.ids)
+        self._health = HealthServicer(lambda: self.tls, self.datasets.ids, self._usable_columns)
         self.metrics.certificate_days_left.labels("node").set_function(
             lambda: days_left(self.tls.cert_pem))
         self.metrics.certificate_days_left.labels("ca").set_function(
@@ -152,6 +153,14 @@ class PartyNode:
                 old.close()
             changed.append(peer)
         return changed
+
+    def _usable_columns(self, caller: Identity) -> dict[str, list[str]]:
+        """For a requester's health call: each dataset's columns its policy lets it use."""
+        if caller.role is not Role.COORDINATOR:
+            return {}
+        return {dataset_id: [f"{c}:{config.columns[c]}" for c in usable_columns(
+                    self.meter.policies.get(dataset_id), caller.party_id, list(config.columns))]
+                for dataset_id, config in self.config.datasets.items()}
 
     def _revoked_call(self, caller: Identity, serial: int, first: bool) -> None:
         if first:  # later calls are counted in the metrics, not logged one by one

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invisible/v1/health.proto\x12\x0cinvisible.v1\"\x14\n\x12HealthCheckRequest\"\xd0\x02\n\x13HealthCheckResponse\x12\x38\n\x06status\x18\x01 \x01(\x0e\x32(.invisible.v1.HealthCheckResponse.Status\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x05 \x03(\t\x12\x1d\n\x15\x63\x65rtificate_days_left\x18\x06 \x01(\x01\x12\x14\n\x0c\x63\x61_days_left\x18\x07 \x01(\x01\x12\x1e\n\x16revocation_list_number\x18\x08 \x01(\x04\x12\x1c\n\x14revoked_certificates\x18\t \x01(\r\"I\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_SERVING\x10\x01\x12\x13\n\x0fSTATUS_STOPPING\x10\x02\x32V\n\x06Health\x12L\n\x05\x43heck\x12 .invisible.v1.HealthCheckRequest\x1a!.invisible.v1.HealthCheckResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19invisible/v1/health.proto\x12\x0cinvisible.v1\"\x14\n\x12HealthCheckRequest\"\x86\x03\n\x13HealthCheckResponse\x12\x38\n\x06status\x18\x01 \x01(\x0e\x32(.invisible.v1.HealthCheckResponse.Status\x12\x10\n\x08party_id\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\t\x12\x10\n\x08\x64\x61tasets\x18\x05 \x03(\t\x12\x1d\n\x15\x63\x65rtificate_days_left\x18\x06 \x01(\x01\x12\x14\n\x0c\x63\x61_days_left\x18\x07 \x01(\x01\x12\x1e\n\x16revocation_list_number\x18\x08 \x01(\x04\x12\x1c\n\x14revoked_certificates\x18\t \x01(\r\x12\x34\n\x0eusable_columns\x18\n \x03(\x0b\x32\x1c.invisible.v1.DatasetColumns\"I\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\x12\n\x0eSTATUS_SERVING\x10\x01\x12\x13\n\x0fSTATUS_STOPPING\x10\x02\"2\n\x0e\x44\x61tasetColumns\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x02 \x03(\t2V\n\x06Health\x12L\n\x05\x43heck\x12 .invisible.v1.HealthCheckRequest\x1a!.invisible.v1.HealthCheckResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,9 +34,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEALTHCHECKREQUEST']._serialized_start=43
   _globals['_HEALTHCHECKREQUEST']._serialized_end=63
   _globals['_HEALTHCHECKRESPONSE']._serialized_start=66
-  _globals['_HEALTHCHECKRESPONSE']._serialized_end=402
-  _globals['_HEALTHCHECKRESPONSE_STATUS']._serialized_start=329
-  _globals['_HEALTHCHECKRESPONSE_STATUS']._serialized_end=402
-  _globals['_HEALTH']._serialized_start=404
-  _globals['_HEALTH']._serialized_end=490
+  _globals['_HEALTHCHECKRESPONSE']._serialized_end=456
+  _globals['_HEALTHCHECKRESPONSE_STATUS']._serialized_start=383
+  _globals['_HEALTHCHECKRESPONSE_STATUS']._serialized_end=456
+  _globals['_DATASETCOLUMNS']._serialized_start=458
+  _globals['_DATASETCOLUMNS']._serialized_end=508
+  _globals['_HEALTH']._serialized_start=510
+  _globals['_HEALTH']._serialized_end=596
 # @@protoc_insertion_point(module_scope)
