@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from invisible.errors import JobAbortedError, ProtocolError
+from invisible.errors import JobAbortedError, MessageTooLargeError, ProtocolError
 from invisible.net import wire
 from invisible.net.mailbox import _REMEMBERED_JOBS, ABORT_STEP, Mailbox, Reservation
 
@@ -119,3 +119,42 @@ def test_the_memory_of_closed_jobs_is_bounded_and_forgets_the_oldest_first():
         assert mailbox.reserve(remembered, "s", "a", 1) is None
     with pytest.raises(ProtocolError, match="no job 'j0' is prepared"):
         mailbox.reserve(jobs[0], "s", "a", 1)
+
+
+def test_the_waiting_caps_hold_exactly_at_the_cap_and_a_message_taken_frees_only_itself():
+    """A sender may fill its allowance exactly, no further; taking one of its messages gives
+    back that message's bytes and count, and no more (its other messages still count)."""
+    mailbox = Mailbox(max_message_bytes=100, max_waiting_bytes=100, max_waiting_messages=2)
+    mailbox.open_job("j", ("a",))
+    mailbox.put("j", "full", "a", b"x" * 100)  # exactly the byte cap, from nothing waiting
+    assert mailbox.get("j", "full", "a", 1.0) == b"x" * 100
+    mailbox.put("j", "s1", "a", b"x" * 30)
+    mailbox.put("j", "s2", "a", b"x" * 30)  # exactly the message cap
+    with pytest.raises(MessageTooLargeError, match=(
+            r"^party 'a' already has 2 messages waiting here, the cap$")):
+        mailbox.put("j", "s3", "a", b"")
+    mailbox.get("j", "s1", "a", 1.0)  # s2 still waits: 30 bytes, 1 message
+    with pytest.raises(MessageTooLargeError, match=(
+            r"^party 'a' already has messages waiting here; with 71 more bytes they would "
+            r"pass the cap of 100 bytes$")):
+        mailbox.put("j", "s3", "a", b"x" * 71)
+    mailbox.put("j", "s3", "a", b"x" * 70)  # 30 + 70: exactly the cap again
+    with pytest.raises(MessageTooLargeError, match="already has 2 messages waiting"):
+        mailbox.put("j", "s4", "a", b"")
+    mailbox.get("j", "s2", "a", 1.0)
+    mailbox.get("j", "s3", "a", 1.0)
+    mailbox.put("j", "s5", "a", b"x" * 100)  # all taken: the whole allowance is back
+    single = Mailbox(max_waiting_messages=1)  # one message: the first is within it
+    single.open_job("j", ("a",))
+    single.put("j", "s1", "a", b"")
+    with pytest.raises(MessageTooLargeError, match="already has 1 messages waiting"):
+        single.put("j", "s2", "a", b"")
+
+
+def test_a_body_that_differs_from_its_header_is_refused_saying_so_exactly():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a",))
+    reservation = mailbox.reserve("j", "s", "a", 16)
+    with pytest.raises(ProtocolError, match=(
+            r"^a message's body does not match the size its header declared$")):
+        mailbox.fill(reservation, b"short")

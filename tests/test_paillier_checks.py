@@ -15,7 +15,13 @@ import numpy as np
 import pytest
 
 from invisible.crypto.paillier import vector as cipher
-from invisible.crypto.paillier.keys import PrivateKey, PublicKey, generate_keypair, random_below
+from invisible.crypto.paillier.keys import (
+    PrivateKey,
+    PublicKey,
+    generate_keypair,
+    obfuscation_base,
+    random_below,
+)
 from invisible.crypto.paillier.packing import Packing
 from invisible.crypto.prg import Prg
 
@@ -316,3 +322,36 @@ def test_a_public_key_round_trips_its_message_and_a_wrong_base_is_named(keys):
     with pytest.raises(ValueError, match="^a Paillier public key's obfuscation base does not "
                                          "follow the public rule$"):
         PublicKey.from_bytes(forged)
+
+
+# The obfuscation base is a public rule (keys.py's docstring) every party applies to a key
+# it is given: these values pin it, so that a change to any of its steps shows.
+KAT_MODULUS = (2**255 - 19) * (2**127 - 1)
+KAT_BASES = {
+    b"": int("284dde485e2e839df9b5a04eac570ee4add8874f1be7801e5df7822b217c24d26a093d36965c9d"
+             "b1fbc6404bf0a22e679f55ed5bfff83a6b1056ef853a0df41e38f748ec11085efbe44de66b9c50"
+             "19816ac107f48241aebc34d18081facb42e", 16),
+    b"job-7": int("36a0d54f612a9df2f10a6cddfe3acfa25b2ece082a62ebab0f4925f7e3e8272b5b1e67fcad"
+                  "a61c98a99b9f7254fde7a5658019396e2811e09124dcab98b128de0f543314cfd1f5fd5ac4"
+                  "9a4444f522fef04aa4fb5ff8e2fc56c8ffe424a5abd", 16),
+}
+
+
+def test_the_obfuscation_base_follows_the_public_rule_exactly():
+    for context, base in KAT_BASES.items():
+        assert obfuscation_base(KAT_MODULUS, context) == base
+    assert obfuscation_base(9) == 53  # 9 = 3^2 is odd and has units whose square is not +-1
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 4, 10**6])
+def test_an_even_or_tiny_modulus_has_no_obfuscation_base(n):
+    with pytest.raises(ValueError, match="^a Paillier modulus must be odd and greater than 2$"):
+        obfuscation_base(n)
+
+
+@pytest.mark.parametrize("n", [3, 5])
+def test_a_modulus_whose_units_all_square_to_plus_or_minus_one_is_refused(n):
+    """Mod 3 and mod 5 every unit squares to 1 or n - 1: no candidate may be taken."""
+    with pytest.raises(ValueError, match=r"^a Paillier modulus yields no obfuscation base "
+                                         r"\(it is not a valid key\)$"):
+        obfuscation_base(n)

@@ -143,8 +143,48 @@ def test_an_altered_request_is_refused_as_not_signed_by_its_key():
     at = der.find(b"bank.party")  # the identity, inside the signed part
     der[at:at + 4] = b"evil"
     forged = x509.load_der_x509_csr(bytes(der)).public_bytes(serialization.Encoding.PEM)
-    with pytest.raises(ConfigError, match="is not signed by the key it carries"):
+    with pytest.raises(ConfigError, match=(
+            r"^the request is not signed by the key it carries \(altered, or its sender does "
+            r"not hold that key\)$")):
         read_request(forged)
+
+
+def test_requests_are_written_where_asked_with_a_ledger_key_for_nodes_only(tmp_path):
+    """In process (the CLI tests run `invisible` in another process, which mutation testing
+    does not reach)."""
+    for role in (Role.PARTY, Role.DEALER, Role.COORDINATOR):
+        folder = tmp_path / role.value / "not" / "yet" / "there"
+        key, csr = write_request(folder, Identity("inst", role))
+        assert (key, csr) == (folder / "inst.key", folder / "inst.csr")
+        assert read_request(csr.read_bytes()).identity == Identity("inst", role)
+        ledger = {p.name for p in folder.glob("inst-ledger.*")}
+        assert ledger == ({"inst-ledger.key", "inst-ledger.pub"}
+                          if role is not Role.COORDINATOR else set())
+    with pytest.raises(ConfigError, match=(
+            r"party/not/yet/there/inst.key exists: move it away first \(a request never "
+            r"replaces a key\)$")):
+        write_request(tmp_path / "party" / "not" / "yet" / "there", Identity("inst", Role.PARTY))
+
+
+def test_init_ca_refuses_to_replace_a_ca_unless_told(tmp_path):
+    first = init_ca(tmp_path).certificate
+    with pytest.raises(ConfigError, match=f"^{tmp_path} already holds a CA; pass --force to "
+                                          "replace it$"):
+        init_ca(tmp_path)
+    assert CertificateAuthority.load(tmp_path).certificate == first
+    assert init_ca(tmp_path, overwrite=True).certificate != first
+
+
+def test_a_certificate_may_be_valid_for_one_day_and_not_less():
+    ca = CertificateAuthority.create()
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = x509.load_pem_x509_certificate(ca.certify(Identity("bank", Role.PARTY),
+                                                     key.public_key(), validity_days=1))
+    assert (cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds() == \
+        pytest.approx(86400 + 300)  # a day from now, from five minutes ago
+    with pytest.raises(ConfigError, match="^a certificate must be valid for at least a day, "
+                                          "not 0$"):
+        ca.certify(Identity("bank", Role.PARTY), key.public_key(), validity_days=0)
 
 
 def test_node_check_loads_everything_a_node_would_and_names_what_would_stop_it(tmp_path):

@@ -21,10 +21,10 @@ from invisible.metering.policy import (
     authorise,
     authorise_without_data,
     group_problem,
-    usable_columns,
     parse_node_policy,
     parse_policy,
     quota_problem,
+    usable_columns,
 )
 
 WHERE = "bank.toml [datasets.loans.policy]"
