@@ -8,9 +8,17 @@ jobs count as having messages waiting.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 
-from invisible.errors import JobAbortedError, MessageTooLargeError, ProtocolError
+from invisible.errors import (
+    JobAbortedError,
+    MessageTooLargeError,
+    PartyUnavailableError,
+    ProtocolError,
+)
 from invisible.net import wire
 from invisible.net.mailbox import _REMEMBERED_JOBS, ABORT_STEP, Mailbox, Reservation
 
@@ -158,3 +166,52 @@ def test_a_body_that_differs_from_its_header_is_refused_saying_so_exactly():
     with pytest.raises(ProtocolError, match=(
             r"^a message's body does not match the size its header declared$")):
         mailbox.fill(reservation, b"short")
+
+
+def test_a_mailbox_takes_any_positive_message_cap_and_allows_two_such_messages_waiting():
+    with pytest.raises(ValueError, match="^max_message_bytes must be positive$"):
+        Mailbox(max_message_bytes=0)
+    assert Mailbox(max_message_bytes=1).max_waiting_bytes == 2
+    mailbox = Mailbox(max_message_bytes=1000)
+    mailbox.open_job("j", ("a",))
+    with pytest.raises(MessageTooLargeError, match=(
+            r"^message from party 'a' declares 1001 bytes, over the cap of 1000 bytes$")):
+        mailbox.reserve("j", "s0", "a", 1001)
+    mailbox.put("j", "s1", "a", b"x" * 1000)
+    mailbox.put("j", "s2", "a", b"x" * 1000)  # by default two whole messages may wait
+    with pytest.raises(MessageTooLargeError, match="would pass the cap of 2000 bytes"):
+        mailbox.put("j", "s3", "a", b"x")
+
+
+def test_a_message_not_come_names_job_step_and_sender_and_a_taken_one_leaves_nothing():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a",))
+    with pytest.raises(PartyUnavailableError, match=(
+            r"^party .a. is unavailable: no message for job .j. step .s. within 0.05 s$")) as missing:
+        mailbox.get("j", "s", "a", 0.05)
+    assert missing.value.party_id == "a"
+    mailbox.put("j", "t", "a", b"x")
+    assert mailbox.get("j", "t", "a", 1.0) == b"x"
+    assert ("j", "t", "a") not in mailbox._queues  # taken: its queue is gone, not kept
+
+
+def test_an_abort_wakes_every_receiver_waiting_on_the_same_step():
+    mailbox = Mailbox()
+    mailbox.open_job("j", ("a", "b"))
+    outcomes: list[str] = []
+
+    def receive() -> None:
+        try:
+            mailbox.get("j", "s", "a", 5.0)
+            outcomes.append("returned")
+        except JobAbortedError:
+            outcomes.append("aborted")
+
+    waiting = [threading.Thread(target=receive) for _ in range(2)]
+    for thread in waiting:
+        thread.start()
+    time.sleep(0.1)  # both wait on the step's one queue
+    mailbox.abort_job("j", "b")
+    for thread in waiting:
+        thread.join(timeout=5)
+    assert outcomes == ["aborted", "aborted"]

@@ -355,3 +355,12 @@ def test_a_modulus_whose_units_all_square_to_plus_or_minus_one_is_refused(n):
     with pytest.raises(ValueError, match=r"^a Paillier modulus yields no obfuscation base "
                                          r"\(it is not a valid key\)$"):
         obfuscation_base(n)
+
+
+def test_a_public_key_s_fingerprint_is_pinned():
+    """Parties compare fingerprints to agree on a key: the encoding it hashes is fixed."""
+    from phe import paillier
+
+    key = PublicKey(paillier.PaillierPublicKey(KAT_MODULUS), KAT_BASES[b""])
+    assert key.fingerprint().hex() == (
+        "f96ec33382fe12a17c58c6cbee73832535ad813923bcb3ec1251eb6d7ff3028e")
