@@ -6,7 +6,8 @@
 #   sh deploy/setup.sh            # from the repository, with `invisible` on PATH
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
-samples=$(python -c 'import invisible.samples, pathlib; print(pathlib.Path(invisible.samples.__file__).parent)')
+python=$(command -v python || command -v python3)
+samples=$("$python" -c 'import invisible.samples, pathlib; print(pathlib.Path(invisible.samples.__file__).parent)')
 if [ -e "$here/ca/ca.key" ]; then
     echo "deploy/ca already holds a CA: remove deploy/ca and deploy/*/pki to start again" >&2
     exit 1
