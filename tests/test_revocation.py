@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, write_local_federation
@@ -79,15 +79,49 @@ def test_a_new_ca_lists_nothing_and_each_revocation_signs_the_list_anew(pki):
     alpha = crl.get_revoked_certificate_by_serial_number(serial(pki / "alpha.pem"))
     assert alpha.revocation_date_utc == first.get_revoked_certificate_by_serial_number(
         serial(pki / "alpha.pem")).revocation_date_utc
-    with pytest.raises(ConfigError, match="unknown revocation reason 'lost'"):
+    with pytest.raises(ConfigError, match=(
+            r"^unknown revocation reason 'lost' \(one of key-compromise, superseded, "
+            r"cessation-of-operation, affiliation-changed, unspecified\)$")):
         ca.revoke(pki, 1, "lost")
+
+
+def test_a_ca_without_a_list_starts_one_numbered_1_dated_in_utc(pki, monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Shanghai")  # a local clock 8 hours off UTC
+    time.tzset()
+    try:
+        (pki / "ca.crl").unlink()
+        CertificateAuthority.load(pki).revoke(pki, 77)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    crl = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
+    assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
+    when = crl.get_revoked_certificate_by_serial_number(77).revocation_date_utc
+    assert abs((when - dt.datetime.now(dt.UTC)).total_seconds()) < 120
+    assert not list(pki.glob("*.tmp"))  # written whole, then renamed into place
+
+
+def test_an_entry_without_a_reason_is_kept_as_unspecified(pki):
+    ca = CertificateAuthority.load(pki)
+    now = dt.datetime.now(dt.UTC)
+    bare = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject)
+            .last_update(now).next_update(now + dt.timedelta(days=1))
+            .add_extension(x509.CRLNumber(5), critical=False)
+            .add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(41)
+                                     .revocation_date(now).build())
+            .sign(ca.key, hashes.SHA256()))
+    (pki / "ca.crl").write_bytes(bare.public_bytes(serialization.Encoding.PEM))
+    ca.revoke(pki, 42, "superseded")
+    assert listed(pki / "ca.crl") == {41: x509.ReasonFlags.unspecified,
+                                      42: x509.ReasonFlags.superseded}
 
 
 def test_a_list_that_is_not_the_ca_s_is_refused_at_start_and_never_replaces_one(pki, tmp_path):
     other = tmp_path / "other"
     init_ca(other)
     ca_pem = (pki / "ca.pem").read_bytes()
-    with pytest.raises(ConfigError, match="other/ca.crl is not signed by the federation's CA"):
+    with pytest.raises(ConfigError, match=f"^{other / 'ca.crl'} is not signed by the "
+                                          "federation's CA$"):
         Revocations(ca_pem, other / "ca.crl")
     tampered = bytearray(x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
                          .public_bytes(serialization.Encoding.DER))
@@ -103,7 +137,8 @@ def test_a_list_that_is_not_the_ca_s_is_refused_at_start_and_never_replaces_one(
         Revocations(ca_pem, tmp_path / "missing.crl")
     # the other CA's list signs nothing here: revoking with this CA refuses to build on it
     (pki / "ca.crl").write_bytes((other / "ca.crl").read_bytes())
-    with pytest.raises(ConfigError, match="is not signed by the federation's CA"):
+    with pytest.raises(ConfigError, match=f"^{pki / 'ca.crl'} is not signed by the "
+                                          "federation's CA$"):
         CertificateAuthority.load(pki).revoke(pki, 5)
 
 
@@ -137,6 +172,13 @@ def test_a_list_past_its_next_update_is_still_enforced_with_a_warning(pki, caplo
     revocations = Revocations((pki / "ca.pem").read_bytes(), pki / "ca.crl")
     assert not revocations.stale()
     assert revocations.stale(dt.datetime.now(dt.UTC) + dt.timedelta(days=400))
+    due = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes()).next_update_utc
+    assert revocations.describe() == (f"revocation list {pki / 'ca.crl'}: number 1, 0 "
+                                      f"certificate(s) revoked; next update due {due:%Y-%m-%d}")
+    revocations.next_update = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
+    assert revocations.describe().endswith(" (overdue: ask the CA for the next)")
+    assert Revocations((pki / "ca.pem").read_bytes(), None).describe() == (
+        "revocation list: none (no [tls] crl: no certificate is refused as revoked)")
 
 
 def test_pki_revoke_shows_whose_certificate_and_asks_first(pki):
