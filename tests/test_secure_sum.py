@@ -226,12 +226,18 @@ def test_a_party_that_fails_while_running_fails_the_job_and_nothing_is_released(
         executor._admission._kinds = honest
     assert time.monotonic() - started < 5  # peers were told at once, not at their deadline
     # Each node's status says why it failed: the breaker on its own account, the others
-    # because the breaker aborted the job (what the coordinator reads, never error texts).
+    # because a peer aborted the job (what the coordinator reads, never error texts). A node
+    # aborted relays the abort to the peers it did not come from, so a peer may hear it
+    # first from the relay: each names its authenticated sender, never itself, and the first
+    # to hear of it heard it from the breaker (under load a relay once won the race).
     job_id = re.search(r"job '([^']+)' failed", str(raised.value)).group(1)
     requester = Identity("coordinator", Role.COORDINATOR)
     aborted_by = {p: nodes.nodes[p].executor.job_status(job_id, requester, 5).aborted_by
                   for p in CREDIT_PARTIES}
-    assert aborted_by == {p: "" if p == breaker else breaker for p in CREDIT_PARTIES}
+    others = [p for p in CREDIT_PARTIES if p != breaker]
+    assert aborted_by[breaker] == ""
+    assert all(aborted_by[p] in CREDIT_PARTIES and aborted_by[p] != p for p in others)
+    assert breaker in [aborted_by[p] for p in others]
 
 
 def test_a_party_that_is_down_fails_the_job_within_the_deadline_naming_it(tmp_path):
