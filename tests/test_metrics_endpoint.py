@@ -32,6 +32,13 @@ key = "pki/bank.key"
 """
 
 
+def config_with(folder: Path, metrics_table: str) -> Path:
+    """A party config whose [metrics] table holds `metrics_table`."""
+    path = folder / "bank.toml"
+    path.write_text(BASE + metrics_table + "\n")
+    return path
+
+
 def sample(metrics: NodeMetrics, **labels: str) -> float | None:
     return metrics.registry.get_sample_value("invisible_quota_remaining", labels)
 
@@ -57,9 +64,7 @@ def test_a_quota_left_yesterday_shows_whole_today():
     ('listen = "0.0.0.0:9101"', "0.0.0.0:9101"),
 ])
 def test_a_port_alone_listens_on_loopback(tmp_path, table, listen):
-    path = tmp_path / "bank.toml"
-    path.write_text(BASE + table + "\n")
-    config = load_party_config(path)
+    config = load_party_config(config_with(tmp_path, table))
     assert config.metrics_listen == listen and config.metrics_tls is None
 
 
@@ -71,10 +76,8 @@ def test_a_port_alone_listens_on_loopback(tmp_path, table, listen):
     ('cert = "m.pem"\nkey = "m.key"', "metrics.listen is missing"),
 ])
 def test_a_metrics_table_that_cannot_serve_is_refused_naming_the_key(tmp_path, table, why):
-    path = tmp_path / "bank.toml"
-    path.write_text(BASE + table + "\n")
     with pytest.raises(ConfigError, match=why):
-        load_party_config(path)
+        load_party_config(config_with(tmp_path, table))
 
 
 def fetch(port: int, pki: Path, client: str | None) -> str:

@@ -121,19 +121,13 @@ def pki_revoke(ca_dir: Path, certificate: Path | None, serial: str | None, reaso
 def check_node(config_path: Path, role: Role) -> list[str]:
     """What the node at `config_path` would load at start, checked; a ConfigError names the
     first thing that would stop it."""
-    from invisible.net.tls import Revocations, TlsMaterial, days_left
+    from invisible.net.tls import days_left
     from invisible.node.config import load_party_config
     from invisible.node.datasets import DatasetRegistry
+    from invisible.node.node import load_node_tls
 
     config = load_party_config(config_path)
-    tls = TlsMaterial.load(config.tls, expected_role=role)
-    if tls.identity.party_id != config.party_id:
-        raise ConfigError(f"{config.source}: party id is '{config.party_id}' but certificate "
-                          f"{config.tls.cert} was issued to '{tls.identity.party_id}'")
-    if role is Role.DEALER and config.datasets:
-        raise ConfigError(f"{config.source}: a dealer holds no data; remove its datasets")
-    revocations = Revocations(tls.ca_pem, config.tls.crl)
-    revocations.refuse_own(config.tls)
+    tls, revocations = load_node_tls(config, role)
     left = days_left(tls.cert_pem)
     if left <= 0:
         raise ConfigError(f"certificate {config.tls.cert} has expired")

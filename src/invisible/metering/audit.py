@@ -300,8 +300,4 @@ def backup_ledger(ledger_path: Path, node: str, key: Keys, out: Path) -> VerifyR
             target.close()
     finally:
         source.close()
-    ledger = Ledger(out, node, None)
-    try:
-        return verify_rows(ledger.raw_rows(), key)
-    finally:
-        ledger.close()
+    return verify_ledger(out, node, key)[0]

@@ -171,13 +171,14 @@ class HealthServicer(health_pb2_grpc.HealthServicer, _Servicer):
               context: grpc.ServicerContext) -> health_pb2.HealthCheckResponse:
         caller = caller_identity(context)
         usable = self._usable(caller) if self._usable is not None else {}
+        tls = self._tls()  # one material per answer, even if a renewal lands meanwhile
         status = (health_pb2.HealthCheckResponse.STATUS_STOPPING if self.stopping
                   else health_pb2.HealthCheckResponse.STATUS_SERVING)
         return health_pb2.HealthCheckResponse(
             status=status, party_id=self._identity.party_id, role=self._identity.role.value,
             version=__version__, datasets=self._datasets(),
-            certificate_days_left=days_left(self._tls().cert_pem),
-            ca_days_left=days_left(self._tls().ca_pem),
+            certificate_days_left=days_left(tls.cert_pem),
+            ca_days_left=days_left(tls.ca_pem),
             revocation_list_number=self.revocations.number if self.revocations else 0,
             revoked_certificates=len(self.revocations.serials) if self.revocations else 0,
             usable_columns=[health_pb2.DatasetColumns(dataset=d, columns=c)

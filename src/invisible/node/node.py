@@ -25,7 +25,7 @@ from invisible.net.grpc_channel import GrpcChannel
 from invisible.net.mailbox import Mailbox
 from invisible.net.pki import Identity, Role
 from invisible.net.server import ExchangeServicer, HealthServicer, JobsServicer, build_server
-from invisible.net.tls import Revocations, TlsMaterial, days_left
+from invisible.net.tls import OnRevoked, Revocations, TlsMaterial, days_left
 from invisible.node.config import PartyConfig, load_party_config
 from invisible.node.datasets import DatasetRegistry
 from invisible.node.executor import JobExecutor
@@ -45,6 +45,25 @@ from invisible.protocols.channel import Channel
 log = logging.getLogger(__name__)
 
 
+def load_node_tls(config: PartyConfig, role: Role,
+                  on_revoked: OnRevoked | None = None) -> tuple[TlsMaterial, Revocations]:
+    """What a node checks of its config and certificate before anything else (`invisible
+    node check` checks the same): it serves as a party or a dealer, with a certificate of
+    the CA in that role issued to the config's id and not on the CA's revocation list, and
+    a dealer holds no data. ConfigError naming the first that fails."""
+    if role not in (Role.PARTY, Role.DEALER):
+        raise ConfigError(f"a node serves as a party or a dealer, not as a {role.value}")
+    tls = TlsMaterial.load(config.tls, expected_role=role)
+    if tls.identity.party_id != config.party_id:
+        raise ConfigError(f"{config.source}: party id is '{config.party_id}' but certificate "
+                          f"{config.tls.cert} was issued to '{tls.identity.party_id}'")
+    if role is Role.DEALER and config.datasets:
+        raise ConfigError(f"{config.source}: a dealer holds no data; remove its datasets")
+    revocations = Revocations(tls.ca_pem, config.tls.crl, on_revoked)
+    revocations.refuse_own(config.tls)
+    return tls, revocations
+
+
 class PartyNode:
     """Load everything first (so a bad config fails before binding), then serve."""
 
@@ -52,20 +71,9 @@ class PartyNode:
                  role: Role = Role.PARTY, *, accept_broken_ledger: bool = False) -> None:
         """`accept_broken_ledger`: start even on a damaged ledger, recording that choice in
         it (see :mod:`invisible.metering.startup`); by default a ConfigError refuses to."""
-        if role not in (Role.PARTY, Role.DEALER):
-            raise ConfigError(f"a node serves as a party or a dealer, not as a {role.value}")
-        if role is Role.DEALER and config.datasets:
-            raise ConfigError(f"{config.source}: a dealer holds no data; remove its datasets")
         self.config = config
         self.role = role
-        self.tls = TlsMaterial.load(config.tls, expected_role=role)
-        if self.tls.identity.party_id != config.party_id:
-            raise ConfigError(
-                f"{config.source}: party id is '{config.party_id}' but certificate "
-                f"{config.tls.cert} was issued to '{self.tls.identity.party_id}'"
-            )
-        self.revocations = Revocations(self.tls.ca_pem, config.tls.crl, self._revoked_call)
-        self.revocations.refuse_own(config.tls)
+        self.tls, self.revocations = load_node_tls(config, role, self._revoked_call)
         self.alignments = AlignmentStore(config.alignments_dir)
         self.datasets = DatasetRegistry.load(config.datasets, self.alignments)
         self.mailbox = Mailbox(config.limits.max_message_bytes)
@@ -206,9 +214,9 @@ class PartyNode:
                 ("metrics", (old.metrics_listen, old.metrics_tls),
                  (fresh.metrics_listen, fresh.metrics_tls)),
                 ("results_dir", old.results_dir, fresh.results_dir),
-                ("datasets", {d: (c.describe(), c.columns, c.missing, c.database)
+                ("datasets", {d: (c.path, c.database, c.columns, c.missing)
                               for d, c in old.datasets.items()},
-                 {d: (c.describe(), c.columns, c.missing, c.database)
+                 {d: (c.path, c.database, c.columns, c.missing)
                   for d, c in fresh.datasets.items()}),
             ) if a != b]
             if pending:
