@@ -9,12 +9,20 @@ survivor is either a gap in the tests or an equivalent change, which is listed i
 scripts/equivalent_mutants.txt with the reason it cannot be killed (`mutmut show NAME`
 prints one's diff).
 
-    .venv/bin/python scripts/mutate.py
+Each run starts afresh: mutmut keeps its results and which tests cover which function in
+mutants/, and reuses them for functions whose code did not change, so tests added or
+changed since (a new test reaching an old function) would not be counted, and results
+could be stale either way. `--resume` reuses them (quicker while writing a test for a
+survivor; never for the run whose survivors are reported).
+
+    .venv/bin/python scripts/mutate.py [--resume] [MUTANT-NAME-PATTERN ...]
 """
 
 from __future__ import annotations
 
+import argparse
 import collections
+import shutil
 import subprocess
 import sys
 import time
@@ -38,8 +46,16 @@ def equivalent() -> dict[str, str]:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse mutants/ from the last run instead of starting afresh")
+    parser.add_argument("names", nargs="*", help="only these mutants (fnmatch patterns)")
+    args = parser.parse_args()
+    if not args.resume:
+        shutil.rmtree(ROOT / "mutants", ignore_errors=True)
     started = time.monotonic()
-    run = subprocess.run([str(MUTMUT), "run"], cwd=ROOT, capture_output=True, text=True)
+    run = subprocess.run([str(MUTMUT), "run", *args.names], cwd=ROOT, capture_output=True,
+                         text=True)
     if run.returncode != 0:
         print(run.stdout[-2000:], run.stderr[-2000:], sep="\n")
         return run.returncode

@@ -50,3 +50,12 @@ def test_a_ca_key_that_does_not_match_its_certificate_is_refused(ca_dir, tmp_pat
     with pytest.raises(ConfigError, match=re.escape(
             f"{ca_dir / 'ca.key'} is not the key of {ca_dir / 'ca.pem'}")):
         CertificateAuthority.load(ca_dir)
+
+
+@pytest.mark.parametrize("broken", ["ca.pem", "ca.key"])
+def test_a_ca_file_that_is_not_pem_is_refused_saying_what_each_must_be(ca_dir, broken):
+    (ca_dir / broken).write_bytes(b"not PEM at all")
+    with pytest.raises(ConfigError, match="^" + re.escape(
+            f"{ca_dir} holds no usable CA: ca.pem must be a PEM certificate and ca.key its "
+            "unencrypted PEM key") + "$"):
+        CertificateAuthority.load(ca_dir)

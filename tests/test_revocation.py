@@ -11,11 +11,14 @@ of the list changing, while a party renewed with a second certificate (overlap) 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import os
 import socket
 import ssl
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -27,8 +30,9 @@ from invisible.coordinator.local import InProcessNodes, write_local_federation
 from invisible.errors import ConfigError, InvisibleError, PolicyError
 from invisible.metering.audit import verify_ledger
 from invisible.metering.signing import load_public_key
+from invisible.net import tls as tls_module
 from invisible.net.pki import CertificateAuthority, Identity, Role, init_ca, init_pki
-from invisible.net.tls import Revocations
+from invisible.net.tls import Revocations, TlsFiles, days_left
 from invisible.node.config import load_party_config
 from invisible.node.node import PartyNode
 from invisible.samples import SAMPLE_COLUMNS, SAMPLE_DATASET, sample_datasets
@@ -175,10 +179,128 @@ def test_a_list_past_its_next_update_is_still_enforced_with_a_warning(pki, caplo
     due = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes()).next_update_utc
     assert revocations.describe() == (f"revocation list {pki / 'ca.crl'}: number 1, 0 "
                                       f"certificate(s) revoked; next update due {due:%Y-%m-%d}")
-    revocations.next_update = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
-    assert revocations.describe().endswith(" (overdue: ask the CA for the next)")
+    assert not revocations.stale(due)  # due at that instant, overdue only after it
+    assert revocations.stale(due + dt.timedelta(microseconds=1))
+    revocations.next_update = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    assert revocations.describe() == (f"revocation list {pki / 'ca.crl'}: number 1, 0 "
+                                      "certificate(s) revoked; next update due 2026-01-02 "
+                                      "(overdue: ask the CA for the next)")
+    revocations.next_update = None  # a list without one (RFC 5280 allows it) is never overdue
+    assert revocations.describe() == (f"revocation list {pki / 'ca.crl'}: number 1, 0 "
+                                      "certificate(s) revoked")
     assert Revocations((pki / "ca.pem").read_bytes(), None).describe() == (
         "revocation list: none (no [tls] crl: no certificate is refused as revoked)")
+
+
+def test_a_list_past_its_next_update_warns_when_loaded(pki, caplog):
+    ca = CertificateAuthority.load(pki)
+    due = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    overdue = (x509.CertificateRevocationListBuilder().issuer_name(ca.certificate.subject)
+               .last_update(due - dt.timedelta(days=7)).next_update(due)
+               .add_extension(x509.CRLNumber(7), critical=False).sign(ca.key, hashes.SHA256()))
+    (pki / "ca.crl").write_bytes(overdue.public_bytes(serialization.Encoding.PEM))
+    Revocations((pki / "ca.pem").read_bytes(), pki / "ca.crl")
+    assert [(r.levelno, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] \
+        == [(logging.WARNING, f"revocation list {pki / 'ca.crl'} (number 7) was due for renewal "
+                              "on 2026-01-02 03:04:05+00:00: it is still enforced; ask the CA "
+                              "for the next one")]
+
+
+def test_a_list_read_again_says_whether_it_changed_and_logs_only_a_change(pki, caplog):
+    caplog.set_level(logging.DEBUG, logger="invisible.net.tls")
+    ca = CertificateAuthority.load(pki)
+    path = pki / "ca.crl"
+
+    def logged() -> list[tuple[int, str]]:
+        found = [(r.levelno, r.getMessage()) for r in caplog.records
+                 if r.name == "invisible.net.tls"]
+        caplog.clear()
+        return found
+
+    revocations = Revocations((pki / "ca.pem").read_bytes(), path)
+    # at start the node's own log line and health tell it: debug only
+    assert logged() == [(logging.DEBUG, f"revocation list {path} number 1 loaded: 0 "
+                                        "certificate(s) revoked")]
+    assert revocations.load() is False  # the same list again: nothing to tell
+    assert logged() == []
+    ca.revoke(pki, serial(pki / "alpha.pem"))
+    assert revocations.load() is True
+    assert logged() == [(logging.INFO, f"revocation list {path} number 2 loaded: 1 "
+                                       "certificate(s) revoked")]
+    ca.revoke(pki, serial(pki / "alpha.pem"))  # the same serials, signed anew as number 3
+    assert revocations.load() is True and revocations.number == 3
+    assert Revocations((pki / "ca.pem").read_bytes(), None).load() is False
+
+
+def test_the_list_file_is_looked_at_once_a_second_and_read_only_when_it_changed(
+        pki, monkeypatch, caplog):
+    clock = [1000.0]
+    monkeypatch.setattr(tls_module, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    looks: list[Path] = []
+
+    def stat(path):
+        looks.append(path)
+        return os.stat(path)
+
+    monkeypatch.setattr(tls_module, "os", types.SimpleNamespace(stat=stat))
+    ca = CertificateAuthority.load(pki)
+    revocations = Revocations((pki / "ca.pem").read_bytes(), pki / "ca.crl")
+    loads = []
+    load = revocations.load
+    revocations.load = lambda: loads.append(1) or load()  # type: ignore[method-assign]
+    alpha, beta = Context((pki / "alpha.pem").read_bytes()), Context((pki / "beta.pem").read_bytes())
+
+    def at(when: float, context: Context) -> None:
+        clock[0] = when
+        revocations.check(context)
+
+    at(1000.5, beta)  # within a second of loading: not even looked at
+    assert (len(looks), len(loads)) == (0, 0)
+    at(1001.0, beta)  # looked at, unchanged: not read
+    assert (len(looks), len(loads)) == (1, 0)
+    ca.revoke(pki, serial(pki / "alpha.pem"))
+    at(1001.5, alpha)  # changed, but looked at half a second ago: taken at the next look
+    assert (len(looks), len(loads)) == (1, 0)
+    with pytest.raises(PolicyError):
+        at(1002.0, alpha)
+    assert (len(looks), len(loads)) == (2, 1)
+    at(1003.0, beta)  # read once per change, not at every look after it
+    assert (len(looks), len(loads)) == (3, 1)
+    (pki / "ca.crl").unlink()
+    with pytest.raises(PolicyError):  # gone: the list in force stays, and the log says why
+        at(1004.0, alpha)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR] == [
+        f"revocation list unreadable: {pki / 'ca.crl'} (No such file or directory); the list "
+        "loaded before stays in force"]
+
+
+def test_a_node_whose_own_certificate_is_missing_or_revoked_is_told_which(pki):
+    revocations = Revocations((pki / "ca.pem").read_bytes(), pki / "ca.crl")
+    files = TlsFiles(pki / "ca.pem", pki / "alpha.pem", pki / "alpha.key")
+    revocations.refuse_own(files)
+    with pytest.raises(ConfigError, match=f"^certificate file not found: {pki / 'gone.pem'}$"):
+        revocations.refuse_own(TlsFiles(pki / "ca.pem", pki / "gone.pem", pki / "alpha.key"))
+    CertificateAuthority.load(pki).revoke(pki, serial(pki / "alpha.pem"))
+    revocations.load()
+    with pytest.raises(ConfigError, match=f"^certificate {pki / 'alpha.pem'} is revoked by the "
+                                          f"CA's list {pki / 'ca.crl'}: ask the CA for a new "
+                                          "one$"):
+        revocations.refuse_own(files)
+
+
+def test_a_node_without_a_list_refuses_no_one_and_health_reads_an_empty_list(pki):
+    none = Revocations((pki / "ca.pem").read_bytes(), None)
+    assert (none.number, none.serials, none.next_update) == (0, frozenset(), None)
+    assert not none.stale() and not none.revoked((pki / "alpha.pem").read_bytes())
+    none.check(Context((pki / "alpha.pem").read_bytes()))
+
+
+def test_days_left_counts_whole_days_of_86400_seconds(pki):
+    pem = (pki / "alpha.pem").read_bytes()
+    end = x509.load_pem_x509_certificate(pem).not_valid_after_utc
+    assert days_left(pem, end - dt.timedelta(days=10)) == 10.0
+    assert days_left(pem, end - dt.timedelta(days=2, hours=12)) == 2.5
+    assert days_left(pem, end + dt.timedelta(days=1)) == -1.0
 
 
 def test_pki_revoke_shows_whose_certificate_and_asks_first(pki):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import time
 from pathlib import Path
 
@@ -207,3 +209,33 @@ def test_party_node_refuses_a_certificate_of_another_party(layout, tmp_path):
     path.write_text(text)
     with pytest.raises(ConfigError, match="issued to 'beta'"):
         PartyNode(load_party_config(path))
+
+
+@pytest.mark.parametrize("renewable", [False, True], ids=["fixed", "renewable"])
+def test_a_client_without_a_certificate_is_refused_at_the_handshake(pki, renewable):
+    """Both kinds of server credentials require a client certificate: TLS alone, before any
+    RPC, refuses a client that has none (and serves one that has the CA's)."""
+    tls = tls_of(pki, "alpha")
+    server, port = build_server(tls if not renewable else (lambda: tls), "127.0.0.1:0",
+                                health=HealthServicer(tls, list), exchange=None, jobs=None)
+    server.start()
+
+    def first_bytes(with_certificate: bool) -> bytes:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(pki / "ca.pem")
+        if with_certificate:
+            context.load_cert_chain(pki / "beta.pem", pki / "beta.key")
+        context.check_hostname = False
+        context.set_alpn_protocols(["h2"])
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                context.wrap_socket(raw) as conn:
+            conn.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # the HTTP/2 preface
+            return conn.recv(9)  # TLS 1.3: a refused client certificate shows at the first read
+
+    try:
+        assert len(first_bytes(True)) > 0  # the server's SETTINGS frame
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            if not first_bytes(False):
+                raise ConnectionResetError("closed without a word")
+    finally:
+        server.stop(None)

@@ -217,6 +217,7 @@ class Revocations:
             changed = serials != self.serials or number != self.number
             self.serials, self.number, self.next_update = serials, number, crl.next_update_utc
             self._stamp = (status.st_mtime_ns, status.st_size)
+            self._looked_at = time.monotonic()
             if changed:
                 self._told.clear()
         if self.stale():
@@ -261,10 +262,13 @@ class Revocations:
     def describe(self) -> str:
         if self.path is None:
             return "revocation list: none (no [tls] crl: no certificate is refused as revoked)"
-        due = f"next update due {self.next_update:%Y-%m-%d}" if self.next_update else ""
-        return (f"revocation list {self.path}: number {self.number}, {len(self.serials)} "
-                f"certificate(s) revoked; {due}" + (" (overdue: ask the CA for the next)"
-                                                   if self.stale() else ""))
+        text = (f"revocation list {self.path}: number {self.number}, {len(self.serials)} "
+                "certificate(s) revoked")
+        if self.next_update is not None:
+            text += f"; next update due {self.next_update:%Y-%m-%d}"
+        if self.stale():
+            text += " (overdue: ask the CA for the next)"
+        return text
 
     def check(self, context: grpc.ServicerContext) -> None:
         """Refuse the call if its client certificate is revoked (PolicyError)."""
