@@ -33,7 +33,7 @@ def test_an_unknown_benchmark_is_named():
     done = subprocess.run([sys.executable, "-m", "invisible", "bench", "nope"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
-    assert ("no benchmark 'nope' (known: datasets, horizontal_lr, metering, paillier, psi, "
+    assert ("no benchmark 'nope' (known: datasets, dp, horizontal_lr, metering, paillier, psi, "
             "secure_sum, "
             "ss_mul, vertical_lr)") in done.stderr
 
@@ -182,3 +182,12 @@ def test_datasets_quick_emits_every_row_against_pandas(tmp_path):
     assert all(r["ours"] > 0 and r["peer_value"] > 0 for r in rows)
     assert [f in rows[i]["case"] for f, i in (("csv", 0), ("parquet", 2), ("postgres", 4))] == \
         [True] * 3  # the PostgreSQL rows need the server the dev extra installs
+
+
+@pytest.mark.timeout(240)
+def test_dp_quick_emits_every_row(tmp_path):
+    rows = run_quick("dp", tmp_path, 230)["rows"]
+    assert [(r["metric"], r.get("peer")) for r in rows] == [("samples/s", None),
+                                                             ("seconds", "plain")]
+    assert all(r["ours"] > 0 for r in rows) and rows[1]["peer_value"] > 0
+    assert "noise in the totals: sd" in rows[1]["note"]  # checked against the exact totals

@@ -6,11 +6,11 @@ import json
 import shutil
 import sqlite3
 import subprocess
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from concurrent_admits import admit_at_once
 
 from invisible.errors import ConfigError
 from invisible.metering.audit import check_receipts, verify_ledger
@@ -129,23 +129,8 @@ def test_twenty_concurrent_reservations_at_the_edge_of_a_quota_never_overspend(t
     # Two ledger connections on one file stand for two processes; ten threads on each.
     ledgers = [Ledger(tmp_path / "bank-ledger.sqlite", "bank", keys[0]) for _ in range(2)]
     meters = [make_meter(book) for book in ledgers]
-    outcomes: list[str] = []
-    barrier = threading.Barrier(20)
-
-    def request(index: int) -> None:
-        job = JobMeta(f"job-{index}", "analyst", "secure_sum", use(job_id=f"job-{index}"))
-        barrier.wait()
-        try:
-            meters[index % 2].admit(job)
-            outcomes.append("accepted")
-        except Refusal as refusal:
-            outcomes.append(refusal.rule)
-
-    threads = [threading.Thread(target=request, args=(i,)) for i in range(20)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    outcomes = admit_at_once(meters, [JobMeta(f"job-{i}", "analyst", "secure_sum",
+                                              use(job_id=f"job-{i}")) for i in range(20)])
     assert outcomes.count("accepted") == 3  # the requester's allowance
     assert outcomes.count("quota") == 17
     entries = list(ledgers[0].entries())

@@ -73,6 +73,7 @@ __all__ = [
     "VerticalStatisticsParams",
     "VerticalStatisticsResult",
     "alignments",
+    "meter_bill",
     "meter_report",
 ]
 
@@ -86,6 +87,20 @@ def meter_report(party_config: Path | str, since: str | None = None) -> pandas.D
     """
     config = load_party_config(party_config)
     return report_frame(ledger_report(config.ledger.path, since))
+
+
+def meter_bill(party_config: Path | str, since: str | None = None, until: str | None = None,
+               requester: str | None = None) -> pandas.DataFrame:
+    """What the jobs on a party node's data cost, by its price lists, as a DataFrame.
+
+    One row per (requester, dataset, currency) for jobs ended in [since, until) (ISO dates
+    or times, UTC): jobs, rows, megabytes, rounds, tuples, ciphertext operations, CPU
+    seconds, rho, and the amount (exact decimals: the sum of the receipts' amounts).
+    """
+    from invisible.metering.billing import bill_frame, ledger_bill
+
+    config = load_party_config(party_config)
+    return bill_frame(ledger_bill(config.ledger.path, since, until, requester))
 
 
 def alignments(party_config: Path | str) -> pandas.DataFrame:

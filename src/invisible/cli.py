@@ -314,6 +314,23 @@ def _meter_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _meter_bill(args: argparse.Namespace) -> int:
+    from invisible.metering import billing
+    from invisible.node.config import load_party_config
+
+    config = load_party_config(args.config)
+    rows = billing.ledger_bill(config.ledger.path, args.since, args.until, args.requester)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        period = "".join(f" {w} {v}" for w, v in (("since", args.since), ("until", args.until))
+                         if v)
+        print(f"bill of '{config.party_id}'{period}"
+              + (f" for '{args.requester}'" if args.requester else ""))
+        print(billing.bill_table(rows))
+    return 0
+
+
 def _public_key_path(signing_key: Path, given: str | None) -> Path:
     return Path(given) if given else signing_key.with_suffix(".pub")
 
@@ -532,6 +549,14 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--csv", action="store_true")
     report.add_argument("--since", help="an ISO date or time (UTC), e.g. 2026-11-01")
     report.set_defaults(handler=_meter_report)
+    billed = meters.add_parser("bill", help="what jobs cost, by the price lists: per "
+                               "requester and dataset")
+    billed.add_argument("--config", required=True, help="the party's TOML file")
+    billed.add_argument("--since", help="an ISO date or time (UTC), e.g. 2026-11-01")
+    billed.add_argument("--until", help="an ISO date or time (UTC), not included")
+    billed.add_argument("--requester", help="only this requester's jobs")
+    billed.add_argument("--json", action="store_true")
+    billed.set_defaults(handler=_meter_bill)
     verify = meters.add_parser("verify", help="walk the chain; with --receipts, check "
                                "receipts and countersigned heads against it")
     verify.add_argument("--config", required=True, help="the party's TOML file")

@@ -53,6 +53,16 @@ class JobRecord:
     values_opened: int = 0
     duration_s: float = 0.0
     bytes_released: int = 0
+    #: Protocol steps in which this node sent: each waits on the one before (latency).
+    rounds: int = 0
+    #: Ring elements of correlated randomness (Beaver triples and the like) received from
+    #: the federation's dealers.
+    tuples: int = 0
+    #: Paillier ciphertexts this node encrypted, multiplied in, re-randomised or decrypted.
+    ciphertext_ops: int = 0
+    #: CPU seconds of the thread that ran the job here (work it handed to process pools,
+    #: such as Paillier decryption, is not in it).
+    cpu_s: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -322,15 +322,16 @@ class Federation:
                    categories: int | None = None, elementwise: bool = False,
                    length: int | None = None, fractional_bits: int = 16,
                    max_rows: int = DEFAULT_MAX_ROWS, recipient: str | None = None,
-                   job_id: str | None = None, timeout_s: float | None = None,
-                   ) -> SecureSumResult:
+                   rho: float | None = None, job_id: str | None = None,
+                   timeout_s: float | None = None) -> SecureSumResult:
         """Sum a column across the parties named in `inputs` ({party: (dataset, column)}):
         its total, per-category totals (`group_by`, `categories`), or the column itself
-        as a vector (`elementwise`, `length`). See :mod:`invisible.kinds.secure_sum`."""
+        as a vector (`elementwise`, `length`); with `rho`, noised for differential privacy
+        (each owner charges rho to its budgets). See :mod:`invisible.kinds.secure_sum`."""
         return self.run(SecureSumParams(
             inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
             fractional_bits=fractional_bits, group_by=group_by, categories=categories,
-            elementwise=elementwise, length=length, recipient=recipient),
+            elementwise=elementwise, length=length, recipient=recipient, rho=rho),
             job_id=job_id, timeout_s=timeout_s)
 
     def paillier_sum(self, inputs: Columns, bound: float, *, key_holder: str,
@@ -338,15 +339,17 @@ class Federation:
                      categories: int | None = None, elementwise: bool = False,
                      length: int | None = None, fractional_bits: int = 16,
                      max_rows: int = DEFAULT_MAX_ROWS, key_bits: int = 2048,
-                     job_id: str | None = None, timeout_s: float | None = None,
-                     ) -> SecureSumResult:
+                     rho: float | None = None, job_id: str | None = None,
+                     timeout_s: float | None = None) -> SecureSumResult:
         """The sums of :meth:`secure_sum` by Paillier encryption; the key holder decrypts
-        the total for the requester. See :mod:`invisible.kinds.paillier_sum`."""
+        the total for the requester (with `rho`, noised as :meth:`secure_sum`'s). See
+        :mod:`invisible.kinds.paillier_sum`."""
         return self.run(PaillierSumParams(
             inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
             fractional_bits=fractional_bits, group_by=group_by, categories=categories,
             elementwise=elementwise, length=length, key_holder=key_holder,
-            aggregator=aggregator, key_bits=key_bits), job_id=job_id, timeout_s=timeout_s)
+            aggregator=aggregator, key_bits=key_bits, rho=rho), job_id=job_id,
+            timeout_s=timeout_s)
 
     def statistics(self, inputs: Columns, bound: float, *, outputs: Sequence[str], dealer: str,
                    max_rows: int = 100_000, recipient: str | None = None, ddof: int = 0,

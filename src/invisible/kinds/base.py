@@ -74,6 +74,9 @@ class DeclaredUse:
     #: different groups, differenced, would give one party's contribution: every job of the
     #: kind on the dataset must keep one group (see DatasetPolicy.group).
     group: tuple[str, ...] | None = None
+    #: The privacy cost it declares, in nano-rho (0: it adds no noise); charged to the
+    #: dataset's privacy budgets.
+    rho: int = 0
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,8 @@ class JobOutcome:
     #: How many of this party's values were clipped to the declared bound: recorded in
     #: this party's own ledger only, never released.
     clipped: int = 0
+    #: Paillier ciphertexts this party encrypted, combined or decrypted (a bill's measure).
+    ciphertext_ops: int = 0
 
 
 class JobKind(ABC, Generic[P, R]):

@@ -18,6 +18,7 @@ from typing import ClassVar
 import numpy as np
 
 from invisible.crypto.fixedpoint import decode
+from invisible.crypto.noise import magnitude_bound
 from invisible.crypto.paillier.keys import MIN_KEY_BITS
 from invisible.crypto.paillier.packing import fixed_point_bias
 from invisible.crypto.sharing import RING_DTYPE
@@ -68,8 +69,9 @@ class PaillierSumParams(SumParams[SecureSumResult]):
     @property
     def bias(self) -> int:
         """The largest |entry| of a party's vector, in fixed-point units."""
-        return fixed_point_bias(self.bound, self.fractional_bits,
-                                1 if self.elementwise else self.max_rows)
+        values = fixed_point_bias(self.bound, self.fractional_bits,
+                                  1 if self.elementwise else self.max_rows)
+        return values if self.sigma is None else values + magnitude_bound(self.sigma)
 
     def check(self, parties: tuple[str, ...]) -> None:
         # The capacity check of SumParams (parties x bias < 2^63) already keeps
@@ -93,7 +95,8 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
     def declare(self, params: PaillierSumParams, party_id: str) -> DeclaredUse:
         # The key holder decrypts the total, then releases it to the requester: both learn
         # it, so the policy must allow both as recipients.
-        return declare_sum(params, party_id, params.key_holder, requester_too=True)
+        return params.declared_cost(
+            declare_sum(params, party_id, params.key_holder, requester_too=True))
 
     def plan(self, params: PaillierSumParams, party_id: str, datasets: Datasets) -> DataUse:
         return plan_sum(params, party_id, datasets)
@@ -102,11 +105,12 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
         vector, rows, clipped = local_vector(params, context.channel.party_id, context.datasets)
         check_bounds(context, context.spec.parties, clipped)
         result = paillier_sum(
-            context.channel, vector.view("int64"), key_holder=params.key_holder,
+            context.channel, params.noised(vector).view("int64"), key_holder=params.key_holder,
             aggregator=params.aggregator_of(context.spec.parties), bias=params.bias, rng=context.rng,
             workers=os.cpu_count() or 1, key_bits=params.key_bits,
         )
-        outcome = JobOutcome(rows_used=rows, clipped=clipped, output={
+        outcome = JobOutcome(rows_used=rows, clipped=clipped,
+                             ciphertext_ops=result.ciphertext_ops, output={
             "vector_length": params.vector_length, "key_holder": params.key_holder,
             "aggregator": params.aggregator_of(context.spec.parties)})
         if result.total is not None:
@@ -122,4 +126,5 @@ class PaillierSumKind(JobKind[PaillierSumParams, SecureSumResult]):
                                 "length")
         return SecureSumResult(job, np.asarray(total, dtype=np.float64),
                                job.requester or "requester", params.fractional_bits,
-                               params.group_by, params.elementwise, params.key_holder)
+                               params.group_by, params.elementwise, params.key_holder,
+                               noise_sd=params.noise_sd(len(job.parties)), rho=params.rho)

@@ -7,7 +7,11 @@ or the column itself as a vector of `length` (e.g. model weights).
 At each node (``declare``, ``plan`` and ``run``): parties x max_rows x B x
 2^f < 2^63 (parties x B x 2^f elementwise) is checked from the declared
 parameters alone, so no sum can wrap; a value outside the bound is clipped
-to it (never wrapped, never refused: a refusal would be an oracle). The node then runs
+to it (never wrapped, never refused: a refusal would be an oracle). With `rho`
+(differential privacy, not for `elementwise`), each node adds its own discrete Gaussian
+noise to its vector, sigma = bound x 2^f / sqrt(2 rho), so that what is released is
+rho-zCDP for its rows whatever the other parties do, and charges rho to its budgets (see
+:mod:`invisible.metering.privacy`); the capacity check then includes the noise. The node then runs
 :func:`invisible.protocols.secure_sum.secure_sum` and releases one masked
 vector to the requester, or, when a party is the recipient, keeps the total
 on that party's disk. Errors name the dataset, column and rule, never a value.
@@ -19,7 +23,8 @@ At the coordinator (``finish``): the masked vectors are added in the ring
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -32,6 +37,8 @@ from invisible.crypto.fixedpoint import (
     decode,
     encode_clipped,
 )
+from invisible.crypto.noise import MAX_SIGMA, discrete_gaussian, magnitude_bound
+from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE, reconstruct
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
@@ -47,6 +54,7 @@ from invisible.kinds.base import (
 )
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
+from invisible.metering.privacy import cost_units, describe, noise_sigma
 from invisible.protocols.secure_sum import secure_sum
 
 RELEASED_ARRAY = "masked_input"
@@ -79,6 +87,21 @@ class SumParams(Params[R]):
     length: int | None = param("the vector's length, with 'elementwise'", default=None, ge=1,
                                 le=MAX_LENGTH, example=10)
 
+    rho: float | None = param("differential privacy: the cost (zCDP rho) each owner charges to "
+                              "its budget; each adds discrete Gaussian noise for it to what it "
+                              "contributes", default=None, gt=0, example=0.1)
+
+    @property
+    def sensitivity(self) -> int:
+        """What one row, added or removed, changes a party's contribution by at most, on the
+        fixed-point grid (L2: a row is in one category): the bound."""
+        return math.ceil(self.bound * 2.0**self.fractional_bits)
+
+    @property
+    def sigma(self) -> float | None:
+        """The noise each party adds (grid units), or None without `rho`."""
+        return None if self.rho is None else noise_sigma(self.rho, self.sensitivity)
+
     @property
     def vector_length(self) -> int:
         if self.elementwise:
@@ -107,6 +130,38 @@ class SumParams(Params[R]):
             check_sum_capacity(self.bound, terms, self.fractional_bits)
         except BoundError as exc:
             raise ConfigError(f"{kind}: {exc}") from None
+        sigma = self.sigma
+        if sigma is None:
+            return
+        if self.elementwise:
+            raise ConfigError(f"{kind}: 'rho' adds noise to totals and per-category totals; "
+                              "an elementwise vector has no rows to protect")
+        if sigma > MAX_SIGMA:
+            raise ConfigError(f"{kind}: 'rho' {self.rho:g} needs noise beyond 2^50 on the "
+                              "grid; raise rho or lower the bound or the fractional bits")
+        values = len(parties) * self.max_rows * self.bound * 2.0**self.fractional_bits
+        if values + len(parties) * magnitude_bound(sigma) >= 2.0**63:
+            raise ConfigError(f"{kind}: with the noise 'rho' {self.rho:g} needs, the sum could "
+                              "reach 2^63; lower the bound, max_rows or the fractional bits")
+
+    def declared_cost(self, declared: DeclaredUse) -> DeclaredUse:
+        """`declared` with the privacy cost of this sum (none without `rho`)."""
+        return declared if self.rho is None else replace(declared, rho=cost_units(self.rho))
+
+    def noised(self, vector: np.ndarray) -> np.ndarray:
+        """This party's vector with its own noise (the vector itself without `rho`): its
+        noise alone makes what the sum releases rho-zCDP for its rows."""
+        if self.sigma is None:
+            return vector
+        noise = discrete_gaussian(Prg.from_os(), self.sigma, vector.size)
+        return vector + noise.view(RING_DTYPE)  # in the ring: two's complement
+
+    def noise_sd(self, parties: int) -> float | None:
+        """The standard deviation of each released total's noise (all parties'), in the
+        column's units."""
+        if self.sigma is None:
+            return None
+        return math.sqrt(parties) * self.sigma * 2.0**-self.fractional_bits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -115,7 +170,6 @@ class SecureSumParams(SumParams["SecureSumResult"]):
 
     recipient: str | None = param("a party that receives the total instead of the requester",
                                   default=None, example="bank")
-
     def check(self, parties: tuple[str, ...]) -> None:
         super().check(parties)
         if self.recipient is not None and self.recipient not in parties:
@@ -195,6 +249,11 @@ class SecureSumResult(Result):
     elementwise: bool = False
     #: For a sum by Paillier: the party that decrypted the total (and so learned it too).
     key_holder: str | None = None
+    #: With differential privacy: the standard deviation of each total's noise (the sum of
+    #: every party's), in the column's units.
+    noise_sd: float | None = None
+    #: The privacy cost each owner charged (zCDP rho), with differential privacy.
+    rho: float | None = None
 
     @property
     def value(self) -> float:
@@ -231,7 +290,7 @@ class SecureSumResult(Result):
 
     def facts(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "fractional_bits": self.fractional_bits,
-                "key_holder": self.key_holder,
+                "key_holder": self.key_holder, "noise_sd": self.noise_sd, "rho": self.rho,
                 "total": None if self.total is None else self.total.tolist()}
 
     def notes(self) -> list[str]:
@@ -239,6 +298,10 @@ class SecureSumResult(Result):
             return [f"the total went to party '{self.recipient}', which keeps it on its own "
                     "disk; the requester received nothing"]
         notes = [f"shown to the job's fixed-point resolution, 2^-{self.fractional_bits}"]
+        if self.noise_sd is not None and self.rho is not None:
+            notes.append(f"with differential privacy, {describe(cost_units(self.rho))} charged "
+                         "by each owner: each total carries discrete Gaussian noise of standard "
+                         f"deviation {self.noise_sd:.4g} (every party's)")
         if self.key_holder:
             notes.append(f"decrypted by the key holder '{self.key_holder}', which learned the "
                          "total too")
@@ -253,7 +316,7 @@ class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):
                "vector); only the recipient learns the sum")
 
     def declare(self, params: SecureSumParams, party_id: str) -> DeclaredUse:
-        return declare_sum(params, party_id, params.recipient)
+        return params.declared_cost(declare_sum(params, party_id, params.recipient))
 
     def plan(self, params: SecureSumParams, party_id: str, datasets: Datasets) -> DataUse:
         return plan_sum(params, party_id, datasets)
@@ -262,7 +325,7 @@ class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):
         me = context.channel.party_id
         vector, rows, clipped = local_vector(params, me, context.datasets)
         check_bounds(context, context.spec.parties, clipped)
-        result = secure_sum(context.channel, vector, params.recipient)
+        result = secure_sum(context.channel, params.noised(vector), params.recipient)
         outcome = JobOutcome(rows_used=rows, values_opened=result.values_opened,
                              recipient=params.recipient, clipped=clipped)
         if result.released is not None:
@@ -285,7 +348,8 @@ class SecureSumKind(JobKind[SecureSumParams, SecureSumResult]):
                            params.fractional_bits)
         requester = job.requester or "requester"
         return SecureSumResult(job, total, params.recipient or requester, params.fractional_bits,
-                               params.group_by, params.elementwise)
+                               params.group_by, params.elementwise,
+                               noise_sd=params.noise_sd(len(job.parties)), rho=params.rho)
 
 
 def _keep_party_total(context: JobContext, total: list[float]) -> Path:

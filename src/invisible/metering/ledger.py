@@ -255,6 +255,25 @@ class Ledger:
             rows += sign * row["rows"]
         return Usage(jobs, rows)
 
+    def privacy_spent(self, dataset: str, requester: str | None = None,
+                      day: str | None = None) -> int:
+        """The privacy cost (nano-rho) reserved on `dataset`, by `requester` if given, during
+        the UTC day `day` if given, else in all: the `rho` of accepted jobs, as :meth:`usage`
+        counts them (a job cancelled before it ran gives its cost back; an interrupted or
+        refused one keeps it). Call inside :meth:`transaction` for a consistent read."""
+        query = ("SELECT COALESCE(SUM(json_extract(body, '$.rho')), 0) FROM entries "
+                 "WHERE dataset = ? AND event = 'accepted' AND body LIKE '%\"rho\":%' "
+                 "AND job_id NOT IN (SELECT job_id FROM entries WHERE dataset = ? AND "
+                 "event = 'cancelled' AND body LIKE '%\"released\":true%')")
+        params: list[object] = [dataset, dataset]
+        if requester is not None:
+            query += " AND requester = ?"
+            params.append(requester)
+        if day is not None:
+            query += " AND ts >= ? AND ts < ?"
+            params.extend([day, day + "~"])
+        return int(self._db.execute(query, params).fetchone()[0])
+
     def groups(self, dataset: str, kind: str) -> list[tuple[str, ...]]:
         """The groups of parties of the accepted jobs of `kind` on `dataset`, oldest first
         (recorded as `group` in their `accepted` entries). Call inside :meth:`transaction`,

@@ -23,21 +23,26 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from invisible.metering.billing import BILLED_EVENTS, PriceList, bill
 from invisible.metering.entries import PRIVATE_ROWS, REVOKED_REFUSED, LedgerEntry, PendingEntry
 from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
     ANY,
+    AllowRule,
     DatasetPolicy,
     NodePolicy,
     Refusal,
+    Spent,
     UseRequest,
     authorise,
     authorise_without_data,
     group_problem,
+    privacy_problem,
     quota_problem,
     threshold_problem,
 )
+from invisible.metering.privacy import rho_of
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,9 @@ class LedgerStore(Protocol):
               kinds: frozenset[str] | None = None) -> Usage: ...
 
     def groups(self, dataset: str, kind: str) -> list[tuple[str, ...]]: ...
+
+    def privacy_spent(self, dataset: str, requester: str | None = None,
+                      day: str | None = None) -> int: ...
 
     def head(self) -> tuple[int, str]: ...
 
@@ -81,6 +89,10 @@ class NullLedgerStore:
     def groups(self, dataset: str, kind: str) -> list[tuple[str, ...]]:
         return []
 
+    def privacy_spent(self, dataset: str, requester: str | None = None,
+                      day: str | None = None) -> int:
+        return 0
+
     def head(self) -> tuple[int, str]:
         return 0, ""
 
@@ -110,6 +122,8 @@ class JobMeta:
         dataset = self.use.dataset if self.use else ""
         if self.use is not None:
             body.setdefault("columns", list(self.use.columns))
+            if self.use.rho:  # nano-rho; the accepted entries' are what budgets sum
+                body.setdefault("rho", self.use.rho)
         return PendingEntry(self.job_id, event, self.requester, self.kind, dataset, rows, body)
 
 
@@ -140,11 +154,34 @@ class Meter:
         use = job.use
         if use is None:
             return
+        policy = self.policies.get(use.dataset)
         try:
-            authorise(self.party_id, self.policies.get(use.dataset), use)
+            rule = authorise(self.party_id, policy, use)
+            assert policy is not None  # authorise refuses a dataset without policy
+            # A budget already spent refuses the job before anything reads data; `admit`
+            # checks again, atomically with the reservation.
+            spent = privacy_problem(policy, rule, use, self._spent(self.store, use, policy, rule))
+            if spent is not None:
+                raise Refusal(self.party_id, *spent)
         except Refusal as refusal:
             refusal.receipts = (self.refuse(job, refusal.rule, str(refusal)).to_json(),)
             raise
+
+    @staticmethod
+    def _spent(store: LedgerStore, use: UseRequest, policy: DatasetPolicy,
+               rule: AllowRule) -> Spent:
+        """What the budgets that bound this request have spent (0 for one without a
+        budget, and for a request that costs nothing)."""
+        if not use.rho:
+            return Spent()
+        day = utc_now()[:10]
+
+        def spent(limit: int | None, requester: str | None, on: str | None) -> int:
+            return 0 if limit is None else store.privacy_spent(use.dataset, requester, on)
+
+        return Spent(spent(rule.rho_per_day, use.requester, day),
+                     spent(rule.rho_total, use.requester, None),
+                     spent(policy.rho_per_day, None, day), spent(policy.rho_total, None, None))
 
     def admit(self, job: JobMeta, traffic: int = 0) -> LedgerEntry:
         """Reserve an authorised job, atomically, or refuse it over quota (nothing reserved);
@@ -171,7 +208,10 @@ class Meter:
                                   (overall.jobs, overall.rows))
             if quota is None and use.group is not None:
                 quota = group_problem(policy, use, store.groups(use.dataset, use.kind))
-            verdict.update(quota=quota, mine=mine, overall=overall)
+            spent = self._spent(store, use, policy, rule)
+            if quota is None:
+                quota = privacy_problem(policy, rule, use, spent)
+            verdict.update(quota=quota, mine=mine, overall=overall, spent=spent)
             if quota is not None:
                 return [job.pending("requested"),
                         job.pending("refused", rule=quota[0], detail=quota[1])]
@@ -186,6 +226,7 @@ class Meter:
             refusal.receipts = (entries[-1].to_json(),)
             raise refusal
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
+        self._export_privacy(policy, rule, use, verdict["spent"])
         return entries[-1]
 
     def policy_of(self, job: JobMeta) -> DatasetPolicy | None:
@@ -262,6 +303,20 @@ class Meter:
             if limit is not None:
                 self.metrics.quota_remaining.set(use.dataset, who, unit, limit, limit - used)
 
+    def _export_privacy(self, policy: DatasetPolicy, rule: AllowRule, use: UseRequest,
+                        spent: Spent) -> None:
+        if not use.rho:
+            return
+        for limit, used, who, period in (
+            (rule.rho_per_day, spent.requester_today, use.requester, "day"),
+            (rule.rho_total, spent.requester_total, use.requester, "total"),
+            (policy.rho_per_day, spent.today, "*", "day"),
+            (policy.rho_total, spent.total, "*", "total"),
+        ):
+            if limit is not None:
+                self.metrics.privacy_remaining(use.dataset, who, period, rho_of(limit),
+                                               rho_of(limit - used - use.rho))
+
     def close(self, job: JobMeta, event: str, record: dict[str, Any], rows: int = 0,
               **body: Any) -> LedgerEntry:
         """The terminal entry of a job that was admitted: finished, failed or cancelled.
@@ -279,6 +334,12 @@ class Meter:
             record = {**record, "rows_used": 0, "values_opened": 0}
             if isinstance(body.get("outputs"), dict):
                 body["outputs"] = {**body["outputs"], "values_opened": 0}
+        prices = self._prices(job)
+        if prices is not None and event in BILLED_EVENTS:  # on what the receipt shows
+            used = {**record, **body}
+            if job.use is not None and job.use.rho:
+                used["rho"] = job.use.rho
+            body["bill"] = bill(prices, used, rows)
         entry = self.store.append(job.pending(event, rows=rows, **record, **body))[-1]
         self.metrics.jobs(job.kind, event).inc()
         if "duration_s" in record:
@@ -288,6 +349,13 @@ class Meter:
         self.metrics.bytes.labels("sent").inc(record.get("bytes_sent", 0))
         self.metrics.bytes.labels("received").inc(record.get("bytes_received", 0))
         return entry
+
+    def _prices(self, job: JobMeta) -> PriceList | None:
+        """The price list of the job's dataset here, or of the node for a job without data."""
+        if job.use is None:
+            return self.node_policy.prices if self.node_policy is not None else None
+        policy = self.policies.get(job.use.dataset)
+        return policy.prices if policy is not None else None
 
     def note_peer(self, event: str, peer: str, **body: Any) -> LedgerEntry:
         """A fact about a peer's chain (it went back on a countersigned head, or proved it

@@ -47,9 +47,9 @@ class QuotaRemaining(Collector):
     def __init__(self, today: Callable[[], str] = utc_day) -> None:
         self._today = today
         self._lock = threading.Lock()
-        self._left: dict[tuple[str, str, str], tuple[str, int, int]] = {}
+        self._left: dict[tuple[str, str, str], tuple[str, float, float]] = {}
 
-    def set(self, dataset: str, requester: str, unit: str, limit: int, left: int) -> None:
+    def set(self, dataset: str, requester: str, unit: str, limit: float, left: float) -> None:
         with self._lock:
             self._left[(dataset, requester, unit)] = (self._today(), limit, max(0, left))
 
@@ -93,7 +93,20 @@ class NodeMetrics:
             "caller's role", ["role"], registry=self.registry)
         self.quota_remaining = QuotaRemaining(today)
         self.registry.register(self.quota_remaining)
+        self._privacy_total = Gauge(
+            "invisible_privacy_budget_remaining", "What is left of a privacy budget in all "
+            "(zCDP rho; daily budgets are invisible_quota_remaining with unit rho)",
+            ["dataset", "requester"], registry=self.registry)
         self._server: Any = None
+
+    def privacy_remaining(self, dataset: str, requester: str, period: str, limit: float,
+                          left: float) -> None:
+        """What is left of a privacy budget ("day" or "total"; requester "*": the
+        dataset's own budget) after a reservation."""
+        if period == "day":
+            self.quota_remaining.set(dataset, requester, "rho", limit, left)
+        else:
+            self._privacy_total.labels(dataset, requester).set(max(0.0, left))
 
     def _kind(self, kind: str) -> str:
         return kind if self._kinds is None or kind in self._kinds else UNKNOWN_KIND

@@ -16,6 +16,13 @@ In a party's TOML, under each dataset::
     columns = ["monthly_spend", "district"]   # "*" for any column
     jobs_per_day = 100              # per requester
     rows_per_day = 100000
+    rho_per_day = 0.5               # privacy budget per requester (zCDP rho), all its jobs here
+    rho_total = 5.0
+    require_dp = true               # this rule allows only jobs that declare a privacy cost
+
+Privacy budgets for the dataset overall sit beside `jobs_per_day`
+(``rho_per_day``, ``rho_total``); see :mod:`invisible.metering.privacy` for
+what a declared rho buys and how it is charged.
 
 A dataset without a policy table refuses every job: nothing is allowed by
 default. A refusal names the party's rule, never the data: in particular
@@ -32,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from invisible.errors import ConfigError, PolicyError
+from invisible.metering.billing import PriceList, parse_prices
+from invisible.metering.privacy import budget_units, rho_of
 
 ANY = "*"
 REQUESTER = "requester"
@@ -60,6 +69,11 @@ class AllowRule:
     columns: frozenset[str]
     jobs_per_day: int | None = None
     rows_per_day: int | None = None
+    #: Privacy budgets of each requester it names, in nano-rho (all its jobs on the dataset).
+    rho_per_day: int | None = None
+    rho_total: int | None = None
+    #: It allows only jobs that declare a privacy cost (their releases carry noise).
+    require_dp: bool = False
 
     def matches(self, requester: str, kind: str) -> bool:
         return ((ANY in self.requesters or requester in self.requesters)
@@ -91,6 +105,9 @@ class DatasetPolicy:
     out_of_bound: str = "clip"
     #: How long an alignment (the rows of a set intersection) made from it is kept.
     alignment_days: int = DEFAULT_ALIGNMENT_DAYS
+    #: Privacy budgets of the dataset overall, whoever asks, in nano-rho.
+    rho_per_day: int | None = None
+    rho_total: int | None = None
     #: Whether jobs whose combined outputs, learned by the other party, involve only one
     #: other party may run (then that party learns this one's contribution by subtraction).
     two_party: bool = False
@@ -98,6 +115,8 @@ class DatasetPolicy:
     #: outputs, differenced over groups, would give one party's contribution (horizontal_lr);
     #: None: the group of the first such job, as the ledger records it.
     group: frozenset[str] | None = None
+    #: What a job on it costs (see invisible.metering.billing); None: jobs are not priced.
+    prices: PriceList | None = None
 
     @property
     def refuses_out_of_bound(self) -> bool:
@@ -126,6 +145,18 @@ class UseRequest:
     #: differenced over jobs on other groups, would give one party's contribution
     #: (None: not such a kind).
     group: tuple[str, ...] | None = None
+    #: The privacy cost it declares, in nano-rho (0: its releases carry no noise).
+    rho: int = 0
+
+
+#: The spending a privacy check needs, in nano-rho: by the requester today and in all,
+#: and by everyone today and in all.
+@dataclass(frozen=True)
+class Spent:
+    requester_today: int = 0
+    requester_total: int = 0
+    today: int = 0
+    total: int = 0
 
 
 @dataclass(frozen=True)
@@ -147,17 +178,20 @@ class NodePolicy:
     kinds: frozenset[str]
     jobs_per_day: int | None = None
     max_bytes: int | None = None
+    #: What such a job costs (see invisible.metering.billing); None: not priced.
+    prices: PriceList | None = None
 
 
 def parse_node_policy(table: Any, where: str) -> NodePolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
-    unknown = sorted(set(table) - {"requesters", "kinds", "jobs_per_day", "max_bytes"})
+    unknown = sorted(set(table) - {"requesters", "kinds", "jobs_per_day", "max_bytes", "prices"})
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
     return NodePolicy(_strings(table.get("requesters"), f"{where}.requesters"),
                       _strings(table.get("kinds"), f"{where}.kinds"),
-                      _limit(table, "jobs_per_day", where), _limit(table, "max_bytes", where))
+                      _limit(table, "jobs_per_day", where), _limit(table, "max_bytes", where),
+                      _prices(table, where))
 
 
 def authorise_without_data(party: str, policy: NodePolicy | None, requester: str, kind: str,
@@ -194,7 +228,7 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound",
-             "alignment_days", "two_party", "group"}
+             "alignment_days", "two_party", "group", "rho_per_day", "rho_total", "prices"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -204,7 +238,7 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
         if not isinstance(rule, dict):
             raise ConfigError(f"{at} must be a table")
         extra = sorted(set(rule) - {"requesters", "kinds", "columns", "jobs_per_day",
-                                    "rows_per_day"})
+                                    "rows_per_day", "rho_per_day", "rho_total", "require_dp"})
         if extra:
             raise ConfigError(f"{at} has unknown key(s) {', '.join(extra)}")
         rules.append(AllowRule(
@@ -212,6 +246,8 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
             _strings(rule.get("kinds"), f"{at}.kinds"),
             _strings(rule.get("columns"), f"{at}.columns"),
             _limit(rule, "jobs_per_day", at), _limit(rule, "rows_per_day", at),
+            _budget(rule, "rho_per_day", at), _budget(rule, "rho_total", at),
+            _flag(rule, "require_dp", at),
         ))
     min_rows = table.get("min_rows", DEFAULT_MIN_ROWS)
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
@@ -224,13 +260,28 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     days = table.get("alignment_days", DEFAULT_ALIGNMENT_DAYS)
     if isinstance(days, bool) or not isinstance(days, int) or days < 1:
         raise ConfigError(f"{where}.alignment_days must be a positive integer")
-    two_party = table.get("two_party", False)
-    if not isinstance(two_party, bool):
-        raise ConfigError(f"{where}.two_party must be true or false")
     group = _strings(table["group"], f"{where}.group") if "group" in table else None
     return DatasetPolicy(tuple(rules), min_rows, recipients,
                          _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where),
-                         out_of_bound, days, two_party, group)
+                         out_of_bound, days, _budget(table, "rho_per_day", where),
+                         _budget(table, "rho_total", where), _flag(table, "two_party", where),
+                         group, _prices(table, where))
+
+
+def _prices(table: dict[str, Any], where: str) -> PriceList | None:
+    return parse_prices(table["prices"], f"{where}.prices") if "prices" in table else None
+
+
+def _budget(table: dict[str, Any], key: str, where: str) -> int | None:
+    """A privacy budget in nano-rho (None if not set)."""
+    return budget_units(table[key], f"{where}.{key}") if key in table else None
+
+
+def _flag(table: dict[str, Any], key: str, where: str) -> bool:
+    value = table.get(key, False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where}.{key} must be true or false")
+    return value
 
 
 def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> AllowRule:
@@ -247,6 +298,11 @@ def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> 
     if not rules:
         raise Refusal(party, "columns", f"'{request.requester}' may not use column(s) "
                       f"{', '.join(sorted(request.columns))} of dataset '{request.dataset}'")
+    rules = [r for r in rules if request.rho or not r.require_dp]
+    if not rules:
+        raise Refusal(party, "dp-required", f"'{request.requester}' may run {request.kind} on "
+                      f"dataset '{request.dataset}' only with differential privacy: the job "
+                      "must declare a privacy cost (rho)")
     if request.two_party and not policy.two_party:
         raise Refusal(party, "two-party", f"a {request.kind} job between two parties gives each "
                       "the other's contribution (the combined value minus its own): dataset "
@@ -304,4 +360,26 @@ def quota_problem(policy: DatasetPolicy, rule: AllowRule, request: UseRequest,
     for limit, would_be, what in checks:
         if limit is not None and would_be > limit:
             return "quota", f"{what} (limit {limit}) would be exceeded"
+    return None
+
+
+def privacy_problem(policy: DatasetPolicy, rule: AllowRule, request: UseRequest,
+                    spent: Spent) -> tuple[str, str] | None:
+    """(rule, detail) if the request's privacy cost would pass a budget (the requester's
+    today or in all, the dataset's today or in all); the detail names the budget, never
+    what was spent."""
+    if not request.rho:
+        return None
+    checks: Sequence[tuple[int | None, int, str]] = [
+        (rule.rho_per_day, spent.requester_today,
+         f"privacy budget per day of '{request.requester}' on dataset '{request.dataset}'"),
+        (rule.rho_total, spent.requester_total,
+         f"privacy budget of '{request.requester}' on dataset '{request.dataset}'"),
+        (policy.rho_per_day, spent.today, f"privacy budget per day of dataset "
+                                          f"'{request.dataset}'"),
+        (policy.rho_total, spent.total, f"privacy budget of dataset '{request.dataset}'"),
+    ]
+    for limit, used, what in checks:
+        if limit is not None and used + request.rho > limit:
+            return "privacy-budget", f"{what} (rho {rho_of(limit):g}) would be exceeded"
     return None

@@ -29,13 +29,15 @@ from invisible.metering.entries import (
 )
 from invisible.metering.keys import KEY_ROTATED
 from invisible.metering.ledger import Ledger
+from invisible.metering.privacy import rho_of
 from invisible.metering.startup import ACCEPTED_BROKEN
 
 if TYPE_CHECKING:
     import pandas
 
 COLUMNS = ("requester", "dataset", "kind", "jobs", "failed", "refused", "interrupted",
-           "rows_touched", "bytes_sent", "bytes_received", "bytes_released", "values_opened")
+           "rows_touched", "bytes_sent", "bytes_received", "bytes_released", "values_opened",
+           "rho_spent")
 _COUNTED = {"finished": "jobs", "failed": "failed", "refused": "refused",
             "interrupted": "interrupted"}
 #: Every event a node writes (see invisible.metering.entries).
@@ -65,14 +67,21 @@ def check_events(events: Iterable[str], present: Iterable[str] = ()) -> None:
 
 
 def report_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
+    """One row per (requester, dataset, kind). `rho_spent` is the privacy cost reserved, as
+    budgets count it: accepted jobs, less those cancelled before they ran."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+    nano_rho: dict[tuple[str, str, str], int] = {}
     for entry in entries:
+        key = (entry.requester, entry.dataset or "-", entry.kind)
+        if entry.event in ("accepted", "cancelled") and "rho" in entry.body:
+            released = entry.event == "cancelled" and entry.body.get("released") is True
+            if entry.event == "accepted" or released:
+                nano_rho[key] = nano_rho.get(key, 0) + (-1 if released else 1) * int(
+                    entry.body["rho"])
         counter = _COUNTED.get(entry.event)
         if counter is None and entry.event != PRIVATE_ROWS:
             continue
-        key = (entry.requester, entry.dataset or "-", entry.kind)
-        row = rows.setdefault(key, dict(zip(COLUMNS, (*key, *[0] * (len(COLUMNS) - 3)),
-                                            strict=True)))
+        row = rows.setdefault(key, _empty_row(key))
         if counter is None:  # the rows of a job, kept out of its receipt
             row["rows_touched"] += entry.rows
             continue
@@ -84,7 +93,14 @@ def report_rows(entries: Iterable[LedgerEntry]) -> list[dict[str, Any]]:
         if entry.event in ("finished", "failed"):
             row["bytes_sent"] += int(entry.body.get("bytes_sent", 0))
             row["bytes_received"] += int(entry.body.get("bytes_received", 0))
+    for key, spent in nano_rho.items():
+        rows.setdefault(key, _empty_row(key))["rho_spent"] = rho_of(spent)
     return [rows[key] for key in sorted(rows)]
+
+
+def _empty_row(key: tuple[str, str, str]) -> dict[str, Any]:
+    return {**dict(zip(COLUMNS, (*key, *[0] * (len(COLUMNS) - 3)), strict=True)),
+            "rho_spent": 0.0}
 
 
 def ledger_report(ledger_path: Path, since: str | None = None) -> list[dict[str, Any]]:
@@ -117,10 +133,12 @@ def to_json(rows: list[dict[str, Any]]) -> str:
 
 def to_table(rows: list[dict[str, Any]]) -> str:
     headers = ("requester", "dataset", "kind", "jobs", "failed", "refused", "interrupted",
-               "rows", "bytes out", "bytes in", "released", "opened")
+               "rows", "bytes out", "bytes in", "released", "opened", "rho")
     keys = ("requester", "dataset", "kind", "jobs", "failed", "refused", "interrupted",
-            "rows_touched", "bytes_sent", "bytes_received", "bytes_released", "values_opened")
-    cells = [headers] + [tuple(str(r[k]) for k in keys) for r in rows]
+            "rows_touched", "bytes_sent", "bytes_received", "bytes_released", "values_opened",
+            "rho_spent")
+    cells = [headers] + [tuple(f"{r[k]:g}" if k == "rho_spent" else str(r[k]) for k in keys)
+                         for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(headers))]
     lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(line, widths, strict=True))) for line in cells]

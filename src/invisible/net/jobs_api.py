@@ -53,6 +53,8 @@ def _record_from_proto(record: jobs_pb2.JobRecord) -> JobRecord:
         bytes_received=record.bytes_received, messages_sent=record.messages_sent,
         messages_received=record.messages_received, values_opened=record.values_opened,
         duration_s=record.duration_s, bytes_released=record.bytes_released,
+        rounds=record.rounds, tuples=record.tuples, ciphertext_ops=record.ciphertext_ops,
+        cpu_s=record.cpu_s,
     )
 
 

@@ -124,7 +124,8 @@ class Admission:
         source = alignment.dataset if alignment is not None else declared.dataset
         meta = JobMeta(spec.job_id, who, spec.kind, UseRequest(
             spec.job_id, who, spec.kind, source, declared.columns, 0, None,
-            declared.recipient, declared.requester_too, declared.two_party, declared.group),
+            declared.recipient, declared.requester_too, declared.two_party, declared.group,
+            declared.rho),
             rows_private=alignment is not None and not alignment.size_released)
         self.meter.authorise(meta)  # raises a recorded Refusal
         try:

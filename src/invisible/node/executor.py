@@ -129,8 +129,11 @@ class JobExecutor:
         refused_burst: int = 60,
         refused_per_s: float = 1.0,
         alignments: AlignmentStore | None = None,
+        dealers: Sequence[str] = (),
     ) -> None:
         self._announce_head = announce_head
+        #: The federation's dealers: what they send a job is its correlated randomness.
+        self._dealers = tuple(dealers)
         #: Told the peers of every prepared job: each may announce its chain head once.
         self._expect_heads = expect_heads
         #: Released arrays are dropped this long after their job ends, fetched or not.
@@ -261,7 +264,7 @@ class JobExecutor:
         run.changed.set()
 
     def _run(self, run: _JobRun, context: JobContext) -> None:
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         outcome: JobOutcome | None = None
         error, aborted_by = "", ""
         try:
@@ -283,7 +286,10 @@ class JobExecutor:
         record = JobRecord(
             bytes_sent=stats.bytes_sent, bytes_received=stats.bytes_received,
             messages_sent=stats.messages_sent, messages_received=stats.messages_received,
-            duration_s=time.perf_counter() - started,
+            duration_s=time.perf_counter() - started, rounds=stats.rounds,
+            tuples=sum(stats.received_from.get(d, 0) for d in self._dealers) // 8,
+            ciphertext_ops=outcome.ciphertext_ops if outcome is not None else 0,
+            cpu_s=round(time.thread_time() - cpu_started, 6),
         )
         try:
             status = self._close(run, outcome, record, error, aborted_by)

@@ -106,7 +106,7 @@ class PartyNode:
             check_peers=self.witness.check_peers,
             output_retention_s=config.limits.output_retention_s,
             refused_burst=config.limits.refused_burst, refused_per_s=config.limits.refused_per_s,
-            alignments=self.alignments,
+            alignments=self.alignments, dealers=tuple(config.dealers),
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -66,6 +66,10 @@ class ChannelStats:
     bytes_received: int = 0
     messages_sent: int = 0
     messages_received: int = 0
+    #: Protocol steps in which this party sent (a round: every step waits on the last).
+    rounds: int = 0
+    #: Payload bytes received, by sender.
+    received_from: dict[str, int] = field(default_factory=dict)
 
 
 class Channel(ABC):
@@ -80,6 +84,7 @@ class Channel(ABC):
         self.job_id = job_id
         self.parties: tuple[str, ...] = tuple(parties)
         self.stats = ChannelStats()
+        self._steps_sent: set[str] = set()
         self._stats_lock = threading.Lock()
         #: Who interrupted the job (the coordinator or a peer), once someone has.
         self.interrupted_by: str | None = None
@@ -111,6 +116,7 @@ class Channel(ABC):
         with self._stats_lock:
             self.stats.bytes_sent += payload_nbytes(message)
             self.stats.messages_sent += 1
+            self._count_round(step)
 
     def send_to_each(self, step: str, payloads: Mapping[str, Payload], *,
                      handover: bool = False) -> None:
@@ -127,6 +133,13 @@ class Channel(ABC):
         with self._stats_lock:
             self.stats.bytes_sent += sum(payload_nbytes(m) for m in checked.values())
             self.stats.messages_sent += len(checked)
+            self._count_round(step)
+
+    def _count_round(self, step: str) -> None:
+        """Count `step` once, however many messages it sends (call under the stats lock)."""
+        if step not in self._steps_sent:
+            self._steps_sent.add(step)
+            self.stats.rounds += 1
 
     def _send_many(self, step: str, payloads: Mapping[str, Payload], handover: bool) -> None:
         for to, payload in payloads.items():
@@ -137,8 +150,10 @@ class Channel(ABC):
         self._check_peer(sender)
         message = self._recv(sender, step)
         with self._stats_lock:
-            self.stats.bytes_received += payload_nbytes(message)
+            nbytes = payload_nbytes(message)
+            self.stats.bytes_received += nbytes
             self.stats.messages_received += 1
+            self.stats.received_from[sender] = self.stats.received_from.get(sender, 0) + nbytes
         return message
 
     def recv_array(

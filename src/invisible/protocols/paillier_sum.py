@@ -50,6 +50,9 @@ SUM_STEP = "paillier/sum"
 @dataclass(frozen=True)
 class PaillierSumOutput:
     total: np.ndarray | None = None  # int64 fixed point, at the key holder only
+    #: Ciphertexts this party encrypted, multiplied in, re-randomised or decrypted (a
+    #: bill's measure).
+    ciphertext_ops: int = 0
 
 
 def _receive_vector(channel: Channel, sender: str, step: str, key: PublicKey, packing: Packing,
@@ -92,7 +95,7 @@ def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggre
                 raise ProtocolError(f"party '{aggregator}' sent a sum of {summed.summed} inputs,"
                                     f" the job has {len(encrypting)}")
             total = cipher.decrypt(private, summed, decryptors, workers) + values
-        return PaillierSumOutput(total=total)
+        return PaillierSumOutput(total=total, ciphertext_ops=len(summed.ciphertexts))
     try:
         public = PublicKey.from_bytes(channel.recv_bytes(key_holder, KEY_STEP),
                                       context=key_context(channel, key_holder))
@@ -104,9 +107,10 @@ def paillier_sum(channel: Channel, values: np.ndarray, *, key_holder: str, aggre
         mine = cipher.encrypt(public, packing, values, pool)
         if me != aggregator:
             channel.send(aggregator, INPUT_STEP, mine.to_bytes())
-            return PaillierSumOutput()
+            return PaillierSumOutput(ciphertext_ops=len(mine.ciphertexts))
         others = [_receive_vector(channel, p, INPUT_STEP, public, packing, count)
                   for p in encrypting if p != me]
         total = cipher.rerandomise(cipher.add([mine, *others]), pool)
         channel.send(key_holder, SUM_STEP, total.to_bytes())
-        return PaillierSumOutput()
+        # encrypted, then each other party's multiplied in, then the product re-randomised
+        return PaillierSumOutput(ciphertext_ops=len(mine.ciphertexts) * (len(others) + 2))

@@ -60,7 +60,7 @@ class RunJobResponse(_message.Message):
     def __init__(self) -> None: ...
 
 class JobRecord(_message.Message):
-    __slots__ = ("rows_used", "bytes_sent", "bytes_received", "messages_sent", "messages_received", "values_opened", "duration_s", "bytes_released")
+    __slots__ = ("rows_used", "bytes_sent", "bytes_received", "messages_sent", "messages_received", "values_opened", "duration_s", "bytes_released", "rounds", "tuples", "ciphertext_ops", "cpu_s")
     ROWS_USED_FIELD_NUMBER: _ClassVar[int]
     BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
@@ -69,6 +69,10 @@ class JobRecord(_message.Message):
     VALUES_OPENED_FIELD_NUMBER: _ClassVar[int]
     DURATION_S_FIELD_NUMBER: _ClassVar[int]
     BYTES_RELEASED_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    TUPLES_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_OPS_FIELD_NUMBER: _ClassVar[int]
+    CPU_S_FIELD_NUMBER: _ClassVar[int]
     rows_used: int
     bytes_sent: int
     bytes_received: int
@@ -77,7 +81,11 @@ class JobRecord(_message.Message):
     values_opened: int
     duration_s: float
     bytes_released: int
-    def __init__(self, rows_used: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., messages_received: _Optional[int] = ..., values_opened: _Optional[int] = ..., duration_s: _Optional[float] = ..., bytes_released: _Optional[int] = ...) -> None: ...
+    rounds: int
+    tuples: int
+    ciphertext_ops: int
+    cpu_s: float
+    def __init__(self, rows_used: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., messages_sent: _Optional[int] = ..., messages_received: _Optional[int] = ..., values_opened: _Optional[int] = ..., duration_s: _Optional[float] = ..., bytes_released: _Optional[int] = ..., rounds: _Optional[int] = ..., tuples: _Optional[int] = ..., ciphertext_ops: _Optional[int] = ..., cpu_s: _Optional[float] = ...) -> None: ...
 
 class JobStatusRequest(_message.Message):
     __slots__ = ("job_id", "wait_ms")

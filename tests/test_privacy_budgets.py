@@ -1,0 +1,382 @@
+"""Differential privacy: the noise sampler, the budgets an owner sets, and what they buy.
+
+The sampler is tested against the exact discrete Gaussian (a chi-square test on a fixed
+key, and its moments); budgets at their exact edges, under twenty concurrent jobs, across
+a restart, and refused before any data is read; the differencing pair (a group's total,
+then the same group less one row) comes out noised and charged, and the estimate of the
+one row's value has the variance the budget promises.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from concurrent_admits import admit_at_once
+from scipy import stats
+
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import InProcessNodes, LocalDataset, write_local_federation
+from invisible.crypto.noise import discrete_gaussian, magnitude_bound
+from invisible.crypto.prg import Prg
+from invisible.errors import ConfigError, PolicyError
+from invisible.kinds.secure_sum import SecureSumKind, SecureSumParams
+from invisible.metering.ledger import Ledger
+from invisible.metering.meter import JobMeta, Meter
+from invisible.metering.metrics import NodeMetrics
+from invisible.metering.policy import (
+    Refusal,
+    Spent,
+    UseRequest,
+    authorise,
+    parse_policy,
+    privacy_problem,
+)
+from invisible.metering.privacy import (
+    budget_units,
+    cost_units,
+    epsilon,
+    noise_sigma,
+)
+from invisible.metering.report import report_rows, to_table
+from invisible.metering.signing import generate_signing_key, load_signing_key
+
+KEY = bytes(range(32))
+
+
+# --- the sampler --------------------------------------------------------------------------
+
+def exact_pmf(sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    support = np.arange(-int(40 * sigma) - 2, int(40 * sigma) + 3)
+    weights = np.exp(-(support.astype(np.float64) ** 2) / (2 * sigma * sigma))
+    return support, weights / weights.sum()
+
+
+@pytest.mark.parametrize("sigma", [0.6, 1.0, 2.5, 7.3])
+def test_the_sampler_draws_the_exact_discrete_gaussian(sigma):
+    draws = discrete_gaussian(Prg(KEY), sigma, 200_000)
+    support, pmf = exact_pmf(sigma)
+    counts = np.array([np.count_nonzero(draws == k) for k in support])
+    expected = pmf * draws.size
+    # Pool the tails so every cell expects at least 20 draws.
+    inner = expected >= 20
+    observed = np.append(counts[inner], counts[~inner].sum())
+    wanted = np.append(expected[inner], expected[~inner].sum())
+    _, p_value = stats.chisquare(observed, wanted)
+    assert p_value > 1e-3  # a fixed key: this is one deterministic draw, well inside
+    variance = float((pmf * support**2).sum())
+    assert abs(draws.mean()) < 5 * math.sqrt(variance / draws.size)
+    assert draws.var() == pytest.approx(variance, rel=0.02)
+
+
+def test_large_sigmas_have_the_variance_and_the_bound_promised():
+    for sigma in (1e3, 6.5e9, 2.0**50):
+        draws = discrete_gaussian(Prg(KEY), sigma, 100_000)
+        assert draws.dtype == np.int64
+        assert draws.var() / sigma**2 == pytest.approx(1.0, rel=0.03)
+        assert np.abs(draws).max() <= magnitude_bound(sigma)
+        assert np.abs(draws).max() < 8 * sigma
+
+
+def test_the_sampler_takes_every_bit_from_the_generator():
+    assert np.array_equal(discrete_gaussian(Prg(KEY), 3.0, 1000),
+                          discrete_gaussian(Prg(KEY), 3.0, 1000))
+    assert not np.array_equal(discrete_gaussian(Prg(KEY), 3.0, 1000),
+                              discrete_gaussian(Prg(bytes(32)), 3.0, 1000))
+    assert discrete_gaussian(Prg(KEY), 3.0, 0).shape == (0,)
+
+
+@pytest.mark.parametrize("sigma", [0, -1.0, math.nan, math.inf, 2.0**50 + 2**30])
+def test_a_sigma_that_is_not_a_positive_finite_number_is_refused(sigma):
+    with pytest.raises(ValueError, match="sigma must be a finite number in"):
+        discrete_gaussian(Prg(KEY), sigma, 10)
+
+
+# --- units and accounting ---------------------------------------------------------------
+
+def test_costs_round_up_and_budgets_round_down_to_whole_nano_rho():
+    assert cost_units(0.1) == 100_000_000
+    assert cost_units(1e-12) == 1  # never free
+    assert cost_units(0.1000000001) == 100_000_001
+    assert cost_units(0.10000000001) == 100_000_001  # charged up
+    assert budget_units(0.10000000001, "b") == 100_000_000  # allowed down
+    # 0.1 three times is exactly 0.3: no float sum refuses the third job
+    assert 3 * cost_units(0.1) == budget_units(0.3, "b")
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -0.5, math.nan, math.inf, -math.inf, True, "0.1", None])
+def test_a_privacy_parameter_that_is_not_positive_and_finite_is_refused(bad):
+    with pytest.raises(ConfigError, match=r"^where must be a positive finite number \(a zCDP "
+                                          r"rho\)$"):
+        cost_units(bad, "where")
+    with pytest.raises(ConfigError, match=r"^where must be a positive finite number"):
+        budget_units(bad, "where")
+
+
+def test_a_job_s_rho_is_checked_with_its_parameters():
+    inputs = {"a": {"dataset": "d", "column": "x"}, "b": {"dataset": "d", "column": "x"}}
+    for bad in (0, -0.1, math.nan, math.inf):
+        with pytest.raises(ConfigError, match="rho"):
+            SecureSumParams.parse({"inputs": inputs, "bound": 10.0, "rho": bad}, ("a", "b"))
+    with pytest.raises(ConfigError, match="an elementwise vector has no rows to protect"):
+        SecureSumParams.parse({"inputs": inputs, "bound": 10.0, "rho": 0.5,
+                               "elementwise": True, "length": 3}, ("a", "b"))
+    grid = {"inputs": inputs, "bound": 2.0**24, "fractional_bits": 16}  # a bound of 2^40
+    with pytest.raises(ConfigError, match="needs noise beyond 2\\^50"):
+        SecureSumParams.parse({**grid, "max_rows": 1, "rho": 1e-9}, ("a", "b"))
+    # the values alone fit (2 x (2^22 - 1) x 2^40 < 2^63), with the noise they might not
+    SecureSumParams.parse({**grid, "max_rows": 2**22 - 1}, ("a", "b"))
+    with pytest.raises(ConfigError, match="with the noise 'rho' 0.1 needs, the sum could "
+                                          "reach 2\\^63"):
+        SecureSumParams.parse({**grid, "max_rows": 2**22 - 1, "rho": 0.1}, ("a", "b"))
+    SecureSumParams.parse({**grid, "max_rows": 2**21, "rho": 0.1}, ("a", "b"))
+
+
+def test_sigma_is_what_rho_zcdp_needs_and_epsilon_is_dp_accounting_s():
+    assert noise_sigma(0.5, 1000) == pytest.approx(1000.0, rel=1e-12)
+    assert noise_sigma(0.5, 1000) >= 1000.0  # rounding only adds noise
+    assert 1000**2 / (2 * noise_sigma(0.02, 1000) ** 2) <= 0.02
+    # rho-zCDP implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP; the accountant is tighter
+    assert epsilon(0.5, 1e-6) < 0.5 + 2 * math.sqrt(0.5 * math.log(1e6))
+    assert epsilon(0.5, 1e-6) == pytest.approx(5.2215, abs=1e-3)
+
+
+# --- the policy ---------------------------------------------------------------------------
+
+POLICY = {
+    "rho_per_day": 1.0, "rho_total": 3.0,
+    "allow": [{"requesters": ["analyst"], "kinds": ["*"], "columns": ["*"],
+               "rho_per_day": 0.5, "rho_total": 0.7, "require_dp": True},
+              {"requesters": ["auditor"], "kinds": ["*"], "columns": ["*"]}],
+}
+
+
+def use(requester: str = "analyst", rho: float | None = 0.1, job_id: str = "j") -> UseRequest:
+    return UseRequest(job_id, requester, "secure_sum", "loans", ("amount",), 100,
+                      rho=0 if rho is None else cost_units(rho))
+
+
+def test_budgets_hold_exactly_at_their_edges():
+    policy = parse_policy(POLICY, "test")
+    rule = policy.allow[0]
+    request = use(rho=0.1)
+    edge = {"requester_today": budget_units(0.4, "b"), "requester_total": budget_units(0.6, "b"),
+            "today": budget_units(0.9, "b"), "total": budget_units(2.9, "b")}
+    assert privacy_problem(policy, rule, request, Spent(**edge)) is None  # each exactly full
+    for name, what in (("requester_today", "privacy budget per day of 'analyst'"),
+                       ("requester_total", "privacy budget of 'analyst'"),
+                       ("today", "privacy budget per day of dataset"),
+                       ("total", "privacy budget of dataset")):
+        over = Spent(**{**edge, name: edge[name] + 1})  # one nano-rho more
+        problem = privacy_problem(policy, rule, request, over)
+        assert problem is not None and problem[0] == "privacy-budget"
+        assert problem[1].startswith(what)
+    assert privacy_problem(policy, rule, use(rho=None), Spent(10**12, 10**12, 10**12, 10**12)) \
+        is None  # a job without noise spends nothing
+
+
+def test_a_rule_that_requires_dp_allows_only_noised_jobs():
+    policy = parse_policy(POLICY, "test")
+    with pytest.raises(Refusal, match="rule 'dp-required': 'analyst' may run secure_sum on "
+                                      "dataset 'loans' only with differential privacy"):
+        authorise("bank", policy, use(rho=None))
+    assert authorise("bank", policy, use(rho=0.1)) == policy.allow[0]
+    assert authorise("bank", policy, use("auditor", rho=None)) == policy.allow[1]
+
+
+@pytest.mark.parametrize("key,value", [("rho_total", 0), ("rho_per_day", -1.0),
+                                       ("rho_total", math.nan), ("rho_per_day", math.inf),
+                                       ("rho_total", "1")])
+def test_a_budget_that_is_not_positive_and_finite_is_refused_naming_it(key, value):
+    with pytest.raises(ConfigError, match=f"^test.{key} must be a positive finite number"):
+        parse_policy({**POLICY, key: value}, "test")
+    rule = {**POLICY["allow"][0], key: value}
+    with pytest.raises(ConfigError, match=f"^test.allow\\[0\\].{key} must be a positive"):
+        parse_policy({**POLICY, "allow": [rule]}, "test")
+    with pytest.raises(ConfigError, match="^test.allow\\[0\\].require_dp must be true or false"):
+        parse_policy({**POLICY, "allow": [{**POLICY["allow"][0], "require_dp": 1}]}, "test")
+
+
+# --- reservations in the ledger --------------------------------------------------------------
+
+@pytest.fixture
+def signing_key(tmp_path):
+    generate_signing_key(tmp_path / "bank-ledger.key", tmp_path / "bank-ledger.pub")
+    return load_signing_key(tmp_path / "bank-ledger.key")
+
+
+def meter_on(ledger: Ledger, policy=POLICY) -> Meter:
+    return Meter("bank", ledger, {"loans": parse_policy(policy, "test")}, NodeMetrics())
+
+
+def job(index: int, rho: float | None = 0.1, requester: str = "analyst") -> JobMeta:
+    return JobMeta(f"job-{index}", requester, "secure_sum",
+                   use(requester, rho, job_id=f"job-{index}"))
+
+
+def test_twenty_concurrent_noised_jobs_never_overspend_a_budget(tmp_path, signing_key):
+    ledgers = [Ledger(tmp_path / "bank-ledger.sqlite", "bank", signing_key) for _ in range(2)]
+    meters = [meter_on(book) for book in ledgers]
+    outcomes = admit_at_once(meters, [job(i, 0.1) for i in range(20)])
+    assert sorted(outcomes) == ["accepted"] * 5 + ["privacy-budget"] * 15  # 0.5 a day
+    assert ledgers[0].privacy_spent("loans", "analyst") == 5 * cost_units(0.1)
+    for book in ledgers:
+        book.close()
+
+
+def test_a_budget_counts_across_a_restart_and_returns_only_what_was_never_run(tmp_path,
+                                                                              signing_key):
+    path = tmp_path / "bank-ledger.sqlite"
+    book = Ledger(path, "bank", signing_key)
+    meter = meter_on(book)
+    meter.admit(job(1, 0.3))  # then the node stops while the job runs
+    book.close()
+    book = Ledger(path, "bank", signing_key)
+    assert [e.event for e in book.mark_interrupted()] == ["interrupted"]
+    assert book.privacy_spent("loans", "analyst") == cost_units(0.3)  # still reserved
+    meter = meter_on(book)
+    second = job(2, 0.2)
+    meter.admit(second)
+    meter.close(second, "cancelled", {}, released=True)  # cancelled before it ran: given back
+    assert book.privacy_spent("loans", "analyst") == cost_units(0.3)
+    meter.admit(job(3, 0.2))  # 0.5 today: the edge
+    with pytest.raises(Refusal, match="rule 'privacy-budget': privacy budget per day of "
+                                      "'analyst' on dataset 'loans' \\(rho 0.5\\) would be "
+                                      "exceeded"):
+        meter.admit(job(4, 1e-9))
+    refused = [e for e in book.entries() if e.event == "refused"]
+    assert [e.job_id for e in refused] == ["job-4"]  # the refusal is recorded
+    book.close()
+
+
+def test_a_spent_budget_refuses_before_the_job_is_planned(tmp_path, signing_key):
+    book = Ledger(tmp_path / "bank-ledger.sqlite", "bank", signing_key)
+    meter = meter_on(book, {**POLICY, "rho_total": 0.2})
+    meter.admit(job(1, 0.2))
+    with pytest.raises(Refusal, match="rule 'privacy-budget': privacy budget of dataset 'loans' "
+                                      "\\(rho 0.2\\)"):
+        meter.authorise(job(2, 0.1))  # the request alone, before any data is read
+    meter.authorise(job(3, None, "auditor"))  # no noise, no budget spent
+    book.close()
+
+
+def test_spending_shows_in_entries_receipts_the_report_and_prometheus(tmp_path, signing_key):
+    book = Ledger(tmp_path / "bank-ledger.sqlite", "bank", signing_key)
+    meter = meter_on(book)
+    first, second = job(1, 0.25), job(2, 0.125)
+    assert meter.admit(first).body["rho"] == cost_units(0.25)
+    receipt = meter.close(first, "finished", {"duration_s": 0.1}, rows=100)
+    assert receipt.body["rho"] == cost_units(0.25)  # what the requester keeps says it too
+    meter.admit(second)
+    meter.close(second, "cancelled", {}, released=True)
+    meter.admit(job(3, None, "auditor"))
+    meter.close(job(3, None, "auditor"), "finished", {}, rows=100)
+
+    def remaining(name: str, **labels: str) -> float | None:
+        return meter.metrics.registry.get_sample_value(name, labels)
+
+    quota = "invisible_quota_remaining"
+    assert remaining(quota, dataset="loans", requester="analyst", unit="rho") == 0.125
+    assert remaining(quota, dataset="loans", requester="*", unit="rho") == 0.625
+    # (as of the last reservation, as quotas are: the cancelled job's cost shows at the next)
+    total = "invisible_privacy_budget_remaining"
+    assert remaining(total, dataset="loans", requester="analyst") == pytest.approx(0.325)
+    assert remaining(total, dataset="loans", requester="*") == pytest.approx(2.625)
+    rows = {r["requester"]: r for r in report_rows(book.entries())}
+    assert rows["analyst"]["rho_spent"] == 0.25  # the cancelled job's cost given back
+    assert rows["auditor"]["rho_spent"] == 0.0
+    assert "rho" in to_table(list(rows.values())).splitlines()[0]
+    book.close()
+
+
+# --- end to end: the differencing pair -------------------------------------------------------
+
+def write_rows(path, values) -> None:
+    path.write_text("amount\n" + "".join(f"{v}\n" for v in values))
+
+
+@pytest.fixture
+def differencing(tmp_path):
+    rng = np.random.default_rng(7)  # the data only; the noise is from the nodes' generators
+    whole = rng.uniform(0, 100, 40).round(2)
+    one = 73.25
+    files = {}
+    for name, values in (("all", [*whole, one]), ("less", whole)):
+        files[name] = tmp_path / f"a-{name}.csv"
+        write_rows(files[name], values)
+    write_rows(tmp_path / "b.csv", rng.uniform(0, 100, 40).round(2))
+    policy = {"min_rows": 10, "rho_total": 1000.0, "recipients": ["*"],
+              "allow": [{"requesters": ["*"], "kinds": ["secure_sum", "paillier_sum"],
+                         "columns": ["*"], "require_dp": True}]}
+    datasets = {"a": {name: LocalDataset(path, {"amount": "float"}, policy)
+                      for name, path in files.items()},
+                "b": {"all": LocalDataset(tmp_path / "b.csv", {"amount": "float"}, policy),
+                      "less": LocalDataset(tmp_path / "b.csv", {"amount": "float"}, policy)}}
+    layout = write_local_federation(tmp_path / "fed", ["a", "b"], datasets)
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        yield fed, nodes, one
+
+
+def test_the_differencing_pair_is_noised_charged_and_as_uncertain_as_promised(differencing):
+    fed, nodes, one = differencing
+    rho, bound, pairs = 0.5, 100.0, 120
+    with pytest.raises(PolicyError, match="rule 'dp-required'"):
+        fed.secure_sum({"a": ("all", "amount"), "b": ("all", "amount")}, bound)
+    estimates = []
+    for _ in range(pairs):
+        totals = [fed.secure_sum({"a": (name, "amount"), "b": (name, "amount")}, bound,
+                                 rho=rho, max_rows=1000) for name in ("all", "less")]
+        estimates.append(totals[0].value - totals[1].value)
+    sigma = noise_sigma(rho, math.ceil(bound * 2**16)) / 2**16
+    assert totals[0].noise_sd == pytest.approx(math.sqrt(2) * sigma)
+    # Each estimate differences two totals, each with both parties' noise: variance 4 sigma^2
+    # (party a's own noise alone gives 2 sigma^2, what rho = 0.5 promises for its row).
+    promised = 4 * sigma**2
+    sample = np.var(estimates, ddof=1)
+    low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], pairs - 1) / (pairs - 1)
+    assert low * promised < sample < high * promised
+    assert abs(np.mean(estimates) - one) < 6 * math.sqrt(promised / pairs)
+    assert not any(e == pytest.approx(one, abs=1e-3) for e in estimates)  # never exact
+    spent = nodes.nodes["a"].ledger.privacy_spent
+    assert spent("all") == spent("less") == pairs * cost_units(rho)  # charged, each
+    accepted = [e for e in nodes.nodes["a"].ledger.entries() if e.event == "accepted"]
+    assert {e.body["rho"] for e in accepted} == {cost_units(rho)} and len(accepted) == 2 * pairs
+
+
+def test_a_paillier_sum_is_noised_and_charged_alike(differencing):
+    fed, nodes, _ = differencing
+    inputs = {"a": ("all", "amount"), "b": ("all", "amount")}
+    exact = fed.secure_sum(inputs, 100.0, rho=500.0, max_rows=1000)  # noise sd 4.5: ~0
+    noised = [fed.paillier_sum(inputs, 100.0, rho=0.5, max_rows=1000, key_holder="b",
+                               ).value for _ in range(12)]
+    sigma = noise_sigma(0.5, math.ceil(100.0 * 2**16)) / 2**16
+    spread = np.std(np.array(noised) - exact.value, ddof=1)
+    low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], 11) / 11
+    assert math.sqrt(low) * math.sqrt(2) * sigma < spread < math.sqrt(high) * math.sqrt(2) * sigma
+    accepted = [e for e in nodes.nodes["b"].ledger.entries()
+                if e.event == "accepted" and e.kind == "paillier_sum"]
+    assert len(accepted) == 12 and all(e.body["rho"] == cost_units(0.5) for e in accepted)
+
+
+def test_a_noised_job_reads_no_data_when_its_budget_is_spent(tmp_path, monkeypatch):
+    write_rows(tmp_path / "x.csv", np.arange(20))
+    policy = {"min_rows": 10, "rho_total": 0.5,
+              "allow": [{"requesters": ["*"], "kinds": ["*"], "columns": ["*"]}]}
+    datasets = {p: {"d": LocalDataset(tmp_path / "x.csv", {"amount": "float"}, policy)}
+                for p in ("a", "b")}
+    layout = write_local_federation(tmp_path / "fed", ["a", "b"], datasets)
+    planned = []
+    plan = SecureSumKind.plan
+    monkeypatch.setattr(SecureSumKind, "plan",
+                        lambda self, *a: planned.append(1) or plan(self, *a))
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        inputs = {"a": ("d", "amount"), "b": ("d", "amount")}
+        fed.secure_sum(inputs, 50.0, rho=0.5)
+        assert len(planned) == 2
+        with pytest.raises(PolicyError, match="rule 'privacy-budget': privacy budget of "
+                                              "dataset 'd' \\(rho 0.5\\) would be exceeded"):
+            fed.secure_sum(inputs, 50.0, rho=0.01)
+        assert len(planned) == 2  # refused before either node looked at its data
+        assert fed.secure_sum(inputs, 50.0).value == pytest.approx(2 * sum(range(20)))
+
