@@ -41,6 +41,12 @@ from invisible.metering.privacy import (
 )
 from invisible.metering.report import report_rows, to_table
 from invisible.metering.signing import generate_signing_key, load_signing_key
+from invisible.protocols.mpc.statistics import (
+    finish_noised,
+    moment_sensitivities,
+    moments_needed,
+    moments_on_grid,
+)
 
 KEY = bytes(range(32))
 
@@ -357,6 +363,59 @@ def test_a_paillier_sum_is_noised_and_charged_alike(differencing):
     accepted = [e for e in nodes.nodes["b"].ledger.entries()
                 if e.event == "accepted" and e.kind == "paillier_sum"]
     assert len(accepted) == 12 and all(e.body["rho"] == cost_units(0.5) for e in accepted)
+
+
+def test_moments_on_the_grid_are_exact_integer_sums_of_rounded_rows():
+    column = np.array([1.5, -2.25, 3.0000076, 0.0])
+    grid = moments_on_grid(column, 16).view(np.int64)
+    assert grid.tolist() == [4 << 16, int(np.rint(column * 65536).sum()),
+                             int(np.rint(column**2 * 65536).sum())]
+    assert moment_sensitivities(100.0, 16) == [65536, 6553600, 655360000]
+    assert moments_needed(["mean"]) == [0, 1] and moments_needed(["sum"]) == [1]
+    assert moments_needed(["count", "std"]) == [0, 1, 2]
+
+
+def test_outputs_from_noised_moments_are_post_processed_safely():
+    assert finish_noised({0: 4.0, 1: 10.0, 2: 30.0}, ["count", "mean", "variance", "std"]) == {
+        "count": 4.0, "mean": 2.5, "variance": 1.25, "std": math.sqrt(1.25)}
+    assert finish_noised({0: 4.0, 1: 10.0, 2: 30.0}, ["variance"], ddof=1)["variance"] == \
+        pytest.approx(1.25 * 4 / 3)
+    low = finish_noised({0: -0.7, 1: 3.0, 2: 1.0}, ["count", "mean", "variance"], ddof=1)
+    assert low == {"count": -1.0, "mean": 3.0, "variance": 0.0}  # divided by 1, never below 0
+
+
+def test_noised_statistics_are_charged_and_as_uncertain_as_promised(tmp_path):
+    rng = np.random.default_rng(3)
+    columns = {p: rng.uniform(0, 50, 30).round(2) for p in ("a", "b")}
+    policy = {"min_rows": 10, "rho_total": 100.0,
+              "allow": [{"requesters": ["*"], "kinds": ["statistics"], "columns": ["*"],
+                         "require_dp": True}]}
+    datasets = {}
+    for party, values in columns.items():
+        write_rows(tmp_path / f"{party}.csv", values)
+        datasets[party] = {"d": LocalDataset(tmp_path / f"{party}.csv", {"amount": "float"},
+                                             policy)}
+    layout = write_local_federation(tmp_path / "fed", ["a", "b"], datasets, dealers=["dealer"])
+    values = np.concatenate(list(columns.values()))
+    inputs = {"a": ("d", "amount"), "b": ("d", "amount")}
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
+        with pytest.raises(PolicyError, match="rule 'dp-required'"):
+            fed.statistics(inputs, 50.0, outputs=["mean"], dealer="dealer", max_rows=100)
+        runs = [fed.statistics(inputs, 50.0, outputs=["count", "mean", "std"], dealer="dealer",
+                               max_rows=100, rho=0.9) for _ in range(40)]
+        spent = {p: nodes.nodes[p].ledger.privacy_spent("d") for p in ("a", "b")}
+    assert spent == {"a": 40 * cost_units(0.9), "b": 40 * cost_units(0.9)}
+    # each moment gets rho / 3; the count's sensitivity is 1 row: sigma = 1 / sqrt(2 rho / 3)
+    count_sd = math.sqrt(2) / math.sqrt(2 * 0.9 / 3)
+    assert runs[0].noise_sd["count"] == pytest.approx(count_sd)
+    counts = np.array([r["count"] for r in runs])
+    low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], 39) / 39
+    # counts are rounded to whole rows (variance + 1/12)
+    assert low * count_sd**2 < counts.var(ddof=1) < high * (count_sd**2 + 1 / 12)
+    assert abs(counts.mean() - values.size) < 6 * count_sd / math.sqrt(40)
+    means = np.array([r["mean"] for r in runs])
+    assert abs(means.mean() - values.mean()) < 1.0 and means.std() > 0
+    assert "computed from noised moments" in repr(runs[0])
 
 
 def test_a_noised_job_reads_no_data_when_its_budget_is_spent(tmp_path, monkeypatch):

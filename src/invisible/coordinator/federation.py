@@ -353,14 +353,15 @@ class Federation:
 
     def statistics(self, inputs: Columns, bound: float, *, outputs: Sequence[str], dealer: str,
                    max_rows: int = 100_000, recipient: str | None = None, ddof: int = 0,
-                   job_id: str | None = None, timeout_s: float | None = None,
-                   ) -> StatisticsResult:
+                   rho: float | None = None, job_id: str | None = None,
+                   timeout_s: float | None = None) -> StatisticsResult:
         """Declared statistics (count, sum, mean, variance, std; variance with divisor
         count - ddof) of a column split by rows, on shares with a dealer node; reads like a
-        dict. See :mod:`invisible.kinds.statistics`."""
+        dict. With `rho`, computed from noised moments (differential privacy). See
+        :mod:`invisible.kinds.statistics`."""
         return self.run(StatisticsParams(
             inputs=input_refs(inputs), bound=float(bound), max_rows=max_rows,
-            outputs=tuple(outputs), dealer=dealer, recipient=recipient, ddof=ddof),
+            outputs=tuple(outputs), dealer=dealer, recipient=recipient, ddof=ddof, rho=rho),
             job_id=job_id, timeout_s=timeout_s)
 
     def psi(self, inputs: Columns, *, alignment: str | None = None, release_size: bool = False,

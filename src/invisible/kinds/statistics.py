@@ -10,17 +10,33 @@ many) is in each party's job output and signed ledger entry.
 
 The variance is the population variance (``ddof = 0``, numpy's default) or
 the sample variance (``ddof = 1``); ``std`` is its square root.
+
+With differential privacy (``rho``), no secret-shared division is needed: each
+computing party takes the moments the declared outputs are computed from (of
+N, S and Q: the count, the sum, the sum of squares), each on the grid as exact
+integer sums of per-row rounded values, adds its own discrete Gaussian noise to
+each, calibrated to that moment's sensitivity (2^f, B 2^f, B^2 2^f) and an
+equal share of rho (zCDP composes by adding), and secret-shares them; the
+noised totals are opened as the outputs would be, and the declared outputs are
+computed from them in the clear (post-processing: a count under 1 is taken as
+1, a negative variance as 0). So the recipient learns the noised moments (no
+less private than the outputs, and charged the same rho); the dealer is told
+at once that no tuples are needed.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
 
 from invisible.crypto.fixedpoint import clip_to_bound, decode
+from invisible.crypto.noise import MAX_SIGMA, discrete_gaussian, magnitude_bound
+from invisible.crypto.prg import Prg
+from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ConfigError, ProtocolError
 from invisible.jobspec import JobResult
 from invisible.kinds.base import (
@@ -36,12 +52,18 @@ from invisible.kinds.declared import WithDealer, opened_outputs, release
 from invisible.kinds.params import Inputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
 from invisible.kinds.secure_sum import MAX_ROWS, numeric_column
+from invisible.metering.privacy import cost_units, describe, noise_sigma
+from invisible.protocols.mpc.arithmetic import input_encoded
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.shared import SharedArray
 from invisible.protocols.mpc.statistics import (
     OUTPUTS,
     check_capacity,
+    finish_noised,
+    moment_sensitivities,
+    moments_needed,
+    moments_on_grid,
     select_outputs,
     shared_totals,
     statistics,
@@ -71,6 +93,30 @@ class StatisticsParams(WithDealer, Params["StatisticsResult"]):
                                   "them to the requester)", default=None, example="bank")
     ddof: int = param("variance divisor: count - ddof (0: population, 1: sample)", default=0,
                       choices=(0, 1))
+    rho: float | None = param("differential privacy: the cost (zCDP rho) each owner charges to "
+                              "its budget; each adds discrete Gaussian noise for it to the "
+                              "moments the outputs are computed from", default=None, gt=0,
+                              example=0.1)
+
+    @property
+    def moments(self) -> list[int]:
+        """With `rho`: which of (N, S, Q) are noised and opened."""
+        return moments_needed(self.outputs)
+
+    @property
+    def sigmas(self) -> list[float]:
+        """With `rho`: each noised moment's sigma on the grid (rho shared equally)."""
+        if self.rho is None:
+            return []
+        share = self.rho / len(self.moments)
+        sensitivity = moment_sensitivities(self.bound, FRACTIONAL_BITS)
+        return [noise_sigma(share, sensitivity[m]) for m in self.moments]
+
+    @property
+    def noised_limit(self) -> float:
+        """The largest |noised moment total| (in reals) the shares must hold."""
+        most = max(magnitude_bound(s) for s in self.sigmas) * 2.0**-FRACTIONAL_BITS
+        return len(self.inputs) * (self.max_rows * max(1.0, self.bound) ** 2 + most)
 
     def check(self, parties: tuple[str, ...]) -> None:
         self.check_parties(parties, "name a dataset and column for at least two parties")
@@ -78,6 +124,11 @@ class StatisticsParams(WithDealer, Params["StatisticsResult"]):
             check_capacity(len(self.inputs), self.bound, self.max_rows, FRACTIONAL_BITS)
         except ProtocolError as exc:
             raise ConfigError(f"{exc}: lower 'max_rows' or 'bound'") from None
+        if self.rho is None:
+            return
+        if max(self.sigmas) > MAX_SIGMA or self.noised_limit * 2.0**FRACTIONAL_BITS >= 2.0**62:
+            raise ConfigError(f"{self.KIND}: 'rho' {self.rho:g} needs more noise than the "
+                              "shares can hold; raise rho or lower 'bound' or 'max_rows'")
 
 
 @dataclass(repr=False, eq=False)
@@ -87,6 +138,10 @@ class StatisticsResult(Result, Mapping[str, float]):
     by_name: dict[str, float]
     ddof: int = 0
     recipient: str | None = None
+    #: With differential privacy: the cost each owner charged (zCDP rho), and the standard
+    #: deviation of the noise in each noised moment the outputs were computed from.
+    rho: float | None = None
+    noise_sd: dict[str, float] | None = None
 
     def __getitem__(self, name: str) -> float:
         return self.by_name[name]
@@ -102,7 +157,8 @@ class StatisticsResult(Result, Mapping[str, float]):
                      decimals_for(FRACTIONAL_BITS))
 
     def facts(self) -> dict[str, Any]:
-        return {"values": dict(self.by_name), "ddof": self.ddof, "recipient": self.recipient}
+        return {"values": dict(self.by_name), "ddof": self.ddof, "recipient": self.recipient,
+                "rho": self.rho, "noise_sd": self.noise_sd}
 
     def notes(self) -> list[str]:
         notes = [f"shown to the job's fixed-point resolution, 2^-{FRACTIONAL_BITS}"]
@@ -113,6 +169,10 @@ class StatisticsResult(Result, Mapping[str, float]):
         if self.recipient:
             notes.append(f"opened to party '{self.recipient}', which released them to the "
                          "requester")
+        if self.rho is not None and self.noise_sd:
+            spread = ", ".join(f"{name} {sd:.4g}" for name, sd in self.noise_sd.items())
+            notes.append(f"with differential privacy, {describe(cost_units(self.rho))} charged "
+                         f"by each owner: computed from noised moments (noise sd: {spread})")
         return notes
 
 
@@ -124,7 +184,10 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
                "with a dealer; only the declared outputs are opened")
 
     def declare(self, params: StatisticsParams, party_id: str) -> DeclaredUse | None:
-        return params.declared_use(party_id, lambda ref: (ref.column,))
+        declared = params.declared_use(party_id, lambda ref: (ref.column,))
+        if declared is None or params.rho is None:
+            return declared
+        return replace(declared, rho=cost_units(params.rho))
 
     def plan(self, params: StatisticsParams, party_id: str, datasets: Datasets) -> DataUse | None:
         if party_id == params.dealer:
@@ -147,6 +210,8 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         column, clipped = clip_to_bound(context.datasets.get(ref.dataset).column(ref.column),
                                         params.bound)
         check_bounds(context, parties, clipped)
+        if params.rho is not None:
+            return _run_noised(params, context, parties, column, clipped)
         local = (float(column.size), float(column.sum()), float(np.square(column).sum()))
         ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
         provider = DealerProvider(channel, parties, params.dealer)
@@ -166,11 +231,42 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
         return outcome
 
     def finish(self, params: StatisticsParams, job: JobResult) -> StatisticsResult:
-        chosen = select_outputs(params.outputs)
+        chosen = select_outputs(params.outputs) if params.rho is None else params.moments
         opened = opened_outputs(job, params.computing(job.parties), params.recipient,
                                 len(chosen))
-        values = decode(opened, FRACTIONAL_BITS).tolist()
-        named = decoded_outputs(dict(zip(chosen, values, strict=True)), params.outputs)
+        values = dict(zip(chosen, decode(opened, FRACTIONAL_BITS).tolist(), strict=True))
+        if params.rho is None:
+            named = decoded_outputs(values, params.outputs)
+        else:
+            named = finish_noised(values, params.outputs, params.ddof)
         if "count" in named:
             named["count"] = int(named["count"])
-        return StatisticsResult(job, named, params.ddof, params.recipient)
+        noise_sd = {name: math.sqrt(len(params.inputs)) * sigma * 2.0**-FRACTIONAL_BITS
+                    for name, sigma in zip((("count", "sum", "sum of squares")[m]
+                                            for m in params.moments), params.sigmas,
+                                           strict=True)}
+        return StatisticsResult(job, named, params.ddof, params.recipient, params.rho,
+                                noise_sd)
+
+
+def _run_noised(params: StatisticsParams, context: JobContext, parties: tuple[str, ...],
+                column: np.ndarray, clipped: int) -> JobOutcome:
+    """The differentially private path (module docstring): noised moments, shared and
+    opened; no tuples."""
+    channel = context.channel
+    ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
+    DealerProvider(channel, parties, params.dealer).close()  # no tuples: the dealer is done
+    moments = params.moments
+    noise = np.concatenate([discrete_gaussian(Prg.from_os(), sigma, 1)
+                            for sigma in params.sigmas])
+    mine = moments_on_grid(column, FRACTIONAL_BITS)[moments] + noise.view(RING_DTYPE)
+    total: SharedArray | None = None
+    for owner in parties:
+        part = input_encoded(ctx, owner, mine if owner == channel.party_id else None,
+                             params.noised_limit, (len(moments),), context.rng)
+        total = part if total is None else total + part
+    assert total is not None
+    outcome = JobOutcome(rows_used=int(column.size), clipped=clipped)
+    release(ctx, context, total, params.recipient, outcome)
+    outcome.output = {"opened_indices": moments, "openings": outcome.openings}
+    return outcome

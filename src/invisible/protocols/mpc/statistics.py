@@ -120,6 +120,63 @@ def _sample_factor(ctx: MpcContext, provider: TupleProvider, u: SharedArray,
     return SharedArray(factor.share, 2.0, f, ctx.is_leader)
 
 
+#: With differential privacy: which of the moments (N, S, Q) each output is computed from.
+MOMENTS_OF = {"count": (0,), "sum": (1,), "mean": (0, 1), "variance": (0, 1, 2),
+              "std": (0, 1, 2)}
+
+
+def moments_needed(declared: Sequence[str]) -> list[int]:
+    """The moments (0: N, 1: S, 2: Q) that the declared outputs are computed from."""
+    select_outputs(declared)  # refuses unknown outputs
+    return sorted({m for name in declared for m in MOMENTS_OF[name]})
+
+
+def moments_on_grid(column: np.ndarray, fractional_bits: int) -> np.ndarray:
+    """This party's (N, S, Q) as ring elements on the grid, each value rounded to it first:
+    N 2^f, the sum of rint(x 2^f), the sum of rint(x^2 2^f); exact integer sums, so one row
+    added or removed moves them by at most :func:`moment_sensitivities` (a float sum's
+    rounding would not keep that promise)."""
+    scale = float(2**fractional_bits)
+    values = np.rint(column * scale).astype(np.int64)
+    squares = np.rint(np.square(column) * scale).astype(np.int64)
+    moments = np.array([column.size << fractional_bits, values.sum(), squares.sum()],
+                       dtype=np.int64)
+    return moments.view(RING_DTYPE)
+
+
+def moment_sensitivities(bound: float, fractional_bits: int) -> list[int]:
+    """How far one row (|x| <= bound) moves each of N, S, Q on the grid."""
+    scale = 2.0**fractional_bits
+    return [1 << fractional_bits, math.ceil(bound * scale), math.ceil(bound * bound * scale)]
+
+
+def finish_noised(moments: dict[int, float], declared: Sequence[str],
+                  ddof: int = 0) -> dict[str, float]:
+    """The declared outputs from noised moments, in the clear (post-processing: a count
+    under 1 is taken as 1 for the divisions, a negative variance as 0)."""
+    count = moments.get(0)
+    divisor = max(count, 1.0) if count is not None else 1.0
+    out = {}
+    mean = moments[1] / divisor if 1 in moments else 0.0
+    variance = 0.0
+    if 2 in moments:
+        variance = max(moments[2] / divisor - mean * mean, 0.0)
+        if ddof:
+            variance = variance * divisor / (divisor - 1) if divisor > 1 else 0.0
+    for name in declared:
+        if name == "count":
+            out["count"] = float(round(moments[0]))
+        elif name == "sum":
+            out["sum"] = moments[1]
+        elif name == "mean":
+            out["mean"] = mean
+        elif name == "variance":
+            out["variance"] = variance
+        else:
+            out["std"] = math.sqrt(variance)
+    return out
+
+
 def select_outputs(declared: Sequence[str]) -> list[int]:
     """Which of (count, sum, mean, variance) to open for the declared outputs."""
     unknown = sorted(set(declared) - set(OUTPUTS))
