@@ -79,13 +79,19 @@ def test_each_ended_job_is_billed_in_its_receipt_and_a_private_count_is_never_pr
     cancelled = meter.close(job(2), "cancelled", {}, released=True)
     assert "bill" not in cancelled.body  # given back, not billed
     meter.admit(job(3, private=True))
-    private = meter.close(job(3, private=True), "finished", record, rows=100)
-    assert private.rows == 0 and private.body["bill"]["amount"] == "2.770000"  # rows unpriced
+    private = meter.close(job(3, private=True), "finished", {**record, "tuples": 5000},
+                          rows=100)
+    # rows, rounds, tuples and CPU grow with the private count: none in the receipt or bill
+    assert private.rows == 0 and private.body["bill"]["amount"] == "1.750000"
+    assert [private.body[k] for k in ("rounds", "tuples", "cpu_s")] == [0, 0, 0]
+    [kept] = [e for e in meter.store.entries() if e.event == "rows" and e.job_id == "j3"]
+    assert (kept.rows, kept.body["rounds"], kept.body["tuples"], kept.body["cpu_s"]) == \
+        (100, 2, 5000, 0.5)
     meter.admit(job(4))
     failed = meter.close(job(4), "failed", {"rounds": 1}, error="x", released=False)
     assert failed.body["bill"]["amount"] == "1.510000"
     [row] = bill_rows(meter.store.entries())
-    assert (row["jobs"], row["rows"], row["amount"]) == (3, 100, "7.150000")
+    assert (row["jobs"], row["rows"], row["amount"]) == (3, 100, "6.130000")
 
 
 @pytest.fixture(scope="module")

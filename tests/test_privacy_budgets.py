@@ -41,6 +41,7 @@ from invisible.metering.privacy import (
 )
 from invisible.metering.report import report_rows, to_table
 from invisible.metering.signing import generate_signing_key, load_signing_key
+from invisible.node.config import load_party_config
 from invisible.protocols.mpc.statistics import (
     finish_noised,
     moment_sensitivities,
@@ -91,6 +92,37 @@ def test_the_sampler_takes_every_bit_from_the_generator():
     assert not np.array_equal(discrete_gaussian(Prg(KEY), 3.0, 1000),
                               discrete_gaussian(Prg(bytes(32)), 3.0, 1000))
     assert discrete_gaussian(Prg(KEY), 3.0, 0).shape == (0,)
+
+
+class Crafted:
+    """A generator whose first draw is chosen (five rows of 64-bit words, as the sampler
+    asks), then a real one's."""
+
+    def __init__(self, rows: list[int]) -> None:
+        self.first: list[int] | None = rows
+        self.real = Prg(KEY)
+
+    def random_uint64(self, shape: tuple[int, int]) -> np.ndarray:
+        if self.first is None:
+            return self.real.random_uint64(shape)
+        words = np.array(self.first, dtype=np.uint64)[:, None].repeat(shape[1], axis=1)
+        self.first = None
+        return words
+
+
+def test_words_that_would_bias_the_residue_are_thrown_away():
+    # sigma 9.5: t = 10, and 2^64 - 1 is among the top 2^64 mod 10 words, which favour
+    # small residues: (2^64 - 1) mod 10 = 5. Without the rejection every draw of the
+    # crafted batch would be kept as +5.
+    draws = discrete_gaussian(Crafted([2**64 - 1, 0, 2**64 - 1, 0, 0]), 9.5, 200)  # type: ignore[arg-type]
+    assert np.count_nonzero(draws == 5) < 40  # about 8 expected from the real draws
+
+
+def test_no_draw_passes_the_magnitude_bound_and_the_largest_reaches_it():
+    # U = t - 1, V = 36 (the smallest 53-bit uniform), positive, accepted: 37 t - 1
+    sigma = 9.5
+    draws = discrete_gaussian(Crafted([9, 0, 0, 0, 0]), sigma, 3)  # type: ignore[arg-type]
+    assert draws.tolist() == [magnitude_bound(sigma) - 1] * 3
 
 
 @pytest.mark.parametrize("sigma", [0, -1.0, math.nan, math.inf, 2.0**50 + 2**30])
@@ -165,20 +197,19 @@ def use(requester: str = "analyst", rho: float | None = 0.1, job_id: str = "j") 
 
 def test_budgets_hold_exactly_at_their_edges():
     policy = parse_policy(POLICY, "test")
-    rule = policy.allow[0]
     request = use(rho=0.1)
     edge = {"requester_today": budget_units(0.4, "b"), "requester_total": budget_units(0.6, "b"),
             "today": budget_units(0.9, "b"), "total": budget_units(2.9, "b")}
-    assert privacy_problem(policy, rule, request, Spent(**edge)) is None  # each exactly full
+    assert privacy_problem(policy, request, Spent(**edge)) is None  # each exactly full
     for name, what in (("requester_today", "privacy budget per day of 'analyst'"),
                        ("requester_total", "privacy budget of 'analyst'"),
                        ("today", "privacy budget per day of dataset"),
                        ("total", "privacy budget of dataset")):
         over = Spent(**{**edge, name: edge[name] + 1})  # one nano-rho more
-        problem = privacy_problem(policy, rule, request, over)
+        problem = privacy_problem(policy, request, over)
         assert problem is not None and problem[0] == "privacy-budget"
         assert problem[1].startswith(what)
-    assert privacy_problem(policy, rule, use(rho=None), Spent(10**12, 10**12, 10**12, 10**12)) \
+    assert privacy_problem(policy, use(rho=None), Spent(10**12, 10**12, 10**12, 10**12)) \
         is None  # a job without noise spends nothing
 
 
@@ -202,6 +233,32 @@ def test_a_budget_that_is_not_positive_and_finite_is_refused_naming_it(key, valu
         parse_policy({**POLICY, "allow": [rule]}, "test")
     with pytest.raises(ConfigError, match="^test.allow\\[0\\].require_dp must be true or false"):
         parse_policy({**POLICY, "allow": [{**POLICY["allow"][0], "require_dp": 1}]}, "test")
+
+
+def test_require_dp_needs_a_budget_and_a_refusing_dataset_takes_no_noised_job():
+    rule = {"requesters": ["x"], "kinds": ["*"], "columns": ["*"], "require_dp": True}
+    with pytest.raises(ConfigError, match="^test.allow\\[0\\] has require_dp without a privacy "
+                                          "budget"):
+        parse_policy({"allow": [rule]}, "test")
+    parse_policy({"allow": [rule], "rho_total": 1.0}, "test")  # the dataset's binds too
+    parse_policy({"allow": [{**rule, "rho_per_day": 1.0}]}, "test")
+    refusing = parse_policy({**POLICY, "out_of_bound": "refuse"}, "test")
+    with pytest.raises(Refusal, match="rule 'dp-clip': dataset 'loans' refuses values beyond"):
+        authorise("bank", refusing, use(rho=0.1))
+    authorise("bank", refusing, use("auditor", rho=None))  # without noise: the bound check
+
+
+def test_a_requester_s_budget_binds_whichever_rule_allows_its_job():
+    # an open rule first: the analyst's own rule, later, still limits the analyst
+    policy = parse_policy({"allow": [
+        {"requesters": ["*"], "kinds": ["*"], "columns": ["*"]},
+        {"requesters": ["analyst"], "kinds": ["secure_sum"], "columns": ["*"],
+         "rho_total": 0.5}]}, "test")
+    assert authorise("bank", policy, use(rho=0.1)) == policy.allow[0]
+    problem = privacy_problem(policy, use(rho=0.1), Spent(requester_total=cost_units(0.45)))
+    assert problem is not None and problem[1].startswith("privacy budget of 'analyst'")
+    assert privacy_problem(policy, use("other", rho=0.1),
+                           Spent(requester_total=cost_units(0.45))) is None
 
 
 # --- reservations in the ledger --------------------------------------------------------------
@@ -253,6 +310,27 @@ def test_a_budget_counts_across_a_restart_and_returns_only_what_was_never_run(tm
         meter.admit(job(4, 1e-9))
     refused = [e for e in book.entries() if e.event == "refused"]
     assert [e.job_id for e in refused] == ["job-4"]  # the refusal is recorded
+    book.close()
+
+
+def test_a_day_s_budget_starts_again_the_next_utc_day_and_the_total_does_not(
+        tmp_path, signing_key, monkeypatch):
+    import invisible.metering.meter as meter_module
+
+    clock = ["2026-11-29T23:59:59.000000Z"]
+    monkeypatch.setattr(meter_module, "utc_now", lambda: clock[0])
+    book = Ledger(tmp_path / "bank-ledger.sqlite", "bank", signing_key, clock=lambda: clock[0])
+    meter = meter_on(book)
+    meter.admit(job(1, 0.5))  # the day's 0.5
+    with pytest.raises(Refusal, match="privacy budget per day of 'analyst'"):
+        meter.admit(job(2, 0.1))
+    clock[0] = "2026-11-30T00:00:00.000000Z"
+    meter.admit(job(3, 0.2))  # a new day: 0.2 of 0.5, and 0.7 of the total 0.7
+    assert book.privacy_spent("loans", "analyst", "2026-11-30") == cost_units(0.2)
+    assert book.privacy_spent("loans", "analyst") == cost_units(0.7)
+    with pytest.raises(Refusal, match="privacy budget of 'analyst' on dataset 'loans' "
+                                      "\\(rho 0.7\\)"):
+        meter.admit(job(4, 1e-9))
     book.close()
 
 
@@ -334,7 +412,7 @@ def test_the_differencing_pair_is_noised_charged_and_as_uncertain_as_promised(di
         totals = [fed.secure_sum({"a": (name, "amount"), "b": (name, "amount")}, bound,
                                  rho=rho, max_rows=1000) for name in ("all", "less")]
         estimates.append(totals[0].value - totals[1].value)
-    sigma = noise_sigma(rho, math.ceil(bound * 2**16)) / 2**16
+    sigma = noise_sigma(rho, 2 * math.ceil(bound * 2**16)) / 2**16  # a row replaced: 2B
     assert totals[0].noise_sd == pytest.approx(math.sqrt(2) * sigma)
     # Each estimate differences two totals, each with both parties' noise: variance 4 sigma^2
     # (party a's own noise alone gives 2 sigma^2, what rho = 0.5 promises for its row).
@@ -356,7 +434,7 @@ def test_a_paillier_sum_is_noised_and_charged_alike(differencing):
     exact = fed.secure_sum(inputs, 100.0, rho=500.0, max_rows=1000)  # noise sd 4.5: ~0
     noised = [fed.paillier_sum(inputs, 100.0, rho=0.5, max_rows=1000, key_holder="b",
                                ).value for _ in range(12)]
-    sigma = noise_sigma(0.5, math.ceil(100.0 * 2**16)) / 2**16
+    sigma = noise_sigma(0.5, 2 * math.ceil(100.0 * 2**16)) / 2**16
     spread = np.std(np.array(noised) - exact.value, ddof=1)
     low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], 11) / 11
     assert math.sqrt(low) * math.sqrt(2) * sigma < spread < math.sqrt(high) * math.sqrt(2) * sigma
@@ -370,7 +448,7 @@ def test_moments_on_the_grid_are_exact_integer_sums_of_rounded_rows():
     grid = moments_on_grid(column, 16).view(np.int64)
     assert grid.tolist() == [4 << 16, int(np.rint(column * 65536).sum()),
                              int(np.rint(column**2 * 65536).sum())]
-    assert moment_sensitivities(100.0, 16) == [65536, 6553600, 655360000]
+    assert moment_sensitivities(100.0, 16) == [0, 13107200, 655360000]  # count public
     assert moments_needed(["mean"]) == [0, 1] and moments_needed(["sum"]) == [1]
     assert moments_needed(["count", "std"]) == [0, 1, 2]
 
@@ -401,21 +479,64 @@ def test_noised_statistics_are_charged_and_as_uncertain_as_promised(tmp_path):
     with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         with pytest.raises(PolicyError, match="rule 'dp-required'"):
             fed.statistics(inputs, 50.0, outputs=["mean"], dealer="dealer", max_rows=100)
-        runs = [fed.statistics(inputs, 50.0, outputs=["count", "mean", "std"], dealer="dealer",
+        runs = [fed.statistics(inputs, 50.0, outputs=["count", "sum", "std"], dealer="dealer",
                                max_rows=100, rho=0.9) for _ in range(40)]
         spent = {p: nodes.nodes[p].ledger.privacy_spent("d") for p in ("a", "b")}
     assert spent == {"a": 40 * cost_units(0.9), "b": 40 * cost_units(0.9)}
-    # each moment gets rho / 3; the count's sensitivity is 1 row: sigma = 1 / sqrt(2 rho / 3)
-    count_sd = math.sqrt(2) / math.sqrt(2 * 0.9 / 3)
-    assert runs[0].noise_sd["count"] == pytest.approx(count_sd)
-    counts = np.array([r["count"] for r in runs])
+    # the count is public (receipts show it): exact, no noise; the sum and the sum of squares
+    # get rho / 2 each, for a row's value replaced: 2B and B^2
+    assert all(r["count"] == values.size for r in runs)
+    sum_sd = math.sqrt(2) * noise_sigma(0.45, 2 * 50 * 2**16) / 2**16
+    squares_sd = math.sqrt(2) * noise_sigma(0.45, 50 * 50 * 2**16) / 2**16
+    assert runs[0].noise_sd == pytest.approx({"sum": sum_sd, "sum of squares": squares_sd})
+    sums = np.array([r["sum"] for r in runs])
     low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], 39) / 39
-    # counts are rounded to whole rows (variance + 1/12)
-    assert low * count_sd**2 < counts.var(ddof=1) < high * (count_sd**2 + 1 / 12)
-    assert abs(counts.mean() - values.size) < 6 * count_sd / math.sqrt(40)
-    means = np.array([r["mean"] for r in runs])
-    assert abs(means.mean() - values.mean()) < 1.0 and means.std() > 0
+    assert low * sum_sd**2 < sums.var(ddof=1) < high * sum_sd**2
+    assert abs(sums.mean() - values.sum()) < 6 * sum_sd / math.sqrt(40)
+    # the std comes from both noised moments: var = Q/N - (S/N)^2, std = sqrt(var), so to
+    # first order its noise is (dQ/N - 2 mean dS/N) / (2 std)
+    n, mean, std = values.size, values.mean(), values.std()
+    expected = ((squares_sd / n) ** 2 + (2 * mean * sum_sd / n) ** 2) / (4 * std**2)
+    stds = np.array([r["std"] for r in runs])
+    assert low * expected < stds.var(ddof=1) < high * expected * 1.2
     assert "computed from noised moments" in repr(runs[0])
+
+
+def test_noised_per_category_totals_release_small_categories_and_refuse_nothing(tmp_path):
+    # category 2 has one row, category 9 is outside [0, 3): a plain job is refused for
+    # both, which is an exact answer about the rows; a noised one is not
+    rows = [(10.0, 0)] * 15 + [(20.0, 1)] * 15 + [(77.0, 2), (5.0, 9)]
+    (tmp_path / "g.csv").write_text("amount,cell\n" + "".join(f"{a},{c}\n" for a, c in rows))
+    policy = {"min_rows": 10, "rho_total": 100.0,
+              "allow": [{"requesters": ["*"], "kinds": ["*"], "columns": ["*"]}]}
+    datasets = {p: {"g": LocalDataset(tmp_path / "g.csv", {"amount": "float", "cell": "int"},
+                                      policy)} for p in ("a", "b")}
+    layout = write_local_federation(tmp_path / "fed", ["a", "b"], datasets)
+    inputs = {"a": ("g", "amount"), "b": ("g", "amount")}
+    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+        with pytest.raises(PolicyError, match="group column 'cell' does not hold integers"):
+            fed.secure_sum(inputs, 100.0, group_by="cell", categories=3)
+        totals = np.array([fed.secure_sum(inputs, 100.0, group_by="cell", categories=3,
+                                          rho=2.0).total for _ in range(30)])
+    sd = math.sqrt(2) * noise_sigma(2.0, 2 * 100 * 2**16) / 2**16
+    exact = np.array([300.0, 600.0, 154.0])  # both parties; the row in category 9 adds nothing
+    assert np.all(np.abs(totals.mean(axis=0) - exact) < 6 * sd / math.sqrt(30))
+    low, high = stats.chi2.ppf([1e-6, 1 - 1e-6], 29) / 29
+    assert np.all((low * sd**2 < totals.var(axis=0, ddof=1))
+                  & (totals.var(axis=0, ddof=1) < high * sd**2))
+
+
+def test_budgets_need_a_ledger_that_records(tmp_path):
+    policy = {**POLICY, "allow": POLICY["allow"][:1]}
+    write_rows(tmp_path / "x.csv", [1.0] * 20)
+    layout = write_local_federation(tmp_path / "fed", ["a", "b"], {
+        p: {"loans": LocalDataset(tmp_path / "x.csv", {"amount": "float"}, policy)}
+        for p in ("a", "b")})
+    config = layout.party_configs["a"]
+    config.write_text(config.read_text() + '\n[ledger]\nstore = "none"\n')
+    with pytest.raises(ConfigError, match='store = "none" records nothing, so it cannot keep '
+                                          "the privacy budgets of dataset\\(s\\) loans"):
+        load_party_config(config)
 
 
 def test_a_noised_job_reads_no_data_when_its_budget_is_spent(tmp_path, monkeypatch):

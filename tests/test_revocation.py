@@ -146,6 +146,38 @@ def test_a_list_that_is_not_the_ca_s_is_refused_at_start_and_never_replaces_one(
         CertificateAuthority.load(pki).revoke(pki, 5)
 
 
+def test_a_list_loads_as_pem_or_der_and_must_be_the_ca_s_by_name_and_numbered(pki):
+    ca = CertificateAuthority.load(pki)
+    ca.revoke(pki, 77, "superseded")
+    ca_pem = (pki / "ca.pem").read_bytes()
+    crl = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
+    (pki / "der.crl").write_bytes(crl.public_bytes(serialization.Encoding.DER))
+    (pki / "padded.crl").write_bytes(b"\n  \n" + (pki / "ca.crl").read_bytes())
+    for name in ("der.crl", "padded.crl"):
+        assert Revocations(ca_pem, pki / name).serials == frozenset({77})
+    now = dt.datetime.now(dt.UTC)
+
+    def signed_by_ca(issuer: x509.Name, numbered: bool) -> Path:
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(issuer)
+                   .last_update(now).next_update(now + dt.timedelta(days=1)))
+        if numbered:
+            builder = builder.add_extension(x509.CRLNumber(9), critical=False)
+        path = pki / f"{numbered}-{len(list(pki.glob('*.crl')))}.crl"
+        path.write_bytes(builder.sign(ca.key, hashes.SHA256())
+                         .public_bytes(serialization.Encoding.PEM))
+        return path
+
+    # the CA's key, another issuer's name: not the CA's list
+    other = signed_by_ca(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "other")]),
+                         True)
+    with pytest.raises(ConfigError, match=f"^{other} is not signed by the federation's CA$"):
+        Revocations(ca_pem, other)
+    unnumbered = signed_by_ca(ca.certificate.subject, False)
+    with pytest.raises(ConfigError, match=f"^{unnumbered} has no CRL number \\(make it with "
+                                          "`invisible pki revoke`\\)$"):
+        Revocations(ca_pem, unnumbered)
+
+
 def test_a_revoked_certificate_is_refused_on_every_call_and_recorded_once(pki, caplog):
     ca = CertificateAuthority.load(pki)
     seen: list[tuple[Identity, int, bool]] = []

@@ -93,9 +93,11 @@ class SumParams(Params[R]):
 
     @property
     def sensitivity(self) -> int:
-        """What one row, added or removed, changes a party's contribution by at most, on the
-        fixed-point grid (L2: a row is in one category): the bound."""
-        return math.ceil(self.bound * 2.0**self.fractional_bits)
+        """What one row's value, replaced by any other, changes a party's contribution by at
+        most on the fixed-point grid, in L2: 2 x the bound (from -B to B in one category;
+        moving a row between categories changes two totals by B each, sqrt(2) B). The row
+        count is public (receipts show it), so rows are replaced, not added or removed."""
+        return 2 * math.ceil(self.bound * 2.0**self.fractional_bits)
 
     @property
     def sigma(self) -> float | None:
@@ -190,8 +192,13 @@ def local_vector(params: SumParams[Any], party: str, datasets: Datasets,
         return encoded, rows, clipped
     if params.group_by is None:
         return np.array([encoded.sum(dtype=RING_DTYPE)], dtype=RING_DTYPE), rows, clipped
-    totals = np.zeros(int(params.categories or 0), dtype=RING_DTYPE)
-    np.add.at(totals, dataset.column(params.group_by), encoded)
+    categories = int(params.categories or 0)
+    groups = dataset.column(params.group_by)
+    if params.rho is not None:  # rows outside [0, categories) add nothing (plan_sum)
+        inside = (groups >= 0) & (groups < categories)
+        groups, encoded = groups[inside], encoded[inside]
+    totals = np.zeros(categories, dtype=RING_DTYPE)
+    np.add.at(totals, groups, encoded)
     return totals, rows, clipped
 
 
@@ -232,6 +239,12 @@ def plan_sum(params: SumParams[Any], party_id: str, datasets: Datasets) -> DataU
     if groups.dtype.kind != "i":
         raise ConfigError(f"{params.KIND}: group column '{params.group_by}' of dataset "
                           f"'{ref.dataset}' is not an integer column")
+    if params.rho is not None:
+        # With noise, nothing here may depend on what the rows hold: a refusal is an exact
+        # answer no noise covers. Small categories are released noised (the noise is what
+        # protects them; the k threshold applies to the dataset's rows, which are public),
+        # and rows outside [0, categories) add nothing (`local_vector`).
+        return DataUse(rows, rows)
     if rows and (groups.min() < 0 or groups.max() >= categories):
         return DataUse(rows, None, f"group column '{params.group_by}' does not hold integers "
                                    "in [0, categories)")

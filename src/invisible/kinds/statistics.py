@@ -15,13 +15,14 @@ With differential privacy (``rho``), no secret-shared division is needed: each
 computing party takes the moments the declared outputs are computed from (of
 N, S and Q: the count, the sum, the sum of squares), each on the grid as exact
 integer sums of per-row rounded values, adds its own discrete Gaussian noise to
-each, calibrated to that moment's sensitivity (2^f, B 2^f, B^2 2^f) and an
-equal share of rho (zCDP composes by adding), and secret-shares them; the
-noised totals are opened as the outputs would be, and the declared outputs are
-computed from them in the clear (post-processing: a count under 1 is taken as
-1, a negative variance as 0). So the recipient learns the noised moments (no
-less private than the outputs, and charged the same rho); the dealer is told
-at once that no tuples are needed.
+S and Q, calibrated to a row's value replaced by another (2B 2^f and B^2 2^f;
+the count is public, receipts show it, so it carries none) with an equal share
+of rho (zCDP composes by adding), and secret-shares them; the totals are opened
+as the outputs would be, and the declared outputs are computed from them in the
+clear (post-processing: a count under 1 is taken as 1, a negative variance as
+0). So the recipient learns the noised moments (no less private than the
+outputs, and charged the same rho); the dealer is told at once that no tuples
+are needed.
 """
 
 from __future__ import annotations
@@ -104,19 +105,21 @@ class StatisticsParams(WithDealer, Params["StatisticsResult"]):
         return moments_needed(self.outputs)
 
     @property
-    def sigmas(self) -> list[float]:
-        """With `rho`: each noised moment's sigma on the grid (rho shared equally)."""
+    def sigmas(self) -> dict[int, float]:
+        """With `rho`: the sigma on the grid of each moment that is noised (not the count,
+        which is public), rho shared equally among them."""
         if self.rho is None:
-            return []
-        share = self.rho / len(self.moments)
+            return {}
         sensitivity = moment_sensitivities(self.bound, FRACTIONAL_BITS)
-        return [noise_sigma(share, sensitivity[m]) for m in self.moments]
+        noised = [m for m in self.moments if sensitivity[m]]
+        return {m: noise_sigma(self.rho / len(noised), sensitivity[m]) for m in noised}
 
     @property
     def noised_limit(self) -> float:
         """The largest |noised moment total| (in reals) the shares must hold."""
-        most = max(magnitude_bound(s) for s in self.sigmas) * 2.0**-FRACTIONAL_BITS
-        return len(self.inputs) * (self.max_rows * max(1.0, self.bound) ** 2 + most)
+        most = max((magnitude_bound(s) for s in self.sigmas.values()), default=0)
+        return len(self.inputs) * (self.max_rows * max(1.0, self.bound) ** 2
+                                   + most * 2.0**-FRACTIONAL_BITS)
 
     def check(self, parties: tuple[str, ...]) -> None:
         self.check_parties(parties, "name a dataset and column for at least two parties")
@@ -126,7 +129,8 @@ class StatisticsParams(WithDealer, Params["StatisticsResult"]):
             raise ConfigError(f"{exc}: lower 'max_rows' or 'bound'") from None
         if self.rho is None:
             return
-        if max(self.sigmas) > MAX_SIGMA or self.noised_limit * 2.0**FRACTIONAL_BITS >= 2.0**62:
+        if max(self.sigmas.values(), default=0.0) > MAX_SIGMA \
+                or self.noised_limit * 2.0**FRACTIONAL_BITS >= 2.0**62:
             raise ConfigError(f"{self.KIND}: 'rho' {self.rho:g} needs more noise than the "
                               "shares can hold; raise rho or lower 'bound' or 'max_rows'")
 
@@ -169,8 +173,9 @@ class StatisticsResult(Result, Mapping[str, float]):
         if self.recipient:
             notes.append(f"opened to party '{self.recipient}', which released them to the "
                          "requester")
-        if self.rho is not None and self.noise_sd:
-            spread = ", ".join(f"{name} {sd:.4g}" for name, sd in self.noise_sd.items())
+        if self.rho is not None:
+            spread = ", ".join(f"{name} {sd:.4g}" for name, sd in (self.noise_sd or {}).items()
+                               ) or "none: the count is public"
             notes.append(f"with differential privacy, {describe(cost_units(self.rho))} charged "
                          f"by each owner: computed from noised moments (noise sd: {spread})")
         return notes
@@ -241,10 +246,9 @@ class StatisticsKind(JobKind[StatisticsParams, StatisticsResult]):
             named = finish_noised(values, params.outputs, params.ddof)
         if "count" in named:
             named["count"] = int(named["count"])
-        noise_sd = {name: math.sqrt(len(params.inputs)) * sigma * 2.0**-FRACTIONAL_BITS
-                    for name, sigma in zip((("count", "sum", "sum of squares")[m]
-                                            for m in params.moments), params.sigmas,
-                                           strict=True)}
+        noise_sd = {("count", "sum", "sum of squares")[m]:
+                    math.sqrt(len(params.inputs)) * sigma * 2.0**-FRACTIONAL_BITS
+                    for m, sigma in params.sigmas.items()}
         return StatisticsResult(job, named, params.ddof, params.recipient, params.rho,
                                 noise_sd)
 
@@ -257,8 +261,9 @@ def _run_noised(params: StatisticsParams, context: JobContext, parties: tuple[st
     ctx = MpcContext(channel, parties, params.dealer, FRACTIONAL_BITS)
     DealerProvider(channel, parties, params.dealer).close()  # no tuples: the dealer is done
     moments = params.moments
-    noise = np.concatenate([discrete_gaussian(Prg.from_os(), sigma, 1)
-                            for sigma in params.sigmas])
+    sigmas = params.sigmas
+    noise = np.array([discrete_gaussian(Prg.from_os(), sigmas[m], 1)[0] if m in sigmas else 0
+                      for m in moments], dtype=np.int64)
     mine = moments_on_grid(column, FRACTIONAL_BITS)[moments] + noise.view(RING_DTYPE)
     total: SharedArray | None = None
     for owner in parties:

@@ -29,7 +29,6 @@ from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
     ANY,
-    AllowRule,
     DatasetPolicy,
     NodePolicy,
     Refusal,
@@ -40,11 +39,15 @@ from invisible.metering.policy import (
     group_problem,
     privacy_problem,
     quota_problem,
+    requester_budgets,
     threshold_problem,
 )
 from invisible.metering.privacy import rho_of
 
 log = logging.getLogger(__name__)
+
+#: What a job whose rows are private records in the node's own ledger, not in its receipt.
+PRIVATE_MEASURES = ("values_opened", "rounds", "tuples", "cpu_s")
 
 
 class LedgerStore(Protocol):
@@ -156,11 +159,11 @@ class Meter:
             return
         policy = self.policies.get(use.dataset)
         try:
-            rule = authorise(self.party_id, policy, use)
+            authorise(self.party_id, policy, use)
             assert policy is not None  # authorise refuses a dataset without policy
             # A budget already spent refuses the job before anything reads data; `admit`
             # checks again, atomically with the reservation.
-            spent = privacy_problem(policy, rule, use, self._spent(self.store, use, policy, rule))
+            spent = privacy_problem(policy, use, self._spent(self.store, use, policy))
             if spent is not None:
                 raise Refusal(self.party_id, *spent)
         except Refusal as refusal:
@@ -168,19 +171,18 @@ class Meter:
             raise
 
     @staticmethod
-    def _spent(store: LedgerStore, use: UseRequest, policy: DatasetPolicy,
-               rule: AllowRule) -> Spent:
+    def _spent(store: LedgerStore, use: UseRequest, policy: DatasetPolicy) -> Spent:
         """What the budgets that bound this request have spent (0 for one without a
         budget, and for a request that costs nothing)."""
         if not use.rho:
             return Spent()
         day = utc_now()[:10]
+        per_day, in_all = requester_budgets(policy, use.requester)
 
         def spent(limit: int | None, requester: str | None, on: str | None) -> int:
             return 0 if limit is None else store.privacy_spent(use.dataset, requester, on)
 
-        return Spent(spent(rule.rho_per_day, use.requester, day),
-                     spent(rule.rho_total, use.requester, None),
+        return Spent(spent(per_day, use.requester, day), spent(in_all, use.requester, None),
                      spent(policy.rho_per_day, None, day), spent(policy.rho_total, None, None))
 
     def admit(self, job: JobMeta, traffic: int = 0) -> LedgerEntry:
@@ -208,9 +210,9 @@ class Meter:
                                   (overall.jobs, overall.rows))
             if quota is None and use.group is not None:
                 quota = group_problem(policy, use, store.groups(use.dataset, use.kind))
-            spent = self._spent(store, use, policy, rule)
+            spent = self._spent(store, use, policy)
             if quota is None:
-                quota = privacy_problem(policy, rule, use, spent)
+                quota = privacy_problem(policy, use, spent)
             verdict.update(quota=quota, mine=mine, overall=overall, spent=spent)
             if quota is not None:
                 return [job.pending("requested"),
@@ -226,7 +228,7 @@ class Meter:
             refusal.receipts = (entries[-1].to_json(),)
             raise refusal
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
-        self._export_privacy(policy, rule, use, verdict["spent"])
+        self._export_privacy(policy, use, verdict["spent"])
         return entries[-1]
 
     def policy_of(self, job: JobMeta) -> DatasetPolicy | None:
@@ -303,13 +305,13 @@ class Meter:
             if limit is not None:
                 self.metrics.quota_remaining.set(use.dataset, who, unit, limit, limit - used)
 
-    def _export_privacy(self, policy: DatasetPolicy, rule: AllowRule, use: UseRequest,
-                        spent: Spent) -> None:
+    def _export_privacy(self, policy: DatasetPolicy, use: UseRequest, spent: Spent) -> None:
         if not use.rho:
             return
+        per_day, in_all = requester_budgets(policy, use.requester)
         for limit, used, who, period in (
-            (rule.rho_per_day, spent.requester_today, use.requester, "day"),
-            (rule.rho_total, spent.requester_total, use.requester, "total"),
+            (per_day, spent.requester_today, use.requester, "day"),
+            (in_all, spent.requester_total, use.requester, "total"),
             (policy.rho_per_day, spent.today, "*", "day"),
             (policy.rho_total, spent.total, "*", "total"),
         ):
@@ -325,13 +327,14 @@ class Meter:
         own ledger first, and the terminal entry (the receipt) says 0."""
         touched = rows
         if job.rows_private and (rows or record.get("values_opened")):
-            # The rows, and what counts them (values opened, the openings), in this node's
-            # own ledger only.
-            self.store.append(job.pending(PRIVATE_ROWS, rows=rows,
-                                          values_opened=record.get("values_opened", 0),
+            # The rows, and what counts them or grows with them (values opened, the
+            # openings, the rounds, the dealer's tuples, the CPU time), in this node's own
+            # ledger only: neither the receipt nor its bill may tell the count.
+            counted = {k: record.get(k, 0) for k in PRIVATE_MEASURES}
+            self.store.append(job.pending(PRIVATE_ROWS, rows=rows, **counted,
                                           openings=body.pop("openings", [])))
             rows = 0
-            record = {**record, "rows_used": 0, "values_opened": 0}
+            record = {**record, "rows_used": 0, **dict.fromkeys(PRIVATE_MEASURES, 0)}
             if isinstance(body.get("outputs"), dict):
                 body["outputs"] = {**body["outputs"], "values_opened": 0}
         prices = self._prices(job)

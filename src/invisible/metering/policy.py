@@ -249,6 +249,13 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
             _budget(rule, "rho_per_day", at), _budget(rule, "rho_total", at),
             _flag(rule, "require_dp", at),
         ))
+    budgeted = any(k in table for k in ("rho_per_day", "rho_total"))
+    for index, rule in enumerate(rules):
+        if rule.require_dp and not (budgeted or rule.rho_per_day is not None
+                                    or rule.rho_total is not None):
+            raise ConfigError(f"{where}.allow[{index}] has require_dp without a privacy budget "
+                              "(rho_per_day or rho_total, on the rule or the dataset): without "
+                              "one a job may declare a rho so large that its noise is nothing")
     min_rows = table.get("min_rows", DEFAULT_MIN_ROWS)
     if isinstance(min_rows, bool) or not isinstance(min_rows, int) or min_rows < 1:
         raise ConfigError(f"{where}.min_rows must be a positive integer")
@@ -303,6 +310,10 @@ def authorise(party: str, policy: DatasetPolicy | None, request: UseRequest) -> 
         raise Refusal(party, "dp-required", f"'{request.requester}' may run {request.kind} on "
                       f"dataset '{request.dataset}' only with differential privacy: the job "
                       "must declare a privacy cost (rho)")
+    if request.rho and policy.refuses_out_of_bound:
+        raise Refusal(party, "dp-clip", f"dataset '{request.dataset}' refuses values beyond a "
+                      "job's bound (out_of_bound = \"refuse\"): that refusal is an exact answer "
+                      "no noise covers, so it takes no job with a privacy cost")
     if request.two_party and not policy.two_party:
         raise Refusal(party, "two-party", f"a {request.kind} job between two parties gives each "
                       "the other's contribution (the combined value minus its own): dataset "
@@ -363,17 +374,27 @@ def quota_problem(policy: DatasetPolicy, rule: AllowRule, request: UseRequest,
     return None
 
 
-def privacy_problem(policy: DatasetPolicy, rule: AllowRule, request: UseRequest,
+def requester_budgets(policy: DatasetPolicy, requester: str) -> tuple[int | None, int | None]:
+    """A requester's privacy budgets on the dataset, per day and in all: the tightest of every
+    rule that names it (or any requester), whichever rule allows a job, since privacy loss
+    adds up across all its jobs."""
+    rules = [r for r in policy.allow if ANY in r.requesters or requester in r.requesters]
+    return (min((r.rho_per_day for r in rules if r.rho_per_day is not None), default=None),
+            min((r.rho_total for r in rules if r.rho_total is not None), default=None))
+
+
+def privacy_problem(policy: DatasetPolicy, request: UseRequest,
                     spent: Spent) -> tuple[str, str] | None:
     """(rule, detail) if the request's privacy cost would pass a budget (the requester's
     today or in all, the dataset's today or in all); the detail names the budget, never
     what was spent."""
     if not request.rho:
         return None
+    per_day, in_all = requester_budgets(policy, request.requester)
     checks: Sequence[tuple[int | None, int, str]] = [
-        (rule.rho_per_day, spent.requester_today,
+        (per_day, spent.requester_today,
          f"privacy budget per day of '{request.requester}' on dataset '{request.dataset}'"),
-        (rule.rho_total, spent.requester_total,
+        (in_all, spent.requester_total,
          f"privacy budget of '{request.requester}' on dataset '{request.dataset}'"),
         (policy.rho_per_day, spent.today, f"privacy budget per day of dataset "
                                           f"'{request.dataset}'"),

@@ -14,8 +14,15 @@ charged at least what it spends), a budget rounded *down*.
 **The guarantee.** A job that declares rho adds, at each owner's node, discrete Gaussian
 noise (:mod:`invisible.crypto.noise`) of sigma = D / sqrt(2 rho) to what that node
 contributes, where D is the L2 sensitivity of that contribution on the fixed-point grid
-(one row added or removed; values are clipped to the declared bound, so D is the bound on
-the grid). The release is then rho-zCDP for each owner's rows *from its own noise alone*:
+for **one row's values replaced by any others**, with the number of rows public: receipts,
+bills, the k threshold and `max_rows` all speak of row counts, so the count is not
+protected and add-or-remove neighbours would not be honest. Values are clipped to the
+declared bound B, so a sum's D is 2B on the grid (a statistics job's sum of squares B^2;
+its count needs no noise). Nothing a noised job refuses may depend on the rows' values:
+such a refusal is an exact answer that no noise covers, so a noised job on a dataset that
+refuses out-of-bound values is refused from the policy alone, small categories are
+released noised rather than refused, and rows outside the declared categories add
+nothing. The release is then rho-zCDP for each owner's rows *from its own noise alone*:
 it holds even if every other party colludes with the recipient and adds no noise, and it
 is what each owner's node charges to its own budget. (The sum of the other parties'
 noise makes the released value noisier than that, never less private; splitting one

@@ -479,12 +479,19 @@ def load_party_config(path: Path | str) -> PartyConfig:
     metrics = root.table_at("metrics", required=False).only("listen", "cert", "key",
                                                             "client_ca")
     metrics_listen, metrics_tls = _metrics(metrics)
+    datasets, ledger = _datasets(root), _ledger(root, party_id, tls)
+    budgeted = [d.dataset_id for d in datasets.values() if d.policy is not None and (
+        d.policy.rho_per_day is not None or d.policy.rho_total is not None
+        or any(r.rho_per_day is not None or r.rho_total is not None for r in d.policy.allow))]
+    if budgeted and ledger.store == "none":
+        raise ConfigError(f"{source}: [ledger] store = \"none\" records nothing, so it cannot "
+                          f"keep the privacy budgets of dataset(s) {', '.join(budgeted)}")
     return PartyConfig(
         source=source, party_id=party_id, listen=listen, tls=tls,
-        peers=peers, dealers=dealers, limits=read_limits(root), datasets=_datasets(root),
+        peers=peers, dealers=dealers, limits=read_limits(root), datasets=datasets,
         results_dir=party.path("results_dir") if "results_dir" in party.table
         else source.parent / f"{party_id}-results",
-        ledger=_ledger(root, party_id, tls),
+        ledger=ledger,
         metrics_listen=metrics_listen, metrics_tls=metrics_tls,
         node_policy=parse_node_policy(root.table["policy"], f"{source}: policy")
         if "policy" in root.table else None,

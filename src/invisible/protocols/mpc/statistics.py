@@ -145,9 +145,11 @@ def moments_on_grid(column: np.ndarray, fractional_bits: int) -> np.ndarray:
 
 
 def moment_sensitivities(bound: float, fractional_bits: int) -> list[int]:
-    """How far one row (|x| <= bound) moves each of N, S, Q on the grid."""
+    """How far one row's value (|x| <= bound), replaced by another, moves each of N, S, Q on
+    the grid: N not at all (the row count is public: receipts show it), S by 2B, Q by B^2
+    (x^2 is in [0, B^2])."""
     scale = 2.0**fractional_bits
-    return [1 << fractional_bits, math.ceil(bound * scale), math.ceil(bound * bound * scale)]
+    return [0, 2 * math.ceil(bound * scale), math.ceil(bound * bound * scale)]
 
 
 def finish_noised(moments: dict[int, float], declared: Sequence[str],
