@@ -31,7 +31,14 @@ from invisible.errors import ConfigError, InvisibleError, PolicyError
 from invisible.metering.audit import verify_ledger
 from invisible.metering.signing import load_public_key
 from invisible.net import tls as tls_module
-from invisible.net.pki import CertificateAuthority, Identity, Role, init_ca, init_pki
+from invisible.net.pki import (
+    CRL_VALIDITY_DAYS,
+    CertificateAuthority,
+    Identity,
+    Role,
+    init_ca,
+    init_pki,
+)
 from invisible.net.tls import Revocations, TlsFiles, days_left
 from invisible.node.config import load_party_config
 from invisible.node.node import PartyNode
@@ -100,8 +107,18 @@ def test_a_ca_without_a_list_starts_one_numbered_1_dated_in_utc(pki, monkeypatch
         time.tzset()
     crl = x509.load_pem_x509_crl((pki / "ca.crl").read_bytes())
     assert crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number == 1
+    now = dt.datetime.now(dt.UTC)
     when = crl.get_revoked_certificate_by_serial_number(77).revocation_date_utc
-    assert abs((when - dt.datetime.now(dt.UTC)).total_seconds()) < 120
+    assert abs((when - now).total_seconds()) < 120
+    # issued five minutes back (a node whose clock is a little behind still takes it), due
+    # for renewal CRL_VALIDITY_DAYS on; both in UTC whatever the local zone
+    assert abs((crl.last_update_utc - (now - dt.timedelta(minutes=5))).total_seconds()) < 60
+    assert abs((crl.next_update_utc - (now + dt.timedelta(days=CRL_VALIDITY_DAYS)))
+               .total_seconds()) < 60
+    # RFC 5280: a conforming CA marks the CRL number and authority key identifier
+    # non-critical (a critical one would make some readers refuse the list)
+    assert [(e.oid, e.critical) for e in crl.extensions] == [
+        (x509.ExtensionOID.CRL_NUMBER, False), (x509.ExtensionOID.AUTHORITY_KEY_IDENTIFIER, False)]
     assert not list(pki.glob("*.tmp"))  # written whole, then renamed into place
 
 
