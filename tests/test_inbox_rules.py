@@ -159,6 +159,18 @@ def test_the_waiting_caps_hold_exactly_at_the_cap_and_a_message_taken_frees_only
         single.put("j", "s2", "a", b"")
 
 
+def test_one_byte_still_waiting_counts_against_the_cap():
+    """A message taken leaves the sender's other bytes counted to the last one."""
+    mailbox = Mailbox(max_message_bytes=100, max_waiting_bytes=100, max_waiting_messages=3)
+    mailbox.open_job("j", ("a",))
+    mailbox.put("j", "one", "a", b"x")
+    mailbox.put("j", "big", "a", b"x" * 99)
+    mailbox.get("j", "big", "a", 1.0)  # 1 byte still waits
+    with pytest.raises(MessageTooLargeError, match="with 100 more bytes they would pass"):
+        mailbox.put("j", "more", "a", b"x" * 100)
+    mailbox.put("j", "more", "a", b"x" * 99)
+
+
 def test_a_body_that_differs_from_its_header_is_refused_saying_so_exactly():
     mailbox = Mailbox()
     mailbox.open_job("j", ("a",))
