@@ -95,34 +95,36 @@ def test_the_sampler_takes_every_bit_from_the_generator():
 
 
 class Crafted:
-    """A generator whose first draw is chosen (five rows of 64-bit words, as the sampler
-    asks), then a real one's."""
+    """A generator whose first draws are chosen (one word per row, repeated across the
+    columns asked for: the sampler asks for two rows at a time), then a real one's."""
 
-    def __init__(self, rows: list[int]) -> None:
-        self.first: list[int] | None = rows
+    def __init__(self, *draws: list[int]) -> None:
+        self.draws = list(draws)
         self.real = Prg(KEY)
 
     def random_uint64(self, shape: tuple[int, int]) -> np.ndarray:
-        if self.first is None:
+        if not self.draws:
             return self.real.random_uint64(shape)
-        words = np.array(self.first, dtype=np.uint64)[:, None].repeat(shape[1], axis=1)
-        self.first = None
-        return words
+        rows = np.array(self.draws.pop(0), dtype=np.uint64)
+        return rows[:, None].repeat(shape[1], axis=1)
 
 
 def test_words_that_would_bias_the_residue_are_thrown_away():
     # sigma 9.5: t = 10, and 2^64 - 1 is among the top 2^64 mod 10 words, which favour
     # small residues: (2^64 - 1) mod 10 = 5. Without the rejection every draw of the
-    # crafted batch would be kept as +5.
-    draws = discrete_gaussian(Crafted([2**64 - 1, 0, 2**64 - 1, 0, 0]), 9.5, 200)  # type: ignore[arg-type]
+    # crafted batch would be kept as +5 (V = 0, sign +, accepted).
+    crafted = Crafted([2**64 - 1, 0], [2**64 - 1, 0])
+    draws = discrete_gaussian(crafted, 9.5, 200)  # type: ignore[arg-type]
     assert np.count_nonzero(draws == 5) < 40  # about 8 expected from the real draws
 
 
 def test_no_draw_passes_the_magnitude_bound_and_the_largest_reaches_it():
-    # U = t - 1, V = 36 (the smallest 53-bit uniform), positive, accepted: 37 t - 1
+    # U = t - 1 kept, sign + (low bit 0), V = 36 (the smallest 53-bit uniform), accepted
     sigma = 9.5
-    draws = discrete_gaussian(Crafted([9, 0, 0, 0, 0]), sigma, 3)  # type: ignore[arg-type]
+    draws = discrete_gaussian(Crafted([9, 0], [0, 0]), sigma, 3)  # type: ignore[arg-type]
     assert draws.tolist() == [magnitude_bound(sigma) - 1] * 3
+    negative = discrete_gaussian(Crafted([9, 1], [0, 0]), sigma, 3)  # type: ignore[arg-type]
+    assert negative.tolist() == [1 - magnitude_bound(sigma)] * 3
 
 
 @pytest.mark.parametrize("sigma", [0, -1.0, math.nan, math.inf, 2.0**50 + 2**30])

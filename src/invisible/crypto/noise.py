@@ -12,7 +12,7 @@ Sampling is their Algorithm 3, over whole arrays:
 1. t = floor(sigma) + 1; U uniform in [0, t) (rejection-sampled from 64-bit words, so
    exactly uniform); keep U with probability exp(-U/t);
 2. V geometric, P(V = v) = (1 - e^-1) e^-v; X = U + t V (a discrete Laplace magnitude of
-   scale t); a fair sign, rejecting "-0";
+   scale t); a fair sign (the spare low bit of step 1's Bernoulli word), rejecting "-0";
 3. keep Y = +-X with probability exp(-(|Y| - sigma^2/t)^2 / (2 sigma^2)).
 
 Every random bit comes from the generator (AES-256-CTR), never from numpy's or Python's
@@ -67,18 +67,24 @@ def discrete_gaussian(prg: Prg, sigma: float, size: int) -> np.ndarray:
     out = np.empty(size, dtype=np.int64)
     filled = 0
     while filled < size:
-        batch = max(1024, int((size - filled) * 2.6))  # about 40% of candidates are kept
-        words = prg.random_uint64((5, batch))
-        u = words[0] % np.uint64(t)
-        keep = _below(words[1], np.exp(-u.astype(np.float64) / t))
+        # Step 1 on a batch (about 63% pass it, 40% of the batch pass all three), then
+        # steps 2 and 3 on what passed: random words only for candidates still in play.
+        batch = max(1024, int((size - filled) * 2.6))
+        first = prg.random_uint64((2, batch))
+        u = first[0] % np.uint64(t)
+        keep = _below(first[1], np.exp(u.astype(np.float64) * (-1.0 / t)))
         if limit is not None:
-            keep &= words[0] < limit
-        v = np.floor(-np.log(_uniform_open(words[2])))
+            keep &= first[0] < limit
+        # The sign is the low bit of step 1's Bernoulli word, which reads its top 53 bits
+        # only: uniform and independent of that draw, kept or not.
+        u, negative = u[keep], (first[1][keep] & np.uint64(1)).astype(bool)
+        second = prg.random_uint64((2, u.size))
+        v = np.floor(-np.log(_uniform_open(second[0])))
         magnitude = u.astype(np.int64) + np.int64(t) * v.astype(np.int64)
-        negative = (words[3] & np.uint64(1)).astype(bool)
-        keep &= ~(negative & (magnitude == 0))
-        keep &= _below(words[4], np.exp(-((magnitude - centre) ** 2) / spread))
-        kept = np.where(negative, -magnitude, magnitude)[keep]
+        accept = ~(negative & (magnitude == 0))
+        offset = magnitude - centre
+        accept &= _below(second[1], np.exp(offset * offset * (-1.0 / spread)))
+        kept = np.where(negative, -magnitude, magnitude)[accept]
         take = min(kept.size, size - filled)
         out[filled:filled + take] = kept[:take]
         filled += take
