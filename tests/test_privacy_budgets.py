@@ -36,6 +36,7 @@ from invisible.metering.policy import (
 from invisible.metering.privacy import (
     budget_units,
     cost_units,
+    describe,
     epsilon,
     noise_sigma,
 )
@@ -116,6 +117,15 @@ def test_words_that_would_bias_the_residue_are_thrown_away():
     crafted = Crafted([2**64 - 1, 0], [2**64 - 1, 0])
     draws = discrete_gaussian(crafted, 9.5, 200)  # type: ignore[arg-type]
     assert np.count_nonzero(draws == 5) < 40  # about 8 expected from the real draws
+    # 2^64 - 6, the first word thrown away, up to 2^64 - 2 (residue 4): thrown away too
+    low = discrete_gaussian(Crafted([2**64 - 2, 0], [2**64 - 1, 0]), 9.5, 200)  # type: ignore[arg-type]
+    assert np.count_nonzero(low == 4) < 40
+    # the largest word kept: 2^64 - 7 is below 2^64 - (2^64 mod 10) = 2^64 - 6, so it is a
+    # fair residue, 9: the whole crafted batch is kept as +9
+    kept = discrete_gaussian(Crafted([2**64 - 7, 0], [2**64 - 1, 0]), 9.5, 200)  # type: ignore[arg-type]
+    assert np.count_nonzero(kept == 9) == 200
+    with pytest.raises(ValueError, match="^size must be non-negative$"):
+        discrete_gaussian(Prg(KEY), 1.0, -1)
 
 
 def test_no_draw_passes_the_magnitude_bound_and_the_largest_reaches_it():
@@ -141,6 +151,7 @@ def test_costs_round_up_and_budgets_round_down_to_whole_nano_rho():
     assert cost_units(0.1000000001) == 100_000_001
     assert cost_units(0.10000000001) == 100_000_001  # charged up
     assert budget_units(0.10000000001, "b") == 100_000_000  # allowed down
+    assert budget_units(1.9e-9, "b") == 1  # down, even past the half
     # 0.1 three times is exactly 0.3: no float sum refuses the third job
     assert 3 * cost_units(0.1) == budget_units(0.3, "b")
 
@@ -150,6 +161,8 @@ def test_a_privacy_parameter_that_is_not_positive_and_finite_is_refused(bad):
     with pytest.raises(ConfigError, match=r"^where must be a positive finite number \(a zCDP "
                                           r"rho\)$"):
         cost_units(bad, "where")
+    with pytest.raises(ConfigError, match=r"^rho must be a positive finite number"):
+        cost_units(bad)
     with pytest.raises(ConfigError, match=r"^where must be a positive finite number"):
         budget_units(bad, "where")
 
@@ -177,9 +190,17 @@ def test_sigma_is_what_rho_zcdp_needs_and_epsilon_is_dp_accounting_s():
     assert noise_sigma(0.5, 1000) == pytest.approx(1000.0, rel=1e-12)
     assert noise_sigma(0.5, 1000) >= 1000.0  # rounding only adds noise
     assert 1000**2 / (2 * noise_sigma(0.02, 1000) ** 2) <= 0.02
+    assert noise_sigma(0.5, 1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="^sensitivity must be positive$"):
+        noise_sigma(0.5, 0)
     # rho-zCDP implies (rho + 2 sqrt(rho ln(1/delta)), delta)-DP; the accountant is tighter
-    assert epsilon(0.5, 1e-6) < 0.5 + 2 * math.sqrt(0.5 * math.log(1e6))
-    assert epsilon(0.5, 1e-6) == pytest.approx(5.2215, abs=1e-3)
+    for rho, expected in ((0.5, 5.2215), (0.125, 2.4191)):
+        assert epsilon(rho, 1e-6) < rho + 2 * math.sqrt(rho * math.log(1e6))
+        assert epsilon(rho, 1e-6) == pytest.approx(expected, abs=1e-3)
+    assert epsilon(0.0) == 0.0  # nothing spent
+    assert describe(cost_units(0.125)) == "rho 0.125 (epsilon 2.42 at delta 1e-06)"
+    assert describe(cost_units(0.125), 1e-9) == (f"rho 0.125 (epsilon "
+                                                 f"{epsilon(0.125, 1e-9):.3g} at delta 1e-09)")
 
 
 # --- the policy ---------------------------------------------------------------------------
