@@ -238,9 +238,11 @@ def test_budgets_hold_exactly_at_their_edges():
 
 def test_a_rule_that_requires_dp_allows_only_noised_jobs():
     policy = parse_policy(POLICY, "test")
-    with pytest.raises(Refusal, match="rule 'dp-required': 'analyst' may run secure_sum on "
-                                      "dataset 'loans' only with differential privacy"):
+    with pytest.raises(Refusal, match="^rule 'dp-required': 'analyst' may run secure_sum on "
+                                      "dataset 'loans' only with differential privacy: the "
+                                      "job must declare a privacy cost \\(rho\\)$") as refused:
         authorise("bank", policy, use(rho=None))
+    assert refused.value.party == "bank"
     assert authorise("bank", policy, use(rho=0.1)) == policy.allow[0]
     assert authorise("bank", policy, use("auditor", rho=None)) == policy.allow[1]
 
@@ -261,13 +263,20 @@ def test_a_budget_that_is_not_positive_and_finite_is_refused_naming_it(key, valu
 def test_require_dp_needs_a_budget_and_a_refusing_dataset_takes_no_noised_job():
     rule = {"requesters": ["x"], "kinds": ["*"], "columns": ["*"], "require_dp": True}
     with pytest.raises(ConfigError, match="^test.allow\\[0\\] has require_dp without a privacy "
-                                          "budget"):
+                                          "budget \\(rho_per_day or rho_total, on the rule or "
+                                          "the dataset\\): without one a job may declare a rho "
+                                          "so large that its noise is nothing$"):
         parse_policy({"allow": [rule]}, "test")
     parse_policy({"allow": [rule], "rho_total": 1.0}, "test")  # the dataset's binds too
+    parse_policy({"allow": [rule], "rho_per_day": 1.0}, "test")
     parse_policy({"allow": [{**rule, "rho_per_day": 1.0}]}, "test")
     refusing = parse_policy({**POLICY, "out_of_bound": "refuse"}, "test")
-    with pytest.raises(Refusal, match="rule 'dp-clip': dataset 'loans' refuses values beyond"):
+    with pytest.raises(Refusal, match="^rule 'dp-clip': dataset 'loans' refuses values beyond "
+                                      "a job's bound \\(out_of_bound = \"refuse\"\\): that "
+                                      "refusal is an exact answer no noise covers, so it takes "
+                                      "no job with a privacy cost$") as refused:
         authorise("bank", refusing, use(rho=0.1))
+    assert refused.value.party == "bank"
     authorise("bank", refusing, use("auditor", rho=None))  # without noise: the bound check
 
 
