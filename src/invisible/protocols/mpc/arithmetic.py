@@ -34,7 +34,7 @@ truncation opens: 5 components instead of 6, and one addition fewer.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -92,45 +92,46 @@ def input_from(ctx: MpcContext, owner: str, values: np.ndarray | None, bound: fl
     Every other party learns a pseudorandom array, independent of the values.
     A share costs 32 bytes on the wire instead of 8 per element.
     """
-    f = ctx.fractional_bits
-    check_range(bound, f, "input")
-    step = ctx.next_step(f"input/{owner}")
-    if ctx.me != owner:
-        return SharedArray(Prg(ctx.channel.recv_bytes(owner, step, SEED_BYTES))
-                           .random_uint64(shape), bound, f, ctx.is_leader)
-    if values is None or np.shape(values) != shape:
-        raise ProtocolError(f"the owner's input must have shape {shape}")
-    try:
-        mine = encode(np.asarray(values), bound, f)
-    except BoundError:
-        raise ProtocolError(f"an input of '{owner}' exceeds its declared bound") from None
-    return _share_own(ctx, step, mine, bound, shape, rng)
+    def encoded() -> np.ndarray:
+        if values is None or np.shape(values) != shape:
+            raise ProtocolError(f"the owner's input must have shape {shape}")
+        try:
+            return encode(np.asarray(values), bound, ctx.fractional_bits)
+        except BoundError:
+            raise ProtocolError(f"an input of '{owner}' exceeds its declared bound") from None
+
+    return _shared_input(ctx, owner, encoded, bound, shape, rng)
 
 
 def input_encoded(ctx: MpcContext, owner: str, encoded: np.ndarray | None, bound: float,
                   shape: tuple[int, ...], rng: Prg) -> SharedArray:
     """:func:`input_from` for values the owner already holds on the fixed-point grid (ring
     elements whose reals are within `bound`, which the owner vouches for)."""
+    def checked() -> np.ndarray:
+        if encoded is None or np.shape(encoded) != shape or encoded.dtype != RING_DTYPE:
+            raise ProtocolError(f"the owner's input must be ring elements of shape {shape}")
+        return encoded.copy()
+
+    return _shared_input(ctx, owner, checked, bound, shape, rng)
+
+
+def _shared_input(ctx: MpcContext, owner: str, owned: Callable[[], np.ndarray], bound: float,
+                  shape: tuple[int, ...], rng: Prg) -> SharedArray:
+    """Steps 1-2: the other parties' shares are expansions of the owner's seeds; the owner
+    keeps `owned()` (a fresh ring array, called at the owner only) minus all of them."""
     f = ctx.fractional_bits
     check_range(bound, f, "input")
     step = ctx.next_step(f"input/{owner}")
     if ctx.me != owner:
         return SharedArray(Prg(ctx.channel.recv_bytes(owner, step, SEED_BYTES))
                            .random_uint64(shape), bound, f, ctx.is_leader)
-    if encoded is None or np.shape(encoded) != shape or encoded.dtype != RING_DTYPE:
-        raise ProtocolError(f"the owner's input must be ring elements of shape {shape}")
-    return _share_own(ctx, step, encoded.copy(), bound, shape, rng)
-
-
-def _share_own(ctx: MpcContext, step: str, mine: np.ndarray, bound: float,
-               shape: tuple[int, ...], rng: Prg) -> SharedArray:
-    """Steps 1-2 at the owner: a seed to every other party, and the rest kept."""
+    mine = owned()
     seeds = {peer: rng.random_bytes(SEED_BYTES) for peer in ctx.peers}
     ctx.channel.send_to_each(step, seeds)
     for seed in seeds.values():
         mine -= Prg(seed).random_uint64(shape)
     # (not ascontiguousarray: a 0-d share stays 0-d)
-    return SharedArray(mine, bound, ctx.fractional_bits, ctx.is_leader)
+    return SharedArray(mine, bound, f, ctx.is_leader)
 
 
 def reveal(ctx: MpcContext, x: SharedArray, to: str, what: str) -> np.ndarray | None:
