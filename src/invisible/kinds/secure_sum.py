@@ -9,8 +9,9 @@ At each node (``declare``, ``plan`` and ``run``): parties x max_rows x B x
 parameters alone, so no sum can wrap; a value outside the bound is clipped
 to it (never wrapped, never refused: a refusal would be an oracle). With `rho`
 (differential privacy, not for `elementwise`), each node adds its own discrete Gaussian
-noise to its vector, sigma = bound x 2^f / sqrt(2 rho), so that what is released is
-rho-zCDP for its rows whatever the other parties do, and charges rho to its budgets (see
+noise to its vector, sigma = 2 x bound x 2^f / sqrt(2 rho) (one row's value replaced; the
+row count is public), so that what is released is rho-zCDP for its rows whatever the
+other parties do, and charges rho to its budgets (see
 :mod:`invisible.metering.privacy`); the capacity check then includes the noise. The node then runs
 :func:`invisible.protocols.secure_sum.secure_sum` and releases one masked
 vector to the requester, or, when a party is the recipient, keeps the total
