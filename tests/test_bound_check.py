@@ -180,7 +180,7 @@ def test_statistics_and_paillier_refuse_alike_too(hospital_refuses, kind):
 def test_a_requester_cannot_leave_out_the_check_a_policy_asked_for(hospital_refuses):
     federation, nodes, _ = hospital_refuses
     spec = sum_spec("no-check")
-    asked = {p: federation.clients[p].start_job(spec) for p in PARTIES}
+    asked = {p: federation.clients[p].start_job(spec).checks_bounds for p in PARTIES}
     assert asked == {"bank": False, "hospital": True, "telco": False}
     with pytest.raises(PolicyError, match="policy of party 'hospital' refuses values beyond"):
         federation.clients["hospital"].run_job("no-check")  # without check_bounds

@@ -42,7 +42,7 @@ def test_coordinators_can_be_named_or_left_out(tmp_path):
 @pytest.mark.parametrize(("parties", "coordinators", "dealers", "why"), [
     ([], None, None, "name at least one party"),
     (["bank", "bank"], None, None,
-     "every identity needs its own id (a party, coordinator or dealer twice)"),
+     "every identity needs its own id (a party, coordinator, dealer or approver twice)"),
     (["bank"], None, ["coordinator"], "every identity needs its own id"),
     (["Bank"], None, None, "invalid party id 'Bank'"),
     (["bank"], ["Hub"], None, "invalid party id 'Hub'"),

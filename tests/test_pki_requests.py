@@ -219,7 +219,7 @@ def test_init_names_what_it_refuses_and_never_replaces_a_ledger_key(tmp_path):
     with pytest.raises(ConfigError, match="^name at least one party$"):
         init_pki(tmp_path / "a", [])
     with pytest.raises(ConfigError, match=r"^every identity needs its own id \(a party, "
-                                          r"coordinator or dealer twice\)$"):
+                                          r"coordinator, dealer or approver twice\)$"):
         init_pki(tmp_path / "b", ["bank"], ["bank"])
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "bank-ledger.pub").write_text("kept")

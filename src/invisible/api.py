@@ -7,6 +7,8 @@
         stats = federation.run(StatisticsParams(...))              # any kind, typed
     meter_report("parties/bank/party.toml")      # a pandas DataFrame
     alignments("parties/bank/party.toml")        # the node's alignments, a DataFrame
+    approvals("dpo.toml")                        # jobs held for an approver, a DataFrame
+    Approver.from_config("dpo.toml").approve("bank", job_id, "purpose checked")
 
 Every result shows itself as a table (``repr`` and, in a notebook, HTML),
 and gives ``to_frame()`` and ``to_json()``.
@@ -17,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from invisible.coordinator.approver import Approver
 from invisible.coordinator.federation import Federation
 from invisible.estimators import HorizontalLogisticRegression, VerticalLogisticRegression
 from invisible.jobspec import JobResult
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
     import pandas
 
 __all__ = [
+    "Approver",
     "BandwidthParams",
     "BandwidthResult",
     "ColumnsRef",
@@ -73,6 +77,7 @@ __all__ = [
     "VerticalStatisticsParams",
     "VerticalStatisticsResult",
     "alignments",
+    "approvals",
     "meter_bill",
     "meter_report",
 ]
@@ -101,6 +106,23 @@ def meter_bill(party_config: Path | str, since: str | None = None, until: str | 
 
     config = load_party_config(party_config)
     return bill_frame(ledger_bill(config.ledger.path, since, until, requester))
+
+
+def approvals(approver_config: Path | str,
+              parties: list[str] | None = None) -> pandas.DataFrame:
+    """The jobs held for an approver's decision at the nodes its file names (or `parties`),
+    as a DataFrame: one row per (party, job) with what the job declares (kind, requester,
+    dataset, columns, recipient, rho, parties, parameters), its deadline, spec digest and
+    the decisions so far. Decide with :class:`Approver` (``approve``, ``reject``,
+    ``withdraw``)."""
+    import pandas
+
+    from invisible.coordinator.approver import describe
+
+    with Approver.from_config(approver_config) as approver:
+        return pandas.DataFrame(describe(approver.pending(parties)), columns=[
+            "party", "job_id", "kind", "requester", "dataset", "columns", "recipient", "rho",
+            "parties", "params", "deadline", "spec_digest", "rules"])
 
 
 def alignments(party_config: Path | str) -> pandas.DataFrame:

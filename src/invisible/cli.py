@@ -62,7 +62,7 @@ def _pki_init(args: argparse.Namespace) -> int:
         return 0
     issued = init_pki(
         Path(args.directory), _split_ids(args.parties), _split_ids(args.coordinators),
-        _split_ids(args.dealers), overwrite=args.force,
+        _split_ids(args.dealers), overwrite=args.force, approvers=_split_ids(args.approvers),
     )
     print(f"CA and {len(issued.identities)} certificates written to {args.directory}:")
     for identity in issued.identities:
@@ -456,13 +456,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--parties", help="comma-separated party ids (none: the CA alone)")
     init.add_argument("--coordinators", default="coordinator", help="comma-separated ids")
     init.add_argument("--dealers", default="", help="comma-separated ids")
+    init.add_argument("--approvers", default="", help="comma-separated ids")
     init.add_argument("--force", action="store_true", help="replace an existing CA and TLS "
                       "certificates (ledger signing keys are always kept)")
     init.set_defaults(handler=_pki_init)
     request = pki.add_parser("request", help="make this institution's key and a certificate "
                              "signing request (the key never leaves the machine)")
     request.add_argument("--id", required=True, help="the identity's id, e.g. bank")
-    request.add_argument("--role", choices=["party", "dealer", "coordinator"], default="party")
+    request.add_argument("--role", choices=["party", "dealer", "coordinator", "approver"],
+                         default="party")
     request.add_argument("--out", default=".", help="folder for <id>.key and <id>.csr")
     request.set_defaults(handler=_pki_request)
     sign = pki.add_parser("sign", help="sign a request with the federation's CA, after "
@@ -598,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the whole path on this machine, no setup")
     demo.set_defaults(handler=_demo)
+
+    from invisible.cli_approvals import add_commands
+
+    add_commands(commands)
     return parser
 
 

@@ -22,6 +22,37 @@ class JobState(StrEnum):
     RUNNING = "running"
     FINISHED = "finished"
     FAILED = "failed"
+    #: Prepared, held by a party's policy until its approvers consent.
+    AWAITING_APPROVAL = "awaiting-approval"
+
+
+@dataclass(frozen=True)
+class HeldJob:
+    """A job held at a node for its approvers, as an approver is shown it: the request,
+    never the data (see invisible.metering.approvals)."""
+
+    spec: JobSpec
+    spec_digest: str
+    requester: str
+    dataset: str
+    columns: tuple[str, ...]
+    #: Who receives its outputs ("": the requester).
+    recipient: str
+    #: Its declared privacy cost (0: its releases carry no noise).
+    rho: float
+    deadline: str
+    #: Per rule: approvers, required, approved (in force), rejected.
+    rules: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Started:
+    """A party's answer to a job's Start."""
+
+    #: Its policy refuses values beyond the job's bound: the job must run with the check.
+    checks_bounds: bool = False
+    #: Its policy holds the job for approval until this time (ISO, UTC); "" if not held.
+    approval_deadline: str = ""
 
 
 @dataclass(frozen=True)

@@ -68,12 +68,14 @@ class CoordinatorConfig:
     ledger_keys: Path = Path("pki")
 
 
-def load_coordinator_config(path: Path | str) -> CoordinatorConfig:
+def load_coordinator_config(path: Path | str, section: str = "coordinator") -> CoordinatorConfig:
+    """A coordinator's file; with `section="approver"`, an approver's, which has the same
+    shape with ``[approver]`` for ``[coordinator]`` (see invisible.coordinator.approver)."""
     source = Path(path).resolve()
     root = TomlReader(source, load_toml(source), "").only(
-        "coordinator", "tls", "parties", "dealers", "limits")
-    coordinator = root.table_at("coordinator").only("id", "federation", "receipts_dir",
-                                                    "ledger_keys")
+        section, "tls", "parties", "dealers", "limits")
+    coordinator = root.table_at(section).only("id", "federation", "receipts_dir",
+                                              "ledger_keys")
     book = read_address_book(root, coordinator, ("parties", "dealers"))
     if book is not None:
         parties, dealers = book.parties, book.dealers

@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,7 +106,8 @@ class Federation:
 
     def run(self, params: Params[R], parties: Sequence[str] | None = None, *,
             job_id: str | None = None, timeout_s: float | None = None,
-            progress: Callable[[int, int], None] | None = None) -> R:
+            progress: Callable[[int, int], None] | None = None,
+            approval_wait_s: float | None = None) -> R:
         """Run a job of any kind and return its typed result.
 
         The parameters are checked here exactly as every node will check them
@@ -113,19 +115,22 @@ class Federation:
         on ``parties`` or, by default, on the parties the parameters name (all
         of the federation's for kinds that name none); the kind decodes what
         the parties released. `progress(done, total)` is called as the first party
-        reports steps of a long job (rounds, epochs).
+        reports steps of a long job (rounds, epochs). A job some party's policy holds for
+        approval waits for its approvers up to `approval_wait_s` (default: until the
+        earliest deadline the parties set), then is cancelled everywhere.
         """
         kind = kind_of(params)
         chosen = tuple(parties or params.job_parties(self.parties))
         checked = type(params).parse(params.to_json(), chosen)
         gathered = self._run_checked(kind.name, kind.version, checked.to_json(), chosen,
-                                     job_id, timeout_s, progress)
+                                     job_id, timeout_s, progress, approval_wait_s)
         result: R = kind.finish(checked, gathered)
         return result
 
     def run_raw(self, kind: str, params: Mapping[str, Any] | None = None,
                 parties: Sequence[str] | None = None, *, job_id: str | None = None,
-                timeout_s: float | None = None) -> JobResult:
+                timeout_s: float | None = None,
+                approval_wait_s: float | None = None) -> JobResult:
         """Run a job from a kind's name and its parameters as a JSON object; the gathered,
         undecoded result. The parameters are checked as in :meth:`run`."""
         found = find_kind(kind)
@@ -133,17 +138,20 @@ class Federation:
         chosen = tuple(parties or found.params_type.read(raw).job_parties(self.parties))
         checked = found.params_type.parse(raw, chosen)
         return self._run_checked(found.name, found.version, checked.to_json(), chosen, job_id,
-                                 timeout_s)
+                                 timeout_s, approval_wait_s=approval_wait_s)
 
     def _run_checked(self, kind: str, version: int, params: dict[str, Any],
                      chosen: tuple[str, ...], job_id: str | None,
                      timeout_s: float | None,
-                     progress: Callable[[int, int], None] | None = None) -> JobResult:
+                     progress: Callable[[int, int], None] | None = None,
+                     approval_wait_s: float | None = None) -> JobResult:
         """Run one job on the given parties; all finish, or nothing is released.
 
         Steps: prepare the job on every party (each checks its policy and
         reserves quota; a refusal anywhere cancels it on the parties that had
-        accepted, before any data is touched); run it on every party; wait
+        accepted, before any data is touched); if some party holds it for
+        approval, wait for its approvers (a rejection or the deadline cancels
+        it everywhere); run it on every party; wait
         for every party and fetch the arrays each releases to this requester;
         if any failed, raise naming the party where it started. Each party's
         signed receipt is kept in the result (and in the receipts folder).
@@ -151,8 +159,12 @@ class Federation:
         clients = {p: self._client(p) for p in chosen}
         spec = JobSpec(job_id or f"{kind}-{uuid.uuid4().hex[:12]}", kind, chosen, params, version)
         started = time.perf_counter()
-        check = any(self._on_every_party(clients, spec.job_id, lambda c: c.start_job(spec),
-                                         "refused").values())  # some policy refuses out of bound
+        answers = self._on_every_party(clients, spec.job_id, lambda c: c.start_job(spec),
+                                       "refused")
+        check = any(a.checks_bounds for a in answers.values())  # a policy refuses out of bound
+        held = {p: a.approval_deadline for p, a in answers.items() if a.approval_deadline}
+        if held:
+            self._await_approvals(clients, spec.job_id, held, approval_wait_s)
         self._on_every_party(clients, spec.job_id,
                              lambda c: c.run_job(spec.job_id, check_bounds=check), "failed")
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
@@ -192,6 +204,44 @@ class Federation:
                            arrays, time.perf_counter() - started)
         self._keep_receipts(result)
         return result
+
+    def _await_approvals(self, clients: Mapping[str, NodeClient], job_id: str,
+                         held: Mapping[str, str], wait_s: float | None) -> None:
+        """Wait until every party that holds the job has its approvals (its status leaves
+        awaiting-approval). A party that cancelled it (rejected, or its deadline passed),
+        or one that cannot be asked, ends the job everywhere; so does waiting past `wait_s`
+        (default: the earliest of the parties' deadlines, plus a little). PolicyError."""
+        log.info("job %s is held for approval by %s", job_id,
+                 ", ".join(f"{p} (until {d})" for p, d in held.items()))
+        if wait_s is None:
+            earliest = min(datetime.fromisoformat(d.replace("Z", "+00:00")) for d in held.values())
+            wait_s = max(0.0, (earliest - datetime.now(UTC)).total_seconds()) + _POLL_S + 5.0
+        deadline = time.monotonic() + wait_s
+        waiting = set(held)
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._write_receipts(job_id, self._cancel(job_id, list(clients),
+                                                          "approvals did not come in time"))
+                raise PolicyError(f"job '{job_id}' was held for approval by "
+                                  f"{', '.join(sorted(waiting))} and not approved within "
+                                  f"{wait_s:g} s; it was cancelled everywhere and nothing ran")
+            asked = {p: self._pool.submit(clients[p].job_status, job_id, min(_POLL_S, remaining))
+                     for p in sorted(waiting)}
+            for party, future in asked.items():
+                try:
+                    status = future.result()
+                except InvisibleError as exc:
+                    status = JobStatus.failed(job_id, str(exc), receipts=list(exc.receipts))
+                if status.state is JobState.FAILED:
+                    receipts = self._cancel(job_id, [p for p in clients if p != party],
+                                            f"not approved at {party}")
+                    receipts[party] = status.receipts
+                    self._write_receipts(job_id, receipts)
+                    raise PolicyError(f"job '{job_id}' was not approved on party '{party}': "
+                                      f"{status.error}; nothing ran")
+                if status.state is not JobState.AWAITING_APPROVAL:
+                    waiting.discard(party)
 
     def _keep_receipts(self, result: JobResult) -> None:
         self._write_receipts(result.job_id, result.receipts)

@@ -83,6 +83,8 @@ class LocalLayout:
     coordinator_configs: dict[str, Path]
     addresses: dict[str, str]
     dealer_configs: dict[str, Path] = field(default_factory=dict)
+    #: Approvers' configs (see invisible.coordinator.approver).
+    approver_configs: dict[str, Path] = field(default_factory=dict)
 
     @property
     def coordinator_config(self) -> Path:
@@ -100,6 +102,7 @@ def write_local_federation(
     limits: Mapping[str, float | int] | None = None,
     node_policy: Mapping[str, Any] | None = OPEN_NODE_POLICY,
     ports: Sequence[int] | None = None,
+    approvers: Sequence[str] = (),
 ) -> LocalLayout:
     """Certificates and TOML configs for `parties`, dealers and coordinators on loopback.
 
@@ -113,7 +116,8 @@ def write_local_federation(
                           "dealer")
     directory.mkdir(parents=True, exist_ok=True)
     pki = directory / "pki"
-    init_pki(pki, list(parties), list(coordinators), list(dealers), overwrite=True)
+    init_pki(pki, list(parties), list(coordinators), list(dealers), overwrite=True,
+             approvers=list(approvers))
     addresses = {p: f"{LOOPBACK}:{port}" for p, port in zip(nodes, chosen, strict=False)}
     dealer_lines = ["[dealers]", *[f"{d} = {toml_string(addresses[d])}" for d in dealers], ""]
     limit_lines = [f"{k} = {v}" for k, v in (limits or {}).items()]
@@ -153,11 +157,13 @@ def write_local_federation(
         path = directory / f"{party}.toml"
         path.write_text("\n".join(lines))
         party_configs[party] = path
-    coordinator_configs = {}
-    for coordinator in coordinators:
+    coordinator_configs: dict[str, Path] = {}
+    approver_configs: dict[str, Path] = {}
+    for coordinator in [*coordinators, *approvers]:
+        section = "approver" if coordinator in approvers else "coordinator"
         path = directory / f"{coordinator}.toml"
         path.write_text("\n".join([
-            "[coordinator]", f"id = {toml_string(coordinator)}",
+            f"[{section}]", f"id = {toml_string(coordinator)}",
             f"receipts_dir = {toml_string(str(directory / f'{coordinator}-receipts'))}", "",
             "[tls]", f"ca = {toml_string(str(pki / 'ca.pem'))}",
             f"cert = {toml_string(str(pki / f'{coordinator}.pem'))}",
@@ -165,8 +171,9 @@ def write_local_federation(
             "[parties]", *[f"{p} = {toml_string(addresses[p])}" for p in parties],
             "", *dealer_lines, "[limits]", *limit_lines, "",
         ]))
-        coordinator_configs[coordinator] = path
-    return LocalLayout(directory, party_configs, coordinator_configs, addresses, dealer_configs)
+        (approver_configs if coordinator in approvers else coordinator_configs)[coordinator] = path
+    return LocalLayout(directory, party_configs, coordinator_configs, addresses, dealer_configs,
+                       approver_configs)
 
 
 #: The tables of a local federation's configs that map node ids to addresses.
@@ -179,7 +186,7 @@ def publish_addresses(layout: LocalLayout, bound: Mapping[str, str]) -> None:
     `layout.addresses`."""
     layout.addresses.update(bound)
     configs = [*layout.party_configs.values(), *layout.dealer_configs.values(),
-               *layout.coordinator_configs.values()]
+               *layout.coordinator_configs.values(), *layout.approver_configs.values()]
     for path in configs:
         lines, table = [], ""
         for line in path.read_text().splitlines():

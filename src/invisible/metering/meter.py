@@ -251,12 +251,13 @@ class Meter:
         found = threshold_problem(policy, use) or (("data", problem) if problem else None)
         return Refusal(self.party_id, *found) if found is not None else None
 
-    def refuse_run(self, job: JobMeta, refusal: Refusal, record: dict[str, Any]) -> LedgerEntry:
+    def refuse_run(self, job: JobMeta, refusal: Refusal, record: dict[str, Any],
+                   **body: Any) -> LedgerEntry:
         """End an admitted job refused by its data checks as it was to run: *charged*, its
         reservation kept, so probing the data with refusals costs what running jobs would."""
         self.metrics.refusals.labels(refusal.rule).inc()
         return self.close(job, "refused", record, rule=refusal.rule,
-                          detail=refusal.detail, charged=True)
+                          detail=refusal.detail, charged=True, **body)
 
     def _admit_without_data(self, job: JobMeta, traffic: int) -> LedgerEntry:
         """A job that uses none of this node's data: the node's own policy and quota."""

@@ -20,6 +20,10 @@ In a party's TOML, under each dataset::
     rho_total = 5.0
     require_dp = true               # this rule allows only jobs that declare a privacy cost
 
+    [[datasets.customers.policy.approval]]
+    approvers = ["dpo"]             # jobs it holds wait for these approvers' consent
+    kinds = ["vertical_lr"]         # (see invisible.metering.approvals)
+
 Privacy budgets for the dataset overall sit beside `jobs_per_day`
 (``rho_per_day``, ``rho_total``); see :mod:`invisible.metering.privacy` for
 what a declared rho buys and how it is charged.
@@ -39,6 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from invisible.errors import ConfigError, PolicyError
+from invisible.metering.approvals import ApprovalRule, parse_approval_rules
+from invisible.metering.approvals import strings as _strings
 from invisible.metering.billing import PriceList, parse_prices
 from invisible.metering.privacy import budget_units, rho_of
 
@@ -117,6 +123,8 @@ class DatasetPolicy:
     group: frozenset[str] | None = None
     #: What a job on it costs (see invisible.metering.billing); None: jobs are not priced.
     prices: PriceList | None = None
+    #: Jobs it holds until approvers consent (see invisible.metering.approvals).
+    approval: tuple[ApprovalRule, ...] = ()
 
     @property
     def refuses_out_of_bound(self) -> bool:
@@ -208,12 +216,6 @@ def authorise_without_data(party: str, policy: NodePolicy | None, requester: str
                       "here")
 
 
-def _strings(value: Any, where: str) -> frozenset[str]:
-    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a non-empty list of strings")
-    return frozenset(value)
-
-
 def _limit(table: dict[str, Any], key: str, where: str) -> int | None:
     value = table.get(key)
     if value is None:
@@ -228,7 +230,8 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
     if not isinstance(table, dict):
         raise ConfigError(f"{where} must be a table")
     known = {"allow", "min_rows", "recipients", "jobs_per_day", "rows_per_day", "out_of_bound",
-             "alignment_days", "two_party", "group", "rho_per_day", "rho_total", "prices"}
+             "alignment_days", "two_party", "group", "rho_per_day", "rho_total", "prices",
+             "approval"}
     unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}")
@@ -272,7 +275,8 @@ def parse_policy(table: Any, where: str) -> DatasetPolicy:
                          _limit(table, "jobs_per_day", where), _limit(table, "rows_per_day", where),
                          out_of_bound, days, _budget(table, "rho_per_day", where),
                          _budget(table, "rho_total", where), _flag(table, "two_party", where),
-                         group, _prices(table, where))
+                         group, _prices(table, where),
+                         parse_approval_rules(table.get("approval", []), f"{where}.approval"))
 
 
 def _prices(table: dict[str, Any], where: str) -> PriceList | None:

@@ -8,10 +8,11 @@ name the party.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 import numpy as np
@@ -22,10 +23,15 @@ from invisible.errors import (
     PartyUnavailableError,
     ProtocolError,
 )
-from invisible.jobspec import JobSpec, JobStatus
+from invisible.jobspec import HeldJob, JobSpec, JobState, JobStatus, Started
 from invisible.net import wire
 from invisible.net.errors_grpc import domain_error, is_transient_failure
-from invisible.net.jobs_api import spec_to_proto, status_from_proto
+from invisible.net.jobs_api import (
+    spec_from_proto,
+    spec_to_proto,
+    state_from_proto,
+    status_from_proto,
+)
 from invisible.net.mailbox import ABORT_STEP, DEFAULT_MAX_MESSAGE_BYTES
 from invisible.net.pki import Role, target_name
 from invisible.net.tls import TlsMaterial
@@ -106,6 +112,7 @@ class NodeClient:
             response_deserializer=None)
         self._health = health_pb2_grpc.HealthStub(self._channel)
         self._jobs = jobs_pb2_grpc.JobsStub(self._channel)
+        self._approvals = jobs_pb2_grpc.ApprovalsStub(self._channel)
 
     @property
     def known(self) -> bool:
@@ -188,8 +195,9 @@ class NodeClient:
             usable_columns={d.dataset: tuple(d.columns) for d in response.usable_columns},
         )
 
-    def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> bool:
-        """Prepare the job there; whether that party's policy needs the bound check."""
+    def start_job(self, spec: JobSpec, timeout_s: float | None = None) -> Started:
+        """Prepare the job there: whether that party's policy needs the bound check, and
+        until when it holds the job for approval (if it does)."""
         response = self._call(
             f"start of job '{spec.job_id}'",
             lambda remaining: self._jobs.Start(
@@ -197,7 +205,7 @@ class NodeClient:
             ),
             timeout_s,
         )
-        return bool(response.checks_bounds)
+        return Started(bool(response.checks_bounds), response.approval_deadline)
 
     def run_job(self, job_id: str, timeout_s: float | None = None,
                 check_bounds: bool = False) -> None:
@@ -256,6 +264,39 @@ class NodeClient:
             ),
             timeout_s,
         )
+
+    def pending_approvals(self, timeout_s: float | None = None) -> list[HeldJob]:
+        """The jobs held there that wait for this (approver) identity's decision."""
+        response = self._call(
+            "list of held jobs",
+            lambda remaining: self._approvals.Pending(jobs_pb2.PendingApprovalsRequest(),
+                                                      timeout=remaining),
+            timeout_s)
+        try:
+            return [HeldJob(
+                spec_from_proto(job.spec), job.spec_digest, job.requester, job.dataset,
+                tuple(job.columns), job.recipient, job.rho, job.deadline,
+                json.loads(job.rules_json)) for job in response.jobs]
+        except json.JSONDecodeError:
+            raise ProtocolError(f"party '{self.peer_id}' sent held jobs that are not valid "
+                                "JSON") from None
+
+    def decide(self, decision_json: str, signature: bytes,
+               timeout_s: float | None = None) -> tuple[dict[str, Any], JobState]:
+        """Send a signed decision; the node's ledger entry recording it, and the job's
+        state after it."""
+        response = self._call(
+            "decision",
+            lambda remaining: self._approvals.Decide(
+                jobs_pb2.DecideRequest(decision_json=decision_json, signature=signature),
+                timeout=remaining),
+            timeout_s)
+        try:
+            entry = json.loads(response.receipt_json)
+        except json.JSONDecodeError:
+            raise ProtocolError(f"party '{self.peer_id}' sent a receipt that is not valid "
+                                "JSON") from None
+        return entry, state_from_proto(response.state)
 
     def abort_peer_job(self, job_id: str, timeout_s: float | None = None) -> None:
         """Tell a peer node that this party gave up on a job, so it fails at once."""

@@ -8,12 +8,20 @@ so nodes, kinds and coordinators never see a protobuf message.
 from __future__ import annotations
 
 import json
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from invisible.errors import ProtocolError
-from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
+from invisible.jobspec import (
+    ArrayInfo,
+    HeldJob,
+    JobRecord,
+    JobSpec,
+    JobState,
+    JobStatus,
+    Started,
+)
 from invisible.net import wire
 from invisible.net.pki import Identity
 from invisible.v1 import exchange_pb2, jobs_pb2
@@ -22,8 +30,9 @@ _STATE_TO_PROTO = {
     JobState.RUNNING: jobs_pb2.JOB_STATE_RUNNING,
     JobState.FINISHED: jobs_pb2.JOB_STATE_FINISHED,
     JobState.FAILED: jobs_pb2.JOB_STATE_FAILED,
+    JobState.AWAITING_APPROVAL: jobs_pb2.JOB_STATE_AWAITING_APPROVAL,
 }
-_STATE_FROM_PROTO = {v: k for k, v in _STATE_TO_PROTO.items()}
+_STATE_FROM_PROTO: dict[int, JobState] = {v: k for k, v in _STATE_TO_PROTO.items()}
 
 
 def spec_to_proto(spec: JobSpec) -> jobs_pb2.JobSpec:
@@ -80,10 +89,15 @@ def status_to_proto(status: JobStatus) -> jobs_pb2.JobStatusResponse:
     )
 
 
-def status_from_proto(response: jobs_pb2.JobStatusResponse) -> JobStatus:
-    state = _STATE_FROM_PROTO.get(response.state)
+def state_from_proto(value: int) -> JobState:
+    state = _STATE_FROM_PROTO.get(value)
     if state is None:
         raise ProtocolError("job status has an unknown state")
+    return state
+
+
+def status_from_proto(response: jobs_pb2.JobStatusResponse) -> JobStatus:
+    state = state_from_proto(response.state)
     infos = {}
     for header in response.output_arrays:
         wire.check_header(header)
@@ -105,7 +119,7 @@ def status_from_proto(response: jobs_pb2.JobStatusResponse) -> JobStatus:
 class JobService(Protocol):
     """What a node offers the Jobs servicer."""
 
-    def start_job(self, spec: JobSpec, requester: Identity) -> bool: ...
+    def start_job(self, spec: JobSpec, requester: Identity) -> Started: ...
 
     def run_job(self, job_id: str, requester: Identity, check_bounds: bool = False) -> None: ...
 
@@ -114,3 +128,12 @@ class JobService(Protocol):
     def job_output(self, job_id: str, name: str, requester: Identity) -> np.ndarray: ...
 
     def cancel_job(self, job_id: str, requester: Identity, reason: str) -> None: ...
+
+
+class ApprovalService(Protocol):
+    """What a node offers the Approvals servicer (see invisible.node.approvals)."""
+
+    def pending(self, approver: Identity) -> list[HeldJob]: ...
+
+    def decide(self, approver: Identity, certificate_pem: bytes, decision_json: str,
+               signature: bytes) -> tuple[Any, str]: ...

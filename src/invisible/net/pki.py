@@ -52,6 +52,9 @@ class Role(StrEnum):
     PARTY = "party"
     DEALER = "dealer"
     COORDINATOR = "coordinator"
+    #: Decides on jobs a data owner's policy holds for approval (see
+    #: invisible.metering.approvals); calls nothing else.
+    APPROVER = "approver"
 
 
 def check_party_id(party_id: str) -> str:
@@ -392,6 +395,7 @@ def init_pki(
     dealers: list[str] | None = None,
     *,
     overwrite: bool = False,
+    approvers: list[str] | None = None,
 ) -> PkiInit:
     """Create a CA, a key + certificate per identity, and a ledger key pair per node.
 
@@ -404,12 +408,14 @@ def init_pki(
         [Identity(check_party_id(p), Role.PARTY) for p in parties]
         + [Identity(check_party_id(c), Role.COORDINATOR) for c in coordinators]
         + [Identity(check_party_id(d), Role.DEALER) for d in (dealers or [])]
+        + [Identity(check_party_id(a), Role.APPROVER) for a in (approvers or [])]
     )
     ids = [i.party_id for i in identities]
     if not parties:
         raise ConfigError("name at least one party")
     if len(set(ids)) != len(ids):
-        raise ConfigError("every identity needs its own id (a party, coordinator or dealer twice)")
+        raise ConfigError("every identity needs its own id (a party, coordinator, dealer or "
+                          "approver twice)")
     if (directory / "ca.key").exists() and not overwrite:
         raise ConfigError(f"{directory} already holds a CA; pass --force to replace it")
     nodes = [i.party_id for i in identities if i.role in (Role.PARTY, Role.DEALER)]

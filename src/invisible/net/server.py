@@ -32,7 +32,13 @@ from invisible import __version__
 from invisible.errors import InvisibleError, NodeBusyError, ProtocolError
 from invisible.net import wire
 from invisible.net.errors_grpc import RECEIPTS_METADATA, status_code_for
-from invisible.net.jobs_api import JobService, spec_from_proto, status_to_proto
+from invisible.net.jobs_api import (
+    ApprovalService,
+    JobService,
+    spec_from_proto,
+    spec_to_proto,
+    status_to_proto,
+)
 from invisible.net.mailbox import ABORT_STEP, Mailbox
 from invisible.net.pki import Identity, Role
 from invisible.net.tls import (
@@ -296,8 +302,9 @@ class JobsServicer(_Servicer):
               context: grpc.ServicerContext) -> jobs_pb2.StartJobResponse:
         requester = require_role(context, Role.COORDINATOR)
         spec = spec_from_proto(request.spec)
-        checks_bounds = self._jobs.start_job(spec, requester)
-        return jobs_pb2.StartJobResponse(job_id=spec.job_id, checks_bounds=checks_bounds)
+        started = self._jobs.start_job(spec, requester)
+        return jobs_pb2.StartJobResponse(job_id=spec.job_id, checks_bounds=started.checks_bounds,
+                                         approval_deadline=started.approval_deadline)
 
     @_domain_errors_to_status
     def Run(self, request: jobs_pb2.RunJobRequest,
@@ -336,6 +343,48 @@ class JobsServicer(_Servicer):
         return jobs_pb2.CancelJobResponse()
 
 
+class ApprovalsServicer(_Servicer):
+    """The Approvals service: approver certificates only, each decision checked against the
+    certificate the call is made with."""
+
+    def __init__(self, desk: ApprovalService) -> None:
+        self._desk = desk
+
+    def add_to(self, server: grpc.Server) -> None:
+        server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
+            wire.APPROVALS_SERVICE, {
+                "Pending": grpc.unary_unary_rpc_method_handler(
+                    self.Pending, request_deserializer=jobs_pb2.PendingApprovalsRequest.FromString,
+                    response_serializer=jobs_pb2.PendingApprovalsResponse.SerializeToString),
+                "Decide": grpc.unary_unary_rpc_method_handler(
+                    self.Decide, request_deserializer=jobs_pb2.DecideRequest.FromString,
+                    response_serializer=jobs_pb2.DecideResponse.SerializeToString),
+            })])
+
+    @_domain_errors_to_status
+    def Pending(self, request: jobs_pb2.PendingApprovalsRequest,
+                context: grpc.ServicerContext) -> jobs_pb2.PendingApprovalsResponse:
+        approver = require_role(context, Role.APPROVER)
+        return jobs_pb2.PendingApprovalsResponse(jobs=[jobs_pb2.HeldJob(
+            spec=spec_to_proto(job.spec), spec_digest=job.spec_digest, requester=job.requester,
+            dataset=job.dataset, columns=list(job.columns), recipient=job.recipient,
+            rho=job.rho, deadline=job.deadline,
+            rules_json=json.dumps(job.rules, sort_keys=True))
+            for job in self._desk.pending(approver)])
+
+    @_domain_errors_to_status
+    def Decide(self, request: jobs_pb2.DecideRequest,
+               context: grpc.ServicerContext) -> jobs_pb2.DecideResponse:
+        approver = require_role(context, Role.APPROVER)
+        [certificate] = context.auth_context()["x509_pem_cert"]  # require_role read it
+        entry, state = self._desk.decide(approver, certificate, request.decision_json,
+                                         request.signature)
+        return jobs_pb2.DecideResponse(receipt_json=json.dumps(entry.to_json(), sort_keys=True), state={
+            "awaiting": jobs_pb2.JOB_STATE_AWAITING_APPROVAL,
+            "approved": jobs_pb2.JOB_STATE_RUNNING,
+            "rejected": jobs_pb2.JOB_STATE_FAILED}[state])
+
+
 def build_server(
     tls: TlsMaterial | Callable[[], TlsMaterial],
     address: str,
@@ -343,6 +392,7 @@ def build_server(
     health: HealthServicer,
     exchange: ExchangeServicer | None,
     jobs: JobsServicer | None,
+    approvals: ApprovalsServicer | None = None,
     max_workers: int = WORKERS,
     revocations: Revocations | None = None,
 ) -> tuple[grpc.Server, int]:
@@ -350,7 +400,7 @@ def build_server(
     Every call to its services is refused if made with a certificate `revocations` lists.
     `tls` may be a callable: each new connection is then served the material it returns
     (a renewed certificate, without a restart)."""
-    for servicer in (health, exchange, jobs):
+    for servicer in (health, exchange, jobs, approvals):
         if servicer is not None:
             servicer.revocations = revocations
     server = grpc.server(
@@ -366,6 +416,8 @@ def build_server(
         exchange.add_to(server)
     if jobs is not None:
         jobs.add_to(server)
+    if approvals is not None:
+        approvals.add_to(server)
     try:
         credentials = (tls.server_credentials() if isinstance(tls, TlsMaterial)
                        else renewable_server_credentials(tls))

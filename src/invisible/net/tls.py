@@ -304,5 +304,7 @@ def require_role(context: grpc.ServicerContext, *roles: Role) -> Identity:
     identity = caller_identity(context)
     if identity.role not in roles:
         allowed = " or ".join(r.value for r in roles)
-        raise PolicyError(f"{identity} may not call this; it needs a {allowed} certificate")
+        article = "an" if allowed[0] in "aeiou" else "a"
+        raise PolicyError(f"{identity} may not call this; it needs {article} {allowed} "
+                          "certificate")
     return identity

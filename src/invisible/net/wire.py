@@ -30,6 +30,7 @@ DEFAULT_CHUNK_BYTES = 1 << 20
 EXCHANGE_SERVICE = exchange_pb2.DESCRIPTOR.services_by_name["PeerExchange"].full_name
 DELIVER_METHOD = f"/{EXCHANGE_SERVICE}/Deliver"
 JOBS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Jobs"].full_name
+APPROVALS_SERVICE = jobs_pb2.DESCRIPTOR.services_by_name["Approvals"].full_name
 FETCH_OUTPUT_METHOD = f"/{JOBS_SERVICE}/FetchOutput"
 MAX_DIMS = 32
 #: The longest job id (as a node accepts it) and step a header may name.

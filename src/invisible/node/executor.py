@@ -44,16 +44,18 @@ from invisible.errors import (
     PolicyError,
     ProtocolError,
 )
-from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus
+from invisible.jobspec import ArrayInfo, JobRecord, JobSpec, JobState, JobStatus, Started
 from invisible.kinds.alignments import AlignmentStore
 from invisible.kinds.base import JobContext, JobOutcome
 from invisible.kinds.models import ModelStore
 from invisible.kinds.registry import AnyKind
+from invisible.metering.approvals import iso
 from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.policy import Refusal
 from invisible.net.pki import Identity
 from invisible.node.admission import Admission, Admitted
 from invisible.node.allowance import Allowance
+from invisible.node.approvals import ApprovalDesk
 from invisible.node.datasets import DatasetRegistry
 from invisible.protocols.channel import Channel
 from invisible.text import printable
@@ -88,6 +90,8 @@ class _JobRun:
     changed: threading.Event = field(default_factory=threading.Event)
     finished_at: float = 0.0  # time.monotonic() when the job ended
     outputs_dropped: bool = False
+    #: The approvals a held job runs on (for its receipt).
+    approvals: list[dict[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.refusal = self.refusal or self.admitted.refusal
@@ -154,15 +158,17 @@ class JobExecutor:
         #: How many refused requests each requester may still make (refilled over time).
         self._refused = Allowance(refused_burst, refused_per_s)
         self._lock = threading.Lock()
+        #: Jobs held for approval (see invisible.node.approvals).
+        self.approvals = ApprovalDesk(party_id, meter, self._cancel_held, self._wake)
 
     # -- 1. prepare ---------------------------------------------------------------------------
 
-    def start_job(self, spec: JobSpec, requester: Identity) -> bool:
+    def start_job(self, spec: JobSpec, requester: Identity) -> Started:
         """Prepare a job: its id is taken, then :class:`~invisible.node.admission.Admission`
         decides it (policy first, then the data, then the reservation; the answer never
         depends on the data). Returns whether this party's policy refuses values beyond
         the job's bound (it must then be run with the bound check: a fact of the policy,
-        not of the data).
+        not of the data), and until when its policy holds the job for approval.
 
         A requester whose requests were refused too often lately is told the
         node is busy, without a ledger entry, until its allowance refills.
@@ -178,7 +184,7 @@ class JobExecutor:
                 self._refused.spend(who)
             raise
 
-    def _start_job(self, spec: JobSpec, requester: Identity) -> bool:
+    def _start_job(self, spec: JobSpec, requester: Identity) -> Started:
         who = requester.party_id
         if not _JOB_ID.match(spec.job_id):
             self._admission.refuse_request(JobMeta("-", who, spec.kind), "bad job id",
@@ -201,7 +207,14 @@ class JobExecutor:
             run = _JobRun(spec, requester, admitted, JobStatus(spec.job_id, JobState.RUNNING))
             with self._lock:
                 self._jobs[spec.job_id] = run
-                run.timer = threading.Timer(self._run_deadline_s, self._expire, (run,))
+            try:
+                deadline = self.approvals.hold(spec, admitted.meta)
+            except BaseException:
+                self._cancel_prepared(run, "it could not be held for approval")
+                raise
+            wait_s = self._run_deadline_s if deadline is None else deadline - time.time()
+            with self._lock:
+                run.timer = threading.Timer(wait_s, self._expire, (run,))
                 run.timer.daemon = True
                 run.timer.start()
         finally:
@@ -209,10 +222,23 @@ class JobExecutor:
                 self._starting.discard(spec.job_id)
         self._expect_heads(admitted.channel.peers)
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
-        return admitted.refuses_out_of_bound
+        return Started(admitted.refuses_out_of_bound,
+                       "" if deadline is None else iso(deadline))
 
     def _expire(self, run: _JobRun) -> None:
-        self._cancel_prepared(run, "the deadline to run it passed")
+        self._cancel_prepared(run, self.approvals.expired(run.spec.job_id))
+
+    def _cancel_held(self, job_id: str, reason: str, by: str) -> None:
+        with self._lock:
+            run = self._jobs.get(job_id)
+        if run is not None:
+            self._cancel_prepared(run, reason, by)
+
+    def _wake(self, job_id: str) -> None:
+        with self._lock:
+            run = self._jobs.get(job_id)
+        if run is not None:
+            run.changed.set()
 
     def _cancel_prepared(self, run: _JobRun, reason: str, by: str = "") -> bool:
         """Cancel a job that never ran: its reservation is given back. True if it was one."""
@@ -222,6 +248,7 @@ class JobExecutor:
             run.phase = _Phase.DONE
         if run.timer is not None:
             run.timer.cancel()
+        self.approvals.forget(run.spec.job_id)
         entry = self.meter.close(run.meta, "cancelled", {}, released=True, reason=reason)
         run.channel.close()
         run.status = JobStatus.failed(run.spec.job_id,
@@ -245,6 +272,7 @@ class JobExecutor:
         with self._lock:
             if run.phase is not _Phase.PREPARED:
                 raise ProtocolError(f"job '{job_id}' is not waiting to run")
+            run.approvals = self.approvals.take(job_id)  # refused while approvals are missing
             run.phase = _Phase.RUNNING
         if run.timer is not None:
             run.timer.cancel()
@@ -322,7 +350,7 @@ class JobExecutor:
             record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())
             entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
                                      outputs=self._released(run, outcome),
-                                     openings=outcome.openings)
+                                     openings=outcome.openings, **self._consents(run))
             if run.meta.rows_private:  # the requester sees what the receipt says: nothing
                 record.rows_used = record.values_opened = 0  # that counts the rows
                 outcome.output.pop("openings", None)
@@ -330,14 +358,16 @@ class JobExecutor:
                              output=outcome.output, arrays=outcome.arrays,
                              receipts=[entry.to_json()])
         if run.refusal is not None and not run.cancelled_by:
-            entry = self.meter.refuse_run(run.meta, run.refusal, record.__dict__)
+            entry = self.meter.refuse_run(run.meta, run.refusal, record.__dict__,
+                                          **self._consents(run))
             return JobStatus.failed(run.spec.job_id, error, record=record,
                                     receipts=[entry.to_json()])
         event = "cancelled" if run.cancelled_by else "failed"
         if run.cancelled_by:
             error = f"job '{run.spec.job_id}' was cancelled by '{run.cancelled_by}'"
             aborted_by = run.cancelled_by
-        entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False)
+        entry = self.meter.close(run.meta, event, record.__dict__, error=error, released=False,
+                                 **self._consents(run))
         return JobStatus.failed(run.spec.job_id, error, record=record,
                                 receipts=[entry.to_json()], aborted_by=aborted_by)
 
@@ -353,6 +383,11 @@ class JobExecutor:
         for run in runs:
             if not run.done.wait(max(0.0, deadline - time.monotonic())):
                 log.warning("job %s still running as the node stops", run.spec.job_id)
+
+    @staticmethod
+    def _consents(run: _JobRun) -> dict[str, Any]:
+        """The approvals a job ran on, for its terminal entry (none if it was not held)."""
+        return {"approvals": run.approvals} if run.approvals else {}
 
     @staticmethod
     def _released(run: _JobRun, outcome: JobOutcome) -> dict[str, object]:
@@ -377,7 +412,11 @@ class JobExecutor:
         if not run.done.is_set():
             run.changed.wait(timeout=wait_s)
             run.changed.clear()
-        return run.status
+        with self._lock:
+            status, held = run.status, run.phase is _Phase.PREPARED
+        if held and self.approvals.awaiting(job_id):
+            return replace(status, state=JobState.AWAITING_APPROVAL)
+        return status
 
     def job_output(self, job_id: str, name: str, requester: Identity) -> np.ndarray:
         run = self._run_for(job_id, requester)

@@ -24,7 +24,13 @@ from invisible.net.client import NodeClient
 from invisible.net.grpc_channel import GrpcChannel
 from invisible.net.mailbox import Mailbox
 from invisible.net.pki import Identity, Role
-from invisible.net.server import ExchangeServicer, HealthServicer, JobsServicer, build_server
+from invisible.net.server import (
+    ApprovalsServicer,
+    ExchangeServicer,
+    HealthServicer,
+    JobsServicer,
+    build_server,
+)
 from invisible.net.tls import OnRevoked, Revocations, TlsMaterial, days_left
 from invisible.node.config import PartyConfig, load_party_config
 from invisible.node.datasets import DatasetRegistry
@@ -127,6 +133,7 @@ class PartyNode:
                 stream_timeout_s=config.limits.rpc_timeout_s,
             ),
             jobs=JobsServicer(self.executor),
+            approvals=ApprovalsServicer(self.executor.approvals),
             revocations=self.revocations,
         )
         self._stopped = threading.Event()

@@ -25,37 +25,49 @@ _sym_db = _symbol_database.Default()
 from invisible.v1 import exchange_pb2 as invisible_dot_v1_dot_exchange__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17invisible/v1/jobs.proto\x12\x0cinvisible.v1\x1a\x1binvisible/v1/exchange.proto\"c\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x03(\t\x12\x13\n\x0bparams_json\x18\x04 \x01(\t\x12\x14\n\x0ckind_version\x18\x05 \x01(\r\"6\n\x0fStartJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.invisible.v1.JobSpec\"9\n\x10StartJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rchecks_bounds\x18\x02 \x01(\x08\"5\n\rRunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63heck_bounds\x18\x02 \x01(\x08\"\x10\n\x0eRunJobResponse\"\x86\x02\n\tJobRecord\x12\x11\n\trows_used\x18\x01 \x01(\x04\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x15\n\rmessages_sent\x18\x04 \x01(\x04\x12\x19\n\x11messages_received\x18\x05 \x01(\x04\x12\x15\n\rvalues_opened\x18\x06 \x01(\x04\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x16\n\x0e\x62ytes_released\x18\x08 \x01(\x04\x12\x0e\n\x06rounds\x18\t \x01(\x04\x12\x0e\n\x06tuples\x18\n \x01(\x04\x12\x16\n\x0e\x63iphertext_ops\x18\x0b \x01(\x04\x12\r\n\x05\x63pu_s\x18\x0c \x01(\x01\"3\n\x10JobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\xf6\x01\n\x11JobStatusResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.invisible.v1.JobState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x06record\x18\x04 \x01(\x0b\x32\x17.invisible.v1.JobRecord\x12\x13\n\x0boutput_json\x18\x05 \x01(\t\x12\x32\n\routput_arrays\x18\x06 \x03(\x0b\x32\x1b.invisible.v1.MessageHeader\x12\x15\n\rreceipts_json\x18\x07 \x03(\t\x12\x12\n\naborted_by\x18\x08 \x01(\t\"2\n\x12\x46\x65tchOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x13\n\x11\x43\x61ncelJobResponse*j\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x16\n\x12JOB_STATE_FINISHED\x10\x02\x12\x14\n\x10JOB_STATE_FAILED\x10\x03\x32\xee\x02\n\x04Jobs\x12\x46\n\x05Start\x12\x1d.invisible.v1.StartJobRequest\x1a\x1e.invisible.v1.StartJobResponse\x12@\n\x03Run\x12\x1b.invisible.v1.RunJobRequest\x1a\x1c.invisible.v1.RunJobResponse\x12I\n\x06Status\x12\x1e.invisible.v1.JobStatusRequest\x1a\x1f.invisible.v1.JobStatusResponse\x12\x46\n\x0b\x46\x65tchOutput\x12 .invisible.v1.FetchOutputRequest\x1a\x13.invisible.v1.Frame0\x01\x12I\n\x06\x43\x61ncel\x12\x1e.invisible.v1.CancelJobRequest\x1a\x1f.invisible.v1.CancelJobResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17invisible/v1/jobs.proto\x12\x0cinvisible.v1\x1a\x1binvisible/v1/exchange.proto\"c\n\x07JobSpec\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07parties\x18\x03 \x03(\t\x12\x13\n\x0bparams_json\x18\x04 \x01(\t\x12\x14\n\x0ckind_version\x18\x05 \x01(\r\"6\n\x0fStartJobRequest\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.invisible.v1.JobSpec\"T\n\x10StartJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\rchecks_bounds\x18\x02 \x01(\x08\x12\x19\n\x11\x61pproval_deadline\x18\x03 \x01(\t\"5\n\rRunJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63heck_bounds\x18\x02 \x01(\x08\"\x10\n\x0eRunJobResponse\"\x86\x02\n\tJobRecord\x12\x11\n\trows_used\x18\x01 \x01(\x04\x12\x12\n\nbytes_sent\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x15\n\rmessages_sent\x18\x04 \x01(\x04\x12\x19\n\x11messages_received\x18\x05 \x01(\x04\x12\x15\n\rvalues_opened\x18\x06 \x01(\x04\x12\x12\n\nduration_s\x18\x07 \x01(\x01\x12\x16\n\x0e\x62ytes_released\x18\x08 \x01(\x04\x12\x0e\n\x06rounds\x18\t \x01(\x04\x12\x0e\n\x06tuples\x18\n \x01(\x04\x12\x16\n\x0e\x63iphertext_ops\x18\x0b \x01(\x04\x12\r\n\x05\x63pu_s\x18\x0c \x01(\x01\"3\n\x10JobStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\xf6\x01\n\x11JobStatusResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.invisible.v1.JobState\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\'\n\x06record\x18\x04 \x01(\x0b\x32\x17.invisible.v1.JobRecord\x12\x13\n\x0boutput_json\x18\x05 \x01(\t\x12\x32\n\routput_arrays\x18\x06 \x03(\x0b\x32\x1b.invisible.v1.MessageHeader\x12\x15\n\rreceipts_json\x18\x07 \x03(\t\x12\x12\n\naborted_by\x18\x08 \x01(\t\"2\n\x12\x46\x65tchOutputRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x13\n\x11\x43\x61ncelJobResponse\"\x19\n\x17PendingApprovalsRequest\"\xbe\x01\n\x07HeldJob\x12#\n\x04spec\x18\x01 \x01(\x0b\x32\x15.invisible.v1.JobSpec\x12\x13\n\x0bspec_digest\x18\x02 \x01(\t\x12\x11\n\trequester\x18\x03 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x04 \x01(\t\x12\x0f\n\x07\x63olumns\x18\x05 \x03(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0b\n\x03rho\x18\x07 \x01(\x01\x12\x10\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\t\x12\x12\n\nrules_json\x18\t \x01(\t\"?\n\x18PendingApprovalsResponse\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.invisible.v1.HeldJob\"9\n\rDecideRequest\x12\x15\n\rdecision_json\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"M\n\x0e\x44\x65\x63ideResponse\x12\x14\n\x0creceipt_json\x18\x01 \x01(\t\x12%\n\x05state\x18\x02 \x01(\x0e\x32\x16.invisible.v1.JobState*\x8b\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x15\n\x11JOB_STATE_RUNNING\x10\x01\x12\x16\n\x12JOB_STATE_FINISHED\x10\x02\x12\x14\n\x10JOB_STATE_FAILED\x10\x03\x12\x1f\n\x1bJOB_STATE_AWAITING_APPROVAL\x10\x04\x32\xee\x02\n\x04Jobs\x12\x46\n\x05Start\x12\x1d.invisible.v1.StartJobRequest\x1a\x1e.invisible.v1.StartJobResponse\x12@\n\x03Run\x12\x1b.invisible.v1.RunJobRequest\x1a\x1c.invisible.v1.RunJobResponse\x12I\n\x06Status\x12\x1e.invisible.v1.JobStatusRequest\x1a\x1f.invisible.v1.JobStatusResponse\x12\x46\n\x0b\x46\x65tchOutput\x12 .invisible.v1.FetchOutputRequest\x1a\x13.invisible.v1.Frame0\x01\x12I\n\x06\x43\x61ncel\x12\x1e.invisible.v1.CancelJobRequest\x1a\x1f.invisible.v1.CancelJobResponse2\xaa\x01\n\tApprovals\x12X\n\x07Pending\x12%.invisible.v1.PendingApprovalsRequest\x1a&.invisible.v1.PendingApprovalsResponse\x12\x43\n\x06\x44\x65\x63ide\x12\x1b.invisible.v1.DecideRequest\x1a\x1c.invisible.v1.DecideResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'invisible.v1.jobs_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOBSTATE']._serialized_start=1051
-  _globals['_JOBSTATE']._serialized_end=1157
+  _globals['_JOBSTATE']._serialized_start=1502
+  _globals['_JOBSTATE']._serialized_end=1641
   _globals['_JOBSPEC']._serialized_start=70
   _globals['_JOBSPEC']._serialized_end=169
   _globals['_STARTJOBREQUEST']._serialized_start=171
   _globals['_STARTJOBREQUEST']._serialized_end=225
   _globals['_STARTJOBRESPONSE']._serialized_start=227
-  _globals['_STARTJOBRESPONSE']._serialized_end=284
-  _globals['_RUNJOBREQUEST']._serialized_start=286
-  _globals['_RUNJOBREQUEST']._serialized_end=339
-  _globals['_RUNJOBRESPONSE']._serialized_start=341
-  _globals['_RUNJOBRESPONSE']._serialized_end=357
-  _globals['_JOBRECORD']._serialized_start=360
-  _globals['_JOBRECORD']._serialized_end=622
-  _globals['_JOBSTATUSREQUEST']._serialized_start=624
-  _globals['_JOBSTATUSREQUEST']._serialized_end=675
-  _globals['_JOBSTATUSRESPONSE']._serialized_start=678
-  _globals['_JOBSTATUSRESPONSE']._serialized_end=924
-  _globals['_FETCHOUTPUTREQUEST']._serialized_start=926
-  _globals['_FETCHOUTPUTREQUEST']._serialized_end=976
-  _globals['_CANCELJOBREQUEST']._serialized_start=978
-  _globals['_CANCELJOBREQUEST']._serialized_end=1028
-  _globals['_CANCELJOBRESPONSE']._serialized_start=1030
-  _globals['_CANCELJOBRESPONSE']._serialized_end=1049
-  _globals['_JOBS']._serialized_start=1160
-  _globals['_JOBS']._serialized_end=1526
+  _globals['_STARTJOBRESPONSE']._serialized_end=311
+  _globals['_RUNJOBREQUEST']._serialized_start=313
+  _globals['_RUNJOBREQUEST']._serialized_end=366
+  _globals['_RUNJOBRESPONSE']._serialized_start=368
+  _globals['_RUNJOBRESPONSE']._serialized_end=384
+  _globals['_JOBRECORD']._serialized_start=387
+  _globals['_JOBRECORD']._serialized_end=649
+  _globals['_JOBSTATUSREQUEST']._serialized_start=651
+  _globals['_JOBSTATUSREQUEST']._serialized_end=702
+  _globals['_JOBSTATUSRESPONSE']._serialized_start=705
+  _globals['_JOBSTATUSRESPONSE']._serialized_end=951
+  _globals['_FETCHOUTPUTREQUEST']._serialized_start=953
+  _globals['_FETCHOUTPUTREQUEST']._serialized_end=1003
+  _globals['_CANCELJOBREQUEST']._serialized_start=1005
+  _globals['_CANCELJOBREQUEST']._serialized_end=1055
+  _globals['_CANCELJOBRESPONSE']._serialized_start=1057
+  _globals['_CANCELJOBRESPONSE']._serialized_end=1076
+  _globals['_PENDINGAPPROVALSREQUEST']._serialized_start=1078
+  _globals['_PENDINGAPPROVALSREQUEST']._serialized_end=1103
+  _globals['_HELDJOB']._serialized_start=1106
+  _globals['_HELDJOB']._serialized_end=1296
+  _globals['_PENDINGAPPROVALSRESPONSE']._serialized_start=1298
+  _globals['_PENDINGAPPROVALSRESPONSE']._serialized_end=1361
+  _globals['_DECIDEREQUEST']._serialized_start=1363
+  _globals['_DECIDEREQUEST']._serialized_end=1420
+  _globals['_DECIDERESPONSE']._serialized_start=1422
+  _globals['_DECIDERESPONSE']._serialized_end=1499
+  _globals['_JOBS']._serialized_start=1644
+  _globals['_JOBS']._serialized_end=2010
+  _globals['_APPROVALS']._serialized_start=2013
+  _globals['_APPROVALS']._serialized_end=2183
 # @@protoc_insertion_point(module_scope)

@@ -14,10 +14,12 @@ class JobState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     JOB_STATE_RUNNING: _ClassVar[JobState]
     JOB_STATE_FINISHED: _ClassVar[JobState]
     JOB_STATE_FAILED: _ClassVar[JobState]
+    JOB_STATE_AWAITING_APPROVAL: _ClassVar[JobState]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_RUNNING: JobState
 JOB_STATE_FINISHED: JobState
 JOB_STATE_FAILED: JobState
+JOB_STATE_AWAITING_APPROVAL: JobState
 
 class JobSpec(_message.Message):
     __slots__ = ("job_id", "kind", "parties", "params_json", "kind_version")
@@ -40,12 +42,14 @@ class StartJobRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ...) -> None: ...
 
 class StartJobResponse(_message.Message):
-    __slots__ = ("job_id", "checks_bounds")
+    __slots__ = ("job_id", "checks_bounds", "approval_deadline")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     CHECKS_BOUNDS_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     checks_bounds: bool
-    def __init__(self, job_id: _Optional[str] = ..., checks_bounds: _Optional[bool] = ...) -> None: ...
+    approval_deadline: str
+    def __init__(self, job_id: _Optional[str] = ..., checks_bounds: _Optional[bool] = ..., approval_deadline: _Optional[str] = ...) -> None: ...
 
 class RunJobRequest(_message.Message):
     __slots__ = ("job_id", "check_bounds")
@@ -134,3 +138,51 @@ class CancelJobRequest(_message.Message):
 class CancelJobResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PendingApprovalsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class HeldJob(_message.Message):
+    __slots__ = ("spec", "spec_digest", "requester", "dataset", "columns", "recipient", "rho", "deadline", "rules_json")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SPEC_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REQUESTER_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    RHO_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    RULES_JSON_FIELD_NUMBER: _ClassVar[int]
+    spec: JobSpec
+    spec_digest: str
+    requester: str
+    dataset: str
+    columns: _containers.RepeatedScalarFieldContainer[str]
+    recipient: str
+    rho: float
+    deadline: str
+    rules_json: str
+    def __init__(self, spec: _Optional[_Union[JobSpec, _Mapping]] = ..., spec_digest: _Optional[str] = ..., requester: _Optional[str] = ..., dataset: _Optional[str] = ..., columns: _Optional[_Iterable[str]] = ..., recipient: _Optional[str] = ..., rho: _Optional[float] = ..., deadline: _Optional[str] = ..., rules_json: _Optional[str] = ...) -> None: ...
+
+class PendingApprovalsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[HeldJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[HeldJob, _Mapping]]] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("decision_json", "signature")
+    DECISION_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    decision_json: str
+    signature: bytes
+    def __init__(self, decision_json: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("receipt_json", "state")
+    RECEIPT_JSON_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    receipt_json: str
+    state: JobState
+    def __init__(self, receipt_json: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...

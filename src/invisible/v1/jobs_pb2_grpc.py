@@ -276,3 +276,130 @@ class Jobs:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ApprovalsStub:
+    """Decisions on the jobs a data owner's policy holds for approval. Only a caller
+    whose certificate carries the approver role may call it, and it sees and
+    decides only the held jobs whose rules name it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Pending = channel.unary_unary(
+                '/invisible.v1.Approvals/Pending',
+                request_serializer=invisible_dot_v1_dot_jobs__pb2.PendingApprovalsRequest.SerializeToString,
+                response_deserializer=invisible_dot_v1_dot_jobs__pb2.PendingApprovalsResponse.FromString,
+                _registered_method=True)
+        self.Decide = channel.unary_unary(
+                '/invisible.v1.Approvals/Decide',
+                request_serializer=invisible_dot_v1_dot_jobs__pb2.DecideRequest.SerializeToString,
+                response_deserializer=invisible_dot_v1_dot_jobs__pb2.DecideResponse.FromString,
+                _registered_method=True)
+
+
+class ApprovalsServicer:
+    """Decisions on the jobs a data owner's policy holds for approval. Only a caller
+    whose certificate carries the approver role may call it, and it sees and
+    decides only the held jobs whose rules name it.
+    """
+
+    def Pending(self, request, context):
+        """The jobs held here that wait for the caller's decision.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decide(self, request, context):
+        """Approve, reject or withdraw an approval: a decision signed with the key of
+        the certificate the caller presents, recorded in the node's ledger.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ApprovalsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Pending': grpc.unary_unary_rpc_method_handler(
+                    servicer.Pending,
+                    request_deserializer=invisible_dot_v1_dot_jobs__pb2.PendingApprovalsRequest.FromString,
+                    response_serializer=invisible_dot_v1_dot_jobs__pb2.PendingApprovalsResponse.SerializeToString,
+            ),
+            'Decide': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decide,
+                    request_deserializer=invisible_dot_v1_dot_jobs__pb2.DecideRequest.FromString,
+                    response_serializer=invisible_dot_v1_dot_jobs__pb2.DecideResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'invisible.v1.Approvals', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('invisible.v1.Approvals', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Approvals:
+    """Decisions on the jobs a data owner's policy holds for approval. Only a caller
+    whose certificate carries the approver role may call it, and it sees and
+    decides only the held jobs whose rules name it.
+    """
+
+    @staticmethod
+    def Pending(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invisible.v1.Approvals/Pending',
+            invisible_dot_v1_dot_jobs__pb2.PendingApprovalsRequest.SerializeToString,
+            invisible_dot_v1_dot_jobs__pb2.PendingApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decide(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/invisible.v1.Approvals/Decide',
+            invisible_dot_v1_dot_jobs__pb2.DecideRequest.SerializeToString,
+            invisible_dot_v1_dot_jobs__pb2.DecideResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

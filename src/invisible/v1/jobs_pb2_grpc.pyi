@@ -119,3 +119,61 @@ class JobsServicer(metaclass=_abc_1.ABCMeta):
         """
 
 def add_JobsServicer_to_server(servicer: JobsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ApprovalsStub:
+    """Decisions on the jobs a data owner's policy holds for approval. Only a caller
+    whose certificate carries the approver role may call it, and it sees and
+    decides only the held jobs whose rules name it.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ApprovalsAsyncStub: ...
+    Pending: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.PendingApprovalsRequest, _jobs_pb2.PendingApprovalsResponse]
+    """The jobs held here that wait for the caller's decision."""
+    Decide: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DecideRequest, _jobs_pb2.DecideResponse]
+    """Approve, reject or withdraw an approval: a decision signed with the key of
+    the certificate the caller presents, recorded in the node's ledger.
+    """
+
+@_typing.type_check_only
+class ApprovalsAsyncStub(ApprovalsStub):
+    """Decisions on the jobs a data owner's policy holds for approval. Only a caller
+    whose certificate carries the approver role may call it, and it sees and
+    decides only the held jobs whose rules name it.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Pending: _aio.UnaryUnaryMultiCallable[_jobs_pb2.PendingApprovalsRequest, _jobs_pb2.PendingApprovalsResponse]  # type: ignore[assignment]
+    """The jobs held here that wait for the caller's decision."""
+    Decide: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DecideRequest, _jobs_pb2.DecideResponse]  # type: ignore[assignment]
+    """Approve, reject or withdraw an approval: a decision signed with the key of
+    the certificate the caller presents, recorded in the node's ledger.
+    """
+
+class ApprovalsServicer(metaclass=_abc_1.ABCMeta):
+    """Decisions on the jobs a data owner's policy holds for approval. Only a caller
+    whose certificate carries the approver role may call it, and it sees and
+    decides only the held jobs whose rules name it.
+    """
+
+    @_abc_1.abstractmethod
+    def Pending(
+        self,
+        request: _jobs_pb2.PendingApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.PendingApprovalsResponse, _abc.Awaitable[_jobs_pb2.PendingApprovalsResponse]]:
+        """The jobs held here that wait for the caller's decision."""
+
+    @_abc_1.abstractmethod
+    def Decide(
+        self,
+        request: _jobs_pb2.DecideRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_jobs_pb2.DecideResponse, _abc.Awaitable[_jobs_pb2.DecideResponse]]:
+        """Approve, reject or withdraw an approval: a decision signed with the key of
+        the certificate the caller presents, recorded in the node's ledger.
+        """
+
+def add_ApprovalsServicer_to_server(servicer: ApprovalsServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

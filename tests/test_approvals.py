@@ -1,0 +1,466 @@
+"""Approvals: a job a data owner's policy holds runs only once k of its n approvers consent.
+
+The rules and decisions as units first (each check of `Held.check` and of the rule matching
+against a request), then over real gRPC with mutual TLS on 127.0.0.1: a job held by two
+owners, approved, rejected, withdrawn, expired; and the calls an attacker would make.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+from invisible.coordinator.approver import Approver, describe
+from invisible.coordinator.federation import Federation
+from invisible.coordinator.local import OPEN_POLICY, InProcessNodes, write_local_federation
+from invisible.errors import ConfigError, InvisibleError, PolicyError
+from invisible.jobspec import JobSpec, JobState, spec_digest
+from invisible.metering.approvals import (
+    ApprovalRule,
+    Consent,
+    Decision,
+    Held,
+    iso,
+    parse_approval_rules,
+)
+from invisible.metering.policy import UseRequest
+from invisible.net.client import NodeClient
+from invisible.net.pki import Role
+from invisible.net.tls import TlsFiles, TlsMaterial
+from invisible.samples import SAMPLE_DATASET, sample_datasets, sample_path
+
+NOW = 1_800_000_000.0
+
+
+def use(**changes) -> UseRequest:
+    base = UseRequest("j", "analyst", "secure_sum", "loans", ("income", "age"), 0)
+    return replace(base, **changes)
+
+
+def rule(**changes) -> ApprovalRule:
+    return replace(ApprovalRule(("a", "b", "c"), 2), **changes)
+
+
+# -- the rules, on the request alone -----------------------------------------------------------
+
+
+def test_a_rule_holds_the_jobs_all_its_conditions_name():
+    assert rule().holds(use())  # no condition: every job
+    assert rule(kinds=frozenset({"secure_sum"})).holds(use())
+    assert not rule(kinds=frozenset({"psi"})).holds(use())
+    assert rule(columns=frozenset({"income"})).holds(use())  # any of its columns used
+    assert rule(columns=frozenset({"income", "balance"})).holds(use())
+    assert not rule(columns=frozenset({"balance"})).holds(use())
+    assert not rule(requesters=frozenset({"auditor"})).holds(use())
+    assert rule(requesters=frozenset({"analyst"})).holds(use())
+    assert not rule(recipients=frozenset({"*"})).holds(use())  # outputs to the requester
+    assert rule(recipients=frozenset({"*"})).holds(use(recipient="telco"))
+    assert rule(recipients=frozenset({"telco"})).holds(use(recipient="telco"))
+    assert not rule(recipients=frozenset({"bank"})).holds(use(recipient="telco"))
+    both = rule(kinds=frozenset({"secure_sum"}), columns=frozenset({"balance"}))
+    assert not both.holds(use())  # every condition given must match
+    costly = rule(min_rho=500_000_000)
+    assert costly.holds(use(rho=500_000_000)) and costly.holds(use(rho=900_000_000))
+    assert not costly.holds(use(rho=499_999_999))
+    assert costly.holds(use())  # no noise at all: more than any rho
+
+
+def test_a_rules_mistakes_are_named():
+    for table, message in (
+            ("dpo", r"^p must be a list of tables"),
+            (["dpo"], r"^p\[0\] must be a table$"),
+            ([{}], r"^p\[0\].approvers must be a non-empty list of strings$"),
+            ([{"approvers": ["*"]}], r"^p\[0\].approvers must name identities, not '\*'$"),
+            ([{"approvers": ["a", "b"], "required": 3}],
+             r"^p\[0\].required must be a whole number from 1 to the number of approvers \(2\)$"),
+            ([{"approvers": ["a"], "required": 0}], r"^p\[0\].required must be"),
+            ([{"approvers": ["a"], "required": True}], r"^p\[0\].required must be"),
+            ([{"approvers": ["a"], "hours": 0}], r"^p\[0\].hours must be a number of hours above"),
+            ([{"approvers": ["a"], "hours": float("nan")}], r"^p\[0\].hours must be"),
+            ([{"approvers": ["a"], "consent_hours": 24 * 367}], r"^p\[0\].consent_hours must be"),
+            ([{"approvers": ["a"], "min_rho": -1}], r"^p\[0\].min_rho"),
+            ([{"approvers": ["a"], "approver": ["b"]}], r"^p\[0\] has unknown key\(s\) approver$"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_approval_rules(table, "p")
+    [parsed] = parse_approval_rules([{"approvers": ["b", "a"], "min_rho": 0.5, "hours": 2,
+                                      "recipients": ["*"]}], "p")
+    assert parsed == ApprovalRule(("a", "b"), 2, recipients=frozenset({"*"}),
+                                  min_rho=500_000_000, hours=2.0)  # k defaults to n
+
+
+# -- decisions ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Approver certificates and keys a, b, c (and a coordinator's) from one CA."""
+    from invisible.net.pki import init_pki
+
+    folder = tmp_path_factory.mktemp("keys")
+    init_pki(folder, ["bank"], ["analyst"], approvers=["a", "b", "c"])
+
+    def load(name):
+        key = serialization.load_pem_private_key((folder / f"{name}.key").read_bytes(), None)
+        return key, (folder / f"{name}.pem").read_bytes()
+
+    return {name: load(name) for name in ("a", "b", "c", "analyst")}
+
+
+def decided(held: Held, approver: str, decision: Decision) -> None:
+    times = held.check(decision, approver, "bank", "j", NOW)
+    held.decisions[approver] = Consent(approver, decision, "00", *times)
+
+
+def make(what: str = "approve", hours: float = 1.0, now: float = NOW, **changes) -> Decision:
+    return replace(Decision.make("bank", "j", "d" * 64, what, "ok", hours, now), **changes)
+
+
+def test_a_decision_is_canonical_signed_json_and_only_its_signer_verifies(keys):
+    decision = make()
+    assert Decision.parse(decision.payload().decode()) == decision
+    key, certificate = keys["a"]
+    signature = decision.sign(key)
+    assert decision.signed_by(certificate, signature)
+    assert not decision.signed_by(keys["b"][1], signature)  # another approver's certificate
+    assert not replace(decision, decision="reject").signed_by(certificate, signature)
+    assert not make(reason="fine").signed_by(certificate, signature)
+    for text, message in (
+            ("{", "not JSON"),
+            ('{"node":"bank"}', "exactly the text fields"),
+            (make().payload().decode().replace(":", ": "), "not in canonical JSON"),
+            (make(what="approve").payload().decode().replace('"approve"', '"allow"'),
+             "one of approve, reject, withdraw"),
+            (make(reason="x" * 201).payload().decode(), "at most 200 characters"),
+            (make(reason="a\nb").payload().decode(), "printable text"),
+    ):
+        with pytest.raises(PolicyError, match=message):
+            Decision.parse(text)
+
+
+def test_each_rule_needs_k_of_its_approvers_in_force_and_n_minus_k_rejections_end_it():
+    other = ApprovalRule(("c", "d"), 1, consent_hours=0.5)
+    held = Held((rule(), other), NOW + 3600, "d" * 64)
+    decided(held, "a", make())
+    assert not held.approved(NOW) and held.missing(NOW).startswith("1 of the 2 approvals of a, b, c")
+    decided(held, "b", make())
+    assert not held.approved(NOW)  # the second rule has none yet
+    decided(held, "d", make(hours=0.5))
+    assert held.approved(NOW) and held.missing(NOW) == ""
+    assert not held.approved(NOW + 1800)  # d's consent expired
+    assert held.approved(NOW + 1799)
+    assert set(held.approvals(NOW)) == {"a", "b", "d"}
+    held = Held((rule(),), NOW + 3600, "d" * 64)
+    decided(held, "a", make("reject", hours=0))
+    assert held.hopeless() is None  # b and c can still approve: 2 of 3
+    decided(held, "b", make("reject", hours=0))
+    assert held.hopeless() == rule()
+    assert held.state(NOW) == [{"approvers": ["a", "b", "c"], "required": 2, "approved": [],
+                                "rejected": ["a", "b"]}]
+
+
+def test_a_decision_that_may_not_be_taken_is_refused_naming_why():
+    held = Held((rule(), ApprovalRule(("c",), 1, consent_hours=2)), NOW + 3600, "d" * 64)
+    cases = (
+        ("z", make(), "'z' is not an approver of job 'j' here"),
+        ("a", make(node="hospital"), "for another node, job or job spec"),
+        ("a", make(job_id="k"), "for another node, job or job spec"),
+        ("a", make(spec_digest="e" * 64), "for another node, job or job spec"),
+        ("a", make(now=NOW + 301), "more than 300 s from this node's clock"),
+        ("a", make(now=NOW - 301), "more than 300 s from this node's clock"),
+        ("a", make(hours=24.01), "within 24 hours"),
+        ("a", make(expires=iso(NOW)), "expires after it is given"),
+        ("c", make(hours=2.01), "within 2 hours"),  # the tightest rule naming c
+        ("a", make("reject", expires=iso(NOW + 1)), "expires when it is made"),
+        ("a", make("withdraw", hours=0), "no approval of job 'j' to withdraw"),
+        ("a", make(decided_at="yesterday"), "not a time such as"),
+    )
+    for approver, decision, message in cases:
+        with pytest.raises(PolicyError, match=message):
+            held.check(decision, approver, "bank", "j", NOW)
+    assert held.check(make(now=NOW + 300), "a", "bank", "j", NOW)
+    assert held.check(make(hours=24), "a", "bank", "j", NOW)
+    assert held.check(make(hours=2), "c", "bank", "j", NOW)
+    decided(held, "a", make())
+    with pytest.raises(PolicyError, match="later than this decision's time"):
+        held.check(make(), "a", "bank", "j", NOW)  # the same decision again
+    assert held.check(make(now=NOW + 0.001), "a", "bank", "j", NOW)
+    assert held.check(make("withdraw", hours=0, now=NOW + 1), "a", "bank", "j", NOW)
+
+
+# -- over gRPC with mutual TLS -----------------------------------------------------------------
+
+APPROVERS = ["dpo-a", "dpo-b", "dpo-c", "ethics"]
+BANK_RULES = [
+    {"approvers": ["dpo-a", "dpo-b", "dpo-c"], "required": 2, "kinds": ["secure_sum"],
+     "hours": 0.05},
+    {"approvers": ["ethics"], "kinds": ["paillier_sum"], "hours": 0.0015},
+]
+HOSPITAL_RULES = [{"approvers": ["ethics"], "columns": ["monthly_spend"], "consent_hours": 1}]
+
+
+@pytest.fixture(scope="module")
+def held(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("approvals")
+    datasets = sample_datasets()
+    for party, rules in (("bank", BANK_RULES), ("hospital", HOSPITAL_RULES)):
+        local = datasets[party][SAMPLE_DATASET]
+        datasets[party][SAMPLE_DATASET] = replace(local, policy={**OPEN_POLICY, "approval": rules})
+    layout = write_local_federation(folder, list(datasets), datasets, approvers=APPROVERS,
+                                    limits={"rpc_timeout_s": 10})
+    with InProcessNodes(layout) as nodes, \
+            Federation.from_config(layout.coordinator_config) as federation:
+        approvers = {a: Approver.from_config(layout.approver_configs[a]) for a in APPROVERS}
+        yield federation, nodes, approvers, layout
+        for approver in approvers.values():
+            approver.close()
+
+
+INPUTS = {p: (SAMPLE_DATASET, "monthly_spend") for p in ("bank", "hospital", "telco")}
+
+
+def events(nodes, party, job_id):
+    return [e for e in nodes.nodes[party].ledger.entries() if e.job_id == job_id]
+
+
+def wait_until(predicate, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def in_background(call):
+    outcome = {}
+
+    def run():
+        try:
+            outcome["result"] = call()
+        except InvisibleError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def held_ids(approver, party):
+    return [j.spec.job_id for j in approver.pending([party])[party]]
+
+
+def test_a_job_held_by_two_owners_runs_once_k_of_n_approved_each_decision_signed(held):
+    federation, nodes, approvers, _ = held
+    thread, outcome = in_background(lambda: federation.secure_sum(
+        INPUTS, 100_000.0, max_rows=1000, job_id="held-1"))
+    wait_until(lambda: "held-1" in held_ids(approvers["dpo-a"], "bank")
+               and "held-1" in held_ids(approvers["ethics"], "hospital"))
+    [shown] = describe(approvers["dpo-a"].pending(["bank"]))
+    assert shown["columns"] == ["monthly_spend"] and shown["requester"] == "coordinator"
+    assert not {"rows", "rows_used"} & set(shown)  # the request, never the data
+    assert shown["rules"] == [{"approvers": ["dpo-a", "dpo-b", "dpo-c"], "required": 2,
+                               "approved": [], "rejected": []}]
+    assert held_ids(approvers["ethics"], "bank") == []  # not its rule there
+    assert held_ids(approvers["dpo-a"], "telco") == []
+    first = approvers["dpo-a"].approve("bank", "held-1", "purpose checked", hours=1)
+    assert first["event"] == "approved" and first["state"] == "awaiting approval"
+    approvers["ethics"].approve("hospital", "held-1", "ok", hours=1)
+    time.sleep(0.5)
+    assert thread.is_alive()  # one of bank's two approvals is missing
+    second = approvers["dpo-c"].approve("bank", "held-1", "ok too")
+    assert second["state"] == "approved"
+    thread.join(30)
+    expected = sum(float(pd.read_csv(sample_path(p))["monthly_spend"].sum()) for p in INPUTS)
+    assert outcome["result"].total == pytest.approx(expected, rel=1e-6)
+    entries = events(nodes, "bank", "held-1")
+    assert [e.event for e in entries] == ["requested", "accepted", "awaiting-approval",
+                                          "approved", "approved", "finished"]
+    receipt = entries[-1].body["approvals"]
+    assert sorted(a["approver"] for a in receipt) == ["dpo-a", "dpo-c"]
+    for entry in entries[3:5]:  # each decision verifies with the certificate it records
+        decision = Decision(**entry.body["decision"])
+        assert decision.signed_by(entry.body["certificate"].encode(),
+                                  bytes.fromhex(entry.body["signature"]))
+        assert {a["signature"] for a in receipt} >= {entry.body["signature"]}
+    assert [e.event for e in events(nodes, "telco", "held-1")][-1] == "finished"
+    assert "approvals" not in events(nodes, "telco", "held-1")[-1].body
+
+
+def test_enough_rejections_cancel_the_job_everywhere_and_give_its_reservation_back(held):
+    federation, nodes, approvers, _ = held
+    thread, outcome = in_background(lambda: federation.secure_sum(
+        INPUTS, 100_000.0, max_rows=1000, job_id="held-2"))
+    wait_until(lambda: "held-2" in held_ids(approvers["dpo-a"], "bank"))
+    one = approvers["dpo-a"].reject("bank", "held-2", "purpose unclear")
+    assert one["state"] == "awaiting approval"  # dpo-b and dpo-c can still make 2 of 3
+    two = approvers["dpo-b"].reject("bank", "held-2", "agreed: unclear")
+    assert two["state"] == "rejected: cancelled"
+    thread.join(30)
+    error = str(outcome["error"])
+    assert "was not approved on party 'bank'" in error and "rejected by 'dpo-b'" in error
+    for party in INPUTS:
+        last = events(nodes, party, "held-2")[-1]
+        assert last.event == "cancelled" and last.body["released"] is True
+    assert held_ids(approvers["dpo-c"], "bank") == []
+    with pytest.raises(ConfigError, match="no job 'held-2' waits"):
+        approvers["dpo-c"].approve("bank", "held-2")
+
+
+def start_by_hand(federation, job_id, kind="secure_sum", params=None):
+    params = params or {"inputs": {p: {"dataset": SAMPLE_DATASET, "column": "monthly_spend"}
+                                   for p in INPUTS}, "bound": 100000.0, "max_rows": 1000}
+    spec = JobSpec(job_id, kind, tuple(INPUTS), params)
+    return spec, {p: federation.clients[p].start_job(spec) for p in INPUTS}
+
+
+def cancel_everywhere(federation, job_id):
+    for party in INPUTS:
+        federation.clients[party].cancel_job(job_id, "test over", 5.0)
+
+
+def test_a_withdrawn_or_expired_consent_no_longer_lets_the_job_run(held):
+    federation, nodes, approvers, _ = held
+    _, started = start_by_hand(federation, "held-3")
+    assert started["bank"].approval_deadline and not started["telco"].approval_deadline
+    bank = federation.clients["bank"]
+    assert bank.job_status("held-3").state is JobState.AWAITING_APPROVAL
+    with pytest.raises(PolicyError, match="held for approval on party 'bank' and lacks 0 of"):
+        bank.run_job("held-3")
+    approvers["dpo-a"].approve("bank", "held-3")
+    approvers["dpo-b"].approve("bank", "held-3", hours=0.0005)  # 1.8 s
+    assert bank.job_status("held-3").state is JobState.RUNNING  # may run now
+    withdrawn = approvers["dpo-a"].withdraw("bank", "held-3", "changed my mind")
+    assert withdrawn["event"] == "withdrawn" and withdrawn["state"] == "awaiting approval"
+    with pytest.raises(PolicyError, match="lacks 1 of the 2 approvals"):
+        bank.run_job("held-3")
+    approvers["dpo-c"].approve("bank", "held-3")
+    assert bank.job_status("held-3").state is JobState.RUNNING
+    wait_until(lambda: bank.job_status("held-3").state is JobState.AWAITING_APPROVAL, 5)
+    with pytest.raises(PolicyError, match="lacks 1 of the 2 approvals"):  # dpo-b's expired
+        bank.run_job("held-3")
+    cancel_everywhere(federation, "held-3")
+    assert [e.event for e in events(nodes, "bank", "held-3")][-1] == "cancelled"
+
+
+def test_a_job_not_approved_by_its_deadline_is_cancelled_and_released(held):
+    federation, nodes, _, _ = held
+    params = {"inputs": {p: {"dataset": SAMPLE_DATASET, "column": "monthly_spend"}
+                         for p in INPUTS}, "bound": 100000.0, "max_rows": 1000,
+              "key_holder": "telco"}
+    with pytest.raises(PolicyError, match="not approved on party 'bank'.*its approvals did "
+                                          "not come in time \\(it lacks 0 of the 1 approvals "
+                                          "of ethics\\)"):
+        federation.run_raw("paillier_sum", params, job_id="held-4")  # bank waits 5.4 s
+    last = events(nodes, "bank", "held-4")[-1]
+    assert last.event == "cancelled" and last.body["released"] is True
+    today = last.ts[:10]
+    usage = nodes.nodes["bank"].ledger.usage(SAMPLE_DATASET, today)
+    assert usage.jobs == len({e.job_id for e in nodes.nodes["bank"].ledger.entries()
+                              if e.event == "finished" and e.dataset == SAMPLE_DATASET})
+
+
+def test_an_approval_must_be_made_by_a_named_approver_with_its_own_key(held, keys):
+    federation, nodes, approvers, layout = held
+    spec, _ = start_by_hand(federation, "held-5")
+    before = len(list(nodes.nodes["bank"].ledger.entries()))
+    a = approvers["dpo-a"]
+    honest = Decision.make("bank", "held-5", spec_digest(spec), "approve", "ok")
+    client = a.clients["bank"]
+    with pytest.raises(PolicyError, match="signature is not by the key of the certificate"):
+        client.decide(honest.payload().decode(), honest.sign(approvers["dpo-b"]._key))
+    with pytest.raises(PolicyError, match="signature is not by the key"):  # another CA's key
+        client.decide(honest.payload().decode(), honest.sign(keys["a"][0]))
+    for forged, message in (
+            (replace(honest, node="hospital"), "for another node, job or job spec"),
+            (replace(honest, spec_digest="0" * 64), "for another node, job or job spec")):
+        with pytest.raises(PolicyError, match=message):
+            client.decide(forged.payload().decode(), forged.sign(a._key))
+    with pytest.raises(ConfigError, match="no job 'held-5' waits for a decision of 'ethics'"):
+        approvers["ethics"].clients["bank"].decide(
+            replace(honest).payload().decode(), honest.sign(approvers["ethics"]._key))
+    assert len(list(nodes.nodes["bank"].ledger.entries())) == before  # nothing recorded
+    client.decide(honest.payload().decode(), honest.sign(a._key))
+    with pytest.raises(PolicyError, match="later than this decision's time"):  # replayed
+        client.decide(honest.payload().decode(), honest.sign(a._key))
+    tls = layout.coordinator_config.parent / "pki"
+    coordinator = NodeClient(TlsMaterial.load(TlsFiles(tls / "ca.pem", tls / "coordinator.pem",
+                                                       tls / "coordinator.key"),
+                                              expected_role=Role.COORDINATOR),
+                             "bank", layout.addresses["bank"])
+    with coordinator, pytest.raises(PolicyError, match="needs an approver certificate"):
+        coordinator.pending_approvals()
+    with pytest.raises(PolicyError, match="needs a coordinator certificate"):
+        a.clients["bank"].job_status("held-5")  # an approver cannot drive jobs
+    cancel_everywhere(federation, "held-5")
+    with pytest.raises(ConfigError, match="no job 'held-5' waits"):
+        a.withdraw("bank", "held-5")
+
+
+def test_a_node_only_sends_the_request_it_holds(held):
+    """The approver signs the digest of the spec it was shown, recomputed: never a digest a
+    node made up for another spec."""
+    federation, _, approvers, _ = held
+    start_by_hand(federation, "held-6")
+    client = approvers["dpo-a"].clients["bank"]
+    real = client.pending_approvals
+    client.pending_approvals = lambda: [replace(j, spec=replace(j.spec, params={"bound": 1}))
+                                       for j in real()]
+    try:
+        with pytest.raises(InvisibleError, match="spec digest that is not its spec's"):
+            approvers["dpo-a"].approve("bank", "held-6")
+    finally:
+        del client.pending_approvals
+        cancel_everywhere(federation, "held-6")
+
+
+def test_the_receipts_folder_keeps_the_approvals(held):
+    _, _, _, layout = held
+    folder = Path(layout.directory) / "coordinator-receipts"
+    import json
+
+    kept = json.loads((folder / "held-1.json").read_text())
+    assert len(kept["bank"][0]["body"]["approvals"]) == 2
+    assert np.isfinite(len(kept["hospital"][0]["body"]["approvals"]))
+
+
+def test_the_approvers_commands_list_and_decide_and_the_api_lists(held):
+    import json
+    import subprocess
+    import sys
+
+    from invisible.api import approvals
+
+    federation, nodes, _, layout = held
+    start_by_hand(federation, "held-7")
+    config = str(layout.approver_configs["dpo-b"])
+
+    def invisible(*args):
+        return subprocess.run([sys.executable, "-m", "invisible", *args, "--config", config],
+                              capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parent.parent)
+
+    listed = json.loads(invisible("approvals", "--json", "--party", "bank").stdout)
+    assert [(r["party"], r["job_id"]) for r in listed] == [("bank", "held-7")]
+    table = invisible("approvals")
+    assert "held-7: secure_sum by coordinator on customers (monthly_spend)" in table.stdout
+    frame = approvals(config, ["bank"])
+    assert list(frame["job_id"]) == ["held-7"] and frame["rules"][0][0]["required"] == 2
+    unexplained = invisible("reject", "held-7", "--party", "bank")
+    assert unexplained.returncode != 0 and "--reason" in unexplained.stderr
+    approved = invisible("approve", "held-7", "--party", "bank", "--hours", "2")
+    assert approved.returncode == 0 and "approved, recorded as entry" in approved.stdout
+    assert "the job is awaiting approval" in approved.stdout
+    too_long = invisible("approve", "held-7", "--party", "bank", "--hours", "25")
+    assert too_long.returncode != 0 and "within 24 hours (consent_hours)" in too_long.stderr
+    rejected = invisible("reject", "held-7", "--party", "bank", "--reason", "no", "--json")
+    assert json.loads(rejected.stdout)["event"] == "rejected"
+    [entry] = [e for e in events(nodes, "bank", "held-7") if e.event == "approved"]
+    assert entry.body["approver"] == "dpo-b" and entry.body["decision"]["expires"] > \
+        entry.body["decision"]["decided_at"]
+    cancel_everywhere(federation, "held-7")
