@@ -428,13 +428,15 @@ class Federation:
                             outputs: Sequence[str] = ("mean", "std", "correlation"),
                             bounds: Mapping[str, Mapping[str, float] | Sequence[float]]
                             | None = None, dealer: str, recipient: str | None = None,
-                            ddof: int = 0, job_id: str | None = None,
+                            ddof: int = 0, rho: float | None = None, job_id: str | None = None,
                             timeout_s: float | None = None) -> VerticalStatisticsResult:
         """Statistics of columns different parties hold about the rows of `alignment` (a
         name, or the result of :meth:`psi`): `columns` per party; `bounds` per party, one
         public bound on |value| per column (as a list, or by column name), needed for mean,
-        variance, std and covariance. Read the result as DataFrames: ``summary()``,
-        ``correlation``, ``covariance``. See :mod:`invisible.kinds.vertical_statistics`."""
+        variance, std and covariance, and with `rho` (noised for differential privacy,
+        each owner charging rho to its budgets). Read the result as DataFrames:
+        ``summary()``, ``correlation``, ``covariance``. See
+        :mod:`invisible.kinds.vertical_statistics`."""
         name = alignment.alignment if isinstance(alignment, PsiResult) else str(alignment)
         bounds = bounds or {}
         inputs = {}
@@ -451,7 +453,7 @@ class Federation:
                                        None if given is None else tuple(map(float, given)))
         return self.run(VerticalStatisticsParams(
             inputs=inputs, outputs=tuple(outputs), dealer=dealer, recipient=recipient,
-            ddof=ddof), job_id=job_id, timeout_s=timeout_s)
+            ddof=ddof, rho=rho), job_id=job_id, timeout_s=timeout_s)
 
     def connectivity(self, parties: Sequence[str] | None = None) -> ConnectivityResult:
         """Every pair of parties (default: all) proves mTLS reachability and key agreement."""

@@ -30,17 +30,29 @@ correlation alone needs no bound. Policy and meter: a job on an alignment is
 checked against the policy of the dataset the alignment was made from
 (columns, kinds, quotas, k against the alignment's rows) and metered
 against that dataset.
+
+With differential privacy (``rho``; every column then needs its bound), the
+job takes the noised path of :mod:`invisible.protocols.mpc.vertical`: values
+are clipped to their bounds (the noise covers what a clipped value moves, so
+a bound cannot single anyone out, and a refusal, an exact answer, is never
+given), each owner adds its own discrete Gaussian noise to the moments the
+outputs need, and the outputs are computed from them in the clear. The
+release includes the row count, so the alignment's size must have been
+released by its psi job (`release_size`): otherwise the job fails before
+anything is shared.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from invisible.crypto.fixedpoint import decode
+from invisible.crypto.noise import MAX_SIGMA
 from invisible.errors import ConfigError
 from invisible.jobspec import JobResult
 from invisible.kinds.alignments import ALIGNMENT_PREFIX
@@ -57,20 +69,27 @@ from invisible.kinds.declared import (
     aligned_rows,
     bounded_columns,
     column_rows,
+    numeric_matrix,
     opened_outputs,
     release,
 )
 from invisible.kinds.params import ColumnInputs, Params, param
 from invisible.kinds.results import Result, Table, decimals_for
+from invisible.metering.privacy import cost_units, describe, noise_sigma
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import DealerProvider
 from invisible.protocols.mpc.vertical import (
     FRACTIONAL_BITS,
     MAX_BOUND,
+    NOISED_BITS,
+    NOISED_SENSITIVITY,
     OUTPUTS,
     Layout,
+    decode_noised,
     decode_outputs,
     local_columns,
+    noised_entries,
+    noised_moments,
     vertical_statistics,
 )
 
@@ -103,6 +122,22 @@ class VerticalStatisticsParams(WithDealer, Params["VerticalStatisticsResult"]):
                                   "them to the requester)", default=None, example="bank")
     ddof: int = param("variance divisor: rows - ddof (0: population, 1: sample)", default=0,
                       choices=(0, 1))
+    rho: float | None = param("differential privacy: the cost (zCDP rho) each owner charges to "
+                              "its budget; values are clipped to their bounds and each owner "
+                              "adds discrete Gaussian noise to the moments the outputs are "
+                              "computed from", default=None, gt=0, example=0.5)
+
+    @property
+    def sigma(self) -> float | None:
+        """With `rho`: the sigma on the grid of every noised moment (rho shared equally)."""
+        if self.rho is None:
+            return None
+        noised = len(noised_entries(frozenset(self.outputs), self.column_count)) - 1
+        return noise_sigma(self.rho / max(noised, 1), NOISED_SENSITIVITY)
+
+    @property
+    def column_count(self) -> int:
+        return sum(len(ref.columns) for ref in self.inputs.values())
 
     def check(self, parties: tuple[str, ...]) -> None:
         kind = self.KIND
@@ -119,6 +154,12 @@ class VerticalStatisticsParams(WithDealer, Params["VerticalStatisticsResult"]):
                                   f"for the outputs {', '.join(bounded)}")
             if ref.bounds is not None and max(ref.bounds) >= MAX_BOUND:
                 raise ConfigError(f"{kind}: party '{party}': every bound must be below 2^36")
+            if self.rho is not None and ref.bounds is None:
+                raise ConfigError(f"{kind}: party '{party}' must give 'bounds' (one per column) "
+                                  "with 'rho': they set the noise")
+        if (self.sigma or 0.0) > MAX_SIGMA:
+            raise ConfigError(f"{kind}: 'rho' {self.rho:g} needs more noise than the shares can "
+                              "hold; raise rho")
 
     def layout(self, parties: tuple[str, ...]) -> Layout:
         """The public shape of the job (the bounds default to 1: unused without them)."""
@@ -145,6 +186,10 @@ class VerticalStatisticsResult(Result):
     values: dict[str, np.ndarray] = field(default_factory=dict)
     ddof: int = 0
     recipient: str | None = None
+    #: With differential privacy: the cost each owner charged (zCDP rho), and the standard
+    #: deviation of the noise in each noised moment (a sum of u = x / bound, or of products).
+    rho: float | None = None
+    noise_sd: float | None = None
 
     @property
     def labels(self) -> list[str]:
@@ -219,6 +264,8 @@ class VerticalStatisticsResult(Result):
                              for row in self.values[name]]
         if self.count is not None:
             out["count"] = self.count
+        if self.rho is not None:
+            out.update(rho=self.rho, noise_sd=self.noise_sd)
         return out
 
     def notes(self) -> list[str]:
@@ -231,6 +278,10 @@ class VerticalStatisticsResult(Result):
         if self.recipient:
             notes.append(f"opened to party '{self.recipient}', which released them to the "
                          "requester")
+        if self.rho is not None:
+            notes.append(f"with differential privacy, {describe(cost_units(self.rho))} charged "
+                         f"by each owner: computed from noised moments (noise sd "
+                         f"{self.noise_sd:.4g} on each sum of value / bound)")
         return notes
 
     def __repr__(self) -> str:
@@ -253,7 +304,10 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
                "about the rows of an alignment, on secret shares with a dealer")
 
     def declare(self, params: VerticalStatisticsParams, party_id: str) -> DeclaredUse | None:
-        return params.declared_use(party_id, lambda ref: ref.columns)
+        declared = params.declared_use(party_id, lambda ref: ref.columns)
+        if declared is None or params.rho is None:
+            return declared
+        return replace(declared, rho=cost_units(params.rho))
 
     def plan(self, params: VerticalStatisticsParams, party_id: str, datasets: Datasets,
              ) -> DataUse | None:
@@ -273,6 +327,9 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
         ref = params.inputs[me]
         alignment = aligned_rows(context, ref.dataset, parties)
         layout = params.layout(context.spec.parties)
+        if params.rho is not None:
+            return _run_noised(params, context, parties, layout, alignment.size,
+                               alignment.size_released)
         columns = bounded_columns(context, params.KIND, ref.dataset, ref.columns, ref.bounds,
                                   parties)  # never clipped: see the module docstring
         rows = alignment.size
@@ -292,8 +349,43 @@ class VerticalStatisticsKind(JobKind[VerticalStatisticsParams, VerticalStatistic
     def finish(self, params: VerticalStatisticsParams, job: JobResult,
                ) -> VerticalStatisticsResult:
         layout = params.layout(job.parties)
-        opened = opened_outputs(job, params.computing(job.parties), params.recipient,
-                                sum(layout.sizes().values()))
+        computing = params.computing(job.parties)
+        if params.rho is not None:
+            entries = noised_entries(layout.outputs, layout.columns)
+            opened = opened_outputs(job, computing, params.recipient, len(entries))
+            values = decode_noised(layout, decode(opened, NOISED_BITS))
+            sd = math.sqrt(len(computing)) * (params.sigma or 0.0) * 2.0**-NOISED_BITS
+            return VerticalStatisticsResult(job, params.labels(job.parties), values,
+                                            params.ddof, params.recipient, params.rho, sd)
+        opened = opened_outputs(job, computing, params.recipient, sum(layout.sizes().values()))
         values = decode_outputs(layout, decode(opened, FRACTIONAL_BITS))
         return VerticalStatisticsResult(job, params.labels(job.parties), values, params.ddof,
                                         params.recipient)
+
+
+def _run_noised(params: VerticalStatisticsParams, context: JobContext,
+                parties: tuple[str, ...], layout: Layout, rows: int,
+                size_released: bool) -> JobOutcome:
+    """The differentially private path (module docstring): clipped, noised moments."""
+    channel = context.channel
+    ref = params.inputs[channel.party_id]
+    if not size_released:  # a fact of the psi job, alike at every party
+        raise ConfigError(f"{params.KIND} with 'rho' releases the row count: alignment "
+                          f"'{ref.dataset}' was made by a psi job that did not release its "
+                          "size (release_size)")
+    values = numeric_matrix(context, params.KIND, ref.dataset, ref.columns)
+    limits = np.asarray(ref.bounds, dtype=np.float64)
+    clipped = int(np.count_nonzero(np.abs(values) > limits))
+    scaled = np.clip(values, -limits, limits) / limits
+    ctx = MpcContext(channel, parties, params.dealer, NOISED_BITS)
+    provider = DealerProvider(channel, parties, params.dealer)
+    try:
+        sigma = params.sigma
+        assert sigma is not None
+        outputs = noised_moments(ctx, provider, layout, rows, scaled, sigma, context.rng)
+    finally:
+        provider.close()
+    outcome = JobOutcome(rows_used=rows, clipped=clipped)
+    release(ctx, context, outputs, params.recipient, outcome)
+    outcome.output = {"openings": outcome.openings}
+    return outcome

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from invisible.errors import ConfigError
+from invisible.metering.approvals import AWAITING
+from invisible.metering.approvals import EVENTS as DECISION_EVENTS
 from invisible.metering.entries import (
     PRIVATE_ROWS,
     REVOKED_REFUSED,
@@ -42,7 +44,8 @@ _COUNTED = {"finished": "jobs", "failed": "failed", "refused": "refused",
             "interrupted": "interrupted"}
 #: Every event a node writes (see invisible.metering.entries).
 KNOWN_EVENTS = frozenset({"requested", "accepted", *TERMINAL_EVENTS, "clipped", "witnessed",
-                          ACCEPTED_BROKEN, KEY_ROTATED, REVOKED_REFUSED})
+                          ACCEPTED_BROKEN, KEY_ROTATED, REVOKED_REFUSED, AWAITING,
+                          *DECISION_EVENTS.values()})
 
 
 def parse_since(text: str) -> str:

@@ -46,6 +46,28 @@ What each party learns: N (it already knows it) and masked openings only
 (the Gram differences X - B and truncation inputs are uniformly masked);
 the recipient learns the declared outputs. The dealer learns the shapes
 (N, d), nothing of the data.
+
+With differential privacy (:func:`noised_moments`, `rho` of the job), the
+neighbours are the tables with one person's values replaced in every
+owner's columns (N public), so no statistic is computed on shares from a
+party's own mean or deviation (they are exact local functions of the data):
+
+1. Each party clips its columns to their bounds and scales them to
+   u_j = x_j / c_j in [-1, 1], on the grid of :data:`NOISED_BITS` bits.
+2. The parties share U (a seed per peer) and take one Gram matrix of
+   [1 | U] (the column of ones is the public constant): G_00 = N, G_0j =
+   S_j = sum u_j, G_jk = Q_jk = sum u_j u_k, each entry at most N.
+3. Each party adds its own discrete Gaussian noise to its share of every
+   entry the outputs need (S for means; and the diagonal of Q for
+   variances, or all of Q's upper triangle for covariances and
+   correlations), with an equal share of rho: one person changes an entry
+   by at most 2 on the reals, 2^(f+1) + 2 on the truncated grid. Only
+   those entries are opened (with N), so each owner's noise alone makes
+   the release rho-zCDP for its data.
+4. The recipient computes the outputs from them in the clear
+   (:func:`decode_noised`): mean c_j S_j / N, covariance c_j c_k (Q_jk -
+   S_j S_k / N) / D, a negative variance taken as 0, a correlation clipped
+   to [-1, 1].
 """
 
 from __future__ import annotations
@@ -56,7 +78,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from invisible.crypto.noise import discrete_gaussian, magnitude_bound
 from invisible.crypto.prg import Prg
+from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
 from invisible.protocols.mpc.arithmetic import gram, input_from
 from invisible.protocols.mpc.context import MpcContext
@@ -70,6 +94,12 @@ FRACTIONAL_BITS = 24
 #: Every |column bound| must be below this (the means and deviations are inputs of at most
 #: sqrt(2) c_j, and must stay in the exact range at f = 24 with room to spare).
 MAX_BOUND = 2.0**36
+#: Fractional bits of the noised path: u in [-1, 1] at 2^-16, and N 2^32 < 2^62 allows up to
+#: 2^30 rows.
+NOISED_BITS = 16
+#: How far one person's values move a noised Gram entry on the truncated grid (2^(f+1), plus
+#: the truncation's and the rounding's one unit each).
+NOISED_SENSITIVITY = 2 ** (NOISED_BITS + 1) + 2
 
 
 @dataclass(frozen=True)
@@ -224,3 +254,72 @@ def decode_outputs(layout: Layout, opened: np.ndarray) -> dict[str, np.ndarray]:
     if "count" in found:
         out["count"] = np.rint(found["count"])
     return out
+
+
+def noised_entries(outputs: frozenset[str], columns: int) -> list[tuple[int, int]]:
+    """The entries of the Gram matrix of [1 | U] the noised path opens, (0, 0) = N first:
+    S for means; and Q's diagonal (variances), or its upper triangle (covariances)."""
+    entries = [(0, 0)]
+    if outputs & {"mean", "variance", "std", "covariance", "correlation"}:
+        entries += [(0, j) for j in range(1, columns + 1)]
+    if outputs & {"covariance", "correlation"}:
+        entries += [(j, k) for j in range(1, columns + 1) for k in range(j, columns + 1)]
+    elif outputs & {"variance", "std"}:
+        entries += [(j, j) for j in range(1, columns + 1)]
+    return entries
+
+
+def noised_moments(ctx: MpcContext, provider: TupleProvider, layout: Layout, rows: int,
+                   scaled: np.ndarray | None, sigma: float, rng: Prg) -> SharedArray:
+    """Steps 2-3 of the noised path: this party's shares of the entries of
+    :func:`noised_entries`, its noise added to every one but N. `scaled` is this party's
+    (N, d_p) columns clipped and divided by their bounds."""
+    f, n = ctx.fractional_bits, rows
+    entries = noised_entries(layout.outputs, layout.columns)
+    most = len(ctx.parties) * magnitude_bound(sigma)
+    if n < 1 or n * 2.0**f + most >= 2.0**62:
+        raise ProtocolError(f"vertical statistics with noise: {n} rows and noise of sigma "
+                            f"{sigma:.4g} leave the range of the shares; raise rho")
+    ones = np.full((n, 1), 1 << f if ctx.is_leader else 0, dtype=RING_DTYPE)
+    parts = [ones]  # the public constant 1: the leader's share is 1, the others' 0
+    for i, owner in enumerate(ctx.parties):
+        own = scaled if ctx.me == owner else None
+        parts.append(input_from(ctx, owner, own, 1.0, (n, layout.counts[i]), rng).share)
+    matrix = SharedArray(np.ascontiguousarray(np.concatenate(parts, axis=1)), 1.0, f,
+                         ctx.is_leader)
+    product = gram(ctx, provider, matrix, float(n))
+    rows_of, columns_of = zip(*entries, strict=True)
+    share = np.ascontiguousarray(product.share[list(rows_of), list(columns_of)])
+    noise = discrete_gaussian(Prg.from_os(), sigma, len(entries) - 1)
+    share[1:] += noise.view(RING_DTYPE)  # wraps modulo 2^64, as shares do
+    return SharedArray(share, n + most * 2.0**-f, f, ctx.is_leader)
+
+
+def decode_noised(layout: Layout, opened: np.ndarray) -> dict[str, np.ndarray]:
+    """Step 4 of the noised path, in the clear: the declared outputs from the opened entries
+    (decoded reals, in the order of :func:`noised_entries`)."""
+    entries = noised_entries(layout.outputs, layout.columns)
+    if opened.shape != (len(entries),):
+        raise ProtocolError("the opened moments do not have the declared size")
+    d, limits = layout.columns, np.asarray(layout.bounds)
+    gram_matrix = np.zeros((d + 1, d + 1))
+    for (j, k), value in zip(entries, opened, strict=True):
+        gram_matrix[j, k] = gram_matrix[k, j] = value
+    count = float(np.rint(gram_matrix[0, 0]))
+    n = max(count, 1.0)
+    divisor = max(count - layout.ddof, 1.0)
+    sums = gram_matrix[0, 1:]
+    out: dict[str, np.ndarray] = {"count": np.array([count])}
+    out["mean"] = limits * sums / n
+    products = gram_matrix[1:, 1:]
+    covariance = np.outer(limits, limits) * (products - np.outer(sums, sums) / n) / divisor
+    variance = np.maximum(np.diag(covariance), 0.0)
+    out["variance"], out["std"] = variance, np.sqrt(variance)
+    if layout.outputs & {"covariance", "correlation"}:
+        np.fill_diagonal(covariance, variance)
+        out["covariance"] = covariance
+        spread = np.where(variance > 0, np.sqrt(variance), np.nan)  # none: no correlation
+        correlation = np.clip(covariance / np.outer(spread, spread), -1.0, 1.0)
+        np.fill_diagonal(correlation, spread / spread)
+        out["correlation"] = correlation
+    return {name: value for name, value in out.items() if name in layout.outputs}
