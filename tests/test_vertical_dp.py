@@ -18,7 +18,7 @@ from scipy import stats
 
 from invisible.coordinator.federation import Federation
 from invisible.coordinator.local import InProcessNodes, LocalDataset, write_local_federation
-from invisible.errors import ConfigError, PolicyError, ProtocolError
+from invisible.errors import ConfigError, PolicyError
 from invisible.kinds.vertical_statistics import VerticalStatisticsParams
 from invisible.metering.privacy import cost_units, noise_sigma
 from invisible.protocols.mpc.vertical import Layout, decode_noised, noised_entries
@@ -133,12 +133,15 @@ def test_a_value_beyond_its_bound_is_clipped_and_the_job_never_refused(tmp_path)
 def test_an_alignment_whose_size_was_not_released_is_not_noised(tmp_path):
     tables(tmp_path)
     layout = federation(tmp_path)
-    with InProcessNodes(layout), Federation.from_config(layout.coordinator_config) as fed:
+    with InProcessNodes(layout) as nodes, Federation.from_config(layout.coordinator_config) as fed:
         fed.psi(BY_ID, alignment="secret")
-        with pytest.raises(ProtocolError, match="releases the row count: alignment '@secret' "
-                                                "was made by a psi job that did not release"):
+        with pytest.raises(ConfigError, match="a job with a privacy cost on alignment 'secret' "
+                                              "needs its size released") as refused:
             fed.vertical_statistics("secret", COLUMNS, outputs=["mean"], dealer="dealer",
-                                    bounds=BOUNDS, rho=1.0)
+                                    bounds=BOUNDS, rho=1.0, job_id="on-secret")
+        assert refused.value.receipts[0]["event"] == "refused"
+        for party in ("a", "b"):  # refused before anything was reserved
+            assert nodes.nodes[party].ledger.privacy_spent("t") == 0
 
 
 def test_a_requirement_of_dp_is_met_and_every_column_needs_a_bound():

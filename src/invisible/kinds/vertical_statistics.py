@@ -38,8 +38,8 @@ a bound cannot single anyone out, and a refusal, an exact answer, is never
 given), each owner adds its own discrete Gaussian noise to the moments the
 outputs need, and the outputs are computed from them in the clear. The
 release includes the row count, so the alignment's size must have been
-released by its psi job (`release_size`): otherwise the job fails before
-anything is shared.
+released by its psi job (`release_size`): otherwise the job is refused at
+Start, before anything is reserved.
 """
 
 from __future__ import annotations
@@ -369,10 +369,9 @@ def _run_noised(params: VerticalStatisticsParams, context: JobContext,
     """The differentially private path (module docstring): clipped, noised moments."""
     channel = context.channel
     ref = params.inputs[channel.party_id]
-    if not size_released:  # a fact of the psi job, alike at every party
-        raise ConfigError(f"{params.KIND} with 'rho' releases the row count: alignment "
-                          f"'{ref.dataset}' was made by a psi job that did not release its "
-                          "size (release_size)")
+    if not size_released:  # refused at Start already (see Admission): never runs
+        raise ConfigError(f"{params.KIND} with 'rho' needs an alignment whose size was "
+                          "released")
     values = numeric_matrix(context, params.KIND, ref.dataset, ref.columns)
     limits = np.asarray(ref.bounds, dtype=np.float64)
     clipped = int(np.count_nonzero(np.abs(values) > limits))

@@ -115,6 +115,11 @@ class Admission:
             if alignment is not None and not set(alignment.parties) <= set(spec.parties):
                 raise ConfigError(f"a job on alignment '{alignment.name}' must include every "
                                   f"party that made it ({', '.join(alignment.parties)})")
+            if alignment is not None and declared.rho and not alignment.size_released:
+                raise ConfigError(f"a job with a privacy cost on alignment '{alignment.name}' "
+                                  "needs its size released by the psi job that made it "
+                                  "(release_size): differential privacy here takes the row "
+                                  "count as public, and the job releases it")
         except ConfigError as exc:  # no such alignment, expired, or parties left out
             exc.receipts = (self.meter.refuse(JobMeta(spec.job_id, who, spec.kind),
                                               "invalid-request", str(exc)).to_json(),)
