@@ -27,10 +27,10 @@ from invisible.metering.meter import JobMeta, Meter
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
     Refusal,
-    Spent,
     UseRequest,
     authorise,
     parse_policy,
+    privacy_budgets,
     privacy_problem,
 )
 from invisible.metering.privacy import (
@@ -218,22 +218,35 @@ def use(requester: str = "analyst", rho: float | None = 0.1, job_id: str = "j") 
                       rho=0 if rho is None else cost_units(rho))
 
 
+def spending(policy, request, **spent):
+    """Each budget binding `request`, with what `spent` says it spent (by the keys
+    requester_today, requester_total, today, total; 0 if not given)."""
+    names = {("analyst", True): "requester_today", ("analyst", False): "requester_total",
+             (None, True): "today", (None, False): "total"}
+    return [(b, spent.get(names[b.requester, b.daily], 0))
+            for b in privacy_budgets(policy, request)]
+
+
 def test_budgets_hold_exactly_at_their_edges():
     policy = parse_policy(POLICY, "test")
     request = use(rho=0.1)
+    budgets = privacy_budgets(policy, request)
+    assert [(b.limit, b.requester, b.daily) for b in budgets] == [
+        (cost_units(0.5), "analyst", True), (cost_units(0.7), "analyst", False),
+        (cost_units(1.0), None, True), (cost_units(3.0), None, False)]
     edge = {"requester_today": budget_units(0.4, "b"), "requester_total": budget_units(0.6, "b"),
             "today": budget_units(0.9, "b"), "total": budget_units(2.9, "b")}
-    assert privacy_problem(policy, request, Spent(**edge)) is None  # each exactly full
-    for name, what in (("requester_today", "privacy budget per day of 'analyst'"),
-                       ("requester_total", "privacy budget of 'analyst'"),
-                       ("today", "privacy budget per day of dataset"),
-                       ("total", "privacy budget of dataset")):
-        over = Spent(**{**edge, name: edge[name] + 1})  # one nano-rho more
-        problem = privacy_problem(policy, request, over)
-        assert problem is not None and problem[0] == "privacy-budget"
-        assert problem[1].startswith(what)
-    assert privacy_problem(policy, use(rho=None), Spent(10**12, 10**12, 10**12, 10**12)) \
-        is None  # a job without noise spends nothing
+    assert privacy_problem(request, spending(policy, request, **edge)) is None  # exactly full
+    for name, what in (("requester_today", "privacy budget per day of 'analyst' on dataset "
+                                           "'loans' (rho 0.5)"),
+                       ("requester_total", "privacy budget of 'analyst' on dataset 'loans' "
+                                           "(rho 0.7)"),
+                       ("today", "privacy budget per day of dataset 'loans' (rho 1)"),
+                       ("total", "privacy budget of dataset 'loans' (rho 3)")):
+        over = spending(policy, request, **{**edge, name: edge[name] + 1})  # one nano-rho more
+        assert privacy_problem(request, over) == ("privacy-budget", f"{what} would be exceeded")
+    assert privacy_budgets(policy, use(rho=None)) == []  # a job without noise spends nothing
+    assert privacy_budgets(parse_policy({"allow": POLICY["allow"][1:]}, "t"), request) == []
 
 
 def test_a_rule_that_requires_dp_allows_only_noised_jobs():
@@ -287,10 +300,11 @@ def test_a_requester_s_budget_binds_whichever_rule_allows_its_job():
         {"requesters": ["analyst"], "kinds": ["secure_sum"], "columns": ["*"],
          "rho_total": 0.5}]}, "test")
     assert authorise("bank", policy, use(rho=0.1)) == policy.allow[0]
-    problem = privacy_problem(policy, use(rho=0.1), Spent(requester_total=cost_units(0.45)))
+    request = use(rho=0.1)
+    problem = privacy_problem(request, spending(policy, request,
+                                                requester_total=cost_units(0.45)))
     assert problem is not None and problem[1].startswith("privacy budget of 'analyst'")
-    assert privacy_problem(policy, use("other", rho=0.1),
-                           Spent(requester_total=cost_units(0.45))) is None
+    assert privacy_budgets(policy, use("other", rho=0.1)) == []
 
 
 # --- reservations in the ledger --------------------------------------------------------------

@@ -29,17 +29,17 @@ from invisible.metering.ledger import Usage, utc_now
 from invisible.metering.metrics import NodeMetrics
 from invisible.metering.policy import (
     ANY,
+    Budget,
     DatasetPolicy,
     NodePolicy,
     Refusal,
-    Spent,
     UseRequest,
     authorise,
     authorise_without_data,
     group_problem,
+    privacy_budgets,
     privacy_problem,
     quota_problem,
-    requester_budgets,
     threshold_problem,
 )
 from invisible.metering.privacy import rho_of
@@ -163,7 +163,7 @@ class Meter:
             assert policy is not None  # authorise refuses a dataset without policy
             # A budget already spent refuses the job before anything reads data; `admit`
             # checks again, atomically with the reservation.
-            spent = privacy_problem(policy, use, self._spent(self.store, use, policy))
+            spent = privacy_problem(use, self._spent(self.store, use, policy))
             if spent is not None:
                 raise Refusal(self.party_id, *spent)
         except Refusal as refusal:
@@ -171,19 +171,13 @@ class Meter:
             raise
 
     @staticmethod
-    def _spent(store: LedgerStore, use: UseRequest, policy: DatasetPolicy) -> Spent:
-        """What the budgets that bound this request have spent (0 for one without a
-        budget, and for a request that costs nothing)."""
-        if not use.rho:
-            return Spent()
+    def _spent(store: LedgerStore, use: UseRequest,
+               policy: DatasetPolicy) -> list[tuple[Budget, int]]:
+        """Each budget that binds this request, with what it has spent (none for a request
+        that costs nothing)."""
         day = utc_now()[:10]
-        per_day, in_all = requester_budgets(policy, use.requester)
-
-        def spent(limit: int | None, requester: str | None, on: str | None) -> int:
-            return 0 if limit is None else store.privacy_spent(use.dataset, requester, on)
-
-        return Spent(spent(per_day, use.requester, day), spent(in_all, use.requester, None),
-                     spent(policy.rho_per_day, None, day), spent(policy.rho_total, None, None))
+        return [(b, store.privacy_spent(use.dataset, b.requester, day if b.daily else None))
+                for b in privacy_budgets(policy, use)]
 
     def admit(self, job: JobMeta, traffic: int = 0) -> LedgerEntry:
         """Reserve an authorised job, atomically, or refuse it over quota (nothing reserved);
@@ -212,7 +206,7 @@ class Meter:
                 quota = group_problem(policy, use, store.groups(use.dataset, use.kind))
             spent = self._spent(store, use, policy)
             if quota is None:
-                quota = privacy_problem(policy, use, spent)
+                quota = privacy_problem(use, spent)
             verdict.update(quota=quota, mine=mine, overall=overall, spent=spent)
             if quota is not None:
                 return [job.pending("requested"),
@@ -228,7 +222,7 @@ class Meter:
             refusal.receipts = (entries[-1].to_json(),)
             raise refusal
         self._export_remaining(policy, rule, use, verdict["mine"], verdict["overall"])
-        self._export_privacy(policy, use, verdict["spent"])
+        self._export_privacy(use, verdict["spent"])
         return entries[-1]
 
     def policy_of(self, job: JobMeta) -> DatasetPolicy | None:
@@ -306,19 +300,12 @@ class Meter:
             if limit is not None:
                 self.metrics.quota_remaining.set(use.dataset, who, unit, limit, limit - used)
 
-    def _export_privacy(self, policy: DatasetPolicy, use: UseRequest, spent: Spent) -> None:
-        if not use.rho:
-            return
-        per_day, in_all = requester_budgets(policy, use.requester)
-        for limit, used, who, period in (
-            (per_day, spent.requester_today, use.requester, "day"),
-            (in_all, spent.requester_total, use.requester, "total"),
-            (policy.rho_per_day, spent.today, "*", "day"),
-            (policy.rho_total, spent.total, "*", "total"),
-        ):
-            if limit is not None:
-                self.metrics.privacy_remaining(use.dataset, who, period, rho_of(limit),
-                                               rho_of(limit - used - use.rho))
+    def _export_privacy(self, use: UseRequest, spent: list[tuple[Budget, int]]) -> None:
+        for budget, used in spent:
+            self.metrics.privacy_remaining(use.dataset, budget.requester or "*",
+                                           "day" if budget.daily else "total",
+                                           rho_of(budget.limit),
+                                           rho_of(budget.limit - used - use.rho))
 
     def close(self, job: JobMeta, event: str, record: dict[str, Any], rows: int = 0,
               **body: Any) -> LedgerEntry:

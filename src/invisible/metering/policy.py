@@ -157,14 +157,16 @@ class UseRequest:
     rho: int = 0
 
 
-#: The spending a privacy check needs, in nano-rho: by the requester today and in all,
-#: and by everyone today and in all.
 @dataclass(frozen=True)
-class Spent:
-    requester_today: int = 0
-    requester_total: int = 0
-    today: int = 0
-    total: int = 0
+class Budget:
+    """One privacy budget that binds a request: its limit in nano-rho, whose spending counts
+    against it (a requester's, or None: everyone's), per day or in all, and what a refusal
+    calls it."""
+
+    limit: int
+    requester: str | None
+    daily: bool
+    what: str
 
 
 @dataclass(frozen=True)
@@ -387,24 +389,28 @@ def requester_budgets(policy: DatasetPolicy, requester: str) -> tuple[int | None
             min((r.rho_total for r in rules if r.rho_total is not None), default=None))
 
 
-def privacy_problem(policy: DatasetPolicy, request: UseRequest,
-                    spent: Spent) -> tuple[str, str] | None:
-    """(rule, detail) if the request's privacy cost would pass a budget (the requester's
-    today or in all, the dataset's today or in all); the detail names the budget, never
-    what was spent."""
+def privacy_budgets(policy: DatasetPolicy, request: UseRequest) -> list[Budget]:
+    """The budgets that bind `request` (none for one that costs nothing): the requester's per
+    day and in all (see :func:`requester_budgets`), then the dataset's per day and in all."""
     if not request.rho:
-        return None
+        return []
     per_day, in_all = requester_budgets(policy, request.requester)
-    checks: Sequence[tuple[int | None, int, str]] = [
-        (per_day, spent.requester_today,
-         f"privacy budget per day of '{request.requester}' on dataset '{request.dataset}'"),
-        (in_all, spent.requester_total,
-         f"privacy budget of '{request.requester}' on dataset '{request.dataset}'"),
-        (policy.rho_per_day, spent.today, f"privacy budget per day of dataset "
-                                          f"'{request.dataset}'"),
-        (policy.rho_total, spent.total, f"privacy budget of dataset '{request.dataset}'"),
-    ]
-    for limit, used, what in checks:
-        if limit is not None and used + request.rho > limit:
-            return "privacy-budget", f"{what} (rho {rho_of(limit):g}) would be exceeded"
+    who, dataset = request.requester, request.dataset
+    candidates = (
+        (per_day, who, True, f"privacy budget per day of '{who}' on dataset '{dataset}'"),
+        (in_all, who, False, f"privacy budget of '{who}' on dataset '{dataset}'"),
+        (policy.rho_per_day, None, True, f"privacy budget per day of dataset '{dataset}'"),
+        (policy.rho_total, None, False, f"privacy budget of dataset '{dataset}'"),
+    )
+    return [Budget(limit, whose, daily, what)
+            for limit, whose, daily, what in candidates if limit is not None]
+
+
+def privacy_problem(request: UseRequest,
+                    spent: Iterable[tuple[Budget, int]]) -> tuple[str, str] | None:
+    """(rule, detail) if the request's privacy cost would pass a budget, given what each
+    budget that binds it has spent; the detail names the budget, never what was spent."""
+    for budget, used in spent:
+        if used + request.rho > budget.limit:
+            return "privacy-budget", f"{budget.what} (rho {rho_of(budget.limit):g}) would be exceeded"
     return None
