@@ -464,3 +464,72 @@ def test_the_approvers_commands_list_and_decide_and_the_api_lists(held):
     assert entry.body["approver"] == "dpo-b" and entry.body["decision"]["expires"] > \
         entry.body["decision"]["decided_at"]
     cancel_everywhere(federation, "held-7")
+    verified = subprocess.run([sys.executable, "-m", "invisible", "meter", "verify", "--config",
+                               str(layout.party_configs["bank"])], capture_output=True,
+                              text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_an_auditor_checks_every_recorded_decision_without_trusting_the_node(held, keys):
+    from invisible.metering.approvals import APPROVER_SUFFIX, decision_problems
+    from invisible.net.pki import target_name
+
+    _, nodes, _, layout = held
+    assert target_name("x", Role.APPROVER) == f"x.{APPROVER_SUFFIX}"
+    ca = (layout.directory / "pki" / "ca.pem").read_bytes()
+    entries = list(nodes.nodes["bank"].ledger.entries())
+    assert decision_problems(entries, "bank", ca) == []
+    [first, second] = [e for e in entries if e.job_id == "held-1" and e.event == "approved"]
+    [finished] = [e for e in entries if e.job_id == "held-1" and e.event == "finished"]
+    others = (layout.directory / "pki" / "dpo-b.pem").read_text()
+
+    def problems(*changed):
+        return decision_problems(changed, "bank", ca)
+
+    def body(entry, **changes):
+        return replace(entry, body={**entry.body, **changes})
+
+    flipped = {**first.body["decision"], "reason": "tampered"}
+    assert problems(body(first, decision=flipped)) == [
+        f"entry {first.seq} (job 'held-1'): the decision of 'dpo-a' is not signed by the key "
+        "of its certificate"]
+    assert problems(body(first, certificate=others))[0].endswith("is not signed by the key of "
+                                                                  "its certificate")
+    foreign = keys["a"][1].decode()  # an approver 'a' of another CA, its own signature
+    forged = Decision(**{**first.body["decision"]})
+    signature = forged.sign(keys["a"][0]).hex()
+    assert problems(body(first, certificate=foreign, signature=signature, approver="a")) == [
+        f"entry {first.seq} (job 'held-1'): the decision of 'a' has a certificate the CA did "
+        "not issue"]
+    assert decision_problems([body(first, certificate=foreign, signature=signature,
+                                   approver="a")], "bank", None) == []  # no CA: not checked
+    assert problems(body(first, approver="dpo-b"))[0].endswith(
+        "has a certificate that is not this approver's")
+    assert problems(replace(first, job_id="held-2"))[0].endswith("is for another node or job")
+    assert decision_problems([first], "hospital", ca)[0].endswith("is for another node or job")
+    assert problems(replace(first, event="rejected"))[0].endswith("is filed as rejected")
+    assert problems(body(first, decision={"node": "bank"})) == [
+        f"entry {first.seq} (job 'held-1'): a decision that cannot be read"]
+    assert problems(first, second, finished) == []
+    [missing] = problems(first, finished)  # the second approval was never recorded
+    assert missing == (f"entry {finished.seq} (job 'held-1'): ran on an approval by 'dpo-c' "
+                       "that no genuine decision recorded before it gave")
+    assert len(problems(body(first, signature="00"), second, finished)) == 2
+
+
+def test_a_receipt_cannot_cite_a_rejection_as_an_approval(held):
+    from invisible.metering.approvals import decision_problems
+
+    federation, nodes, approvers, layout = held
+    start_by_hand(federation, "held-8")
+    approvers["dpo-a"].reject("bank", "held-8", "no")
+    cancel_everywhere(federation, "held-8")
+    entries = list(nodes.nodes["bank"].ledger.entries())
+    [rejection] = [e for e in entries if e.job_id == "held-8" and e.event == "rejected"]
+    [finished] = [e for e in entries if e.job_id == "held-1" and e.event == "finished"]
+    cited = replace(finished, job_id="held-8", body={**finished.body, "approvals": [
+        {"approver": "dpo-a", "signature": rejection.body["signature"]}]})
+    ca = (layout.directory / "pki" / "ca.pem").read_bytes()
+    assert decision_problems([rejection, cited], "bank", ca) == [
+        f"entry {finished.seq} (job 'held-8'): ran on an approval by 'dpo-a' that no genuine "
+        "decision recorded before it gave"]

@@ -346,6 +346,7 @@ def _meter_verify(args: argparse.Namespace) -> int:
         config.ledger.path, config.party_id, load_key_history(key_path),
         Path(args.receipts) if args.receipts else None,
         Path(args.keys) if args.keys else key_path.parent,
+        config.tls.ca.read_bytes() if config.tls.ca.exists() else None,
     )
     print(report)
     for problem in problems:

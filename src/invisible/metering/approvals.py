@@ -83,6 +83,8 @@ AWAITING = "awaiting-approval"
 #: How far a decision's time may be from the node's clock.
 CLOCK_SKEW_S = 300.0
 MAX_REASON = 200
+#: An approver certificate's identity name ends so (see invisible.net.pki.target_name).
+APPROVER_SUFFIX = "approver.invisible"
 _KEYS = {"approvers", "required", "kinds", "columns", "requesters", "recipients", "min_rho",
          "hours", "consent_hours"}
 
@@ -349,6 +351,72 @@ class Held:
                                                 or earlier.decision.decision != "approve"):
             raise PolicyError(f"'{approver}' has no approval of job '{job_id}' to withdraw")
         return decided, expires
+
+
+def decision_problems(entries: Iterable[Any], node: str, ca_pem: bytes | None) -> list[str]:
+    """What an auditor finds wrong with the decisions a node's ledger records (entries with
+    event `approved`, `rejected` or `withdrawn`): each must be for this node and the job it
+    is filed under, signed by the key of the certificate recorded with it, that certificate
+    issued to the approver it names in the approver role (by the CA, when given); and every
+    approval a terminal entry says its job ran on must be one of them. Nothing here
+    trusts the node."""
+    from invisible.text import printable
+
+    ca = x509.load_pem_x509_certificate(ca_pem) if ca_pem is not None else None
+    problems: list[str] = []
+    recorded: set[tuple[str, str]] = set()  # (job, signature) of each genuine approval
+    for entry in entries:
+        where = f"entry {entry.seq} (job '{entry.job_id}')"
+        if entry.event in EVENTS.values():
+            body = entry.body
+            try:
+                decision = Decision.parse(canonical_json(body.get("decision")).decode())
+                certificate = str(body.get("certificate", "")).encode()
+                names = _dns_names(certificate)
+                signed = decision.signed_by(certificate, bytes.fromhex(str(body.get(
+                    "signature", ""))))
+                issued = ca is None or _issued_by(certificate, ca)
+            except (PolicyError, ValueError, TypeError):
+                problems.append(f"{where}: a decision that cannot be read")
+                continue
+            why = ("is not signed by the key of its certificate" if not signed
+                   else "has a certificate the CA did not issue" if not issued
+                   else "has a certificate that is not this approver's"
+                   if f"{body.get('approver')}.{APPROVER_SUFFIX}" not in names
+                   else "is for another node or job"
+                   if (decision.node, decision.job_id) != (node, entry.job_id)
+                   else f"is filed as {entry.event}" if EVENTS[decision.decision] != entry.event
+                   else None)
+            if why is not None:
+                problems.append(f"{where}: the decision of "
+                                f"'{printable(str(body.get('approver')), 64)}' {why}")
+            elif decision.decision == "approve":
+                recorded.add((entry.job_id, str(body["signature"])))
+        for consent in entry.body.get("approvals", []) if isinstance(entry.body, dict) else []:
+            if (entry.job_id, consent.get("signature")) not in recorded:
+                problems.append(f"{where}: ran on an approval by "
+                                f"'{printable(str(consent.get('approver')), 64)}' that no "
+                                "genuine decision recorded before it gave")
+    return problems
+
+
+def _dns_names(certificate_pem: bytes) -> list[str]:
+    """The DNS names a certificate carries: an identity's is ``<id>.<role>.invisible``
+    (see invisible.net.pki)."""
+    try:
+        san = x509.load_pem_x509_certificate(certificate_pem).extensions.get_extension_for_class(
+            x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return list(san.get_values_for_type(x509.DNSName))
+
+
+def _issued_by(certificate_pem: bytes, ca: x509.Certificate) -> bool:
+    try:
+        x509.load_pem_x509_certificate(certificate_pem).verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def clock() -> float:

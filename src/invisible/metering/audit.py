@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from invisible.errors import ConfigError
+from invisible.metering.approvals import decision_problems
 from invisible.metering.entries import LedgerEntry
 from invisible.metering.exports import EXPORT_KEY, ExportHeader, export_problems, export_summary
 from invisible.metering.keys import KeyHistory, Keys, as_history, load_key_history
@@ -30,6 +31,7 @@ from invisible.metering.ledger import Ledger
 from invisible.metering.startup import ACCEPTED_BROKEN
 from invisible.metering.verify import (
     VerifyReport,
+    row_entry,
     verify_against_receipts,
     verify_receipt,
     verify_rows,
@@ -226,8 +228,11 @@ def check_receipts(entries: list[LedgerEntry], key: Keys, node: str | None,
 
 def verify_ledger(ledger_path: Path, node: str, key: Keys,
                   evidence_dir: Path | None = None, keys_dir: Path | None = None,
-                  ) -> tuple[VerifyReport, list[str]]:
-    """The chain's own check, and (with evidence) what it no longer contains or contradicts."""
+                  ca_pem: bytes | None = None) -> tuple[VerifyReport, list[str]]:
+    """The chain's own check, the approvers' decisions it records (see
+    :func:`~invisible.metering.approvals.decision_problems`; certificates checked against
+    the CA `ca_pem` when given), and (with evidence) what it no longer contains or
+    contradicts."""
     ledger = Ledger(ledger_path, node, None)
     try:
         rows = ledger.raw_rows()
@@ -240,6 +245,7 @@ def verify_ledger(ledger_path: Path, node: str, key: Keys,
                      f"entry {row[1]} ({row[2]})" for row in rows
                      if row[4] == ACCEPTED_BROKEN and json.loads(row[9]).get("broken_at")
                      == report.seq]
+    problems += decision_problems((row_entry(row) for row in rows), node, ca_pem)
     if evidence_dir is None:
         return report, problems
     trusted: list[LedgerEntry] = []
