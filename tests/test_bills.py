@@ -55,6 +55,26 @@ def test_a_price_list_is_exact_decimals_and_its_mistakes_are_named():
         parse_policy({**OPEN_POLICY, "prices": {"row": 1}}, "test")
 
 
+def test_a_node_s_own_price_list_prices_its_jobs_without_data(tmp_path):
+    from invisible.metering.policy import parse_node_policy
+
+    table = {"requesters": ["*"], "kinds": ["*"], "prices": PRICES}
+    node_policy = parse_node_policy(table, "bank.toml [policy]")
+    assert node_policy.prices is not None and node_policy.prices.currency == "CNY"
+    with pytest.raises(ConfigError, match="^bank.toml \\[policy\\].prices.currency must name"):
+        parse_node_policy({**table, "prices": {"job": 1}}, "bank.toml [policy]")
+    generate_signing_key(tmp_path / "l.key", tmp_path / "l.pub")
+    ledger = Ledger(tmp_path / "l.sqlite", "bank", load_signing_key(tmp_path / "l.key"))
+    try:
+        meter = Meter("bank", ledger, {}, NodeMetrics(), node_policy)
+        diagnostic = JobMeta("d1", "analyst", "connectivity")
+        meter.admit(diagnostic)
+        ended = meter.close(diagnostic, "finished", {"rounds": 1})
+        assert ended.body["bill"] == {"amount": "1.510000", "currency": "CNY"}
+    finally:
+        ledger.close()
+
+
 @pytest.fixture
 def meter(tmp_path):
     generate_signing_key(tmp_path / "l.key", tmp_path / "l.pub")

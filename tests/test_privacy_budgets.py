@@ -124,8 +124,21 @@ def test_words_that_would_bias_the_residue_are_thrown_away():
     # fair residue, 9: the whole crafted batch is kept as +9
     kept = discrete_gaussian(Crafted([2**64 - 7, 0], [2**64 - 1, 0]), 9.5, 200)  # type: ignore[arg-type]
     assert np.count_nonzero(kept == 9) == 200
+    # 2^64 - 3 (residue 3) is thrown away too, though 2^65 mod 10 = 2 would keep it
+    three = discrete_gaussian(Crafted([2**64 - 3, 0], [2**64 - 1, 0]), 9.5, 200)  # type: ignore[arg-type]
+    assert np.count_nonzero(three == 3) < 40
+    # the limit itself, 2^64 - 6 (residue 0), is the first word thrown away
+    edge = discrete_gaussian(Crafted([2**64 - 6, 0], [2**64 - 1, 0]), 9.5, 200)  # type: ignore[arg-type]
+    assert np.count_nonzero(edge == 0) < 40
     with pytest.raises(ValueError, match="^size must be non-negative$"):
         discrete_gaussian(Prg(KEY), 1.0, -1)
+
+
+def test_the_uniform_of_the_geometric_step_is_in_0_1_with_its_ends_exact():
+    from invisible.crypto.noise import _uniform_open
+
+    words = np.array([0, 1 << 11, 2**64 - 1], dtype=np.uint64)
+    assert _uniform_open(words).tolist() == [2.0**-53, 2.0**-52, 1.0]
 
 
 def test_no_draw_passes_the_magnitude_bound_and_the_largest_reaches_it():
@@ -135,6 +148,11 @@ def test_no_draw_passes_the_magnitude_bound_and_the_largest_reaches_it():
     assert draws.tolist() == [magnitude_bound(sigma) - 1] * 3
     negative = discrete_gaussian(Crafted([9, 1], [0, 0]), sigma, 3)  # type: ignore[arg-type]
     assert negative.tolist() == [1 - magnitude_bound(sigma)] * 3
+    # at the largest sigma the draw needs 56 bits: computed in integers, exact
+    largest = 2.0**50
+    t = int(largest) + 1
+    draws = discrete_gaussian(Crafted([t - 1, 0], [0, 0]), largest, 2)  # type: ignore[arg-type]
+    assert draws.tolist() == [37 * t - 1] * 2 == [magnitude_bound(largest) - 1] * 2
 
 
 @pytest.mark.parametrize("sigma", [0, -1.0, math.nan, math.inf, 2.0**50 + 2**30])
