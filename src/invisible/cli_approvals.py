@@ -72,8 +72,8 @@ def add_commands(commands: Any) -> None:
         command.add_argument("--reason", required=name == "reject", default="",
                              help="why (recorded with the decision; at most 200 characters)")
         if name == "approve":
-            command.add_argument("--hours", type=float, default=24.0,
-                                 help="how long the approval holds (at most the rule's "
-                                      "consent_hours)")
+            command.add_argument("--hours", type=float, default=None,
+                                 help="how long the approval holds (default and at most: the "
+                                      "rule's consent_hours)")
         command.add_argument("--json", action="store_true")
         command.set_defaults(handler=_decide)

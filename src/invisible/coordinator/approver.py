@@ -92,9 +92,10 @@ class Approver:
         return {party: future.result() for party, future in futures.items()}
 
     def approve(self, party: str, job_id: str, reason: str = "",
-                hours: float = 24.0) -> dict[str, Any]:
-        """Consent to a held job at `party` for `hours` (at most the rule's consent_hours);
-        the node's signed ledger entry recording it."""
+                hours: float | None = None) -> dict[str, Any]:
+        """Consent to a held job at `party` for `hours` (at most, and by default, the
+        consent_hours of the rules that name this approver); the node's signed ledger entry
+        recording it."""
         return self._decide(party, job_id, "approve", reason, hours)
 
     def reject(self, party: str, job_id: str, reason: str) -> dict[str, Any]:
@@ -105,7 +106,7 @@ class Approver:
         return self._decide(party, job_id, "withdraw", reason)
 
     def _decide(self, party: str, job_id: str, what: str, reason: str,
-                hours: float = 24.0) -> dict[str, Any]:
+                hours: float | None = None) -> dict[str, Any]:
         client = self._client(party)
         job = next((j for j in client.pending_approvals() if j.spec.job_id == job_id), None)
         if job is None:
@@ -114,6 +115,9 @@ class Approver:
         if spec_digest(job.spec) != job.spec_digest:  # sign only for the spec read
             raise ProtocolError(f"party '{party}' showed job '{job_id}' with a spec digest "
                                 "that is not its spec's")
+        if hours is None:
+            hours = min((float(r["consent_hours"]) for r in job.rules
+                         if self.approver_id in r.get("approvers", ())), default=24.0)
         decision = Decision.make(party, job_id, job.spec_digest, what, reason, hours)
         entry, state = client.decide(decision.payload().decode(), decision.sign(self._key))
         log.info("job %s on %s: %s (%s)", job_id, party, what, state.value)

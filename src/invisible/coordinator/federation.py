@@ -163,10 +163,15 @@ class Federation:
                                        "refused")
         check = any(a.checks_bounds for a in answers.values())  # a policy refuses out of bound
         held = {p: a.approval_deadline for p, a in answers.items() if a.approval_deadline}
-        if held:
+        if held:  # then run the holding parties first: one whose consent lapsed meanwhile
+            # refuses before any other party starts (and is charged)
             self._await_approvals(clients, spec.job_id, held, approval_wait_s)
-        self._on_every_party(clients, spec.job_id,
-                             lambda c: c.run_job(spec.job_id, check_bounds=check), "failed")
+            self._on_every_party({p: c for p, c in clients.items() if p in held}, spec.job_id,
+                                 lambda c: c.run_job(spec.job_id, check_bounds=check), "failed",
+                                 cancel=clients)
+        self._on_every_party({p: c for p, c in clients.items() if p not in held}, spec.job_id,
+                             lambda c: c.run_job(spec.job_id, check_bounds=check), "failed",
+                             cancel=clients)
         deadline = time.monotonic() + (timeout_s or self.config.limits.job_timeout_s)
         waits = {p: self._pool.submit(self._await_and_fetch, c, spec.job_id, deadline,
                                       progress if p == chosen[0] else None)
@@ -208,9 +213,11 @@ class Federation:
     def _await_approvals(self, clients: Mapping[str, NodeClient], job_id: str,
                          held: Mapping[str, str], wait_s: float | None) -> None:
         """Wait until every party that holds the job has its approvals (its status leaves
-        awaiting-approval). A party that cancelled it (rejected, or its deadline passed),
-        or one that cannot be asked, ends the job everywhere; so does waiting past `wait_s`
-        (default: the earliest of the parties' deadlines, plus a little). PolicyError."""
+        awaiting-approval), asking every party meanwhile (which keeps the job prepared at
+        the parties that do not hold it). A party that cancelled it (rejected, or a
+        deadline passed), or one that cannot be asked, ends the job everywhere; so does
+        waiting past `wait_s` (default: the earliest of the parties' deadlines, plus a
+        little). PolicyError."""
         log.info("job %s is held for approval by %s", job_id,
                  ", ".join(f"{p} (until {d})" for p, d in held.items()))
         if wait_s is None:
@@ -226,8 +233,10 @@ class Federation:
                 raise PolicyError(f"job '{job_id}' was held for approval by "
                                   f"{', '.join(sorted(waiting))} and not approved within "
                                   f"{wait_s:g} s; it was cancelled everywhere and nothing ran")
-            asked = {p: self._pool.submit(clients[p].job_status, job_id, min(_POLL_S, remaining))
-                     for p in sorted(waiting)}
+            asked_at = time.monotonic()
+            asked = {p: self._pool.submit(clients[p].job_status, job_id,
+                                          min(_POLL_S, remaining) if p in waiting else 0.0)
+                     for p in sorted(clients)}
             for party, future in asked.items():
                 try:
                     status = future.result()
@@ -242,6 +251,8 @@ class Federation:
                                       f"{status.error}; nothing ran")
                 if status.state is not JobState.AWAITING_APPROVAL:
                     waiting.discard(party)
+            if waiting and time.monotonic() - asked_at < _POLL_S / 4:
+                time.sleep(_POLL_S / 4)  # a node answered at once (its long-polls are taken)
 
     def _keep_receipts(self, result: JobResult) -> None:
         self._write_receipts(result.job_id, result.receipts)
@@ -306,9 +317,10 @@ class Federation:
         path.write_text(json.dumps(rejected, indent=1, sort_keys=True, default=str))
 
     def _on_every_party(self, clients: Mapping[str, NodeClient], job_id: str,
-                        call: Callable[[NodeClient], T], what: str) -> dict[str, T]:
-        """Call every party at once, giving each one's answer; if any call fails, cancel the
-        job at the others and raise."""
+                        call: Callable[[NodeClient], T], what: str,
+                        cancel: Mapping[str, NodeClient] | None = None) -> dict[str, T]:
+        """Call every party of `clients` at once, giving each one's answer; if any call
+        fails, cancel the job at the others (of `cancel`, default `clients`) and raise."""
         futures = {p: self._pool.submit(call, c) for p, c in clients.items()}
         errors: dict[str, InvisibleError] = {}
         answers: dict[str, T] = {}
@@ -318,7 +330,7 @@ class Federation:
             except InvisibleError as exc:
                 errors[party] = exc
         if errors:
-            receipts = self._cancel(job_id, [p for p in clients if p not in errors],
+            receipts = self._cancel(job_id, [p for p in (cancel or clients) if p not in errors],
                                     f"{what} at {', '.join(errors)}")
             receipts.update({p: list(e.receipts) for p, e in errors.items()})
             self._write_receipts(job_id, receipts)

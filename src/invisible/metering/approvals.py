@@ -46,7 +46,8 @@ The steps, at the node that holds a job, and what each one learns:
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -80,8 +81,12 @@ DECISIONS = ("approve", "reject", "withdraw")
 #: The ledger event of each decision.
 EVENTS = {"approve": "approved", "reject": "rejected", "withdraw": "withdrawn"}
 AWAITING = "awaiting-approval"
-#: How far a decision's time may be from the node's clock.
+#: How far a decision's time may be behind the node's clock, and ahead of it (little: a
+#: decision dated ahead would block the approver's own next one until then).
 CLOCK_SKEW_S = 300.0
+FUTURE_SKEW_S = 5.0
+#: Decisions one approver may make on one job (each is a ledger entry).
+MAX_DECISIONS = 8
 MAX_REASON = 200
 #: An approver certificate's identity name ends so (see invisible.net.pki.target_name).
 APPROVER_SUFFIX = "approver.invisible"
@@ -265,6 +270,8 @@ class Consent:
     signature: str  # hex
     decided_at: float
     expires: float
+    #: The certificate it was made with (PEM): revoked, its approval no longer counts.
+    certificate: bytes = b""
 
     def summary(self) -> dict[str, str]:
         """What a receipt carries of it."""
@@ -272,32 +279,48 @@ class Consent:
                 "expires": self.decision.expires, "signature": self.signature}
 
 
-class Held:
-    """One held job's rules, deadline and the latest decision of each approver."""
+def _never(certificate: bytes) -> bool:
+    return False
 
-    def __init__(self, rules: tuple[ApprovalRule, ...], deadline: float, digest: str) -> None:
+
+class Held:
+    """One held job's rules, deadline and the latest decision of each approver.
+
+    `revoked(certificate)`: whether a certificate is revoked now (an approval made with a
+    certificate revoked since no longer counts: a stolen key's consent is taken back by
+    revoking it)."""
+
+    def __init__(self, rules: tuple[ApprovalRule, ...], deadline: float, digest: str,
+                 requester: str = "", revoked: Callable[[bytes], bool] = _never) -> None:
         self.rules = rules
         self.deadline = deadline
         self.digest = digest
+        self.requester = requester
+        self.revoked = revoked
         self.decisions: dict[str, Consent] = {}
+        #: How many decisions each approver made on the job (capped: each is a ledger entry).
+        self.made: Counter[str] = Counter()
 
     @classmethod
-    def of(cls, rules: tuple[ApprovalRule, ...], digest: str, now: float) -> Held:
-        return cls(rules, now + min(r.hours for r in rules) * 3600, digest)
+    def of(cls, rules: tuple[ApprovalRule, ...], digest: str, now: float, requester: str = "",
+           revoked: Callable[[bytes], bool] = _never) -> Held:
+        return cls(rules, now + min(r.hours for r in rules) * 3600, digest, requester, revoked)
 
     @property
     def approvers(self) -> frozenset[str]:
         return frozenset(a for rule in self.rules for a in rule.approvers)
 
     def approvals(self, now: float) -> dict[str, Consent]:
-        """The approvals in force: given, not withdrawn, not expired."""
+        """The approvals in force: given, not withdrawn, not expired, their certificate not
+        revoked."""
         return {a: c for a, c in self.decisions.items()
-                if c.decision.decision == "approve" and c.expires > now}
+                if c.decision.decision == "approve" and c.expires > now
+                and not self.revoked(c.certificate)}
 
     def approved(self, now: float) -> bool:
         given = self.approvals(now)
-        return all(len(given.keys() & set(rule.approvers)) >= rule.required
-                   for rule in self.rules)
+        return now < self.deadline and all(
+            len(given.keys() & set(rule.approvers)) >= rule.required for rule in self.rules)
 
     def hopeless(self) -> ApprovalRule | None:
         """A rule whose rejections leave fewer approvers than it needs."""
@@ -307,17 +330,26 @@ class Held:
                     None)
 
     def missing(self, now: float) -> str:
-        """Which rules still lack approvals, as 'x of k (approvers)'."""
+        """Why it may not run: which rules still lack approvals, as 'x of the k approvals of
+        (approvers)', or that its deadline passed."""
+        if now >= self.deadline:
+            return f"its deadline {iso(self.deadline)} passed"
         given = self.approvals(now)
-        return "; ".join(
+        return "lacks " + "; ".join(
             f"{len(given.keys() & set(rule.approvers))} of the {rule.required} approvals of "
             f"{', '.join(rule.approvers)}" for rule in self.rules
             if len(given.keys() & set(rule.approvers)) < rule.required)
 
+    def consent_hours(self, approver: str) -> float:
+        """The longest an approval by `approver` may last: the tightest rule naming it."""
+        return min(r.consent_hours for r in self.rules if approver in r.approvers)
+
     def state(self, now: float) -> list[dict[str, Any]]:
-        """Per rule: its approvers, k, who approved (in force) and who rejected."""
+        """Per rule: its approvers, k, how long an approval may last, who approved (in
+        force) and who rejected."""
         given = self.approvals(now)
         return [{"approvers": list(rule.approvers), "required": rule.required,
+                 "consent_hours": rule.consent_hours,
                  "approved": sorted(given.keys() & set(rule.approvers)),
                  "rejected": sorted(a for a in rule.approvers if a in self.decisions
                                     and self.decisions[a].decision.decision == "reject")}
@@ -329,19 +361,26 @@ class Held:
         what is wrong (never anything of the data)."""
         if approver not in self.approvers:
             raise PolicyError(f"'{approver}' is not an approver of job '{job_id}' here")
+        if approver == self.requester:
+            raise PolicyError(f"'{approver}' asked for job '{job_id}' and may not approve it")
         if (decision.node, decision.job_id, decision.spec_digest) != (node, job_id, self.digest):
             raise PolicyError(f"the decision is for another node, job or job spec than job "
                               f"'{job_id}' on '{node}' (spec digest {self.digest})")
+        if now >= self.deadline:
+            raise PolicyError(f"job '{job_id}' passed its deadline {iso(self.deadline)}")
+        if self.made[approver] >= MAX_DECISIONS:
+            raise PolicyError(f"'{approver}' made {MAX_DECISIONS} decisions on job '{job_id}' "
+                              "already; no more are taken")
         decided, expires = decision.times()
-        if abs(decided - now) > CLOCK_SKEW_S:
-            raise PolicyError(f"the decision's time is more than {CLOCK_SKEW_S:g} s from "
-                              f"this node's clock ({iso(now)})")
+        if not now - CLOCK_SKEW_S <= decided <= now + FUTURE_SKEW_S:
+            raise PolicyError(f"the decision's time must be within {CLOCK_SKEW_S:g} s before "
+                              f"and {FUTURE_SKEW_S:g} s after this node's clock ({iso(now)})")
         earlier = self.decisions.get(approver)
         if earlier is not None and decided <= earlier.decided_at:
             raise PolicyError(f"'{approver}' decided on job '{job_id}' later than this "
                               "decision's time; a decision replaces only an earlier one")
         if decision.decision == "approve":
-            longest = min(r.consent_hours for r in self.rules if approver in r.approvers)
+            longest = self.consent_hours(approver)
             if not decided < expires <= decided + longest * 3600 + 1e-3:
                 raise PolicyError(f"an approval of job '{job_id}' expires after it is given "
                                   f"and within {longest:g} hours (consent_hours)")

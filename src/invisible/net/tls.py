@@ -252,6 +252,12 @@ class Revocations:
     def revoked(self, cert_pem: bytes) -> bool:
         return _serial_of(cert_pem) in self.serials
 
+    def revoked_now(self, cert_pem: bytes) -> bool:
+        """Whether `cert_pem` is on the list as it is now (the file read again if it
+        changed): for a certificate whose earlier act still counts, such as an approval."""
+        self._refresh()
+        return self.revoked(cert_pem)
+
     def refuse_own(self, files: TlsFiles) -> None:
         """ConfigError if the node's own certificate is on the list (it would be refused by
         every peer that reads it)."""

@@ -65,6 +65,11 @@ log = logging.getLogger(__name__)
 _JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: Ended jobs whose status a node keeps answering for (the oldest are forgotten).
 MAX_FINISHED_JOBS = 1000
+#: The longest a job not held here may stay prepared while its requester waits for
+#: approvals at other parties (its status calls keep it); and how many jobs one requester
+#: may have prepared here at once (each holds a reservation and a timer).
+MAX_PREPARED_S = 24 * 3600.0
+MAX_PREPARED_PER_REQUESTER = 64
 
 
 class _Phase(Enum):
@@ -92,6 +97,11 @@ class _JobRun:
     outputs_dropped: bool = False
     #: The approvals a held job runs on (for its receipt).
     approvals: list[dict[str, str]] = field(default_factory=list)
+    #: Its policy held it for approval here (Run is refused unless the desk lets it go).
+    held: bool = False
+    #: time.monotonic() when it was prepared (a requester's status calls keep a job that
+    #: waits for approvals elsewhere prepared, up to MAX_PREPARED_S after this).
+    prepared_at: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
         self.refusal = self.refusal or self.admitted.refusal
@@ -134,6 +144,7 @@ class JobExecutor:
         refused_per_s: float = 1.0,
         alignments: AlignmentStore | None = None,
         dealers: Sequence[str] = (),
+        revoked: Callable[[bytes], bool] = lambda certificate: False,
     ) -> None:
         self._announce_head = announce_head
         #: The federation's dealers: what they send a job is its correlated randomness.
@@ -159,7 +170,7 @@ class JobExecutor:
         self._refused = Allowance(refused_burst, refused_per_s)
         self._lock = threading.Lock()
         #: Jobs held for approval (see invisible.node.approvals).
-        self.approvals = ApprovalDesk(party_id, meter, self._cancel_held, self._wake)
+        self.approvals = ApprovalDesk(party_id, meter, self._cancel_held, self._wake, revoked)
 
     # -- 1. prepare ---------------------------------------------------------------------------
 
@@ -190,6 +201,13 @@ class JobExecutor:
             self._admission.refuse_request(JobMeta("-", who, spec.kind), "bad job id",
                                  "job id must be 1-128 letters, digits, '.', '_' or '-'")
         self.drop_expired_outputs()
+        with self._lock:
+            prepared = sum(r.phase is _Phase.PREPARED and r.requester.party_id == who
+                           for r in self._jobs.values())
+        if prepared >= MAX_PREPARED_PER_REQUESTER:
+            raise NodeBusyError(f"requester '{who}' has {prepared} jobs prepared and not run "
+                                f"on party '{self.party_id}'; it may start another when one of "
+                                "them runs or ends")
         with self._lock:  # the id is taken before anything else happens for this job
             taken = spec.job_id in self._jobs or spec.job_id in self._starting
             if not taken:
@@ -205,15 +223,15 @@ class JobExecutor:
         try:
             admitted = self._admission.admit(spec, who)
             run = _JobRun(spec, requester, admitted, JobStatus(spec.job_id, JobState.RUNNING))
-            with self._lock:
-                self._jobs[spec.job_id] = run
-            try:
+            try:  # held before Run can find it: a Run racing the Start finds it held
                 deadline = self.approvals.hold(spec, admitted.meta)
             except BaseException:
                 self._cancel_prepared(run, "it could not be held for approval")
                 raise
+            run.held = deadline is not None
             wait_s = self._run_deadline_s if deadline is None else deadline - time.time()
             with self._lock:
+                self._jobs[spec.job_id] = run
                 run.timer = threading.Timer(wait_s, self._expire, (run,))
                 run.timer.daemon = True
                 run.timer.start()
@@ -242,13 +260,13 @@ class JobExecutor:
 
     def _cancel_prepared(self, run: _JobRun, reason: str, by: str = "") -> bool:
         """Cancel a job that never ran: its reservation is given back. True if it was one."""
+        self.approvals.forget(run.spec.job_id)  # whatever happens below: nothing runs it
         with self._lock:
             if run.phase is not _Phase.PREPARED:
                 return False
             run.phase = _Phase.DONE
         if run.timer is not None:
             run.timer.cancel()
-        self.approvals.forget(run.spec.job_id)
         entry = self.meter.close(run.meta, "cancelled", {}, released=True, reason=reason)
         run.channel.close()
         run.status = JobStatus.failed(run.spec.job_id,
@@ -272,7 +290,7 @@ class JobExecutor:
         with self._lock:
             if run.phase is not _Phase.PREPARED:
                 raise ProtocolError(f"job '{job_id}' is not waiting to run")
-            run.approvals = self.approvals.take(job_id)  # refused while approvals are missing
+            run.approvals = self.approvals.take(job_id, run.held)  # refused unless approved
             run.phase = _Phase.RUNNING
         if run.timer is not None:
             run.timer.cancel()
@@ -413,10 +431,24 @@ class JobExecutor:
             run.changed.wait(timeout=wait_s)
             run.changed.clear()
         with self._lock:
-            status, held = run.status, run.phase is _Phase.PREPARED
-        if held and self.approvals.awaiting(job_id):
+            status, prepared = run.status, run.phase is _Phase.PREPARED
+        if prepared and run.held and self.approvals.awaiting(job_id):
             return replace(status, state=JobState.AWAITING_APPROVAL)
+        if prepared and not run.held:
+            self._keep_prepared(run)
         return status
+
+    def _keep_prepared(self, run: _JobRun) -> None:
+        """Its requester asked after a prepared job (it waits for approvals at another
+        party): its deadline to run moves on, up to MAX_PREPARED_S after it was prepared."""
+        left = MAX_PREPARED_S - (time.monotonic() - run.prepared_at)
+        with self._lock:
+            if run.phase is not _Phase.PREPARED or run.timer is None or left <= 0:
+                return
+            run.timer.cancel()
+            run.timer = threading.Timer(min(self._run_deadline_s, left), self._expire, (run,))
+            run.timer.daemon = True
+            run.timer.start()
 
     def job_output(self, job_id: str, name: str, requester: Identity) -> np.ndarray:
         run = self._run_for(job_id, requester)

@@ -113,6 +113,7 @@ class PartyNode:
             output_retention_s=config.limits.output_retention_s,
             refused_burst=config.limits.refused_burst, refused_per_s=config.limits.refused_per_s,
             alignments=self.alignments, dealers=tuple(config.dealers),
+            revoked=self.revocations.revoked_now,
         )
         self.announcer: HeadAnnouncer | None = None
         if self.ledger is not None:
