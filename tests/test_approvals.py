@@ -669,3 +669,27 @@ def test_an_approval_made_with_a_certificate_revoked_since_no_longer_counts(held
     with pytest.raises(PolicyError, match="lacks 1 of the 2 approvals"):
         bank.run_job("held-10")
     cancel_everywhere(federation, "held-10")
+
+
+def test_a_requester_may_keep_only_so_many_jobs_prepared_or_held(held, monkeypatch):
+    from invisible.node import approvals as desk_module
+    from invisible.node import executor as executor_module
+
+    federation, nodes, _, _ = held
+    bank = federation.clients["bank"]
+    monkeypatch.setattr(executor_module, "MAX_PREPARED_PER_REQUESTER", 2)
+    for job_id in ("cap-1", "cap-2"):
+        bank.start_job(JobSpec(job_id, "connectivity", ("bank", "telco")))
+    with pytest.raises(PolicyError, match="'coordinator' has 2 jobs prepared and not run"):
+        bank.start_job(JobSpec("cap-3", "connectivity", ("bank", "telco")))
+    bank.cancel_job("cap-1", "making room", 5.0)
+    bank.start_job(JobSpec("cap-3", "connectivity", ("bank", "telco")))  # room again
+    for job_id in ("cap-2", "cap-3"):
+        bank.cancel_job(job_id, "test over", 5.0)
+    monkeypatch.setattr(desk_module, "MAX_HELD_PER_REQUESTER", 1)
+    start_by_hand(federation, "cap-held-1")
+    with pytest.raises(PolicyError, match="'coordinator' has 1 jobs held for approval"):
+        start_by_hand(federation, "cap-held-2")
+    last = events(nodes, "bank", "cap-held-2")[-1]
+    assert last.event == "cancelled" and last.body["released"] is True  # given back at once
+    cancel_everywhere(federation, "cap-held-1")

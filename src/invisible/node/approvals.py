@@ -24,7 +24,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from invisible.errors import ConfigError, NodeBusyError, PolicyError
+from invisible.errors import ConfigError, PolicyError
 from invisible.jobspec import HeldJob, JobSpec, spec_digest
 from invisible.metering.approvals import (
     AWAITING,
@@ -78,7 +78,7 @@ class ApprovalDesk:
         """Hold a prepared job if its dataset's approval rules name it: its deadline (unix
         time), recorded in an `awaiting-approval` entry; None if no rule holds it. Called
         before the job can be run: from here on Run finds it held. NodeBusyError if its
-        requester has MAX_HELD_PER_REQUESTER jobs held here already."""
+        requester has MAX_HELD_PER_REQUESTER jobs held here already (PolicyError)."""
         policy = self.meter.policy_of(meta)
         if policy is None or meta.use is None:
             return None
@@ -89,7 +89,7 @@ class ApprovalDesk:
         with self._lock:
             mine = sum(w.meta.requester == meta.requester for w in self._waiting.values())
             if mine >= MAX_HELD_PER_REQUESTER:
-                raise NodeBusyError(f"requester '{meta.requester}' has {mine} jobs held for "
+                raise PolicyError(f"requester '{meta.requester}' has {mine} jobs held for "
                                     f"approval on party '{self.party_id}'; it may start "
                                     "another when one of them ends")
             self._waiting[spec.job_id] = _Waiting(spec, meta, held)

@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -169,6 +170,8 @@ class JobExecutor:
         #: How many refused requests each requester may still make (refilled over time).
         self._refused = Allowance(refused_burst, refused_per_s)
         self._lock = threading.Lock()
+        #: How many jobs each requester has prepared and not yet run or ended.
+        self._prepared: Counter[str] = Counter()
         #: Jobs held for approval (see invisible.node.approvals).
         self.approvals = ApprovalDesk(party_id, meter, self._cancel_held, self._wake, revoked)
 
@@ -202,10 +205,9 @@ class JobExecutor:
                                  "job id must be 1-128 letters, digits, '.', '_' or '-'")
         self.drop_expired_outputs()
         with self._lock:
-            prepared = sum(r.phase is _Phase.PREPARED and r.requester.party_id == who
-                           for r in self._jobs.values())
+            prepared = self._prepared[who]
         if prepared >= MAX_PREPARED_PER_REQUESTER:
-            raise NodeBusyError(f"requester '{who}' has {prepared} jobs prepared and not run "
+            raise PolicyError(f"requester '{who}' has {prepared} jobs prepared and not run "
                                 f"on party '{self.party_id}'; it may start another when one of "
                                 "them runs or ends")
         with self._lock:  # the id is taken before anything else happens for this job
@@ -232,6 +234,7 @@ class JobExecutor:
             wait_s = self._run_deadline_s if deadline is None else deadline - time.time()
             with self._lock:
                 self._jobs[spec.job_id] = run
+                self._prepared[who] += 1
                 run.timer = threading.Timer(wait_s, self._expire, (run,))
                 run.timer.daemon = True
                 run.timer.start()
@@ -242,6 +245,14 @@ class JobExecutor:
         log.info("job %s (%s) accepted for %s", spec.job_id, spec.kind, requester)
         return Started(admitted.refuses_out_of_bound,
                        "" if deadline is None else iso(deadline))
+
+    def _left_prepared(self, run: _JobRun) -> None:
+        """A job left the prepared phase (call under the lock)."""
+        who = run.requester.party_id
+        if run.spec.job_id in self._jobs:  # one that never was prepared here was not counted
+            self._prepared[who] -= 1
+            if self._prepared[who] <= 0:
+                del self._prepared[who]
 
     def _expire(self, run: _JobRun) -> None:
         self._cancel_prepared(run, self.approvals.expired(run.spec.job_id))
@@ -265,6 +276,7 @@ class JobExecutor:
             if run.phase is not _Phase.PREPARED:
                 return False
             run.phase = _Phase.DONE
+            self._left_prepared(run)
         if run.timer is not None:
             run.timer.cancel()
         entry = self.meter.close(run.meta, "cancelled", {}, released=True, reason=reason)
@@ -292,6 +304,7 @@ class JobExecutor:
                 raise ProtocolError(f"job '{job_id}' is not waiting to run")
             run.approvals = self.approvals.take(job_id, run.held)  # refused unless approved
             run.phase = _Phase.RUNNING
+            self._left_prepared(run)
         if run.timer is not None:
             run.timer.cancel()
         context = JobContext(run.spec, requester.party_id, run.channel, self._datasets,
