@@ -33,11 +33,13 @@ The steps, at the node that holds a job, and what each one learns:
    key of the certificate it calls with, checked against that certificate
    and recorded whole (`approved`, `rejected` or `withdrawn`, with the
    signature and the certificate) in the node's ledger. A decision for
-   another node, job or spec, a stale one, or one by an identity no rule
-   names is refused and changes nothing.
+   another node, job or spec, one dated over 300 s behind or 5 s ahead of
+   the node's clock or not after the approver's last, one by an identity no
+   rule names or by the job's requester, one past the deadline, or a ninth
+   by one approver on one job is refused and changes nothing.
 4. Run is refused unless each rule has `required` approvals of its
-   approvers still valid (a consent expires, and can be withdrawn until the
-   job runs). When rejections leave a rule unable to reach k (more than
+   approvers still valid (a consent expires, can be withdrawn until the job
+   runs, and stops counting once its certificate is revoked). When rejections leave a rule unable to reach k (more than
    n - k), or the deadline passes, the job is cancelled and its reservation
    given back. A job that runs carries in its terminal entry (the receipt)
    the approvals it ran on: approver, when, until when, signature.
