@@ -262,27 +262,43 @@ def held_ids(approver, party):
     return [j.spec.job_id for j in approver.pending([party])[party]]
 
 
-def test_a_job_held_by_two_owners_runs_once_k_of_n_approved_each_decision_signed(held):
-    federation, nodes, approvers, _ = held
+@pytest.fixture(scope="module")
+def approved(held):
+    """Job held-1: held by bank (2 of dpo-a, dpo-b, dpo-c) and hospital (ethics), approved,
+    run; what was seen on the way (other tests read its ledger entries and receipts)."""
+    federation, _, approvers, _ = held
+    seen = {}
     thread, outcome = in_background(lambda: federation.secure_sum(
         INPUTS, 100_000.0, max_rows=1000, job_id="held-1"))
     wait_until(lambda: "held-1" in held_ids(approvers["dpo-a"], "bank")
                and "held-1" in held_ids(approvers["ethics"], "hospital"))
-    [shown] = describe(approvers["dpo-a"].pending(["bank"]))
+    [seen["shown"]] = describe(approvers["dpo-a"].pending(["bank"]))
+    seen["ethics at bank"] = held_ids(approvers["ethics"], "bank")
+    seen["dpo-a at telco"] = held_ids(approvers["dpo-a"], "telco")
+    seen["first"] = approvers["dpo-a"].approve("bank", "held-1", "purpose checked", hours=1)
+    approvers["ethics"].approve("hospital", "held-1", "ok", hours=1)
+    time.sleep(0.5)
+    seen["waiting with one missing"] = thread.is_alive()  # one of bank's two is missing
+    seen["second"] = approvers["dpo-c"].approve("bank", "held-1", "ok too")
+    thread.join(30)
+    return outcome, seen
+
+
+def test_a_job_held_by_two_owners_runs_once_k_of_n_approved_each_decision_signed(held,
+                                                                                   approved):
+    _, nodes, _, _ = held
+    outcome, seen = approved
+    shown = seen["shown"]
     assert shown["columns"] == ["monthly_spend"] and shown["requester"] == "coordinator"
     assert not {"rows", "rows_used"} & set(shown)  # the request, never the data
     assert shown["rules"] == [{"approvers": ["dpo-a", "dpo-b", "dpo-c"], "required": 2,
                                "approved": [], "rejected": [], "consent_hours": 24.0}]
-    assert held_ids(approvers["ethics"], "bank") == []  # not its rule there
-    assert held_ids(approvers["dpo-a"], "telco") == []
-    first = approvers["dpo-a"].approve("bank", "held-1", "purpose checked", hours=1)
-    assert first["event"] == "approved" and first["state"] == "awaiting approval"
-    approvers["ethics"].approve("hospital", "held-1", "ok", hours=1)
-    time.sleep(0.5)
-    assert thread.is_alive()  # one of bank's two approvals is missing
-    second = approvers["dpo-c"].approve("bank", "held-1", "ok too")
-    assert second["state"] == "approved"
-    thread.join(30)
+    assert seen["ethics at bank"] == []  # not its rule there
+    assert seen["dpo-a at telco"] == []
+    assert seen["first"]["event"] == "approved"
+    assert seen["first"]["state"] == "awaiting approval"
+    assert seen["waiting with one missing"]
+    assert seen["second"]["state"] == "approved"
     expected = sum(float(pd.read_csv(sample_path(p))["monthly_spend"].sum()) for p in INPUTS)
     assert outcome["result"].total == pytest.approx(expected, rel=1e-6)
     entries = events(nodes, "bank", "held-1")
@@ -426,7 +442,7 @@ def test_a_node_only_sends_the_request_it_holds(held):
         cancel_everywhere(federation, "held-6")
 
 
-def test_the_receipts_folder_keeps_the_approvals(held):
+def test_the_receipts_folder_keeps_the_approvals(held, approved):
     _, _, _, layout = held
     folder = Path(layout.directory) / "coordinator-receipts"
     import json
@@ -477,7 +493,8 @@ def test_the_approvers_commands_list_and_decide_and_the_api_lists(held):
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def test_an_auditor_checks_every_recorded_decision_without_trusting_the_node(held, keys):
+def test_an_auditor_checks_every_recorded_decision_without_trusting_the_node(held, keys,
+                                                                            approved):
     from invisible.metering.approvals import APPROVER_SUFFIX, decision_problems
     from invisible.net.pki import target_name
 
@@ -524,7 +541,7 @@ def test_an_auditor_checks_every_recorded_decision_without_trusting_the_node(hel
     assert len(problems(body(first, signature="00"), second, finished)) == 2
 
 
-def test_a_receipt_cannot_cite_a_rejection_as_an_approval(held):
+def test_a_receipt_cannot_cite_a_rejection_as_an_approval(held, approved):
     from invisible.metering.approvals import decision_problems
 
     federation, nodes, approvers, layout = held
@@ -649,26 +666,34 @@ def test_parties_that_do_not_hold_a_job_keep_it_while_its_approvals_take_their_t
             assert events(nodes, party, "slow")[-1].event == "finished"
 
 
-def test_an_approval_made_with_a_certificate_revoked_since_no_longer_counts(held):
-    from invisible.net.pki import CertificateAuthority
-
-    federation, _, approvers, layout = held
-    start_by_hand(federation, "held-10")
-    approvers["dpo-a"].approve("bank", "held-10")
-    approvers["dpo-c"].approve("bank", "held-10")
-    bank = federation.clients["bank"]
-    assert bank.job_status("held-10").state is JobState.RUNNING  # approved: may run
-    pki = layout.directory / "pki"
-    certificate = (pki / "dpo-c.pem").read_bytes()
+def test_an_approval_made_with_a_certificate_revoked_since_no_longer_counts(tmp_path):
     from cryptography import x509
 
-    serial = x509.load_pem_x509_certificate(certificate).serial_number
-    CertificateAuthority.load(pki).revoke(pki, serial, "key-compromise")
-    time.sleep(1.1)  # the node reads its list again at most once a second
-    assert bank.job_status("held-10").state is JobState.AWAITING_APPROVAL
-    with pytest.raises(PolicyError, match="lacks 1 of the 2 approvals"):
-        bank.run_job("held-10")
-    cancel_everywhere(federation, "held-10")
+    from invisible.net.pki import CertificateAuthority
+
+    datasets = sample_datasets()
+    local = datasets["bank"][SAMPLE_DATASET]
+    datasets["bank"][SAMPLE_DATASET] = replace(local, policy={**OPEN_POLICY, "approval": [
+        {"approvers": ["dpo-a", "dpo-b"], "kinds": ["secure_sum"]}]})
+    layout = write_local_federation(tmp_path, list(datasets), datasets,
+                                    approvers=["dpo-a", "dpo-b"])
+    with InProcessNodes(layout), \
+            Federation.from_config(layout.coordinator_config) as federation, \
+            Approver.from_config(layout.approver_configs["dpo-a"]) as a, \
+            Approver.from_config(layout.approver_configs["dpo-b"]) as b:
+        start_by_hand(federation, "revoked")
+        a.approve("bank", "revoked")
+        b.approve("bank", "revoked")
+        bank = federation.clients["bank"]
+        assert bank.job_status("revoked").state is JobState.RUNNING  # approved: may run
+        pki = layout.directory / "pki"
+        serial = x509.load_pem_x509_certificate((pki / "dpo-b.pem").read_bytes()).serial_number
+        CertificateAuthority.load(pki).revoke(pki, serial, "key-compromise")
+        time.sleep(1.1)  # the node reads its list again at most once a second
+        assert bank.job_status("revoked").state is JobState.AWAITING_APPROVAL
+        with pytest.raises(PolicyError, match="lacks 1 of the 2 approvals"):
+            bank.run_job("revoked")
+        cancel_everywhere(federation, "revoked")
 
 
 def test_a_requester_may_keep_only_so_many_jobs_prepared_or_held(held, monkeypatch):
