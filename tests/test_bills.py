@@ -107,11 +107,15 @@ def test_each_ended_job_is_billed_in_its_receipt_and_a_private_count_is_never_pr
     [kept] = [e for e in meter.store.entries() if e.event == "rows" and e.job_id == "j3"]
     assert (kept.rows, kept.body["rounds"], kept.body["tuples"], kept.body["cpu_s"]) == \
         (100, 2, 5000, 0.5)
+    meter.admit(job(5, private=True))  # an empty private count: its entry all the same,
+    meter.close(job(5, private=True), "finished", {}, rows=0)  # or the count would tell
+    assert [e.event for e in meter.store.entries() if e.job_id == "j5"] == \
+        [e.event for e in meter.store.entries() if e.job_id == "j3"]
     meter.admit(job(4))
     failed = meter.close(job(4), "failed", {"rounds": 1}, error="x", released=False)
     assert failed.body["bill"]["amount"] == "1.510000"
     [row] = bill_rows(meter.store.entries())
-    assert (row["jobs"], row["rows"], row["amount"]) == (3, 100, "6.130000")
+    assert (row["jobs"], row["rows"], row["amount"]) == (4, 100, "7.630000")  # j5: 1.5 + 0
 
 
 @pytest.fixture(scope="module")

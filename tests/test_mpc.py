@@ -712,3 +712,21 @@ def test_a_narrow_comparison_opens_and_multiplies_less():
                               (x < 0).astype(np.uint64))
     # |x| 2^16 < 2^26: 26 bits and one product against 62 bits
     assert narrow["p0"][0][1] < 0.5 * wide["p0"][0][1]
+
+
+def test_rerandomised_shares_open_to_the_same_value_and_are_fresh(engine):
+    """What the dealer knows of a party's share (it made the tuples the share came from)
+    tells nothing of the share after: every party's share changes by a stream only its
+    pairs know, and the shares still add up to the same value."""
+    rng = Prg.from_os()
+    values = rng.random_uint64(64)
+    parts = share(values, len(engine.parties), rng)
+
+    def program(ctx, provider):
+        x = SharedArray(parts[ctx.index], 1.0, F, ctx.is_leader)
+        return arithmetic.rerandomise(ctx, x, Prg.from_os()).share
+
+    results = engine.run(program)
+    fresh = np.stack([results[p][0] for p in engine.parties])
+    assert np.array_equal(reconstruct(fresh), values)
+    assert not np.any(fresh == parts)  # every share moved (2^-64 per element by chance)

@@ -81,6 +81,13 @@ def test_a_bound_below_the_largest_value_clips_instead_of_refusing(federation):
     assert notes == [{"columns": ["monthly_spend"], "values": 1}]
     receipt = results[largest - 0.01].receipts["hospital"][0]
     assert receipt["event"] == "finished" and "clipped" not in str(receipt)
+    # ... and the count of entries (the receipts' seq numbers) does not tell whether any
+    # was clipped: a job that clipped none writes its note too
+    gaps = {bound: [e for e in ledger_events(nodes, "hospital") if e[0] == r.job_id]
+            for bound, r in results.items()}
+    assert [len(entries) for entries in gaps.values()] == [len(gaps[largest])] * 3
+    assert [body["values"] for job_id, event, body in ledger_events(nodes, "hospital")
+            if job_id == results[largest].job_id and event == "clipped"] == [0]
 
 
 def test_statistics_and_paillier_clip_too(federation):

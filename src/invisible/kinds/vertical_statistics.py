@@ -157,6 +157,9 @@ class VerticalStatisticsParams(WithDealer, Params["VerticalStatisticsResult"]):
             if self.rho is not None and ref.bounds is None:
                 raise ConfigError(f"{kind}: party '{party}' must give 'bounds' (one per column) "
                                   "with 'rho': they set the noise")
+        if self.rho is not None and set(self.outputs) == {"count"}:
+            raise ConfigError(f"{kind}: 'rho' with only 'count' would be charged for nothing "
+                              "noised (the count is public): leave rho out")
         if (self.sigma or 0.0) > MAX_SIGMA:
             raise ConfigError(f"{kind}: 'rho' {self.rho:g} needs more noise than the shares can "
                               "hold; raise rho")

@@ -39,10 +39,11 @@ The steps, at the node that holds a job, and what each one learns:
    by one approver on one job is refused and changes nothing.
 4. Run is refused unless each rule has `required` approvals of its
    approvers still valid (a consent expires, can be withdrawn until the job
-   runs, and stops counting once its certificate is revoked). When rejections leave a rule unable to reach k (more than
-   n - k), or the deadline passes, the job is cancelled and its reservation
-   given back. A job that runs carries in its terminal entry (the receipt)
-   the approvals it ran on: approver, when, until when, signature.
+   runs, and stops counting once its certificate is revoked). When
+   rejections leave a rule unable to reach k (more than n - k), or the
+   deadline passes, the job is cancelled and its reservation given back. A
+   job that runs carries in its terminal entry (the receipt) the approvals
+   it ran on: approver, when, until when, signature.
 """
 
 from __future__ import annotations

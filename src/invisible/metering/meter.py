@@ -314,7 +314,7 @@ class Meter:
         For a job whose rows are private, the rows go into a `rows` entry of this node's
         own ledger first, and the terminal entry (the receipt) says 0."""
         touched = rows
-        if job.rows_private and (rows or record.get("values_opened")):
+        if job.rows_private:  # even for 0 rows: the entries' count must not tell it
             # The rows, and what counts them or grows with them (values opened, the
             # openings, the rounds, the dealer's tuples, the CPU time), in this node's own
             # ledger only: neither the receipt nor its bill may tell the count.

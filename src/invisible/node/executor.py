@@ -372,7 +372,9 @@ class JobExecutor:
                aborted_by: str) -> JobStatus:
         """Record how the job ended in the ledger; the status that says so."""
         if outcome is not None and not run.cancelled_by:
-            if outcome.clipped:  # this node's own record; the receipt is the entry below
+            if run.kind.bounds_values:  # this node's own record; the receipt is the entry
+                # below. Written even for 0: the entries' count (the receipt's seq) must not
+                # tell whether any value was clipped.
                 self.meter.note(run.meta, "clipped", values=outcome.clipped)
             for event, body in outcome.notes.items():
                 self.meter.note(run.meta, event, **body)

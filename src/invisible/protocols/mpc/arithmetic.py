@@ -134,6 +134,25 @@ def _shared_input(ctx: MpcContext, owner: str, owned: Callable[[], np.ndarray], 
     return SharedArray(mine, bound, f, ctx.is_leader)
 
 
+def rerandomise(ctx: MpcContext, x: SharedArray, rng: Prg) -> SharedArray:
+    """`x` with fresh shares no one outside the computing parties can tell apart (1 round of
+    32-byte seeds): for each pair, the earlier party sends the later one a seed, adds its
+    stream and the later one subtracts it. The dealer, which made the tuples the shares
+    came from, can then no longer compute any party's share from them."""
+    step = ctx.next_step("rerandomise")
+    me = ctx.parties.index(ctx.me)
+    later = ctx.parties[me + 1:]
+    seeds = {peer: rng.random_bytes(SEED_BYTES) for peer in later}
+    if seeds:
+        ctx.channel.send_to_each(step, seeds)
+    share = x.share.copy()
+    for seed in seeds.values():
+        share += Prg(seed).random_uint64(x.shape)
+    for peer in ctx.parties[:me]:
+        share -= Prg(ctx.channel.recv_bytes(peer, step, SEED_BYTES)).random_uint64(x.shape)
+    return SharedArray(share, x.bound, x.fractional_bits, ctx.is_leader)
+
+
 def reveal(ctx: MpcContext, x: SharedArray, to: str, what: str) -> np.ndarray | None:
     """Open a declared output to one computing party; others get None."""
     if to not in ctx.parties:

@@ -58,7 +58,10 @@ party's own mean or deviation (they are exact local functions of the data):
    [1 | U] (the column of ones is the public constant): G_00 = N, G_0j =
    S_j = sum u_j, G_jk = Q_jk = sum u_j u_k, each entry at most N.
 3. Each party adds its own discrete Gaussian noise to its share of every
-   entry the outputs need (S for means; and the diagonal of Q for
+   entry the outputs need, then the shares are re-randomised among the
+   computing parties (pairwise seeds the dealer never sees: with the
+   recipient, the dealer that made the Gram tuples could otherwise compute
+   each party's share without noise and so read its noise) (S for means; and the diagonal of Q for
    variances, or all of Q's upper triangle for covariances and
    correlations), with an equal share of rho: one person changes an entry
    by at most 2 on the reals, 2^(f+1) + 2 on the truncated grid. Only
@@ -68,6 +71,11 @@ party's own mean or deviation (they are exact local functions of the data):
    (:func:`decode_noised`): mean c_j S_j / N, covariance c_j c_k (Q_jk -
    S_j S_k / N) / D, a negative variance taken as 0, a correlation clipped
    to [-1, 1].
+
+The dealer must not collude with any computing party (as for every job with
+a dealer: its tuples and an opened difference give that party's inputs);
+with the requester alone it learns nothing, since the shares are made fresh
+before they are opened.
 """
 
 from __future__ import annotations
@@ -82,7 +90,7 @@ from invisible.crypto.noise import discrete_gaussian, magnitude_bound
 from invisible.crypto.prg import Prg
 from invisible.crypto.sharing import RING_DTYPE
 from invisible.errors import ProtocolError
-from invisible.protocols.mpc.arithmetic import gram, input_from
+from invisible.protocols.mpc.arithmetic import gram, input_from, rerandomise
 from invisible.protocols.mpc.context import MpcContext
 from invisible.protocols.mpc.provider import TupleProvider
 from invisible.protocols.mpc.shared import SharedArray
@@ -97,8 +105,9 @@ MAX_BOUND = 2.0**36
 #: Fractional bits of the noised path: u in [-1, 1] at 2^-16, and N 2^32 < 2^62 allows up to
 #: 2^30 rows.
 NOISED_BITS = 16
-#: How far one person's values move a noised Gram entry on the truncated grid (2^(f+1), plus
-#: the truncation's and the rounding's one unit each).
+#: How far one person's values move a noised Gram entry on the truncated grid: each rounded
+#: u is at most 2^f, so a product moves by at most 2^(2f+1) before truncation and, the
+#: truncation being monotone in its input, 2^(f+1) after it; 2 more units of margin.
 NOISED_SENSITIVITY = 2 ** (NOISED_BITS + 1) + 2
 
 
@@ -277,7 +286,10 @@ def noised_moments(ctx: MpcContext, provider: TupleProvider, layout: Layout, row
     f, n = ctx.fractional_bits, rows
     entries = noised_entries(layout.outputs, layout.columns)
     most = len(ctx.parties) * magnitude_bound(sigma)
-    if n < 1 or n * 2.0**f + most >= 2.0**62:
+    if n < 1 or n * 2.0 ** (2 * f) >= 2.0**62:  # the Gram matrix's exact range, checked here
+        raise ProtocolError(f"vertical statistics with noise take at most 2^30 rows; "
+                            f"the alignment has {n}")  # before anything is shared
+    if n * 2.0**f + most >= 2.0**62:
         raise ProtocolError(f"vertical statistics with noise: {n} rows and noise of sigma "
                             f"{sigma:.4g} leave the range of the shares; raise rho")
     ones = np.full((n, 1), 1 << f if ctx.is_leader else 0, dtype=RING_DTYPE)
@@ -292,7 +304,9 @@ def noised_moments(ctx: MpcContext, provider: TupleProvider, layout: Layout, row
     share = np.ascontiguousarray(product.share[list(rows_of), list(columns_of)])
     noise = discrete_gaussian(Prg.from_os(), sigma, len(entries) - 1)
     share[1:] += noise.view(RING_DTYPE)  # wraps modulo 2^64, as shares do
-    return SharedArray(share, n + most * 2.0**-f, f, ctx.is_leader)
+    # Fresh shares before anything is opened: the dealer made the tuples these shares came
+    # from and, with the recipient, could otherwise tell each party's noise from its share.
+    return rerandomise(ctx, SharedArray(share, n + most * 2.0**-f, f, ctx.is_leader), rng)
 
 
 def decode_noised(layout: Layout, opened: np.ndarray) -> dict[str, np.ndarray]:
