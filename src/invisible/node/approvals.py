@@ -77,8 +77,8 @@ class ApprovalDesk:
     def hold(self, spec: JobSpec, meta: JobMeta) -> float | None:
         """Hold a prepared job if its dataset's approval rules name it: its deadline (unix
         time), recorded in an `awaiting-approval` entry; None if no rule holds it. Called
-        before the job can be run: from here on Run finds it held. NodeBusyError if its
-        requester has MAX_HELD_PER_REQUESTER jobs held here already (PolicyError)."""
+        before the job can be run: from here on Run finds it held. PolicyError if its
+        requester has MAX_HELD_PER_REQUESTER jobs held here already."""
         policy = self.meter.policy_of(meta)
         if policy is None or meta.use is None:
             return None
@@ -90,8 +90,8 @@ class ApprovalDesk:
             mine = sum(w.meta.requester == meta.requester for w in self._waiting.values())
             if mine >= MAX_HELD_PER_REQUESTER:
                 raise PolicyError(f"requester '{meta.requester}' has {mine} jobs held for "
-                                    f"approval on party '{self.party_id}'; it may start "
-                                    "another when one of them ends")
+                                  f"approval on party '{self.party_id}'; it may start another "
+                                  "when one of them ends")
             self._waiting[spec.job_id] = _Waiting(spec, meta, held)
         self.meter.note(meta, AWAITING, deadline=iso(held.deadline), rules=[
             {"approvers": list(r.approvers), "required": r.required} for r in rules])
