@@ -20,6 +20,7 @@ The executor calls it at each state change of a job:
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -308,19 +309,22 @@ class Meter:
                                            rho_of(budget.limit - used - use.rho))
 
     def close(self, job: JobMeta, event: str, record: dict[str, Any], rows: int = 0,
-              **body: Any) -> LedgerEntry:
+              notes: Sequence[tuple[str, dict[str, Any]]] = (), **body: Any) -> LedgerEntry:
         """The terminal entry of a job that was admitted: finished, failed or cancelled.
 
-        For a job whose rows are private, the rows go into a `rows` entry of this node's
-        own ledger first, and the terminal entry (the receipt) says 0."""
+        `notes`: (event, body) facts of the job for this node's own ledger (see
+        :meth:`note`), written before the terminal entry in the same transaction (one
+        durable write). For a job whose rows are private, the rows go into a `rows` entry
+        of this node's own ledger first, and the terminal entry (the receipt) says 0."""
         touched = rows
+        first = [job.pending(name, **facts) for name, facts in notes]
         if job.rows_private:  # even for 0 rows: the entries' count must not tell it
             # The rows, and what counts them or grows with them (values opened, the
             # openings, the rounds, the dealer's tuples, the CPU time), in this node's own
             # ledger only: neither the receipt nor its bill may tell the count.
             counted = {k: record.get(k, 0) for k in PRIVATE_MEASURES}
-            self.store.append(job.pending(PRIVATE_ROWS, rows=rows, **counted,
-                                          openings=body.pop("openings", [])))
+            first.append(job.pending(PRIVATE_ROWS, rows=rows, **counted,
+                                     openings=body.pop("openings", [])))
             rows = 0
             record = {**record, "rows_used": 0, **dict.fromkeys(PRIVATE_MEASURES, 0)}
             if isinstance(body.get("outputs"), dict):
@@ -331,7 +335,7 @@ class Meter:
             if job.use is not None and job.use.rho:
                 used["rho"] = job.use.rho
             body["bill"] = bill(prices, used, rows)
-        entry = self.store.append(job.pending(event, rows=rows, **record, **body))[-1]
+        entry = self.store.append(*first, job.pending(event, rows=rows, **record, **body))[-1]
         self.metrics.jobs(job.kind, event).inc()
         if "duration_s" in record:
             self.metrics.observe_duration(job.kind, float(record["duration_s"]))

@@ -372,18 +372,18 @@ class JobExecutor:
                aborted_by: str) -> JobStatus:
         """Record how the job ended in the ledger; the status that says so."""
         if outcome is not None and not run.cancelled_by:
-            if run.kind.bounds_values:  # this node's own record; the receipt is the entry
-                # below. Written even for 0: the entries' count (the receipt's seq) must not
-                # tell whether any value was clipped.
-                self.meter.note(run.meta, "clipped", values=outcome.clipped)
-            for event, body in outcome.notes.items():
-                self.meter.note(run.meta, event, **body)
+            # This node's own records, written with the receipt (the terminal entry below).
+            # `clipped` even for 0: the entries' count (the receipt's seq) must not tell
+            # whether any value was clipped.
+            notes = [("clipped", {"values": outcome.clipped})] if run.kind.bounds_values else []
+            notes += list(outcome.notes.items())
             record.rows_used = outcome.rows_used
             record.values_opened = outcome.values_opened
             record.bytes_released = sum(a.nbytes for a in outcome.arrays.values())
             entry = self.meter.close(run.meta, "finished", record.__dict__, rows=record.rows_used,
                                      outputs=self._released(run, outcome),
-                                     openings=outcome.openings, **self._consents(run))
+                                     openings=outcome.openings, notes=notes,
+                                     **self._consents(run))
             if run.meta.rows_private:  # the requester sees what the receipt says: nothing
                 record.rows_used = record.values_opened = 0  # that counts the rows
                 outcome.output.pop("openings", None)
