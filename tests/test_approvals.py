@@ -7,6 +7,8 @@ owners, approved, rejected, withdrawn, expired; and the calls an attacker would 
 
 from __future__ import annotations
 
+import datetime
+import re
 import threading
 import time
 from dataclasses import replace
@@ -15,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from invisible.coordinator.approver import Approver, describe
@@ -718,3 +721,106 @@ def test_a_requester_may_keep_only_so_many_jobs_prepared_or_held(held, monkeypat
     last = events(nodes, "bank", "cap-held-2")[-1]
     assert last.event == "cancelled" and last.body["released"] is True  # given back at once
     cancel_everywhere(federation, "cap-held-1")
+
+
+# -- what the mutation run over metering/approvals.py found untested ---------------------------
+
+
+def test_every_refusal_of_a_rule_or_a_decision_reads_in_full():
+    for table, message in (
+            ([{"approvers": ["a"], "hours": True}], "p[0].hours must be a number of hours above "
+                                                    "0 and at most a year"),
+            ([{"approvers": ["a"], "hours": "2"}], "p[0].hours must be a number of hours"),
+            ([{"approvers": ["a"], "kinds": "psi"}], "p[0].kinds must be a non-empty list of "
+                                                     "strings"),
+            ([{"approvers": ["a"], "recipients": []}], "p[0].recipients must be a non-empty "
+                                                       "list of strings"),
+            ([{"approvers": ["a"], "b": 1, "c": 2}], "p[0] has unknown key(s) b, c")):
+        with pytest.raises(ConfigError) as refused:
+            parse_approval_rules(table, "p")
+        assert str(refused.value).startswith(message), str(refused.value)
+    [year] = parse_approval_rules([{"approvers": ["a"], "hours": 24 * 366,
+                                    "columns": ["x"], "requesters": ["r"]}], "p")
+    assert (year.hours, year.columns, year.requesters) == (24 * 366, {"x"}, {"r"})
+    for text, message in (
+            ("{", "the decision is not JSON"),
+            ('{"node":"bank"}', "a decision has exactly the text fields decided_at, decision, "
+                                "expires, job_id, node, reason, spec_digest"),
+            (make().payload().decode().replace(":", ": "),
+             "the decision is not in canonical JSON (sorted keys, no spaces)")):
+        with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+            Decision.parse(text)
+    assert Decision.parse(make(reason="x" * 200).payload().decode()).reason == "x" * 200
+    held = Held.of((rule(hours=1.0), ApprovalRule(("d",), 1)), "d" * 64, NOW, "analyst")
+    assert held.deadline == NOW + 3600
+    for approver, decision, message in (
+            ("a", make(decided_at=5), "the decision's decided_at must be a time"),
+            ("a", make(expires="soon"), "the decision's expires is not a time such as "
+                                        "2026-11-30T09:30:00.000000Z"),
+            ("a", make("reject", expires=iso(NOW + 1)),
+             "a rejection or withdrawal expires when it is made"),
+            ("a", make(hours=24 + 0.5 / 3600), "an approval of job 'j' expires after it is "
+                                               "given and within 24 hours (consent_hours)"),
+            ("analyst", make(), "'analyst' is not an approver of job 'j' here")):
+        with pytest.raises(PolicyError, match=f"^{re.escape(message)}$"):
+            held.check(decision, approver, "bank", "j", NOW)
+    own = Held.of((ApprovalRule(("analyst", "b"), 1),), "d" * 64, NOW, "analyst")
+    with pytest.raises(PolicyError, match="'analyst' asked for job 'j' and may not approve it"):
+        own.check(make(), "analyst", "bank", "j", NOW)
+    with pytest.raises(PolicyError, match=re.escape(
+            "job 'j' passed its deadline 2027-01-15T09:00:00.000000Z")):
+        held.check(make(now=NOW + 3600), "a", "bank", "j", NOW + 3600)  # at the deadline
+    assert held.missing(NOW) == ("lacks 0 of the 2 approvals of a, b, c; 0 of the 1 "
+                                 "approvals of d")
+    assert rule().describe() == "2 of a, b, c"
+
+
+def test_times_are_utc_whatever_the_node_s_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Shanghai")
+    time.tzset()
+    try:
+        assert iso(NOW) == "2027-01-15T08:00:00.000000Z"
+        decision = make()
+        assert decision.times() == (NOW, NOW + 3600)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+
+
+def test_a_receipt_s_approvals_and_an_auditor_s_findings_read_in_full(held, approved, keys):
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    from invisible.metering.approvals import decision_problems
+
+    _, nodes, _, layout = held
+    entries = list(nodes.nodes["bank"].ledger.entries())
+    [first] = [e for e in entries if e.job_id == "held-1" and e.event == "approved"][:1]
+    [finished] = [e for e in entries if e.job_id == "held-1" and e.event == "finished"]
+    assert [sorted(a) for a in finished.body["approvals"]] == \
+        [["approver", "decided_at", "expires", "signature"]] * 2
+    ca = (layout.directory / "pki" / "ca.pem").read_bytes()
+    unsigned = replace(first, body={k: v for k, v in first.body.items() if k != "signature"})
+    garbled = replace(first, body={**first.body, "decision": {}})
+    named = "n" * 70
+    long_name = replace(first, body={**first.body, "approver": named})
+    assert decision_problems([garbled, unsigned, long_name], "bank", ca) == [
+        f"entry {first.seq} (job 'held-1'): a decision that cannot be read",
+        f"entry {first.seq} (job 'held-1'): the decision of 'dpo-a' is not signed by the key "
+        "of its certificate",
+        f"entry {first.seq} (job 'held-1'): the decision of '{'n' * 61}...' has a certificate "
+        "that is not this approver's"]
+    cited = replace(finished, body={**finished.body, "approvals": [
+        {"approver": named, "signature": "00"}]})
+    assert decision_problems([cited], "bank", ca) == [
+        f"entry {finished.seq} (job 'held-1'): ran on an approval by '{'n' * 61}...' that no "
+        "genuine decision recorded before it gave"]
+    # a certificate whose key is not an EC key verifies nothing
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    other = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+             .public_key(key.public_key()).serial_number(1)
+             .not_valid_before(datetime.datetime(2026, 1, 1))
+             .not_valid_after(datetime.datetime(2027, 1, 1)).sign(key, None))
+    pem = other.public_bytes(serialization.Encoding.PEM)
+    assert not make().signed_by(pem, make().sign(keys["a"][0]))
