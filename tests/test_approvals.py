@@ -306,7 +306,7 @@ def test_a_job_held_by_two_owners_runs_once_k_of_n_approved_each_decision_signed
     assert outcome["result"].total == pytest.approx(expected, rel=1e-6)
     entries = events(nodes, "bank", "held-1")
     assert [e.event for e in entries] == ["requested", "accepted", "awaiting-approval",
-                                          "approved", "approved", "finished"]
+                                          "approved", "approved", "clipped", "finished"]
     receipt = entries[-1].body["approvals"]
     assert sorted(a["approver"] for a in receipt) == ["dpo-a", "dpo-c"]
     for entry in entries[3:5]:  # each decision verifies with the certificate it records
